@@ -1,0 +1,209 @@
+"""The router's side of the edge control protocol, with no I/O.
+
+:class:`ControlPlane` turns each control message from an edge into calls on the
+:class:`~router.core.ConnectionManager` and returns what the router process must send: replies to
+edges and subscription changes for producers upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import NamedTuple
+
+import msgspec
+
+from router.core import (
+    Action,
+    ClientDropped,
+    ClientInfo,
+    ConnectionManager,
+    ErrorCode,
+    PolicyChanged,
+    RefusedError,
+    UnwatchTopic,
+    WatchTopic,
+)
+from router.logs import ThrottledLog
+from router.wire import (
+    CONTROL_VERSION,
+    EdgeMessage,
+    Error,
+    Heartbeat,
+    Hello,
+    PolicyUpdate,
+    RegisterClient,
+    Registered,
+    RouterMessage,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    SubscribeOk,
+    UnregisterClient,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    WireError,
+    decode_edge_message,
+)
+
+log = logging.getLogger("switchboard.router")
+
+
+class ToEdge(NamedTuple):
+    edge_id: str
+    message: RouterMessage
+
+
+class Upstream(NamedTuple):
+    """Tell PUB producers (through XSUB) that ``topic`` is now watched, or no longer."""
+
+    topic: str
+    watched: bool
+
+
+Outbound = ToEdge | Upstream
+
+
+class ControlPlane:
+    """Edge control messages in, replies and upstream subscription changes out."""
+
+    def __init__(self, manager: ConnectionManager, heartbeat_interval: float) -> None:
+        self.manager = manager
+        self.heartbeat_interval = heartbeat_interval
+        self.router_id = secrets.token_hex(8)
+        self._log = ThrottledLog(log)
+
+    def handle(self, identity: bytes, body: bytes, now: float) -> list[Outbound]:
+        """One message from the edge whose ROUTER identity is ``identity``."""
+        try:
+            edge_id = identity.decode("utf-8")
+        except UnicodeDecodeError:
+            self.manager.count_drop("bad_control")
+            self._log.warning("bad_identity", "dropped control from a non-UTF-8 identity")
+            return []
+        try:
+            message = decode_edge_message(body)
+        except WireError as error:
+            self.manager.count_drop("bad_control")
+            self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error)
+            return [ToEdge(edge_id, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
+        try:
+            return self._dispatch(edge_id, message, now)
+        except RefusedError as refused:
+            return [ToEdge(edge_id, _refusal(message, refused))]
+
+    def tick(self, now: float) -> list[Outbound]:
+        """Called every heartbeat interval: heartbeats to edges, and silent edges expired."""
+        out: list[Outbound] = [
+            ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
+        ]
+        expired = self.manager.expire_edges(now)
+        for action in expired:
+            if isinstance(action, ClientDropped):
+                log.info("client %s dropped: %s (edge %s)", *action)
+        return out + self._carry_out(expired)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, edge_id: str, message: EdgeMessage, now: float) -> list[Outbound]:
+        match message:
+            case Hello():
+                return self._hello(edge_id, message, now)
+            case Heartbeat():
+                self.manager.edge_heartbeat(edge_id, now)
+                return []
+        self.manager.edge_heartbeat(edge_id, now)
+        match message:
+            case RegisterClient():
+                info = ClientInfo(
+                    client_id=message.client_id,
+                    edge_id=edge_id,
+                    protocol=message.protocol,
+                    remote=message.remote,
+                    connected_at=now,
+                )
+                identity = self.manager.register_client(info, message.token)
+                reply = Registered(
+                    request_id=message.request_id, client_id=message.client_id, user=identity.user
+                )
+                return [ToEdge(edge_id, reply)]
+            case UnregisterClient():
+                self._check_owner(edge_id, message.client_id)
+                return self._carry_out(self.manager.unregister_client(message.client_id))
+            case Subscribe():
+                self._check_owner(edge_id, message.client_id)
+                granted = self.manager.subscribe(message.client_id, message.topic)
+                ok = SubscribeOk(
+                    request_id=message.request_id,
+                    client_id=message.client_id,
+                    topic=granted.topic,
+                    epoch=granted.epoch,
+                    offset=granted.offset,
+                    content_type=granted.content_type,
+                    policy=granted.policy,
+                )
+                return [*self._carry_out(granted.actions), ToEdge(edge_id, ok)]
+            case Unsubscribe():
+                self._check_owner(edge_id, message.client_id)
+                actions = self.manager.unsubscribe(message.client_id, message.topic)
+                done = Unsubscribed(
+                    request_id=message.request_id, client_id=message.client_id, topic=message.topic
+                )
+                return [*self._carry_out(actions), ToEdge(edge_id, done)]
+            case StatsRequest():
+                stats = self.manager.get_connection_stats()
+                return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
+        raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
+
+    def _hello(self, edge_id: str, hello: Hello, now: float) -> list[Outbound]:
+        if hello.version != CONTROL_VERSION:
+            raise RefusedError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"control version {hello.version} is not supported; this router speaks {CONTROL_VERSION}",
+            )
+        if hello.edge_id != edge_id:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "hello.edge_id must equal the socket identity")
+        actions = self.manager.edge_hello(edge_id, hello.protocol, now)
+        log.info("edge %s (%s) connected", edge_id, hello.protocol)
+        welcome = Welcome(
+            router_id=self.router_id,
+            version=CONTROL_VERSION,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.manager.limits.edge_timeout,
+        )
+        return [*self._carry_out(actions), ToEdge(edge_id, welcome)]
+
+    def _check_owner(self, edge_id: str, client_id: str) -> None:
+        if self.manager.client_edge(client_id) != edge_id:
+            raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"edge {edge_id!r} has no client {client_id!r}")
+
+    def _carry_out(self, actions: list[Action]) -> list[Outbound]:
+        out: list[Outbound] = []
+        for action in actions:
+            match action:
+                case WatchTopic(topic):
+                    out.append(Upstream(topic, watched=True))
+                case UnwatchTopic(topic):
+                    out.append(Upstream(topic, watched=False))
+                case PolicyChanged(topic, policy, edge_ids):
+                    out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
+                case ClientDropped():
+                    pass
+        return out
+
+
+def _refusal(message: EdgeMessage, refused: RefusedError) -> Error:
+    request_id = getattr(message, "request_id", 0)
+    client_id = getattr(message, "client_id", "")
+    return _error(request_id, refused.code, refused.detail, client_id)
+
+
+def _error(request_id: int, code: ErrorCode, detail: str, client_id: str = "") -> Error:
+    return Error(request_id=request_id, code=code.value, message=detail, client_id=client_id)
+
+
+def _as_dict(stats: object) -> dict[str, object]:
+    result = msgspec.to_builtins(stats)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,45 @@
+"""The sans-I/O core: plain objects with no sockets, no clock and no event loop."""
+
+from router.core.clients import ClientInfo, Connection
+from router.core.errors import ErrorCode, RefusedError
+from router.core.manager import (
+    Action,
+    ClientDropped,
+    ConnectionManager,
+    ConnectionStats,
+    Limits,
+    PolicyChanged,
+    Route,
+    Subscribed,
+    UnwatchTopic,
+    WatchTopic,
+)
+from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
+from router.core.sessions import AllowAllSessions, Identity, SessionManager
+from router.core.topics import TopicRegistry, TopicSpec, check_topic, topic_error
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Action",
+    "AllowAllSessions",
+    "ClientDropped",
+    "ClientInfo",
+    "Connection",
+    "ConnectionManager",
+    "ConnectionStats",
+    "DeliveryPolicy",
+    "ErrorCode",
+    "Identity",
+    "Limits",
+    "PolicyChanged",
+    "RefusedError",
+    "Route",
+    "SessionManager",
+    "Subscribed",
+    "TopicRegistry",
+    "TopicSpec",
+    "UnwatchTopic",
+    "WatchTopic",
+    "check_topic",
+    "topic_error",
+]

@@ -1,0 +1,32 @@
+"""The refusals the core can give, each with a stable code that travels on the wire."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes. Clients and edges match on these strings; never rename one."""
+
+    BAD_REQUEST = "bad_request"
+    BAD_TOPIC = "bad_topic"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    TOO_LARGE = "too_large"
+    UNKNOWN_CLIENT = "unknown_client"
+    DUPLICATE_CLIENT = "duplicate_client"
+    UNKNOWN_EDGE = "unknown_edge"
+    NOT_SUBSCRIBED = "not_subscribed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    INTERNAL = "internal"
+
+
+class RefusedError(Exception):
+    """A request the core refused. The state is exactly as it was before the call."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code.value}: {detail}")
+        self.code = code
+        self.detail = detail

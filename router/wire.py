@@ -1,0 +1,283 @@
+"""The router's wire formats, with no I/O: producer frames, data frames to edges, control messages.
+
+``docs/protocol.md`` describes the same formats byte by byte for other languages. Every decoder
+here raises :class:`WireError` with a short reason on bad input, and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple, TypeVar
+
+import msgspec
+
+from router.core.policy import DeliveryPolicy
+
+__all__ = [
+    "CONTROL_VERSION",
+    "DATA_VERSION",
+    "DataMeta",
+    "DropClient",
+    "EdgeMessage",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "PolicyUpdate",
+    "ProducerHeader",
+    "ProducerMessage",
+    "RegisterClient",
+    "Registered",
+    "RouterMessage",
+    "Stats",
+    "StatsRequest",
+    "Subscribe",
+    "SubscribeOk",
+    "UnregisterClient",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Welcome",
+    "WireError",
+    "data_frame_head",
+    "decode_edge_message",
+    "decode_router_message",
+    "encode_control",
+    "parse_data_head",
+    "parse_producer_frames",
+]
+
+
+class WireError(ValueError):
+    """Bytes that do not follow the protocol. ``reason`` is a short, stable drop reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- producer -> router
+
+MAX_HEADER_BYTES: Final = 4096
+
+
+class ProducerHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """The optional middle frame of a producer message: a msgpack map, every key optional.
+
+    Unknown keys are ignored, so producers may add their own.
+    """
+
+    content_type: str | None = None
+    timestamp: int | None = None
+    key: str | None = None
+
+
+class ProducerMessage(NamedTuple):
+    topic: bytes
+    header: bytes
+    payload: bytes
+
+
+_header_decoder = msgspec.msgpack.Decoder(ProducerHeader)
+
+
+def parse_producer_frames(frames: list[bytes]) -> ProducerMessage:
+    """Split ``[topic, payload]`` or ``[topic, header, payload]``; checks the header's form."""
+    if len(frames) == 2:
+        return ProducerMessage(frames[0], b"", frames[1])
+    if len(frames) == 3:
+        header = frames[1]
+        if header:
+            decode_producer_header(header)
+        return ProducerMessage(frames[0], header, frames[2])
+    raise WireError("bad_frames", f"a producer message has 2 or 3 frames, not {len(frames)}")
+
+
+def decode_producer_header(header: bytes) -> ProducerHeader:
+    if len(header) > MAX_HEADER_BYTES:
+        raise WireError("bad_header", f"header over {MAX_HEADER_BYTES} bytes")
+    try:
+        return _header_decoder.decode(header)
+    except msgspec.DecodeError as error:
+        raise WireError("bad_header", f"header is not a msgpack map of known fields: {error}") from None
+
+
+# ---------------------------------------------------------------- router -> edges (data)
+
+DATA_VERSION: Final = 1
+_DATA_META = struct.Struct("!BBHIQ")
+DATA_META_SIZE: Final = _DATA_META.size
+
+
+class DataMeta(NamedTuple):
+    topic: bytes
+    epoch: int
+    offset: int
+    header: bytes
+
+
+def data_frame_head(topic: bytes, epoch: int, offset: int, header: bytes = b"") -> bytes:
+    """Frame 0 of a data message on XPUB: ``topic NUL meta header``.
+
+    The NUL after the topic makes a SUB subscription to ``topic + b"\\0"`` match exactly one
+    topic, since topics never contain NUL.
+    """
+    return b"".join((topic, b"\0", _DATA_META.pack(DATA_VERSION, 0, 0, epoch, offset), header))
+
+
+def parse_data_head(head: bytes) -> DataMeta:
+    """Inverse of :func:`data_frame_head`."""
+    end = head.find(b"\0")
+    if end < 1:
+        raise WireError("bad_data", "frame 0 has no NUL-terminated topic")
+    meta_end = end + 1 + DATA_META_SIZE
+    if len(head) < meta_end:
+        raise WireError("bad_data", "frame 0 is shorter than its fixed header")
+    version, _flags, _reserved, epoch, offset = _DATA_META.unpack_from(head, end + 1)
+    if version != DATA_VERSION:
+        raise WireError("bad_data", f"data version {version} is not {DATA_VERSION}")
+    return DataMeta(head[:end], epoch, offset, head[meta_end:])
+
+
+# ---------------------------------------------------------------- edges <-> router (control)
+
+CONTROL_VERSION: Final = 1
+
+
+class _Control(msgspec.Struct, kw_only=True, tag_field="type"):
+    pass
+
+
+class Hello(_Control, tag="hello"):
+    """Edge -> router, first message and after any reset. Drops what the router held for it."""
+
+    edge_id: str
+    protocol: str
+    version: int = CONTROL_VERSION
+
+
+class Welcome(_Control, tag="welcome"):
+    """Router -> edge, the answer to hello."""
+
+    router_id: str
+    version: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+
+class Heartbeat(_Control, tag="heartbeat"):
+    """Both ways. From the router, ``router_id`` lets an edge notice a router restart."""
+
+    router_id: str = ""
+
+
+class RegisterClient(_Control, tag="register"):
+    request_id: int
+    client_id: str
+    protocol: str = "websocket"
+    remote: str = ""
+    token: str | None = None
+
+
+class Registered(_Control, tag="registered"):
+    request_id: int
+    client_id: str
+    user: str
+
+
+class UnregisterClient(_Control, tag="unregister"):
+    """No reply: the client is gone either way."""
+
+    client_id: str
+
+
+class Subscribe(_Control, tag="subscribe"):
+    request_id: int
+    client_id: str
+    topic: str
+
+
+class SubscribeOk(_Control, tag="subscribed"):
+    request_id: int
+    client_id: str
+    topic: str
+    epoch: int
+    offset: int
+    content_type: str
+    policy: DeliveryPolicy
+
+
+class Unsubscribe(_Control, tag="unsubscribe"):
+    request_id: int
+    client_id: str
+    topic: str
+
+
+class Unsubscribed(_Control, tag="unsubscribed"):
+    request_id: int
+    client_id: str
+    topic: str
+
+
+class Error(_Control, tag="error"):
+    """Router -> edge: a refused request. ``code`` is one of ``ErrorCode``'s values."""
+
+    request_id: int
+    code: str
+    message: str
+    client_id: str = ""
+
+
+class PolicyUpdate(_Control, tag="policy"):
+    topic: str
+    policy: DeliveryPolicy
+
+
+class DropClient(_Control, tag="drop_client"):
+    """Router -> edge: close this client (its session ended at the router)."""
+
+    client_id: str
+    reason: str
+
+
+class StatsRequest(_Control, tag="stats_request"):
+    request_id: int
+
+
+class Stats(_Control, tag="stats"):
+    request_id: int
+    stats: dict[str, object]
+
+
+EdgeMessage = Hello | Heartbeat | RegisterClient | UnregisterClient | Subscribe | Unsubscribe | StatsRequest
+RouterMessage = (
+    Welcome | Heartbeat | Registered | SubscribeOk | Unsubscribed | Error | PolicyUpdate | DropClient | Stats
+)
+
+MAX_CONTROL_BYTES: Final = 64 * 1024
+_encoder = msgspec.msgpack.Encoder()
+_edge_decoder: msgspec.msgpack.Decoder[EdgeMessage] = msgspec.msgpack.Decoder(EdgeMessage)
+_router_decoder: msgspec.msgpack.Decoder[RouterMessage] = msgspec.msgpack.Decoder(RouterMessage)
+_T = TypeVar("_T")
+
+
+def encode_control(message: EdgeMessage | RouterMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_edge_message(body: bytes) -> EdgeMessage:
+    """Decode what an edge sent to the router."""
+    return _decode(_edge_decoder, body)
+
+
+def decode_router_message(body: bytes) -> RouterMessage:
+    """Decode what the router sent to an edge."""
+    return _decode(_router_decoder, body)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes) -> _T:
+    if len(body) > MAX_CONTROL_BYTES:
+        raise WireError("bad_control", f"control message over {MAX_CONTROL_BYTES} bytes")
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise WireError("bad_control", str(error)) from None
