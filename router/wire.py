@@ -60,7 +60,7 @@ class WireError(ValueError):
 MAX_HEADER_BYTES: Final = 4096
 
 
-class ProducerHeader(msgspec.Struct, frozen=True, kw_only=True):
+class ProducerHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The optional middle frame of a producer message: a msgpack map, every key optional.
 
     Unknown keys are ignored, so producers may add their own.

@@ -1,0 +1,220 @@
+"""An edge's link to the router: a DEALER for control and a SUB for data.
+
+The link says hello, keeps heartbeats going both ways and notices when the router is gone or has
+restarted (silence past the timeout, a new ``router_id``, or an ``unknown_edge`` error). It then
+says hello again and sends what :attr:`RouterLink.resync` returns — every client and subscription
+the edge still has — so delivery resumes without anyone's help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
+from router.core.errors import ErrorCode
+from router.wire import (
+    EdgeMessage,
+    Error,
+    Heartbeat,
+    Hello,
+    RouterMessage,
+    Welcome,
+    WireError,
+    decode_router_message,
+    encode_control,
+)
+
+log = logging.getLogger("switchboard.edge")
+
+DataBatch = list[list[bytes]]
+
+
+def new_edge_id(protocol: str) -> str:
+    return f"{protocol}-{secrets.token_hex(6)}"
+
+
+class RouterLink:
+    """Control and data to and from the router, for one edge process.
+
+    Hook the callbacks before :meth:`run`: ``on_message`` gets every router message that is not a
+    reply awaited through :meth:`request`, ``on_data`` gets each drained batch of data messages as
+    ``[head, payload]`` frame lists, and ``resync`` returns the messages to send after each welcome.
+    """
+
+    def __init__(
+        self,
+        *,
+        protocol: str,
+        control: str = DEFAULT_CONTROL,
+        xpub: str = DEFAULT_XPUB,
+        edge_id: str | None = None,
+        heartbeat_interval: float = 1.0,
+        max_batch: int = 1_000,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.edge_id = edge_id or new_edge_id(protocol)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = 5 * heartbeat_interval
+        self.max_batch = max_batch
+        self.router_id = ""
+        self.on_message: Callable[[RouterMessage], None] = lambda message: None
+        self.on_data: Callable[[DataBatch], None] = lambda batch: None
+        self.resync: Callable[[], list[EdgeMessage]] = list
+        self.welcomed = asyncio.Event()
+        self.welcomes = 0
+        self._context = context or zmq.asyncio.Context.instance()
+        self._request_ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
+        self._last_heard = time.monotonic()
+        self._dealer = self._context.socket(zmq.DEALER)
+        self._dealer.linger = 0
+        self._dealer.setsockopt(zmq.ROUTING_ID, self.edge_id.encode())
+        self._dealer.setsockopt(zmq.IMMEDIATE, 1)
+        self._dealer.connect(control)
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.linger = 0
+        self._sub.connect(xpub)
+        self._dealer_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._dealer.underlying)
+        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+
+    # ------------------------------------------------------------ outgoing
+
+    def next_request_id(self) -> int:
+        return next(self._request_ids)
+
+    def send(self, message: EdgeMessage) -> bool:
+        """Send now, or return ``False`` if the router is unreachable (the message is dropped)."""
+        try:
+            self._dealer_sync.send(encode_control(message), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    async def request(self, message: EdgeMessage) -> RouterMessage:
+        """Send a message that has a ``request_id`` and wait for the reply that echoes it.
+
+        Wrap the call in ``asyncio.timeout`` to bound the wait.
+        """
+        request_id: int = getattr(message, "request_id")  # noqa: B009 - every request has one
+        future: asyncio.Future[RouterMessage] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        try:
+            if not self.send(message):
+                raise ConnectionError("the router is not reachable")
+            return await future
+        finally:
+            self._waiters.pop(request_id, None)
+
+    def watch(self, topic: str) -> None:
+        """Receive data for exactly ``topic`` (the NUL makes the prefix match exact)."""
+        self._sub_sync.setsockopt(zmq.SUBSCRIBE, topic.encode() + b"\0")
+
+    def unwatch(self, topic: str) -> None:
+        self._sub_sync.setsockopt(zmq.UNSUBSCRIBE, topic.encode() + b"\0")
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Run control, heartbeats and data until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._control_loop())
+                group.create_task(self._heartbeat_loop())
+                group.create_task(self._data_loop())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        self._dealer.close(linger=0)
+        self._sub.close(linger=0)
+
+    def _hello(self) -> None:
+        self.welcomed.clear()
+        self.send(Hello(edge_id=self.edge_id, protocol=self.protocol))
+
+    async def _heartbeat_loop(self) -> None:
+        self._hello()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            silent_for = time.monotonic() - self._last_heard
+            if not self.welcomed.is_set() or silent_for > self.heartbeat_timeout:
+                if self.welcomed.is_set():
+                    log.warning("router silent for %.1f s; saying hello again", silent_for)
+                self._hello()
+            else:
+                self.send(Heartbeat())
+
+    async def _control_loop(self) -> None:
+        receive = self._dealer_sync.recv
+        while True:
+            await self._dealer.poll(zmq.POLLIN)
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    self._on_control(receive(zmq.NOBLOCK))
+
+    def _on_control(self, body: bytes) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            message = decode_router_message(body)
+        except WireError as error:
+            log.warning("bad control message from the router: %s", error)
+            return
+        match message:
+            case Welcome():
+                self._welcome(message)
+            case Heartbeat(router_id=router_id) if router_id and router_id != self.router_id:
+                log.warning("the router restarted (%s -> %s)", self.router_id, router_id)
+                self._hello()
+            case Heartbeat():
+                pass
+            case _:
+                if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
+                    self._router_forgot_us()
+                self._dispatch(message)
+
+    def _router_forgot_us(self) -> None:
+        if self.welcomed.is_set():
+            log.warning("the router does not know this edge; saying hello again")
+            self._hello()
+
+    def _dispatch(self, message: RouterMessage) -> None:
+        waiter = self._waiters.get(getattr(message, "request_id", 0))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+        else:
+            self.on_message(message)
+
+    def _welcome(self, welcome: Welcome) -> None:
+        self.router_id = welcome.router_id
+        self.heartbeat_interval = welcome.heartbeat_interval
+        self.heartbeat_timeout = welcome.heartbeat_timeout
+        self.welcomes += 1
+        log.info("welcomed by router %s", welcome.router_id)
+        for message in self.resync():
+            self.send(message)
+        self.welcomed.set()
+
+    async def _data_loop(self) -> None:
+        receive = self._sub_sync.recv_multipart
+        on_data = self.on_data
+        while True:
+            await self._sub.poll(zmq.POLLIN)
+            batch: DataBatch = []
+            with contextlib.suppress(zmq.Again):
+                while len(batch) < self.max_batch:
+                    batch.append(receive(zmq.NOBLOCK))
+            on_data(batch)
+            if len(batch) == self.max_batch:
+                await asyncio.sleep(0)

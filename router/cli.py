@@ -1,0 +1,141 @@
+"""The ``switchboard`` command: ``router``, ``publish``, ``tap`` and ``edge KIND``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+from router.config import (
+    DEFAULT_CONTROL,
+    DEFAULT_PULL,
+    DEFAULT_XPUB,
+    ConfigError,
+    RouterConfig,
+    load_config,
+)
+from router.server import RouterServer
+
+EDGE_KINDS = {"websocket": "edges.websocket"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "edge":
+        return _run_edge(args.kind, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handler = {"router": _run_router, "publish": _run_publish, "tap": _run_tap}[args.command]
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_router_arguments(commands.add_parser("router", help="run the central router"))
+
+    publish = commands.add_parser("publish", help="publish messages (stdin lines if no MESSAGE)")
+    publish.add_argument("topic")
+    publish.add_argument("message", nargs="?")
+    publish.add_argument("--pull", default=DEFAULT_PULL, help="the router's PULL endpoint")
+    publish.add_argument("--count", type=int, default=1, help="times to send MESSAGE")
+    publish.add_argument("--rate", type=float, default=0.0, help="messages per second (0: no limit)")
+    publish.add_argument("--content-type")
+
+    tap = commands.add_parser("tap", help="print what arrives on topics (a debugging subscriber)")
+    tap.add_argument("topics", nargs="+")
+    tap.add_argument("--control", default=DEFAULT_CONTROL)
+    tap.add_argument("--xpub", default=DEFAULT_XPUB)
+    tap.add_argument("--count", type=int, default=0, help="stop after this many messages (0: never)")
+
+    edge = commands.add_parser("edge", help="run an edge process", add_help=False)
+    edge.add_argument("kind", choices=sorted(EDGE_KINDS))
+    return parser
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    for name in ("pull", "xsub", "xpub", "control"):
+        parser.add_argument(f"--{name}", help=f"endpoint of the {name} socket (overrides the config)")
+    parser.add_argument("--heartbeat-interval", type=float)
+    parser.add_argument(
+        "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
+    )
+
+
+def _run_router(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in ("pull", "xsub", "xpub", "control")}
+    overrides["heartbeat_interval"] = args.heartbeat_interval
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"switchboard router: {error}", file=sys.stderr)
+        return 2
+    return run_async(_serve_router(config, args.announce))
+
+
+async def _serve_router(config: RouterConfig, announce: bool) -> None:
+    server = RouterServer(config)
+    endpoints = server.bind()
+    if announce:
+        print(json.dumps({"event": "ready", **endpoints}), flush=True)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.stop)
+    await server.serve()
+
+
+def run_async(main: Coroutine[Any, Any, object]) -> int:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+    return 0
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from router.producer import Producer
+
+    if args.message is not None:
+        messages: Iterable[str] = [args.message] * args.count
+    else:
+        messages = (line.rstrip("\n") for line in sys.stdin)
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    with Producer(args.pull) as producer:
+        for text in messages:
+            producer.publish(args.topic, text.encode(), content_type=args.content_type)
+            if interval:
+                time.sleep(interval)
+    return 0
+
+
+def _run_tap(args: argparse.Namespace) -> int:
+    from edges.tap import tap
+
+    return run_async(tap(args.topics, control=args.control, xpub=args.xpub, count=args.count))
+
+
+def _run_edge(kind: str, argv: list[str]) -> int:
+    module = importlib.import_module(EDGE_KINDS[kind])
+    result: int = module.main(argv)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

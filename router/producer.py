@@ -1,0 +1,64 @@
+"""A small producer for Python users: ``Producer("tcp://127.0.0.1:7750").publish(topic, payload)``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import msgspec
+import zmq
+
+from router.config import DEFAULT_PULL
+from router.core.topics import check_topic
+from router.wire import ProducerHeader
+
+
+class Producer:
+    """PUSHes ``[topic, payload]`` (or ``[topic, header, payload]``) to the router's PULL socket.
+
+    ``publish`` blocks while the router's queue is full (the PUSH high-water mark), which is how a
+    producer feels backpressure; pass ``block=False`` to get ``False`` back instead.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_PULL, *, sndhwm: int = 10_000) -> None:
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.linger = 2_000
+        self._socket.sndhwm = sndhwm
+        self._socket.connect(endpoint)
+        self._checked: set[str] = set()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        content_type: str | None = None,
+        timestamp: int | None = None,
+        block: bool = True,
+    ) -> bool:
+        """Send one message; ``timestamp`` is nanoseconds since the Unix epoch."""
+        if topic not in self._checked:
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            self._checked.add(check_topic(topic))
+        frames = [topic.encode(), payload]
+        if content_type is not None or timestamp is not None:
+            header = ProducerHeader(content_type=content_type, timestamp=timestamp)
+            frames.insert(1, msgspec.msgpack.encode(header))
+        try:
+            self._socket.send_multipart(frames, 0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
