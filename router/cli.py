@@ -70,7 +70,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     for name in ("pull", "xsub", "xpub", "control"):
         parser.add_argument(f"--{name}", help=f"endpoint of the {name} socket (overrides the config)")
-    parser.add_argument("--heartbeat-interval", type=float)
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    parser.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an edge is lost")
     parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
@@ -79,6 +80,7 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_router(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("pull", "xsub", "xpub", "control")}
     overrides["heartbeat_interval"] = args.heartbeat_interval
+    overrides["heartbeat_timeout"] = args.heartbeat_timeout
     try:
         config = load_config(args.config, overrides)
     except ConfigError as error:

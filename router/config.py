@@ -30,6 +30,7 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     xpub: str = DEFAULT_XPUB
     control: str = DEFAULT_CONTROL
     heartbeat_interval: float = 1.0
+    heartbeat_timeout: float | None = None
     ingest_hwm: int = 10_000
     fanout_hwm: int = 10_000
     max_batch: int = 1_000
@@ -37,6 +38,13 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        if self.heartbeat_timeout is not None and self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+
+    @property
+    def edge_timeout(self) -> float:
+        """How long an edge may stay silent: ``heartbeat_timeout``, else 5 heartbeat intervals."""
+        return self.heartbeat_timeout or 5 * self.heartbeat_interval
         if min(self.ingest_hwm, self.fanout_hwm, self.max_batch) < 1:
             raise ValueError("ingest_hwm, fanout_hwm and max_batch must be at least 1")
 

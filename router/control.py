@@ -68,9 +68,12 @@ Outbound = ToEdge | Upstream
 class ControlPlane:
     """Edge control messages in, replies and upstream subscription changes out."""
 
-    def __init__(self, manager: ConnectionManager, heartbeat_interval: float) -> None:
+    def __init__(
+        self, manager: ConnectionManager, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> None:
         self.manager = manager
         self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self.router_id = secrets.token_hex(8)
         self._log = ThrottledLog(log)
 
@@ -98,7 +101,7 @@ class ControlPlane:
         out: list[Outbound] = [
             ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
         ]
-        expired = self.manager.expire_edges(now)
+        expired = self.manager.expire_edges(now, self.heartbeat_timeout)
         for action in expired:
             if isinstance(action, ClientDropped):
                 log.info("client %s dropped: %s (edge %s)", *action)
@@ -170,7 +173,7 @@ class ControlPlane:
             router_id=self.router_id,
             version=CONTROL_VERSION,
             heartbeat_interval=self.heartbeat_interval,
-            heartbeat_timeout=self.manager.limits.edge_timeout,
+            heartbeat_timeout=self.heartbeat_timeout,
         )
         return [*self._carry_out(actions), ToEdge(edge_id, welcome)]
 

@@ -36,7 +36,9 @@ class RouterServer:
     ) -> None:
         self.config = config
         self.manager = manager or ConnectionManager(config.registry(), limits=config.limits)
-        self.control = ControlPlane(self.manager, config.router.heartbeat_interval)
+        self.control = ControlPlane(
+            self.manager, config.router.heartbeat_interval, config.router.edge_timeout
+        )
         self.endpoints: dict[str, str] = {}
         self._clock = clock
         self._context = zmq.asyncio.Context()

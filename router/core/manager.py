@@ -47,7 +47,6 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_subscribers_per_topic: int = 100_000
     max_topics: int = 100_000
     max_payload_bytes: int = 16 * 1024 * 1024
-    edge_timeout: float = 5.0
 
 
 class WatchTopic(NamedTuple):
@@ -217,9 +216,9 @@ class ConnectionManager:
             actions.append(ClientDropped(client_id, edge_id, reason))
         return actions
 
-    def expire_edges(self, now: float) -> list[Action]:
-        """Forget every edge silent for longer than ``limits.edge_timeout``."""
-        deadline = now - self.limits.edge_timeout
+    def expire_edges(self, now: float, timeout: float) -> list[Action]:
+        """Forget every edge silent for longer than ``timeout`` seconds."""
+        deadline = now - timeout
         silent = [e.edge_id for e in self._edges.values() if e.last_seen < deadline]
         actions: list[Action] = []
         for edge_id in silent:

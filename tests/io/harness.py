@@ -1,0 +1,208 @@
+"""Real processes and real sockets for integration tests: start, wait until ready, stop by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from edges.link import DataBatch, RouterLink
+from router.wire import (
+    DataMeta,
+    EdgeMessage,
+    RegisterClient,
+    Registered,
+    RouterMessage,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    SubscribeOk,
+    Unsubscribe,
+    parse_data_head,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK_ANY_PORT = "tcp://127.0.0.1:0"
+
+
+class RouterProcess:
+    """``python -m router`` in a child process, bound to ports it picks (or the ones given)."""
+
+    def __init__(self, extra_args: Sequence[str] = (), config: Path | None = None) -> None:
+        self.extra_args = list(extra_args)
+        self.config = config
+        self.endpoints: dict[str, str] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, endpoints: dict[str, str] | None = None, timeout: float = 15.0) -> dict[str, str]:
+        wanted = endpoints or dict.fromkeys(("pull", "xsub", "xpub", "control"), LOOPBACK_ANY_PORT)
+        args = [sys.executable, "-m", "router", "--announce", "--heartbeat-interval", "0.2"]
+        for name, endpoint in wanted.items():
+            args += [f"--{name}", endpoint]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        self.process = subprocess.Popen(
+            [*args, *self.extra_args], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ}
+        )
+        self.endpoints = _read_ready_line(self.process, timeout)
+        return self.endpoints
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """Ask the router to stop (SIGTERM); kill it if it does not within 5 s."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+def _read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> dict[str, str]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    buffered = b""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"router exited with {process.returncode} before it was ready")
+        chunk = process.stdout.read() or b""
+        buffered += chunk
+        if b"\n" in buffered:
+            line = buffered.split(b"\n", 1)[0]
+            ready = json.loads(line)
+            assert ready.pop("event") == "ready"
+            return {str(k): str(v) for k, v in ready.items()}
+        time.sleep(0.02)
+    process.kill()
+    raise TimeoutError("router did not announce its endpoints")
+
+
+class TestEdge:
+    """A real edge link with one or more clients whose data lands in a queue."""
+
+    __test__ = False
+
+    def __init__(self, endpoints: dict[str, str], heartbeat_interval: float = 0.2) -> None:
+        self.link = RouterLink(
+            protocol="test",
+            control=endpoints["control"],
+            xpub=endpoints["xpub"],
+            heartbeat_interval=heartbeat_interval,
+        )
+        self.received: asyncio.Queue[tuple[DataMeta, bytes]] = asyncio.Queue()
+        self.clients: dict[str, set[str]] = {}
+        self.link.on_data = self._on_data
+        self.link.resync = self._resync
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TestEdge:
+        self._runner = asyncio.create_task(self.link.run())
+        async with asyncio.timeout(10):
+            await self.link.welcomed.wait()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+
+    def _on_data(self, batch: DataBatch) -> None:
+        for head, payload in batch:
+            self.received.put_nowait((parse_data_head(head), payload))
+
+    def _resync(self) -> list[EdgeMessage]:
+        messages: list[EdgeMessage] = []
+        for client_id, topics in self.clients.items():
+            messages.append(RegisterClient(request_id=self.link.next_request_id(), client_id=client_id))
+            messages += [
+                Subscribe(request_id=self.link.next_request_id(), client_id=client_id, topic=topic)
+                for topic in sorted(topics)
+            ]
+        return messages
+
+    async def request(self, message: EdgeMessage) -> RouterMessage:
+        async with asyncio.timeout(5):
+            return await self.link.request(message)
+
+    async def register(self, client_id: str) -> RouterMessage:
+        reply = await self.request(RegisterClient(request_id=self.link.next_request_id(), client_id=client_id))
+        if isinstance(reply, Registered):
+            self.clients[client_id] = set()
+        return reply
+
+    async def subscribe(self, client_id: str, topic: str) -> RouterMessage:
+        self.link.watch(topic)
+        request = Subscribe(request_id=self.link.next_request_id(), client_id=client_id, topic=topic)
+        reply = await self.request(request)
+        if isinstance(reply, SubscribeOk):
+            self.clients[client_id].add(topic)
+        return reply
+
+    async def request_unsubscribe(self, client_id: str, topic: str) -> RouterMessage:
+        request = Unsubscribe(request_id=self.link.next_request_id(), client_id=client_id, topic=topic)
+        reply = await self.request(request)
+        self.clients[client_id].discard(topic)
+        return reply
+
+    async def stats(self) -> dict[str, object]:
+        reply = await self.request(StatsRequest(request_id=self.link.next_request_id()))
+        assert isinstance(reply, Stats), reply
+        return reply.stats
+
+    async def next_message(self, timeout: float = 5.0) -> tuple[DataMeta, bytes]:
+        async with asyncio.timeout(timeout):
+            return await self.received.get()
+
+    def drain(self) -> list[tuple[DataMeta, bytes]]:
+        items = []
+        while not self.received.empty():
+            items.append(self.received.get_nowait())
+        return items
+
+
+async def eventually(check: object, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Wait until the zero-argument callable (sync or async) ``check`` returns true."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_router(*extra_args: str) -> AsyncIterator[RouterProcess]:
+    router = RouterProcess(extra_args)
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
