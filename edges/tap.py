@@ -7,7 +7,15 @@ import contextlib
 import sys
 
 from edges.link import DataBatch, RouterLink
-from router.wire import EdgeMessage, Error, RegisterClient, Subscribe, WireError, parse_data_head
+from router.wire import (
+    EdgeMessage,
+    Error,
+    RegisterClient,
+    Subscribe,
+    UnregisterClient,
+    WireError,
+    parse_data_head,
+)
 
 
 async def tap(topics: list[str], *, control: str, xpub: str, count: int = 0) -> None:
@@ -54,6 +62,7 @@ async def tap(topics: list[str], *, control: str, xpub: str, count: int = 0) -> 
     try:
         await done.wait()
     finally:
+        link.send(UnregisterClient(client_id=client_id))
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner

@@ -22,6 +22,7 @@ from router.config import (
     RouterConfig,
     load_config,
 )
+from router.core.topics import topic_error
 from router.server import RouterServer
 
 EDGE_KINDS = {"websocket": "edges.websocket"}
@@ -119,6 +120,10 @@ def _run_publish(args: argparse.Namespace) -> int:
     else:
         messages = (line.rstrip("\n") for line in sys.stdin)
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    reason = topic_error(args.topic)
+    if reason is not None:
+        print(f"switchboard publish: {args.topic!r}: {reason}", file=sys.stderr)
+        return 2
     with Producer(args.pull) as producer:
         for text in messages:
             producer.publish(args.topic, text.encode(), content_type=args.content_type)

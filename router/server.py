@@ -20,7 +20,13 @@ from router.config import RouterConfig
 from router.control import ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, RefusedError
 from router.logs import ThrottledLog
-from router.wire import WireError, data_frame_head, encode_control, parse_producer_frames
+from router.wire import (
+    MAX_CONTROL_BYTES,
+    WireError,
+    data_frame_head,
+    encode_control,
+    parse_producer_frames,
+)
 
 log = logging.getLogger("switchboard.router")
 
@@ -51,10 +57,17 @@ class RouterServer:
     def bind(self) -> dict[str, str]:
         """Bind every socket; returns the endpoints actually bound (``:0`` or ``*`` ports resolved)."""
         section = self.config.router
-        self.pull = self._socket(zmq.PULL, "pull", section.pull, rcvhwm=section.ingest_hwm)
-        self.xsub = self._socket(zmq.XSUB, "xsub", section.xsub, rcvhwm=section.ingest_hwm)
+        frame_cap = 2 * self.config.limits.max_payload_bytes
+        self.pull = self._socket(
+            zmq.PULL, "pull", section.pull, rcvhwm=section.ingest_hwm, maxmsgsize=frame_cap
+        )
+        self.xsub = self._socket(
+            zmq.XSUB, "xsub", section.xsub, rcvhwm=section.ingest_hwm, maxmsgsize=frame_cap
+        )
         self.xpub = self._socket(zmq.XPUB, "xpub", section.xpub, sndhwm=section.fanout_hwm)
-        self.router = self._socket(zmq.ROUTER, "control", section.control, router_handover=1)
+        self.router = self._socket(
+            zmq.ROUTER, "control", section.control, router_handover=1, maxmsgsize=2 * MAX_CONTROL_BYTES
+        )
         self._router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         self._xsub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.xsub.underlying)
         return dict(self.endpoints)
