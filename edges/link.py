@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 import zmq
-import zmq.asyncio
 
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.core.errors import ErrorCode
@@ -32,6 +31,7 @@ from router.wire import (
     decode_router_message,
     encode_control,
 )
+from router.zmqio import NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.edge")
 
@@ -59,7 +59,7 @@ class RouterLink:
         edge_id: str | None = None,
         heartbeat_interval: float = 1.0,
         max_batch: int = 1_000,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.protocol = protocol
         self.edge_id = edge_id or new_edge_id(protocol)
@@ -72,7 +72,7 @@ class RouterLink:
         self.resync: Callable[[], list[EdgeMessage]] = list
         self.welcomed = asyncio.Event()
         self.welcomes = 0
-        self._context = context or zmq.asyncio.Context.instance()
+        self._context = context or zmq.Context.instance()
         self._request_ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
         self._last_heard = time.monotonic()
@@ -84,8 +84,7 @@ class RouterLink:
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
         self._sub.connect(xpub)
-        self._dealer_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._dealer.underlying)
-        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+        self._readable: dict[zmq.Socket[bytes], Readable] = {}
 
     # ------------------------------------------------------------ outgoing
 
@@ -95,9 +94,11 @@ class RouterLink:
     def send(self, message: EdgeMessage) -> bool:
         """Send now, or return ``False`` if the router is unreachable (the message is dropped)."""
         try:
-            self._dealer_sync.send(encode_control(message), zmq.NOBLOCK)
+            self._dealer.send(encode_control(message), NOBLOCK)
         except zmq.Again:
             return False
+        finally:
+            self._recheck(self._dealer)
         return True
 
     async def request(self, message: EdgeMessage) -> RouterMessage:
@@ -117,10 +118,17 @@ class RouterLink:
 
     def watch(self, topic: str) -> None:
         """Receive data for exactly ``topic`` (the NUL makes the prefix match exact)."""
-        self._sub_sync.setsockopt(zmq.SUBSCRIBE, topic.encode() + b"\0")
+        self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode() + b"\0")
+        self._recheck(self._sub)
 
     def unwatch(self, topic: str) -> None:
-        self._sub_sync.setsockopt(zmq.UNSUBSCRIBE, topic.encode() + b"\0")
+        self._sub.setsockopt(zmq.UNSUBSCRIBE, topic.encode() + b"\0")
+        self._recheck(self._sub)
+
+    def _recheck(self, sock: zmq.Socket[bytes]) -> None:
+        readable = self._readable.get(sock)
+        if readable is not None:
+            readable.recheck()
 
     # ------------------------------------------------------------ running
 
@@ -157,12 +165,15 @@ class RouterLink:
                 self.send(Heartbeat())
 
     async def _control_loop(self) -> None:
-        receive = self._dealer_sync.recv
-        while True:
-            await self._dealer.poll(zmq.POLLIN)
-            with contextlib.suppress(zmq.Again):
-                while True:
-                    self._on_control(receive(zmq.NOBLOCK))
+        readable = self._readable[self._dealer] = Readable(self._dealer)
+        try:
+            while True:
+                await readable.wait()
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        self._on_control(self._dealer.recv(NOBLOCK))
+        finally:
+            readable.close()
 
     def _on_control(self, body: bytes) -> None:
         self._last_heard = time.monotonic()
@@ -207,14 +218,18 @@ class RouterLink:
         self.welcomed.set()
 
     async def _data_loop(self) -> None:
-        receive = self._sub_sync.recv_multipart
-        on_data = self.on_data
-        while True:
-            await self._sub.poll(zmq.POLLIN)
-            batch: DataBatch = []
-            with contextlib.suppress(zmq.Again):
-                while len(batch) < self.max_batch:
-                    batch.append(receive(zmq.NOBLOCK))
-            on_data(batch)
-            if len(batch) == self.max_batch:
-                await asyncio.sleep(0)
+        readable = self._readable[self._sub] = Readable(self._sub)
+        receive = self._sub.recv_multipart
+        try:
+            while True:
+                await readable.wait()
+                batch: DataBatch = []
+                with contextlib.suppress(zmq.Again):
+                    while len(batch) < self.max_batch:
+                        batch.append(receive(NOBLOCK))
+                if batch:
+                    self.on_data(batch)
+                if len(batch) == self.max_batch:
+                    await asyncio.sleep(0)
+        finally:
+            readable.close()

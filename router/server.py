@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import zmq
-import zmq.asyncio
 
 from router.config import RouterConfig
 from router.control import ControlPlane, Outbound, ToEdge, Upstream
@@ -23,10 +22,12 @@ from router.logs import ThrottledLog
 from router.wire import (
     MAX_CONTROL_BYTES,
     WireError,
+    check_producer_header,
     data_frame_head,
     encode_control,
-    parse_producer_frames,
+    split_producer_frames,
 )
+from router.zmqio import NOBLOCK, SNDMORE_NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.router")
 
@@ -47,15 +48,16 @@ class RouterServer:
         )
         self.endpoints: dict[str, str] = {}
         self._clock = clock
-        self._context = zmq.asyncio.Context()
-        self._sockets: list[zmq.asyncio.Socket] = []
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sockets: list[zmq.Socket[bytes]] = []
         self._stopped = asyncio.Event()
+        self._readable: dict[zmq.Socket[bytes], Readable] = {}
         self._drop_log = ThrottledLog(log)
 
     # ------------------------------------------------------------ lifecycle
 
     def bind(self) -> dict[str, str]:
-        """Bind every socket; returns the endpoints actually bound (``:0`` or ``*`` ports resolved)."""
+        """Bind every socket; returns the endpoints actually bound (``:0`` ports resolved)."""
         section = self.config.router
         frame_cap = 2 * self.config.limits.max_payload_bytes
         self.pull = self._socket(
@@ -68,11 +70,9 @@ class RouterServer:
         self.router = self._socket(
             zmq.ROUTER, "control", section.control, router_handover=1, maxmsgsize=2 * MAX_CONTROL_BYTES
         )
-        self._router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
-        self._xsub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.xsub.underlying)
         return dict(self.endpoints)
 
-    def _socket(self, kind: int, name: str, endpoint: str, **options: int) -> zmq.asyncio.Socket:
+    def _socket(self, kind: int, name: str, endpoint: str, **options: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
         sock.linger = 0
         for option, value in options.items():
@@ -83,25 +83,38 @@ class RouterServer:
         return sock
 
     async def serve(self) -> None:
-        """Run every role until :meth:`stop` is called; binds first if :meth:`bind` was not."""
+        """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.
+
+        A role that fails unexpectedly stops the whole router with its exception, rather than
+        leaving a router that answers heartbeats but forwards nothing.
+        """
         if not self._sockets:
             self.bind()
-        tasks = [
-            asyncio.create_task(self._ingest(self.pull), name="ingest-pull"),
-            asyncio.create_task(self._ingest(self.xsub), name="ingest-xsub"),
-            asyncio.create_task(self._drain_fanout_subscriptions(), name="xpub"),
-            asyncio.create_task(self._control_loop(), name="control"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        self._readable = {sock: Readable(sock) for sock in self._sockets}
+        roles = {
+            "ingest-pull": self._ingest(self.pull),
+            "ingest-xsub": self._ingest(self.xsub),
+            "fanout-subscriptions": self._drain_fanout_subscriptions(),
+            "control": self._control_loop(),
+            "heartbeat": self._heartbeat_loop(),
+        }
+        tasks: list[asyncio.Task[object]] = [
+            asyncio.create_task(role, name=name) for name, role in roles.items()
         ]
+        stopped = asyncio.create_task(self._stopped.wait())
         log.info("router listening: %s", self.endpoints)
         try:
-            await self._stopped.wait()
+            await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    log.critical("router role %s failed", task.get_name(), exc_info=task.exception())
+                    raise RuntimeError(f"router role {task.get_name()} failed") from task.exception()
         finally:
-            for task in tasks:
+            for task in [stopped, *tasks]:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(stopped, *tasks, return_exceptions=True)
+            for readable in self._readable.values():
+                readable.close()
             for sock in self._sockets:
                 sock.close(linger=0)
             self._context.term()
@@ -111,28 +124,37 @@ class RouterServer:
 
     # ------------------------------------------------------------ data
 
-    async def _ingest(self, sock: zmq.asyncio.Socket) -> None:
-        """Producer messages in, data frames out on XPUB (only for watched topics)."""
-        receive = zmq.Socket.shadow(sock.underlying).recv_multipart
-        send = zmq.Socket.shadow(self.xpub.underlying).send_multipart
+    async def _ingest(self, sock: zmq.Socket[bytes]) -> None:
+        """Producer messages in, data frames out on XPUB (only for watched topics).
+
+        Payloads are received as zero-copy frames and forwarded as they are; only the topic and
+        header frames become ``bytes``.
+        """
+        readable = self._readable[sock]
+        receive = sock.recv
+        send = self.xpub.send
         route = self.manager.route_wire
         batch = self.config.router.max_batch
         while True:
-            await sock.poll(zmq.POLLIN)
+            await readable.wait()
             for _ in range(batch):
                 try:
-                    frames = receive(zmq.NOBLOCK)
+                    frames = [receive(NOBLOCK, copy=False)]
                 except zmq.Again:
                     break
+                while frames[-1].more:
+                    frames.append(receive(NOBLOCK, copy=False))
                 try:
-                    topic, header, payload = parse_producer_frames(frames)
-                    epoch_offset = route(topic, payload)
+                    topic_frame, header_frame, payload = split_producer_frames(frames)
+                    topic = topic_frame.bytes
+                    header = b"" if header_frame is None else check_producer_header(header_frame.bytes)
+                    where = route(topic, len(payload))
                 except (WireError, RefusedError) as error:
                     self._count_bad_input(error)
                     continue
-                if epoch_offset.clients:
-                    head = data_frame_head(topic, epoch_offset.epoch, epoch_offset.offset, header)
-                    send((head, payload), zmq.NOBLOCK)
+                if where.clients:
+                    send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
+                    send(payload, NOBLOCK, copy=False)
             else:
                 await asyncio.sleep(0)
 
@@ -146,31 +168,34 @@ class RouterServer:
 
     async def _drain_fanout_subscriptions(self) -> None:
         """Edges' SUB subscriptions reach XPUB as messages; read them so they never pile up."""
-        receive = zmq.Socket.shadow(self.xpub.underlying).recv
+        readable = self._readable[self.xpub]
         while True:
-            await self.xpub.poll(zmq.POLLIN)
+            await readable.wait()
             with contextlib.suppress(zmq.Again):
                 while True:
-                    receive(zmq.NOBLOCK)
+                    self.xpub.recv(NOBLOCK)
 
     # ------------------------------------------------------------ control
 
     async def _control_loop(self) -> None:
-        receive = zmq.Socket.shadow(self.router.underlying).recv_multipart
+        readable = self._readable[self.router]
         while True:
-            await self.router.poll(zmq.POLLIN)
+            await readable.wait()
             for _ in range(self.config.router.max_batch):
                 try:
-                    frames = receive(zmq.NOBLOCK)
+                    frames = self.router.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     break
-                if len(frames) != 2:
-                    self.manager.count_drop("bad_control")
-                    self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
-                    continue
-                self._send(self.control.handle(frames[0], frames[1], self._clock()))
+                self._on_control(frames)
             else:
                 await asyncio.sleep(0)
+
+    def _on_control(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.manager.count_drop("bad_control")
+            self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
+            return
+        self._send(self.control.handle(frames[0], frames[1], self._clock()))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.router.heartbeat_interval
@@ -183,10 +208,11 @@ class RouterServer:
             try:
                 match item:
                     case ToEdge(edge_id, message):
-                        frames = [edge_id.encode(), encode_control(message)]
-                        self._router_sync.send_multipart(frames, zmq.NOBLOCK)
+                        self.router.send_multipart([edge_id.encode(), encode_control(message)], NOBLOCK)
+                        self._readable[self.router].recheck()
                     case Upstream(topic, watched):
-                        self._xsub_sync.send((b"\x01" if watched else b"\x00") + topic.encode(), zmq.NOBLOCK)
+                        self.xsub.send((b"\x01" if watched else b"\x00") + topic.encode(), NOBLOCK)
+                        self._readable[self.xsub].recheck()
             except zmq.ZMQError as error:
                 self.manager.count_drop("control_send_failed")
                 self._drop_log.warning("control_send", "could not send %s: %s", type(item).__name__, error)

@@ -74,7 +74,7 @@ async def receive(args: argparse.Namespace) -> Counts:
     sub.linger = 0
     sub.connect(args.xpub)
     sub.setsockopt(zmq.SUBSCRIBE, args.topic.encode() + b"\0")
-    link_task = await subscribe_client(context, args) if args.control else None
+    link_task = await subscribe_client(args) if args.control else None
     try:
         return await count(sub, args)
     finally:
@@ -85,9 +85,9 @@ async def receive(args: argparse.Namespace) -> Counts:
         context.destroy(linger=0)
 
 
-async def subscribe_client(context: zmq.asyncio.Context, args: argparse.Namespace) -> asyncio.Task[None]:
+async def subscribe_client(args: argparse.Namespace) -> asyncio.Task[None]:
     """Register and subscribe a client as an edge does; the link then runs until cancelled."""
-    link = RouterLink(protocol="bench", control=args.control, xpub=args.xpub, context=context)
+    link = RouterLink(protocol="bench", control=args.control, xpub=args.xpub)
     task = asyncio.create_task(link.run())
     async with asyncio.timeout(10):
         await link.welcomed.wait()
