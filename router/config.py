@@ -40,13 +40,13 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             raise ValueError("heartbeat_interval must be positive")
         if self.heartbeat_timeout is not None and self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        if min(self.ingest_hwm, self.fanout_hwm, self.max_batch) < 1:
+            raise ValueError("ingest_hwm, fanout_hwm and max_batch must be at least 1")
 
     @property
     def edge_timeout(self) -> float:
         """How long an edge may stay silent: ``heartbeat_timeout``, else 5 heartbeat intervals."""
         return self.heartbeat_timeout or 5 * self.heartbeat_interval
-        if min(self.ingest_hwm, self.fanout_hwm, self.max_batch) < 1:
-            raise ValueError("ingest_hwm, fanout_hwm and max_batch must be at least 1")
 
 
 class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,12 +67,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"{path}: {error}") from None
     unknown = set(raw) - {"router", "limits", "topics"}
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(sorted(unknown))}")
+    if not isinstance(raw.get("router", {}), dict):
+        raise ConfigError("router must be a table: [router]")
     section = dict(raw.get("router", {}))
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
     raw["router"] = section
@@ -89,9 +91,16 @@ def _check_policies(topics: dict[str, Any]) -> None:
     unknown_topic_keys = set(topics) - {"allow_undeclared", "declare"}
     if unknown_topic_keys:
         raise ValueError(f"unknown key(s) in [topics]: {', '.join(sorted(unknown_topic_keys))}")
+    if not isinstance(topics.get("allow_undeclared", True), bool):
+        raise ValueError("[topics] allow_undeclared must be true or false")
+    declarations = topics.get("declare", [])
+    if not isinstance(declarations, list):
+        raise ValueError("[topics] declare must be an array of tables: [[topics.declare]]")
     known = set(DeliveryPolicy.__struct_fields__)
-    for declaration in topics.get("declare", []):
+    for declaration in declarations:
         policy = declaration.get("policy", {}) if isinstance(declaration, dict) else {}
+        if not isinstance(policy, dict):
+            raise ValueError(f"the policy of {declaration.get('pattern')!r} must be a table")
         unknown = set(policy) - known
         if unknown:
             raise ValueError(f"unknown policy key(s): {', '.join(sorted(unknown))}")

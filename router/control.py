@@ -97,14 +97,14 @@ class ControlPlane:
             return [ToEdge(edge_id, _refusal(message, refused))]
 
     def tick(self, now: float) -> list[Outbound]:
-        """Called every heartbeat interval: heartbeats to edges, and silent edges expired."""
+        """Called every heartbeat interval: silent edges expired, and heartbeats to the others."""
+        expired = self.manager.expire_edges(now, self.heartbeat_timeout)
         out: list[Outbound] = [
             ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
         ]
-        expired = self.manager.expire_edges(now, self.heartbeat_timeout)
         for action in expired:
             if isinstance(action, ClientDropped):
-                log.info("client %s dropped: %s (edge %s)", *action)
+                log.info("client %s of edge %s dropped: %s", *action)
         return out + self._carry_out(expired)
 
     # ------------------------------------------------------------ dispatch

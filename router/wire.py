@@ -7,6 +7,7 @@ here raises :class:`WireError` with a short reason on bad input, and nothing els
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence, Sized
 from typing import Final, NamedTuple, TypeVar
 
 import msgspec
@@ -71,6 +72,9 @@ class ProducerHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     key: str | None = None
 
 
+_Frame = TypeVar("_Frame", bound=Sized)
+
+
 class ProducerMessage(NamedTuple):
     topic: bytes
     header: bytes
@@ -78,18 +82,30 @@ class ProducerMessage(NamedTuple):
 
 
 _header_decoder = msgspec.msgpack.Decoder(ProducerHeader)
+# msgspec raises UnicodeDecodeError for a str that is not UTF-8 and RecursionError for deep nesting.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-def parse_producer_frames(frames: list[bytes]) -> ProducerMessage:
+def parse_producer_frames(frames: Sequence[bytes]) -> ProducerMessage:
     """Split ``[topic, payload]`` or ``[topic, header, payload]``; checks the header's form."""
+    topic, header, payload = split_producer_frames(frames)
+    return ProducerMessage(topic, check_producer_header(header or b""), payload)
+
+
+def split_producer_frames(frames: Sequence[_Frame]) -> tuple[_Frame, _Frame | None, _Frame]:
+    """``(topic, header or None, payload)`` of a producer message, frames of any buffer type."""
     if len(frames) == 2:
-        return ProducerMessage(frames[0], b"", frames[1])
+        return frames[0], None, frames[1]
     if len(frames) == 3:
-        header = frames[1]
-        if header:
-            decode_producer_header(header)
-        return ProducerMessage(frames[0], header, frames[2])
+        return frames[0], frames[1], frames[2]
     raise WireError("bad_frames", f"a producer message has 2 or 3 frames, not {len(frames)}")
+
+
+def check_producer_header(header: bytes) -> bytes:
+    """Return ``header`` unchanged if it is empty or a valid header, else raise ``bad_header``."""
+    if header:
+        decode_producer_header(header)
+    return header
 
 
 def decode_producer_header(header: bytes) -> ProducerHeader:
@@ -97,7 +113,7 @@ def decode_producer_header(header: bytes) -> ProducerHeader:
         raise WireError("bad_header", f"header over {MAX_HEADER_BYTES} bytes")
     try:
         return _header_decoder.decode(header)
-    except msgspec.DecodeError as error:
+    except _DECODE_ERRORS as error:
         raise WireError("bad_header", f"header is not a msgpack map of known fields: {error}") from None
 
 
@@ -279,5 +295,5 @@ def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes) -> _T:
         raise WireError("bad_control", f"control message over {MAX_CONTROL_BYTES} bytes")
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as error:
+    except _DECODE_ERRORS as error:
         raise WireError("bad_control", str(error)) from None

@@ -148,6 +148,10 @@ class _Edge:
     clients: set[str] = field(default_factory=set)
 
 
+def _too_large(topic: str, most: int) -> RefusedError:
+    return RefusedError(ErrorCode.TOO_LARGE, f"payload over {most} bytes on {topic!r}")
+
+
 def _random_epoch() -> int:
     return secrets.randbits(32) or 1
 
@@ -322,8 +326,10 @@ class ConnectionManager:
         most = self.limits.max_subscriptions_per_client
         if len(client.topics) >= most:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} subscriptions per client")
-        cap = spec.max_subscribers or self.limits.max_subscribers_per_topic
-        if state is not None and len(state.subscribers) >= cap:
+        cap = spec.max_subscribers
+        if cap is None:
+            cap = self.limits.max_subscribers_per_topic
+        if len(state.subscribers if state is not None else ()) >= cap:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {cap} subscribers on this topic")
         if state is None and len(self._topics) >= self.limits.max_topics and not self._idle_topics:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_topics} topics")
@@ -352,12 +358,15 @@ class ConnectionManager:
     def _create_topic(self, name: str, spec: TopicSpec) -> _Topic:
         if len(self._topics) >= self.limits.max_topics:
             self._evict_idle_topic()
-        max_payload = spec.max_payload_bytes or self.limits.max_payload_bytes
-        state = _Topic(name, spec, self._new_epoch(), max_payload)
+        state = _Topic(name, spec, self._new_epoch(), self._max_payload(spec))
         self._topics[name] = state
         self._wire_topics[name.encode()] = state
         self._idle_topics[name] = None
         return state
+
+    def _max_payload(self, spec: TopicSpec) -> int:
+        most = spec.max_payload_bytes
+        return most if most is not None else self.limits.max_payload_bytes
 
     def _evict_idle_topic(self) -> None:
         name = next(iter(self._idle_topics))
@@ -367,10 +376,12 @@ class ConnectionManager:
 
     def route_data(self, topic: str, payload: bytes) -> Route:
         """Place one message from a producer in its topic's sequence; see :meth:`route_wire`."""
-        return self.route_wire(topic.encode(), payload)
+        return self.route_wire(topic.encode("utf-8", "surrogatepass"), len(payload))
 
-    def route_wire(self, raw_topic: bytes, payload: bytes) -> Route:
-        """Route a message whose topic is still the producer's bytes (the router's hot path).
+    def route_wire(self, raw_topic: bytes, size: int) -> Route:
+        """Route a message of ``size`` payload bytes whose topic is still the producer's bytes.
+
+        This is the router's hot path: a known topic costs one dict look-up.
 
         Raises ``bad_topic``, ``unknown_topic``, ``too_large`` or ``limit_exceeded``; each such
         refusal is counted as a drop under its code.
@@ -378,27 +389,27 @@ class ConnectionManager:
         state = self._wire_topics.get(raw_topic)
         try:
             if state is None:
-                state = self._topic_for_producer(raw_topic)
-            if len(payload) > state.max_payload:
-                raise RefusedError(
-                    ErrorCode.TOO_LARGE, f"payload over {state.max_payload} bytes on {state.name!r}"
-                )
+                state = self._topic_for_producer(raw_topic, size)
+            elif size > state.max_payload:
+                raise _too_large(state.name, state.max_payload)
         except RefusedError as refused:
             self._drops[refused.code.value] += 1
             raise
         state.offset += 1
         state.messages += 1
-        state.bytes += len(payload)
+        state.bytes += size
         self._messages_in += 1
-        self._bytes_in += len(payload)
+        self._bytes_in += size
         if state.snapshot:
             self._messages_routed += 1
             self._deliveries += len(state.snapshot)
         return Route(state.name, state.epoch, state.offset, state.snapshot)
 
-    def _topic_for_producer(self, raw_topic: bytes) -> _Topic:
+    def _topic_for_producer(self, raw_topic: bytes, size: int) -> _Topic:
         name = decode_topic(raw_topic)
         spec = self.registry.resolve(name)
+        if size > self._max_payload(spec):
+            raise _too_large(name, self._max_payload(spec))
         if len(self._topics) >= self.limits.max_topics and not self._idle_topics:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_topics} topics")
         return self._create_topic(name, spec)

@@ -148,7 +148,9 @@ class TestEdge:
             return await self.link.request(message)
 
     async def register(self, client_id: str) -> RouterMessage:
-        reply = await self.request(RegisterClient(request_id=self.link.next_request_id(), client_id=client_id))
+        reply = await self.request(
+            RegisterClient(request_id=self.link.next_request_id(), client_id=client_id)
+        )
         if isinstance(reply, Registered):
             self.clients[client_id] = set()
         return reply

@@ -67,7 +67,9 @@ async def wait_until_flowing(edge: TestEdge, push: zmq.Socket[bytes], topic: str
     raise AssertionError("no probe arrived")
 
 
-async def test_push_producer_exactly_once_in_order(router: RouterProcess, context: zmq.asyncio.Context) -> None:
+async def test_push_producer_exactly_once_in_order(
+    router: RouterProcess, context: zmq.asyncio.Context
+) -> None:
     push = raw_push(context, router.endpoints["pull"])
     async with TestEdge(router.endpoints) as edge:
         await subscribed_edge(edge, "c1", "/seq/a")
@@ -128,7 +130,9 @@ async def test_pub_producer_sees_who_watches(router: RouterProcess, context: zmq
             assert await producer.recv() == b"\x00/cam/front"
 
 
-async def test_malformed_input_is_counted_and_dropped(router: RouterProcess, context: zmq.asyncio.Context) -> None:
+async def test_malformed_input_is_counted_and_dropped(
+    router: RouterProcess, context: zmq.asyncio.Context
+) -> None:
     push = raw_push(context, router.endpoints["pull"])
     async with TestEdge(router.endpoints) as edge:
         await subscribed_edge(edge, "c1", "/ok")
@@ -145,7 +149,7 @@ async def test_malformed_input_is_counted_and_dropped(router: RouterProcess, con
         for frames in bad:
             push.send_multipart(frames)
         push.send_multipart([b"/ok", b"after"])
-        meta, payload = await edge.next_message()
+        _meta, payload = await edge.next_message()
         assert payload == b"after"
         stats = await edge.stats()
         drops = stats["drops"]
@@ -204,12 +208,14 @@ async def test_router_restart_resyncs_edges(router: RouterProcess, context: zmq.
         first_router = edge.link.router_id
         router.kill(signal.SIGKILL)
         router.start(dict(router.endpoints))
-        await eventually(lambda: edge.link.router_id not in ("", first_router) and edge.link.welcomed.is_set())
+        await eventually(
+            lambda: edge.link.router_id not in ("", first_router) and edge.link.welcomed.is_set()
+        )
         await eventually(lambda: _stat(edge, "subscriptions", 1))
         edge.drain()
         await wait_until_flowing(edge, push, "/restart")
         push.send_multipart([b"/restart", b"after restart"])
-        meta, payload = await edge.next_message()
+        _meta, payload = await edge.next_message()
         assert payload == b"after restart"
         stats = await edge.stats()
         assert (stats["clients"], stats["subscriptions"]) == (1, 1)

@@ -1,0 +1,287 @@
+"""A deliberately simple reference model of what ConnectionManager must hold.
+
+Plain dicts and sets, no cleverness: who is on which edge, who watches which topic, where each
+topic's sequence stands, and which request the limits refuse. Each ``check_*`` method returns the
+:class:`ErrorCode` the manager must refuse with (or ``None``), in the manager's documented order;
+each ``apply_*`` method changes the model and returns the actions the manager must emit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.core import (
+    DEFAULT_POLICY,
+    Action,
+    ClientDropped,
+    DeliveryPolicy,
+    ErrorCode,
+    Limits,
+    PolicyChanged,
+    UnwatchTopic,
+    WatchTopic,
+)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What the registry says about a topic the model may be asked about."""
+
+    max_subscribers: int | None = None
+    max_payload_bytes: int | None = None
+    content_type: str = "application/octet-stream"
+    policy: DeliveryPolicy = DEFAULT_POLICY
+
+
+TopicFate = Declared | ErrorCode
+"""A declared topic, or the code resolving it must fail with (bad_topic, unknown_topic)."""
+
+
+@dataclass
+class Model:
+    limits: Limits
+    catalogue: Mapping[str, TopicFate]
+    guest_prefix: str
+    """Guests may only subscribe to topics starting with this prefix."""
+    edge_timeout: float
+
+    edges: dict[str, float] = field(default_factory=dict)
+    """edge id -> last time it was heard from."""
+    clients: dict[str, str] = field(default_factory=dict)
+    """client id -> edge id."""
+    guests: set[str] = field(default_factory=set)
+    subscribers: dict[str, set[str]] = field(default_factory=dict)
+    """Every topic the router holds state for (watched or idle) -> its subscribers."""
+    positions: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+    """topic -> (epoch, last offset); the epoch is None until the manager first reports it."""
+    idle: list[str] = field(default_factory=list)
+    """Held topics without subscribers, in the order they became idle (evicted first to last)."""
+    policies: dict[str, DeliveryPolicy] = field(default_factory=dict)
+    used_epochs: set[int] = field(default_factory=set)
+    drops: Counter[str] = field(default_factory=Counter)
+    messages_in: int = 0
+    bytes_in: int = 0
+    messages_routed: int = 0
+    deliveries: int = 0
+
+    # ------------------------------------------------------------ views
+
+    def topics_of(self, client_id: str) -> set[str]:
+        return {topic for topic, clients in self.subscribers.items() if client_id in clients}
+
+    def clients_of(self, edge_id: str) -> set[str]:
+        return {client for client, edge in self.clients.items() if edge == edge_id}
+
+    def watched(self) -> set[str]:
+        return {topic for topic, clients in self.subscribers.items() if clients}
+
+    def subscription_count(self) -> int:
+        return sum(len(clients) for clients in self.subscribers.values())
+
+    def cap(self, topic: str) -> int:
+        declared = self._declared(topic)
+        if declared.max_subscribers is not None:
+            return declared.max_subscribers
+        return self.limits.max_subscribers_per_topic
+
+    def max_payload(self, topic: str) -> int:
+        declared = self._declared(topic)
+        if declared.max_payload_bytes is not None:
+            return declared.max_payload_bytes
+        return self.limits.max_payload_bytes
+
+    def policy(self, topic: str) -> DeliveryPolicy:
+        return self.policies.get(topic, self._declared(topic).policy)
+
+    def content_type(self, topic: str) -> str:
+        return self._declared(topic).content_type
+
+    def _declared(self, topic: str) -> Declared:
+        fate = self.catalogue[topic]
+        assert isinstance(fate, Declared), f"{topic!r} is not a declared topic"
+        return fate
+
+    def _resolve_refusal(self, topic: str) -> ErrorCode | None:
+        fate = self.catalogue[topic]
+        return fate if isinstance(fate, ErrorCode) else None
+
+    def observe_epoch(self, topic: str, epoch: int) -> None:
+        """Record the epoch the manager reported; a topic (re)created must get a never-seen one."""
+        known, offset = self.positions[topic]
+        if known is None:
+            assert epoch not in self.used_epochs, f"{topic!r} reuses epoch {epoch}"
+            self.used_epochs.add(epoch)
+            self.positions[topic] = (epoch, offset)
+        else:
+            assert epoch == known, f"{topic!r} changed epoch {known} -> {epoch} while held"
+
+    # ------------------------------------------------------------ edges
+
+    def check_hello(self, edge_id: str) -> ErrorCode | None:
+        if edge_id not in self.edges and len(self.edges) >= self.limits.max_edges:
+            return ErrorCode.LIMIT_EXCEEDED
+        return None
+
+    def apply_hello(self, edge_id: str, now: float) -> list[Action]:
+        actions = self.apply_edge_lost(edge_id, "edge restarted")
+        self.edges[edge_id] = now
+        return actions
+
+    def check_heartbeat(self, edge_id: str) -> ErrorCode | None:
+        return None if edge_id in self.edges else ErrorCode.UNKNOWN_EDGE
+
+    def apply_heartbeat(self, edge_id: str, now: float) -> None:
+        self.edges[edge_id] = now
+
+    def apply_edge_lost(self, edge_id: str, reason: str) -> list[Action]:
+        if self.edges.pop(edge_id, None) is None:
+            return []
+        actions: list[Action] = []
+        for client_id in sorted(self.clients_of(edge_id)):
+            actions += self._drop_client(client_id)
+            actions.append(ClientDropped(client_id, edge_id, reason))
+        return actions
+
+    def silent_edges(self, now: float) -> list[str]:
+        return [edge for edge, seen in self.edges.items() if seen < now - self.edge_timeout]
+
+    def apply_expire(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for edge_id in self.silent_edges(now):
+            actions += self.apply_edge_lost(edge_id, "edge heartbeat timeout")
+        return actions
+
+    # ------------------------------------------------------------ clients
+
+    def check_register(self, client_id: str, edge_id: str, token: str | None) -> ErrorCode | None:
+        if edge_id not in self.edges:
+            return ErrorCode.UNKNOWN_EDGE
+        if client_id in self.clients:
+            return ErrorCode.DUPLICATE_CLIENT
+        if len(self.clients) >= self.limits.max_clients:
+            return ErrorCode.LIMIT_EXCEEDED
+        if token == "bad":
+            return ErrorCode.UNAUTHORIZED
+        return None
+
+    def apply_register(self, client_id: str, edge_id: str, token: str | None) -> None:
+        self.clients[client_id] = edge_id
+        if token == "guest":
+            self.guests.add(client_id)
+
+    def check_unregister(self, client_id: str) -> ErrorCode | None:
+        return None if client_id in self.clients else ErrorCode.UNKNOWN_CLIENT
+
+    def apply_unregister(self, client_id: str) -> list[Action]:
+        return self._drop_client(client_id)
+
+    def _drop_client(self, client_id: str) -> list[Action]:
+        actions: list[Action] = []
+        for topic in sorted(self.topics_of(client_id)):
+            actions += self._remove(client_id, topic)
+        del self.clients[client_id]
+        self.guests.discard(client_id)
+        return actions
+
+    # ------------------------------------------------------------ subscriptions
+
+    def check_subscribe(self, client_id: str, topic: str) -> ErrorCode | None:
+        if client_id not in self.clients:
+            return ErrorCode.UNKNOWN_CLIENT
+        refusal = self._resolve_refusal(topic)
+        if refusal is not None:
+            return refusal
+        if client_id in self.guests and not topic.startswith(self.guest_prefix):
+            return ErrorCode.FORBIDDEN
+        held = self.subscribers.get(topic)
+        if held is not None and client_id in held:
+            return None
+        if len(self.topics_of(client_id)) >= self.limits.max_subscriptions_per_client:
+            return ErrorCode.LIMIT_EXCEEDED
+        if len(held or ()) >= self.cap(topic):
+            return ErrorCode.LIMIT_EXCEEDED
+        if held is None and len(self.subscribers) >= self.limits.max_topics and not self.idle:
+            return ErrorCode.LIMIT_EXCEEDED
+        return None
+
+    def apply_subscribe(self, client_id: str, topic: str) -> list[Action]:
+        if topic not in self.subscribers:
+            self._create(topic)
+        held = self.subscribers[topic]
+        if client_id in held:
+            return []
+        held.add(client_id)
+        if len(held) == 1:
+            self.idle.remove(topic)
+            return [WatchTopic(topic)]
+        return []
+
+    def check_unsubscribe(self, client_id: str, topic: str) -> ErrorCode | None:
+        if client_id not in self.clients:
+            return ErrorCode.UNKNOWN_CLIENT
+        if client_id not in self.subscribers.get(topic, set()):
+            return ErrorCode.NOT_SUBSCRIBED
+        return None
+
+    def apply_unsubscribe(self, client_id: str, topic: str) -> list[Action]:
+        return self._remove(client_id, topic)
+
+    def _remove(self, client_id: str, topic: str) -> list[Action]:
+        held = self.subscribers[topic]
+        held.remove(client_id)
+        if held:
+            return []
+        self.idle.append(topic)
+        return [UnwatchTopic(topic)]
+
+    # ------------------------------------------------------------ topics and routing
+
+    def _create(self, topic: str) -> None:
+        if len(self.subscribers) >= self.limits.max_topics:
+            evicted = self.idle.pop(0)
+            del self.subscribers[evicted]
+            del self.positions[evicted]
+        self.subscribers[topic] = set()
+        self.positions[topic] = (None, 0)
+        self.idle.append(topic)
+
+    def check_route(self, topic: str, size: int) -> ErrorCode | None:
+        if topic not in self.subscribers:
+            refusal = self._resolve_refusal(topic)
+            if refusal is not None:
+                return refusal
+        if size > self.max_payload(topic):
+            return ErrorCode.TOO_LARGE
+        full = len(self.subscribers) >= self.limits.max_topics and not self.idle
+        if topic not in self.subscribers and full:
+            return ErrorCode.LIMIT_EXCEEDED
+        return None
+
+    def refuse_route(self, code: ErrorCode) -> None:
+        self.drops[code.value] += 1
+
+    def apply_route(self, topic: str, size: int) -> tuple[int, frozenset[str]]:
+        """Place one message; returns its offset and who must receive it."""
+        if topic not in self.subscribers:
+            self._create(topic)
+        epoch, offset = self.positions[topic]
+        self.positions[topic] = (epoch, offset + 1)
+        receivers = frozenset(self.subscribers[topic])
+        self.messages_in += 1
+        self.bytes_in += size
+        if receivers:
+            self.messages_routed += 1
+            self.deliveries += len(receivers)
+        return offset + 1, receivers
+
+    # ------------------------------------------------------------ policies
+
+    def check_set_policy(self, topic: str) -> ErrorCode | None:
+        return self._resolve_refusal(topic)
+
+    def apply_set_policy(self, topic: str, policy: DeliveryPolicy) -> list[Action]:
+        self.policies[topic] = policy
+        edges = frozenset(self.clients[c] for c in self.subscribers.get(topic, set()))
+        return [PolicyChanged(topic, policy, edges)] if edges else []
