@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edges.link import DataBatch, RouterLink
@@ -32,27 +32,31 @@ ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK_ANY_PORT = "tcp://127.0.0.1:0"
 
 
-class RouterProcess:
-    """``python -m router`` in a child process, bound to ports it picks (or the ones given)."""
+class AnnouncingProcess:
+    """A Switchboard process started with ``--announce``: it prints one JSON ``ready`` line with
+    what it bound, which :meth:`start` waits for. Stopped by its pid."""
 
-    def __init__(self, extra_args: Sequence[str] = (), config: Path | None = None) -> None:
+    name = "process"
+
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.extra_args = list(extra_args)
-        self.config = config
-        self.endpoints: dict[str, str] = {}
+        self.announced: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, endpoints: dict[str, str] | None = None, timeout: float = 15.0) -> dict[str, str]:
-        wanted = endpoints or dict.fromkeys(("pull", "xsub", "xpub", "control"), LOOPBACK_ANY_PORT)
-        args = [sys.executable, "-m", "router", "--announce", "--heartbeat-interval", "0.2"]
-        for name, endpoint in wanted.items():
-            args += [f"--{name}", endpoint]
-        if self.config is not None:
-            args += ["--config", str(self.config)]
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 15.0) -> dict[str, str]:
         self.process = subprocess.Popen(
-            [*args, *self.extra_args], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ}
+            [*self.command(), *self.extra_args], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ}
         )
-        self.endpoints = _read_ready_line(self.process, timeout)
-        return self.endpoints
+        self.announced = _read_ready_line(self.process, self.name, timeout)
+        return self.announced
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     @property
     def alive(self) -> bool:
@@ -64,7 +68,7 @@ class RouterProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> int | None:
-        """Ask the router to stop (SIGTERM); kill it if it does not within 5 s."""
+        """Ask the process to stop (SIGTERM); kill it if it does not within 5 s."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -79,24 +83,71 @@ class RouterProcess:
         return self.process.returncode
 
 
-def _read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> dict[str, str]:
+class RouterProcess(AnnouncingProcess):
+    """``python -m router`` bound to ports it picks (or, after a restart, the same ones)."""
+
+    name = "router"
+
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(extra_args)
+        self.wanted = dict.fromkeys(("pull", "xsub", "xpub", "control"), LOOPBACK_ANY_PORT)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return self.announced
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "router", "--announce", "--heartbeat-interval", "0.2"]
+        for name, endpoint in self.wanted.items():
+            args += [f"--{name}", endpoint]
+        return args
+
+    def restart_on_same_ports(self) -> None:
+        self.wanted = dict(self.announced)
+        self.start()
+
+
+class WebSocketEdgeProcess(AnnouncingProcess):
+    """``python -m edges.websocket`` on a free port, linked to ``router``."""
+
+    name = "websocket edge"
+
+    def __init__(self, router: RouterProcess, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(extra_args)
+        self.router = router
+
+    def command(self) -> list[str]:
+        endpoints = self.router.endpoints
+        return [
+            sys.executable, "-m", "edges.websocket", "--announce", "--port", "0",
+            "--control", endpoints["control"], "--xpub", endpoints["xpub"], "--heartbeat-interval", "0.2",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.announced['port']}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.announced['port']}/"
+
+
+def _read_ready_line(process: subprocess.Popen[bytes], name: str, timeout: float) -> dict[str, str]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     os.set_blocking(process.stdout.fileno(), False)
     buffered = b""
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"router exited with {process.returncode} before it was ready")
-        chunk = process.stdout.read() or b""
-        buffered += chunk
+            raise RuntimeError(f"{name} exited with {process.returncode} before it was ready")
+        buffered += process.stdout.read() or b""
         if b"\n" in buffered:
-            line = buffered.split(b"\n", 1)[0]
-            ready = json.loads(line)
+            ready = json.loads(buffered.split(b"\n", 1)[0])
             assert ready.pop("event") == "ready"
             return {str(k): str(v) for k, v in ready.items()}
         time.sleep(0.02)
     process.kill()
-    raise TimeoutError("router did not announce its endpoints")
+    raise TimeoutError(f"{name} did not announce what it bound")
 
 
 class TestEdge:
@@ -198,13 +249,3 @@ async def eventually(check: object, timeout: float = 10.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def running_router(*extra_args: str) -> AsyncIterator[RouterProcess]:
-    router = RouterProcess(extra_args)
-    router.start()
-    try:
-        yield router
-    finally:
-        router.stop()

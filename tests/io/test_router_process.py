@@ -207,7 +207,7 @@ async def test_router_restart_resyncs_edges(router: RouterProcess, context: zmq.
         await wait_until_flowing(edge, push, "/restart")
         first_router = edge.link.router_id
         router.kill(signal.SIGKILL)
-        router.start(dict(router.endpoints))
+        router.restart_on_same_ports()
         await eventually(
             lambda: edge.link.router_id not in ("", first_router) and edge.link.welcomed.is_set()
         )

@@ -1,0 +1,281 @@
+"""The client protocol ``switchboard.v1``, with no I/O: JSON control messages and binary data frames.
+
+The same messages run over a WebSocket (subprotocol :data:`SUBPROTOCOL`) and, later, a WebRTC data
+channel. ``docs/client-protocol.md`` describes them for client authors. Rules for evolving them:
+new fields get defaults, and decoders skip fields they do not know, so either side may be newer.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Annotated, Final, NamedTuple
+
+import msgspec
+
+from router.core.errors import ErrorCode
+
+__all__ = [
+    "CLIENT_ERROR_CODES",
+    "DATA_HEADER",
+    "DEFAULT_URL",
+    "FRAME_DATA",
+    "MAX_CLOSE_REASON_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "SUBPROTOCOL",
+    "ClientMessage",
+    "ClientProtocolError",
+    "CloseCode",
+    "Closing",
+    "Connect",
+    "Connected",
+    "DataFrame",
+    "ErrorReply",
+    "Ping",
+    "Pong",
+    "Resume",
+    "ServerMessage",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "client_error_code",
+    "close_reason",
+    "decode_client_message",
+    "encode_data_frame",
+    "encode_server_message",
+    "parse_data_frame",
+]
+
+SUBPROTOCOL: Final = "switchboard.v1"
+DEFAULT_URL: Final = "ws://127.0.0.1:7780/"
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+_MAX_DETAIL = 200
+
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+"""A client's request id: echoed in the reply; small enough for a JavaScript number."""
+Position = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+CLIENT_ERROR_CODES: Final = frozenset(
+    code.value
+    for code in (
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.UNKNOWN_TOPIC,
+        ErrorCode.BAD_TOPIC,
+        ErrorCode.LIMIT_EXCEEDED,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.NOT_SUBSCRIBED,
+        ErrorCode.INTERNAL,
+    )
+)
+
+
+def client_error_code(router_code: str) -> str:
+    """The code a client sees for a router error: itself if clients know it, else ``internal``."""
+    return router_code if router_code in CLIENT_ERROR_CODES else ErrorCode.INTERNAL.value
+
+
+class CloseCode(IntEnum):
+    """Why the edge closes a client: the WebSocket close code, also sent in ``closing``."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    INTERNAL_ERROR = 1011
+    REFUSED = 4001
+    """The router refused ``connect``; the ``error`` just before says why."""
+    DROPPED = 4002
+    """The router ended the client's session (for example, its token expired)."""
+
+
+MAX_CLOSE_REASON_BYTES: Final = 123
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a WebSocket close frame can carry."""
+    return reason.encode(errors="replace")[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+class ClientProtocolError(ValueError):
+    """A client message the edge cannot accept. ``code`` is ``bad_request`` or ``too_large``."""
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------- client -> edge
+
+
+class _ClientOp(msgspec.Struct, kw_only=True, tag_field="op"):
+    pass
+
+
+class Connect(_ClientOp, tag="connect"):
+    """Must be the first message. ``token`` is checked by the router's session manager."""
+
+    token: str | None = None
+
+
+class Resume(msgspec.Struct, kw_only=True):
+    """The last position a client saw on a topic, from ``subscribed`` and its data frames."""
+
+    epoch: Position
+    offset: Position
+
+
+class Subscribe(_ClientOp, tag="subscribe"):
+    id: RequestId
+    topic: str
+    resume: Resume | None = None
+
+
+class Unsubscribe(_ClientOp, tag="unsubscribe"):
+    id: RequestId
+    topic: str
+
+
+class Ping(_ClientOp, tag="ping"):
+    id: RequestId
+
+
+ClientMessage = Connect | Subscribe | Unsubscribe | Ping
+
+
+class _IdProbe(msgspec.Struct):
+    id: RequestId | None = None
+
+
+_decoder: Final[msgspec.json.Decoder[ClientMessage]] = msgspec.json.Decoder(ClientMessage)
+_id_probe: Final = msgspec.json.Decoder(_IdProbe)
+
+
+def decode_client_message(text: str, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
+    """Decode one text message from a client, or raise :class:`ClientProtocolError` (only that).
+
+    When the message is well-formed JSON with a valid ``id``, the error carries it, so the
+    client can match the refusal to its request.
+    """
+    if len(text) > max_bytes:
+        raise ClientProtocolError(ErrorCode.TOO_LARGE, f"a message is at most {max_bytes} bytes")
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        raise ClientProtocolError(ErrorCode.BAD_REQUEST, "the message is not valid UTF-8") from None
+    if len(data) > max_bytes:
+        raise ClientProtocolError(ErrorCode.TOO_LARGE, f"a message is at most {max_bytes} bytes")
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as error:
+        raise ClientProtocolError(ErrorCode.BAD_REQUEST, _detail(error), _probe_id(data)) from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise ClientProtocolError(ErrorCode.BAD_REQUEST, _detail(error)) from None
+
+
+def _probe_id(data: bytes) -> int | None:
+    try:
+        return _id_probe.decode(data).id
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _detail(error: Exception) -> str:
+    return str(error)[:_MAX_DETAIL]
+
+
+# ---------------------------------------------------------------- edge -> client (JSON)
+
+
+class _ServerOp(msgspec.Struct, kw_only=True, tag_field="op"):
+    pass
+
+
+class Connected(_ServerOp, tag="connected"):
+    client_id: str
+    user: str
+
+
+class Subscribed(_ServerOp, tag="subscribed"):
+    """``epoch`` and ``offset`` are the topic's position now: data frames follow with larger offsets.
+
+    ``channel`` is the number this edge puts in the topic's data frames; ``policy`` is the topic's
+    delivery policy kind (``best_effort``, ``latest`` or ``reliable``).
+    """
+
+    id: int
+    topic: str
+    channel: int
+    epoch: int
+    offset: int
+    content_type: str
+    policy: str
+
+
+class Unsubscribed(_ServerOp, tag="unsubscribed"):
+    id: int
+    topic: str
+
+
+class Pong(_ServerOp, tag="pong"):
+    id: int
+
+
+class ErrorReply(_ServerOp, tag="error", omit_defaults=True):
+    """A refusal. ``id`` is the request's id, or null when there was none (or it was unreadable).
+
+    ``topic`` is set when a subscription the client held was lost without a request of its own.
+    """
+
+    id: int | None
+    code: str
+    message: str
+    topic: str | None = None
+
+
+class Closing(_ServerOp, tag="closing"):
+    """Sent just before the edge closes the connection; ``code`` is a :class:`CloseCode`."""
+
+    code: int
+    reason: str
+
+
+ServerMessage = Connected | Subscribed | Unsubscribed | Pong | ErrorReply | Closing
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode_server_message(message: ServerMessage) -> str:
+    """The JSON text of one edge -> client message."""
+    return _encoder.encode(message).decode()
+
+
+# ---------------------------------------------------------------- edge -> client (binary)
+
+FRAME_DATA: Final = 0x01
+DATA_HEADER: Final = struct.Struct("!BBIQ")
+"""Frame type, flags, channel, offset: 14 bytes, big-endian, then the payload."""
+
+
+class DataFrame(NamedTuple):
+    kind: int
+    flags: int
+    channel: int
+    offset: int
+    payload: bytes
+
+
+def encode_data_frame(channel: int, offset: int, payload: bytes) -> bytes:
+    """One data frame; identical for every client of the topic, so build it once."""
+    return DATA_HEADER.pack(FRAME_DATA, 0, channel, offset) + payload
+
+
+def parse_data_frame(frame: bytes) -> DataFrame:
+    """Inverse of :func:`encode_data_frame` (for clients and tests). Raises ``ValueError``."""
+    if len(frame) < DATA_HEADER.size:
+        raise ValueError(f"a data frame has at least {DATA_HEADER.size} bytes, not {len(frame)}")
+    kind, flags, channel, offset = DATA_HEADER.unpack_from(frame)
+    return DataFrame(kind, flags, channel, offset, frame[DATA_HEADER.size :])

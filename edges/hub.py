@@ -1,0 +1,585 @@
+"""EdgeHub: every client session of one edge, its topics, and its half of the router link. No I/O.
+
+The shell feeds the hub (client messages, router replies, data from the SUB socket), then drains
+:meth:`EdgeHub.drain_actions` (messages for the router, SUB socket changes, clients to close) and
+:meth:`EdgeHub.sessions_with_output` (sessions whose :meth:`~edges.session.ClientSession.data_to_send`
+has something to write). Actions must be carried out in the order given.
+
+A topic is watched (the SUB socket subscribed to ``topic + b"\\0"``) from the moment its first
+local client asks for it until its last one leaves, and has a channel number for that long. A
+subscriber receives data once the router confirmed its subscription and it was told so.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from edges.client_wire import (
+    CloseCode,
+    Connect,
+    Resume,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    client_error_code,
+    encode_data_frame,
+)
+from edges.session import ClientSession, EdgeLimits, State
+from router import wire
+from router.core.errors import ErrorCode
+from router.core.policy import DeliveryPolicy
+from router.core.topics import topic_error
+
+__all__ = [
+    "CloseClient",
+    "EdgeAction",
+    "EdgeHub",
+    "EdgeLimits",
+    "EdgeStats",
+    "ToRouter",
+    "UnwatchData",
+    "WatchData",
+]
+
+
+# ---------------------------------------------------------------- actions
+
+
+class ToRouter(NamedTuple):
+    """Send this control message to the router on the DEALER socket."""
+
+    message: wire.EdgeMessage
+
+
+class WatchData(NamedTuple):
+    """Subscribe the SUB socket to :attr:`prefix` (the topic's first local client arrived)."""
+
+    topic: str
+
+    @property
+    def prefix(self) -> bytes:
+        return self.topic.encode() + b"\0"
+
+
+class UnwatchData(NamedTuple):
+    """Unsubscribe the SUB socket from :attr:`prefix` (the topic's last local client left)."""
+
+    topic: str
+
+    @property
+    def prefix(self) -> bytes:
+        return self.topic.encode() + b"\0"
+
+
+class CloseClient(NamedTuple):
+    """Write the session's pending output (it ends with ``closing``), then close the transport
+    with ``code`` and ``reason``, then call :meth:`EdgeHub.client_closed`."""
+
+    client_id: str
+    code: int
+    reason: str
+
+
+EdgeAction = ToRouter | WatchData | UnwatchData | CloseClient
+
+
+class EdgeStats(msgspec.Struct, kw_only=True):
+    """Counters over the hub's life (closed clients included) and the current sizes."""
+
+    clients: int
+    topics: int
+    delivered: int
+    dropped: dict[str, int]
+    bad_client_messages: int
+    unexpected_data: int
+    unexpected_replies: int
+
+
+# ---------------------------------------------------------------- internal state
+
+
+@dataclass(eq=False)
+class _Topic:
+    name: str
+    channel: int
+    members: set[str] = field(default_factory=set)
+    """Clients holding the topic, whether the router confirmed them yet or not."""
+    active: dict[str, tuple[ClientSession, int, int]] = field(default_factory=dict)
+    """Confirmed subscribers: session, and the epoch and offset their ``subscribed`` announced."""
+    policy: DeliveryPolicy | None = None
+
+
+@dataclass(eq=False)
+class _Member:
+    topic: _Topic
+    client_request: int
+    request_id: int | None
+    """The router request for this subscription in flight, while the client waits for it."""
+    resume: Resume | None = None
+
+
+@dataclass(eq=False)
+class _Client:
+    session: ClientSession
+    subscriptions: dict[str, _Member] = field(default_factory=dict)
+    requests: set[int] = field(default_factory=set)
+    known_to_router: bool = False
+    """A RegisterClient was sent, and neither refused nor ended by the router since."""
+    close_sent: bool = False
+
+
+class _Request(NamedTuple):
+    """A router request in flight. ``silent``: sent by :meth:`EdgeHub.resync`, no client waits."""
+
+    kind: Literal["register", "subscribe", "unsubscribe"]
+    client_id: str
+    topic: str = ""
+    client_request: int | None = None
+    silent: bool = False
+
+
+# ---------------------------------------------------------------- the hub
+
+
+class EdgeHub:
+    """All client sessions of one edge: topic index, channels, router requests and fan-out."""
+
+    def __init__(
+        self,
+        limits: EdgeLimits | None = None,
+        *,
+        protocol: str = "websocket",
+        frame_encoder: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        """``frame_encoder`` wraps each data frame for the transport, once per message (the
+        WebSocket edge frames it as a WebSocket binary message); by default frames go as they are."""
+        self.limits = limits or EdgeLimits()
+        self.protocol = protocol
+        self._frame_encoder = frame_encoder
+        self._clients: dict[str, _Client] = {}
+        self._topics: dict[str, _Topic] = {}
+        self._wire_topics: dict[bytes, _Topic] = {}
+        self._free_channels: list[int] = []
+        self._next_channel = 0
+        self._pending: dict[int, _Request] = {}
+        self._next_request = 1
+        self._actions: list[EdgeAction] = []
+        self._with_output: dict[str, ClientSession] = {}
+        self._retired_drops: Counter[str] = Counter()
+        self._retired_bad = 0
+        self.delivered = 0
+        self.unexpected_data = 0
+        self.unexpected_replies = 0
+
+    # ------------------------------------------------------------ output
+
+    def drain_actions(self) -> list[EdgeAction]:
+        """What the shell must do now, in order."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def sessions_with_output(self) -> list[ClientSession]:
+        """Sessions that got something to write since the last call."""
+        sessions = list(self._with_output.values())
+        self._with_output.clear()
+        return sessions
+
+    # ------------------------------------------------------------ clients
+
+    def open_client(self, client_id: str, remote: str = "") -> ClientSession:
+        """A transport was accepted. ``client_id`` must be unique on this edge."""
+        if client_id in self._clients:
+            raise ValueError(f"client {client_id!r} is already open")
+        session = ClientSession(client_id, remote, self.limits)
+        self._clients[client_id] = _Client(session)
+        return session
+
+    def session(self, client_id: str) -> ClientSession | None:
+        client = self._clients.get(client_id)
+        return client.session if client is not None else None
+
+    def client_text(self, client_id: str, text: str) -> None:
+        """One text message from a client."""
+        client = self._client(client_id)
+        match client.session.receive_text(text):
+            case Connect() as connect:
+                self._register(client, connect)
+            case Subscribe() as subscribe:
+                self._subscribe(client, subscribe)
+            case Unsubscribe() as unsubscribe:
+                self._unsubscribe(client, unsubscribe)
+        self._settle(client)
+
+    def client_binary(self, client_id: str, data: bytes) -> None:
+        """One binary message from a client (always refused)."""
+        client = self._client(client_id)
+        client.session.receive_binary(data)
+        self._settle(client)
+
+    def close_client(self, client_id: str, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """The edge closes a client (for example, at shutdown). Ignored if it is already closing."""
+        client = self._clients.get(client_id)
+        if client is not None and client.session.is_open:
+            client.session.close(code, reason)
+            self._settle(client)
+
+    def client_closed(self, client_id: str) -> None:
+        """The client's transport is closed; forget it. Unknown ids are ignored."""
+        client = self._clients.pop(client_id, None)
+        if client is None:
+            return
+        client.session.connection_lost()
+        if not client.close_sent:
+            self._forget(client)
+        self._with_output.pop(client_id, None)
+        self._retired_drops.update(client.session.dropped)
+        self._retired_bad += client.session.bad_messages
+
+    def _client(self, client_id: str) -> _Client:
+        client = self._clients.get(client_id)
+        if client is None:
+            raise KeyError(f"no open client {client_id!r}")
+        return client
+
+    def _settle(self, client: _Client) -> None:
+        """After any change to a session: note its output, and carry out a close it started."""
+        session = client.session
+        if session.has_output:
+            self._with_output[session.client_id] = session
+        if session.close_request is not None and not client.close_sent:
+            client.close_sent = True
+            self._forget(client)
+            self._actions.append(CloseClient(session.client_id, *session.close_request))
+
+    def _forget(self, client: _Client) -> None:
+        """Take a closing client out of every topic and request, and out of the router."""
+        for name in list(client.subscriptions):
+            self._leave(client, name)
+        for request_id in client.requests:
+            self._pending.pop(request_id, None)
+        client.requests.clear()
+        if client.known_to_router:
+            client.known_to_router = False
+            self._to_router(wire.UnregisterClient(client_id=client.session.client_id))
+
+    # ------------------------------------------------------------ client requests
+
+    def _register(self, client: _Client, connect: Connect) -> None:
+        session = client.session
+        request_id = self._request(client, _Request("register", session.client_id))
+        client.known_to_router = True
+        self._to_router(self._register_message(request_id, session, connect.token))
+
+    def _register_message(
+        self, request_id: int, session: ClientSession, token: str | None
+    ) -> wire.RegisterClient:
+        return wire.RegisterClient(
+            request_id=request_id,
+            client_id=session.client_id,
+            protocol=self.protocol,
+            remote=session.remote,
+            token=token,
+        )
+
+    def _subscribe(self, client: _Client, request: Subscribe) -> None:
+        refusal = self._subscribe_refusal(client, request.topic)
+        if refusal is not None:
+            client.session.send_error(request.id, *refusal)
+            return
+        name = request.topic
+        topic = self._topics.get(name) or self._watch(name)
+        client_id = client.session.client_id
+        request_id = self._request(client, _Request("subscribe", client_id, name))
+        client.subscriptions[name] = _Member(topic, request.id, request_id, request.resume)
+        topic.members.add(client_id)
+        self._to_router(wire.Subscribe(request_id=request_id, client_id=client_id, topic=name))
+
+    def _subscribe_refusal(self, client: _Client, name: str) -> tuple[str, str] | None:
+        reason = topic_error(name)
+        if reason is not None:
+            return ErrorCode.BAD_TOPIC, f"{name[:80]!r}: {reason}"
+        member = client.subscriptions.get(name)
+        if member is not None:
+            state = "already subscribed" if member.request_id is None else "a subscribe is in progress"
+            return ErrorCode.BAD_REQUEST, f"{state} on {name!r}"
+        most = self.limits.max_subscriptions
+        if len(client.subscriptions) >= most:
+            return ErrorCode.LIMIT_EXCEEDED, f"at most {most} subscriptions per client"
+        return None
+
+    def _unsubscribe(self, client: _Client, request: Unsubscribe) -> None:
+        name = request.topic
+        member = client.subscriptions.get(name)
+        if member is None:
+            client.session.send_error(
+                request.id, ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {name[:80]!r}"
+            )
+            return
+        if member.request_id is not None:
+            client.session.send_error(request.id, ErrorCode.BAD_REQUEST, "wait for the subscribe reply first")
+            return
+        client_id = client.session.client_id
+        request_id = self._request(client, _Request("unsubscribe", client_id, name, request.id))
+        self._to_router(wire.Unsubscribe(request_id=request_id, client_id=client_id, topic=name))
+        self._leave(client, name)
+
+    def _leave(self, client: _Client, name: str) -> None:
+        """Remove one subscription locally; its queued data goes, and the topic with its last client."""
+        member = client.subscriptions.pop(name)
+        topic = member.topic
+        client_id = client.session.client_id
+        topic.members.discard(client_id)
+        if topic.active.pop(client_id, None) is not None:
+            client.session.purge_channel(topic.channel)
+        if member.request_id is not None:
+            self._pending.pop(member.request_id, None)
+            client.requests.discard(member.request_id)
+        if not topic.members:
+            self._unwatch(topic)
+
+    def _request(self, client: _Client, request: _Request) -> int:
+        request_id = self._next_request
+        self._next_request += 1
+        self._pending[request_id] = request
+        client.requests.add(request_id)
+        return request_id
+
+    def _to_router(self, message: wire.EdgeMessage) -> None:
+        self._actions.append(ToRouter(message))
+
+    # ------------------------------------------------------------ topics and channels
+
+    def _watch(self, name: str) -> _Topic:
+        channel = heapq.heappop(self._free_channels) if self._free_channels else self._new_channel()
+        topic = _Topic(name, channel)
+        self._topics[name] = topic
+        self._wire_topics[name.encode()] = topic
+        self._actions.append(WatchData(name))
+        return topic
+
+    def _new_channel(self) -> int:
+        channel = self._next_channel
+        self._next_channel += 1
+        return channel
+
+    def _unwatch(self, topic: _Topic) -> None:
+        del self._topics[topic.name]
+        del self._wire_topics[topic.name.encode()]
+        heapq.heappush(self._free_channels, topic.channel)
+        self._actions.append(UnwatchData(topic.name))
+
+    def channel_of(self, topic: str) -> int | None:
+        """The channel of a watched topic, or ``None``."""
+        state = self._topics.get(topic)
+        return state.channel if state is not None else None
+
+    def policy_of(self, topic: str) -> DeliveryPolicy | None:
+        """The topic's policy as the router last gave it, or ``None`` before any."""
+        state = self._topics.get(topic)
+        return state.policy if state is not None else None
+
+    def watched_topics(self) -> list[str]:
+        """Topics with at least one local client, confirmed or not."""
+        return list(self._topics)
+
+    # ------------------------------------------------------------ data
+
+    def deliver(self, topic: bytes, epoch: int, offset: int, payload: bytes) -> int:
+        """Fan one message out to the topic's confirmed subscribers; returns how many got it.
+
+        The frame is built once and the same object is queued for every subscriber. A subscriber
+        skips messages at or before the position its ``subscribed`` announced in the same epoch.
+        """
+        state = self._wire_topics.get(topic)
+        if state is None:
+            self.unexpected_data += 1
+            return 0
+        frame = encode_data_frame(state.channel, offset, payload)
+        if self._frame_encoder is not None:
+            frame = self._frame_encoder(frame)
+        channel = state.channel
+        with_output = self._with_output
+        count = 0
+        for session, start_epoch, start_offset in state.active.values():
+            if offset <= start_offset and epoch == start_epoch:
+                continue
+            session.push_data(channel, frame)
+            with_output[session.client_id] = session
+            count += 1
+        self.delivered += count
+        return count
+
+    # ------------------------------------------------------------ router replies
+
+    def router_message(self, message: wire.RouterMessage) -> None:
+        """A message from the router. Welcome, Heartbeat and Stats belong to the link and are ignored."""
+        match message:
+            case wire.Registered() | wire.SubscribeOk() | wire.Unsubscribed() | wire.Error():
+                self._reply(message)
+            case wire.DropClient():
+                self._drop(message)
+            case wire.PolicyUpdate():
+                state = self._topics.get(message.topic)
+                if state is not None:
+                    state.policy = message.policy
+
+    def _reply(self, message: wire.Registered | wire.SubscribeOk | wire.Unsubscribed | wire.Error) -> None:
+        request = self._pending.get(message.request_id)
+        if request is None or not _answers(message, request):
+            self.unexpected_replies += 1
+            return
+        del self._pending[message.request_id]
+        client = self._clients[request.client_id]
+        client.requests.discard(message.request_id)
+        match message:
+            case wire.Registered():
+                self._registered(client, request, message.user)
+            case wire.SubscribeOk():
+                self._subscribed(client, request, message)
+            case wire.Unsubscribed():
+                client.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
+            case wire.Error():
+                self._refused(client, request, message)
+        self._settle(client)
+
+    def _registered(self, client: _Client, request: _Request, user: str) -> None:
+        if request.silent:
+            client.session.user = user
+        else:
+            client.session.registered(user)
+
+    def _subscribed(self, client: _Client, request: _Request, ok: wire.SubscribeOk) -> None:
+        member = client.subscriptions.get(request.topic)
+        if member is None or (request.silent and member.request_id is not None):
+            return
+        member.request_id = None
+        topic = member.topic
+        topic.policy = ok.policy
+        session = client.session
+        topic.active[session.client_id] = (session, ok.epoch, ok.offset)
+        if request.silent:
+            return
+        reply = Subscribed(
+            id=member.client_request,
+            topic=topic.name,
+            channel=topic.channel,
+            epoch=ok.epoch,
+            offset=ok.offset,
+            content_type=ok.content_type,
+            policy=ok.policy.kind,
+        )
+        session.send(reply)
+
+    def _refused(self, client: _Client, request: _Request, error: wire.Error) -> None:
+        session = client.session
+        code = client_error_code(error.code)
+        if request.kind == "register":
+            client.known_to_router = False
+            session.send_error(None, code, error.message)
+            if session.is_open:
+                session.close(CloseCode.REFUSED, f"connect refused: {code}")
+        elif request.kind == "unsubscribe":
+            session.send_error(request.client_request, code, error.message)
+        else:
+            self._subscribe_refused(client, request, code, error.message)
+
+    def _subscribe_refused(self, client: _Client, request: _Request, code: str, message: str) -> None:
+        member = client.subscriptions.get(request.topic)
+        if member is None or (request.silent and member.request_id is not None):
+            return
+        member.request_id = None
+        self._leave(client, request.topic)
+        if request.silent:
+            client.session.send_error(None, code, message, topic=request.topic)
+        else:
+            client.session.send_error(member.client_request, code, message)
+
+    def _drop(self, message: wire.DropClient) -> None:
+        client = self._clients.get(message.client_id)
+        if client is None or not client.session.is_open:
+            self.unexpected_replies += 1
+            return
+        client.known_to_router = False
+        client.session.close(CloseCode.DROPPED, message.reason)
+        self._settle(client)
+
+    # ------------------------------------------------------------ router restart
+
+    def resync(self) -> list[wire.EdgeMessage]:
+        """After a router restart: the messages that rebuild this edge's state there, in order.
+
+        The caller sends ``Hello`` first, then these. Requests in flight were lost with the old
+        router: unsubscribes are answered now, registers and subscribes are sent again.
+        """
+        lost = list(self._pending.values())
+        self._pending.clear()
+        for client in self._clients.values():
+            client.requests.clear()
+        self._answer_lost_unsubscribes(lost)
+        messages: list[wire.EdgeMessage] = []
+        for client in self._clients.values():
+            messages += self._resync_client(client)
+        return messages
+
+    def _answer_lost_unsubscribes(self, lost: list[_Request]) -> None:
+        for request in lost:
+            if request.kind == "unsubscribe":
+                client = self._clients[request.client_id]
+                client.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
+                self._settle(client)
+
+    def _resync_client(self, client: _Client) -> list[wire.EdgeMessage]:
+        session = client.session
+        if session.state not in (State.REGISTERING, State.READY):
+            return []
+        ready = session.state is State.READY
+        request = _Request("register", session.client_id, silent=ready)
+        messages: list[wire.EdgeMessage] = [
+            self._register_message(self._request(client, request), session, session.token)
+        ]
+        for name, member in client.subscriptions.items():
+            silent = member.request_id is None
+            request_id = self._request(client, _Request("subscribe", session.client_id, name, silent=silent))
+            if not silent:
+                member.request_id = request_id
+            messages.append(wire.Subscribe(request_id=request_id, client_id=session.client_id, topic=name))
+        return messages
+
+    # ------------------------------------------------------------ counters
+
+    def stats(self) -> EdgeStats:
+        dropped = Counter(self._retired_drops)
+        bad = self._retired_bad
+        for client in self._clients.values():
+            dropped.update(client.session.dropped)
+            bad += client.session.bad_messages
+        return EdgeStats(
+            clients=len(self._clients),
+            topics=len(self._topics),
+            delivered=self.delivered,
+            dropped=dict(dropped),
+            bad_client_messages=bad,
+            unexpected_data=self.unexpected_data,
+            unexpected_replies=self.unexpected_replies,
+        )
+
+
+_ANSWERS = {wire.Registered: "register", wire.SubscribeOk: "subscribe", wire.Unsubscribed: "unsubscribe"}
+
+
+def _answers(message: wire.RouterMessage, request: _Request) -> bool:
+    """Whether ``message`` is a possible answer to ``request`` (an error answers anything)."""
+    expected = _ANSWERS.get(type(message))
+    return expected is None or expected == request.kind
+
+
+def _int(value: int | None) -> int:
+    assert value is not None, "client-visible requests carry the client's id"
+    return value
