@@ -105,14 +105,18 @@ class Chromium:
         return result["result"].get("value")
 
     async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
-        """Poll ``expression`` until it is truthy; returns its value."""
+        """Poll ``expression`` until it is truthy (an exception counts as falsy); returns its value."""
         deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
         while True:
-            value = await self.evaluate(expression)
+            try:
+                value = await self.evaluate(expression)
+            except RuntimeError as error:
+                value, last_error = None, error
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{expression!r} still falsy after {timeout} s")
+                raise TimeoutError(f"{expression!r} still falsy after {timeout} s (last error: {last_error})")
             await asyncio.sleep(0.1)
 
 

@@ -1,0 +1,67 @@
+"""The viewer page in headless Chromium, fed by the real router, edge and demo producer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.io.browser import Chromium
+from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def stack() -> Iterator[WebSocketEdgeProcess]:
+    router = RouterProcess()
+    router.start()
+    edge = WebSocketEdgeProcess(router)
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        edge.start()
+        producer = subprocess.Popen(
+            [sys.executable, "examples/demo_producer.py", "--pull", router.endpoints["pull"]], cwd=ROOT
+        )
+        yield edge
+    finally:
+        if producer is not None:
+            producer.terminate()
+            producer.wait(timeout=10)
+        edge.stop()
+        router.stop()
+
+
+def count(element_id: str) -> str:
+    return f"Number(document.getElementById('{element_id}').textContent)"
+
+
+async def test_viewer_shows_live_frames_and_telemetry(stack: WebSocketEdgeProcess) -> None:
+    async with Chromium() as browser:
+        await browser.goto(stack.http_url)
+        await browser.wait_for("document.getElementById('status').textContent === 'connected'")
+        await browser.wait_for(f"{count('frames-count')} >= 5")
+        await browser.wait_for(f"{count('telemetry-count')} >= 25")
+        width = await browser.wait_for("document.getElementById('frame').naturalWidth")
+        assert width == 320
+        topics = await browser.evaluate(
+            "[...document.querySelectorAll('#subscriptions tr[data-topic]')].map(r => r.dataset.topic).sort()"
+        )
+        assert topics == ["/demo/camera", "/demo/telemetry"]
+        latency = await browser.wait_for("Number(document.getElementById('latency').textContent) > 0")
+        assert latency
+
+        await browser.evaluate(
+            "document.querySelector('#subscriptions tr[data-topic=\"/demo/camera\"] button').click()"
+        )
+        await browser.wait_for("!document.querySelector('#subscriptions tr[data-topic=\"/demo/camera\"]')")
+        frames = await browser.evaluate(count("frames-count"))
+        samples = await browser.evaluate(count("telemetry-count"))
+        await browser.wait_for(f"{count('telemetry-count')} >= {samples + 25}")
+        assert await browser.evaluate(count("frames-count")) == frames
+
+        await browser.evaluate("document.getElementById('topic').value = '/demo/camera'")
+        await browser.evaluate("document.querySelector('#subscribe-form button[type=submit]').click()")
+        await browser.wait_for(f"{count('frames-count')} >= {frames + 3}")
