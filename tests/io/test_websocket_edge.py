@@ -218,3 +218,49 @@ async def test_viewer_page_is_served(edge: WebSocketEdgeProcess) -> None:
     writer.close()
     assert response.startswith(b"HTTP/1.1 200")
     assert b"<title>Switchboard viewer</title>" in response
+
+
+async def test_closed_clients_are_cleaned_up_at_the_router(
+    router: RouterProcess, edge: WebSocketEdgeProcess
+) -> None:
+    clients = [await open_client(edge) for _ in range(4)]
+    for client in clients:
+        assert (await client.request("subscribe", topic="/cleanup"))["op"] == "subscribed"
+    async with TestEdge(router.endpoints) as observer:
+        assert (await observer.stats())["subscriptions"] == 4
+        await clients[0].ws.close()
+        clients[1].ws.transport.abort()
+
+        async def two_left() -> bool:
+            stats = await observer.stats()
+            return (stats["clients"], stats["subscriptions"]) == (2, 2)
+
+        await eventually(two_left, timeout=5)
+    for client in clients[2:]:
+        await client.ws.close()
+
+
+async def test_two_edges_side_by_side(router: RouterProcess, push: zmq.Socket[bytes]) -> None:
+    edges = [WebSocketEdgeProcess(router), WebSocketEdgeProcess(router)]
+    try:
+        for process in edges:
+            process.start()
+        clients = [await open_client(process) for process in edges]
+        for client in clients:
+            assert (await client.request("subscribe", topic="/both"))["op"] == "subscribed"
+        for client in clients:
+            await flowing(client, push, "/both")
+        push.send_multipart([b"/both", b"start"])
+        for index in range(100):
+            push.send_multipart([b"/both", b"%d" % index])
+        for client in clients:
+            while (frame := await client.data())[2] != b"start":
+                pass
+            start = frame[1]
+            frames = [await client.data() for _ in range(100)]
+            assert [offset for _, offset, _ in frames] == list(range(start + 1, start + 101))
+            assert [payload for _, _, payload in frames] == [b"%d" % i for i in range(100)]
+            await client.ws.close()
+    finally:
+        for process in edges:
+            process.stop()
