@@ -1,7 +1,7 @@
 """The client protocol ``switchboard.v1``, with no I/O: JSON control messages and binary data frames.
 
 The same messages run over a WebSocket (subprotocol :data:`SUBPROTOCOL`) and, later, a WebRTC data
-channel. ``docs/client-protocol.md`` describes them for client authors. Rules for evolving them:
+channel. ``docs/protocol.md`` (section 4) describes them for client authors. Rules for evolving them:
 new fields get defaults, and decoders skip fields they do not know, so either side may be newer.
 """
 

@@ -59,6 +59,7 @@ class RouterLink:
         edge_id: str | None = None,
         heartbeat_interval: float = 1.0,
         max_batch: int = 1_000,
+        max_batch_bytes: int = 1 << 20,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.protocol = protocol
@@ -66,6 +67,7 @@ class RouterLink:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = 5 * heartbeat_interval
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.router_id = ""
         self.on_message: Callable[[RouterMessage], None] = lambda message: None
         self.on_data: Callable[[DataBatch], None] = lambda batch: None
@@ -224,12 +226,15 @@ class RouterLink:
             while True:
                 await readable.wait()
                 batch: DataBatch = []
+                size = 0
                 with contextlib.suppress(zmq.Again):
-                    while len(batch) < self.max_batch:
-                        batch.append(receive(NOBLOCK))
+                    while len(batch) < self.max_batch and size < self.max_batch_bytes:
+                        frames = receive(NOBLOCK)
+                        batch.append(frames)
+                        size += len(frames[-1])
                 if batch:
                     self.on_data(batch)
-                if len(batch) == self.max_batch:
+                if len(batch) == self.max_batch or size >= self.max_batch_bytes:
                     await asyncio.sleep(0)
         finally:
             readable.close()
