@@ -1,0 +1,61 @@
+"""The example producer that encodes only while someone watches, against the real router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from router.wire import Registered, SubscribeOk
+from tests.io.harness import ROOT, RouterProcess, TestEdge
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def router() -> Iterator[RouterProcess]:
+    process = RouterProcess()
+    process.start()
+    yield process
+    process.stop()
+
+
+async def next_event(producer: subprocess.Popen[bytes]) -> dict[str, Any]:
+    assert producer.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(producer.stdout.readline), timeout=10)
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+async def test_producer_encodes_only_while_watched(router: RouterProcess) -> None:
+    producer = subprocess.Popen(
+        [sys.executable, "examples/watching_producer.py", "--xsub", router.endpoints["xsub"], "--fps", "50"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert (await next_event(producer))["event"] == "started"
+        async with TestEdge(router.endpoints) as edge:
+            assert isinstance(await edge.register("viewer"), Registered)
+            assert isinstance(await edge.subscribe("viewer", "/demo/camera"), SubscribeOk)
+            watched = await next_event(producer)
+            assert (watched["event"], watched["encoded"]) == ("watched", 0)
+            meta, frame = await edge.next_message(timeout=10)
+            assert meta.topic == b"/demo/camera"
+            assert frame.startswith(b"\xff\xd8")
+            await edge.request_unsubscribe("viewer", "/demo/camera")
+            unwatched = await next_event(producer)
+            assert unwatched["event"] == "unwatched"
+            assert unwatched["encoded"] >= 1
+            await asyncio.sleep(0.5)
+            assert isinstance(await edge.subscribe("viewer", "/demo/camera"), SubscribeOk)
+            again = await next_event(producer)
+            assert (again["event"], again["encoded"]) == ("watched", unwatched["encoded"])
+    finally:
+        producer.terminate()
+        producer.wait(timeout=10)
