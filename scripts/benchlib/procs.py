@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -21,6 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+UNLIMITED_FILES = 1 << 16
+"""What to ask for when the hard open-files limit is unlimited."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -42,7 +46,7 @@ def _die_with_parent() -> None:
 class Child:
     """One child process whose stdout carries one JSON object per line, each with an ``event``."""
 
-    def __init__(self, name: str, args: Sequence[str]) -> None:
+    def __init__(self, name: str, args: Sequence[str], stdin: bool = False) -> None:
         self.name = name
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS), str(ROOT)])}
@@ -50,7 +54,7 @@ class Child:
             list(args),
             cwd=ROOT,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             preexec_fn=_die_with_parent,
@@ -92,6 +96,16 @@ class Child:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 
+    def send(self, message: dict[str, Any]) -> None:
+        """One JSON line on the child's stdin (started with ``stdin=True``)."""
+        if self.process.stdin is None:
+            raise ChildError(f"{self.name} has no stdin to send to")
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise ChildError(f"{self.name} stopped reading its stdin{self.stderr_tail()}") from None
+
     def stderr_tail(self, limit: int = 2000) -> str:
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace")[-limit:].strip()
@@ -106,8 +120,10 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
         self._stderr.close()
 
 
@@ -125,8 +141,8 @@ class Children:
     def __init__(self) -> None:
         self._children: list[Child] = []
 
-    def start(self, name: str, args: Sequence[str]) -> Child:
-        child = Child(name, args)
+    def start(self, name: str, args: Sequence[str], stdin: bool = False) -> Child:
+        child = Child(name, args, stdin)
         self._children.append(child)
         return child
 
@@ -183,5 +199,25 @@ class MachineTicks:
         return (self.busy - earlier.busy) / total * (os.cpu_count() or 1) if total else 0.0
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process's main thread was runnable but waiting for a CPU (``/proc/PID/schedstat``)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from ``/proc/PID/statm``."""
+    resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return resident_pages * PAGE_SIZE
+
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return max(soft, wanted)

@@ -188,7 +188,7 @@ async def test_lost_edge_clients_are_unregistered(router: RouterProcess) -> None
             loop = asyncio.get_running_loop()
             started = loop.time()
             await eventually(lambda: _stat(observer, "clients", 0), timeout=5)
-            assert loop.time() - started < 2.5
+            assert loop.time() - started < 3.5
             assert (await observer.stats())["subscriptions"] == 0
     finally:
         if child.poll() is None:

@@ -208,7 +208,7 @@ async def test_killed_edge_leaves_no_ghost_clients(router: RouterProcess, edge: 
             stats = await observer.stats()
             return stats["clients"] == 0 and stats["subscriptions"] == 0
 
-        await eventually(no_clients, timeout=5)
+        await eventually(no_clients, timeout=10)
 
 
 async def test_viewer_page_is_served(edge: WebSocketEdgeProcess) -> None:
