@@ -7,7 +7,7 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -18,14 +18,6 @@ from router.wire import Registered, SubscribeOk
 from tests.io.harness import ROOT, RouterProcess, TestEdge, eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def router() -> Iterator[RouterProcess]:
-    process = RouterProcess()
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

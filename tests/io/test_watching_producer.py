@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,6 @@ from router.wire import Registered, SubscribeOk
 from tests.io.harness import ROOT, RouterProcess, TestEdge
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def router() -> Iterator[RouterProcess]:
-    process = RouterProcess()
-    process.start()
-    yield process
-    process.stop()
 
 
 async def next_event(producer: subprocess.Popen[bytes]) -> dict[str, Any]:
