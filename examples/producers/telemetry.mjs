@@ -1,0 +1,22 @@
+// Publishes JSON telemetry to a Switchboard router.
+// Install: npm install (in this folder)   Run: node telemetry.mjs [endpoint] [topic] [count]
+import * as zmq from "zeromq";
+
+const [endpoint = "tcp://127.0.0.1:7750", topic = "/robot/telemetry", count = "100"] =
+  process.argv.slice(2);
+const sock = new zmq.Push({ linger: 1000 });
+sock.connect(endpoint);
+
+// The optional header frame, a msgpack map {"content_type": "application/json"} encoded by hand.
+const contentType = Buffer.from("application/json");
+const header = Buffer.concat([
+  Buffer.from([0x81, 0xa0 | 12]), Buffer.from("content_type"),
+  Buffer.from([0xa0 | contentType.length]), contentType,
+]);
+
+for (let seq = 0; seq < Number(count); seq++) {
+  const payload = JSON.stringify({ seq, lang: "js", speed: seq * 0.5 });
+  await sock.send([topic, header, payload]);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+}
+sock.close();

@@ -1,0 +1,73 @@
+"""The C and Node.js producers in examples/producers reach a WebSocket client through the router."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+PRODUCERS = ROOT / "examples" / "producers"
+
+
+@pytest.fixture
+def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
+    process = WebSocketEdgeProcess(router)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def c_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("c") / "telemetry"
+    compiler = shutil.which("cc") or "gcc"
+    subprocess.run([compiler, str(PRODUCERS / "telemetry.c"), "-lzmq", "-o", str(binary)], check=True)
+    return binary
+
+
+async def receive_from(edge: WebSocketEdgeProcess, topic: str, command: list[str]) -> list[dict[str, Any]]:
+    """Subscribe a WebSocket client to ``topic``, run the producer, and collect 5 messages."""
+    async with connect(edge.url, subprotocols=["switchboard.v1"], proxy=None) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"op": "connect"}))
+        assert json.loads(await ws.recv())["op"] == "connected"
+        await ws.send(json.dumps({"op": "subscribe", "id": 1, "topic": topic}))
+        assert json.loads(await ws.recv())["op"] == "subscribed"
+        producer = subprocess.Popen(command, cwd=PRODUCERS)
+        try:
+            messages: list[dict[str, Any]] = []
+            while len(messages) < 5:
+                frame = await ws.recv()
+                assert isinstance(frame, bytes)
+                messages.append(json.loads(frame[14:]))
+            return messages
+        finally:
+            producer.kill()
+            producer.wait()
+
+
+async def test_c_producer(edge: WebSocketEdgeProcess, router: RouterProcess, c_producer: Path) -> None:
+    command = [str(c_producer), router.endpoints["pull"], "/lang/c", "200"]
+    messages = await receive_from(edge, "/lang/c", command)
+    assert {m["lang"] for m in messages} == {"c"}
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(seqs)
+
+
+async def test_node_producer(edge: WebSocketEdgeProcess, router: RouterProcess) -> None:
+    node = shutil.which("node")
+    assert node is not None, "scripts/test installs Node.js"
+    command = [node, "telemetry.mjs", router.endpoints["pull"], "/lang/js", "200"]
+    messages = await receive_from(edge, "/lang/js", command)
+    assert {m["lang"] for m in messages} == {"js"}
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(seqs)
