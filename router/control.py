@@ -20,18 +20,23 @@ from router.core import (
     ConnectionManager,
     ErrorCode,
     PolicyChanged,
+    Recovery,
     RefusedError,
+    Subscribed,
     UnwatchTopic,
     WatchTopic,
 )
 from router.logs import ThrottledLog
 from router.wire import (
     CONTROL_VERSION,
+    RESUME_NONE,
     EdgeMessage,
     Error,
     Heartbeat,
     Hello,
     PolicyUpdate,
+    Recover,
+    Recovered,
     RegisterClient,
     Registered,
     RouterMessage,
@@ -99,6 +104,7 @@ class ControlPlane:
     def tick(self, now: float) -> list[Outbound]:
         """Called every heartbeat interval: silent edges expired, and heartbeats to the others."""
         expired = self.manager.expire_edges(now, self.heartbeat_timeout)
+        self.manager.expire_history(now)
         out: list[Outbound] = [
             ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
         ]
@@ -136,16 +142,10 @@ class ControlPlane:
                 return self._carry_out(self.manager.unregister_client(message.client_id))
             case Subscribe():
                 self._check_owner(edge_id, message.client_id)
-                granted = self.manager.subscribe(message.client_id, message.topic)
-                ok = SubscribeOk(
-                    request_id=message.request_id,
-                    client_id=message.client_id,
-                    topic=granted.topic,
-                    epoch=granted.epoch,
-                    offset=granted.offset,
-                    content_type=granted.content_type,
-                    policy=granted.policy,
+                granted = self.manager.subscribe(
+                    message.client_id, message.topic, _resume_position(message), now
                 )
+                ok = _subscribe_ok(message, granted)
                 return [*self._carry_out(granted.actions), ToEdge(edge_id, ok)]
             case Unsubscribe():
                 self._check_owner(edge_id, message.client_id)
@@ -154,6 +154,16 @@ class ControlPlane:
                     request_id=message.request_id, client_id=message.client_id, topic=message.topic
                 )
                 return [*self._carry_out(actions), ToEdge(edge_id, done)]
+            case Recover():
+                recovery = self.manager.recover(
+                    message.topic,
+                    message.from_offset,
+                    message.epoch,
+                    now,
+                    to_offset=message.to_offset,
+                    edge_id=edge_id,
+                )
+                return [ToEdge(edge_id, _recovered(message, recovery))]
             case StatsRequest():
                 stats = self.manager.get_connection_stats()
                 return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
@@ -194,6 +204,46 @@ class ControlPlane:
                 case ClientDropped():
                     pass
         return out
+
+
+def _resume_position(subscribe: Subscribe) -> tuple[int, int] | None:
+    epoch, offset = subscribe.resume_epoch, subscribe.resume_offset
+    if epoch is None and offset is None:
+        return None
+    if epoch is None or offset is None:
+        raise RefusedError(ErrorCode.BAD_REQUEST, "resume_epoch and resume_offset go together")
+    return epoch, offset
+
+
+def _subscribe_ok(request: Subscribe, granted: Subscribed) -> SubscribeOk:
+    status, after, upto = granted.resume or (RESUME_NONE, 0, 0)
+    return SubscribeOk(
+        request_id=request.request_id,
+        client_id=request.client_id,
+        topic=granted.topic,
+        epoch=granted.epoch,
+        offset=granted.offset,
+        content_type=granted.content_type,
+        policy=granted.policy,
+        resume=status,
+        resume_from=after,
+        resume_to=upto,
+    )
+
+
+def _recovered(request: Recover, recovery: Recovery) -> Recovered | Error:
+    if recovery.status != "ok":
+        detail = f"cannot recover {request.topic!r} after offset {request.from_offset}"
+        if recovery.status == "history_exceeded":
+            detail += f": the history starts after offset {recovery.start}"
+        return _error(request.request_id, ErrorCode(recovery.status), detail)
+    return Recovered(
+        request_id=request.request_id,
+        topic=request.topic,
+        epoch=recovery.epoch,
+        messages=[(entry.offset, entry.header, entry.payload) for entry in recovery.messages],
+        more=recovery.more,
+    )
 
 
 def _refusal(message: EdgeMessage, refused: RefusedError) -> Error:

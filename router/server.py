@@ -128,12 +128,13 @@ class RouterServer:
         """Producer messages in, data frames out on XPUB (only for watched topics).
 
         Payloads are received as zero-copy frames and forwarded as they are; only the topic and
-        header frames become ``bytes``.
+        header frames become ``bytes``, and the payload too on topics that keep a history.
         """
         readable = self._readable[sock]
         receive = sock.recv
         send = self.xpub.send
         route = self.manager.route_wire
+        record = self.manager.record
         batch = self.config.router.max_batch
         while True:
             await readable.wait()
@@ -152,6 +153,8 @@ class RouterServer:
                 except (WireError, RefusedError) as error:
                     self._count_bad_input(error)
                     continue
+                if where.keeps_history:
+                    record(where.topic, where.offset, header, payload.bytes, self._clock())
                 if where.clients:
                     send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
                     send(payload, NOBLOCK, copy=False)

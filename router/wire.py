@@ -12,6 +12,7 @@ from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
+from router.core.history import ENTRY_OVERHEAD, MAX_ENTRY_BYTES, RECOVER_BATCH_BYTES
 from router.core.policy import DeliveryPolicy
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "PolicyUpdate",
     "ProducerHeader",
     "ProducerMessage",
+    "Recover",
+    "Recovered",
     "RegisterClient",
     "Registered",
     "RouterMessage",
@@ -207,12 +210,25 @@ class UnregisterClient(_Control, tag="unregister"):
 
 
 class Subscribe(_Control, tag="subscribe"):
+    """Edge -> router. With ``resume_epoch`` and ``resume_offset`` (the last message the client
+    has), the reply's ``resume`` says whether the messages after it can be recovered."""
+
     request_id: int
     client_id: str
     topic: str
+    resume_epoch: int | None = None
+    resume_offset: int | None = None
+
+
+RESUME_NONE: Final = "none"
+"""``SubscribeOk.resume`` when the subscribe asked for no resume."""
 
 
 class SubscribeOk(_Control, tag="subscribed"):
+    """Router -> edge. ``resume``: ``none``, ``ok``, ``history_exceeded``, ``epoch_changed`` or
+    ``not_reliable``. With ``ok`` or ``history_exceeded``, :class:`Recover` with ``from_offset =
+    resume_from`` and ``to_offset = resume_to`` fetches what the history holds of the gap."""
+
     request_id: int
     client_id: str
     topic: str
@@ -220,6 +236,9 @@ class SubscribeOk(_Control, tag="subscribed"):
     offset: int
     content_type: str
     policy: DeliveryPolicy
+    resume: str = RESUME_NONE
+    resume_from: int = 0
+    resume_to: int = 0
 
 
 class Unsubscribe(_Control, tag="unsubscribe"):
@@ -255,6 +274,28 @@ class DropClient(_Control, tag="drop_client"):
     reason: str
 
 
+class Recover(_Control, tag="recover"):
+    """Edge -> router: the messages of ``topic`` after ``from_offset`` up to ``to_offset`` (default:
+    the newest) in sequence ``epoch``. One of the edge's clients must be subscribed to the topic."""
+
+    request_id: int
+    topic: str
+    epoch: int
+    from_offset: int
+    to_offset: int | None = None
+
+
+class Recovered(_Control, tag="recovered"):
+    """Router -> edge: ``messages`` as ``[offset, header, payload]``, in order, from the first after
+    ``from_offset``. ``more``: the reply's size bound was reached; ask again from the last offset."""
+
+    request_id: int
+    topic: str
+    epoch: int
+    messages: list[tuple[int, bytes, bytes]]
+    more: bool = False
+
+
 class StatsRequest(_Control, tag="stats_request"):
     request_id: int
 
@@ -264,12 +305,31 @@ class Stats(_Control, tag="stats"):
     stats: dict[str, object]
 
 
-EdgeMessage = Hello | Heartbeat | RegisterClient | UnregisterClient | Subscribe | Unsubscribe | StatsRequest
+EdgeMessage = (
+    Hello | Heartbeat | RegisterClient | UnregisterClient | Subscribe | Unsubscribe | Recover | StatsRequest
+)
 RouterMessage = (
-    Welcome | Heartbeat | Registered | SubscribeOk | Unsubscribed | Error | PolicyUpdate | DropClient | Stats
+    Welcome
+    | Heartbeat
+    | Registered
+    | SubscribeOk
+    | Unsubscribed
+    | Recovered
+    | Error
+    | PolicyUpdate
+    | DropClient
+    | Stats
 )
 
 MAX_CONTROL_BYTES: Final = 64 * 1024
+"""The largest control message an edge may send, and any router message but ``recovered``."""
+MAX_RECOVERED_BYTES: Final = RECOVER_BATCH_BYTES
+"""What a ``recovered`` reply's messages weigh at most (each ``ENTRY_OVERHEAD`` bytes over its
+header and payload), unless its one message alone is heavier."""
+MAX_ROUTER_MESSAGE_BYTES: Final = (
+    max(MAX_RECOVERED_BYTES, MAX_ENTRY_BYTES + ENTRY_OVERHEAD) + MAX_CONTROL_BYTES
+)
+"""The largest router message an edge accepts: a ``recovered`` reply at its largest."""
 _encoder = msgspec.msgpack.Encoder()
 _edge_decoder: msgspec.msgpack.Decoder[EdgeMessage] = msgspec.msgpack.Decoder(EdgeMessage)
 _router_decoder: msgspec.msgpack.Decoder[RouterMessage] = msgspec.msgpack.Decoder(RouterMessage)
@@ -282,17 +342,17 @@ def encode_control(message: EdgeMessage | RouterMessage) -> bytes:
 
 def decode_edge_message(body: bytes) -> EdgeMessage:
     """Decode what an edge sent to the router."""
-    return _decode(_edge_decoder, body)
+    return _decode(_edge_decoder, body, MAX_CONTROL_BYTES)
 
 
 def decode_router_message(body: bytes) -> RouterMessage:
     """Decode what the router sent to an edge."""
-    return _decode(_router_decoder, body)
+    return _decode(_router_decoder, body, MAX_ROUTER_MESSAGE_BYTES)
 
 
-def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes) -> _T:
-    if len(body) > MAX_CONTROL_BYTES:
-        raise WireError("bad_control", f"control message over {MAX_CONTROL_BYTES} bytes")
+def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes, most: int) -> _T:
+    if len(body) > most:
+        raise WireError("bad_control", f"control message over {most} bytes")
     try:
         return decoder.decode(body)
     except _DECODE_ERRORS as error:

@@ -18,11 +18,18 @@ from router.core import (
     ClientDropped,
     DeliveryPolicy,
     ErrorCode,
+    HistoryEntry,
+    HistoryLimits,
+    HistoryView,
     Limits,
     PolicyChanged,
+    Recovery,
+    RecoveryStatus,
+    Resume,
     UnwatchTopic,
     WatchTopic,
 )
+from router.core.history import ENTRY_OVERHEAD, MAX_ENTRY_BYTES
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,39 @@ class Declared:
 
 TopicFate = Declared | ErrorCode
 """A declared topic, or the code resolving it must fail with (bad_topic, unknown_topic)."""
+
+
+@dataclass
+class History:
+    """A topic's history as a plain list: it holds every message after ``start`` up to ``last``."""
+
+    limits: HistoryLimits
+    start: int
+    last: int
+    kept: list[tuple[float, HistoryEntry]] = field(default_factory=list)
+    """(time recorded, message), oldest first."""
+
+    def size(self) -> int:
+        return sum(len(entry.header) + len(entry.payload) for _, entry in self.kept)
+
+    def view(self) -> HistoryView:
+        return HistoryView(self.start, self.last, [entry for _, entry in self.kept])
+
+    def drop_oldest(self) -> None:
+        _, entry = self.kept.pop(0)
+        self.start = entry.offset
+
+    def restart(self, offset: int) -> None:
+        self.kept = []
+        self.start = self.last = offset
+
+    def expire(self, now: float) -> None:
+        while self.kept and self.kept[0][0] < now - self.limits.max_age:
+            self.drop_oldest()
+
+    def trim(self) -> None:
+        while len(self.kept) > self.limits.max_messages or self.size() > self.limits.max_bytes:
+            self.drop_oldest()
 
 
 @dataclass
@@ -59,6 +99,8 @@ class Model:
     idle: list[str] = field(default_factory=list)
     """Held topics without subscribers, in the order they became idle (evicted first to last)."""
     policies: dict[str, DeliveryPolicy] = field(default_factory=dict)
+    histories: dict[str, History] = field(default_factory=dict)
+    """Held topics whose policy is reliable -> their history."""
     used_epochs: set[int] = field(default_factory=set)
     drops: Counter[str] = field(default_factory=Counter)
     messages_in: int = 0
@@ -243,9 +285,11 @@ class Model:
             evicted = self.idle.pop(0)
             del self.subscribers[evicted]
             del self.positions[evicted]
+            self.histories.pop(evicted, None)
         self.subscribers[topic] = set()
         self.positions[topic] = (None, 0)
         self.idle.append(topic)
+        self._sync_history(topic)
 
     def check_route(self, topic: str, size: int) -> ErrorCode | None:
         if topic not in self.subscribers:
@@ -262,8 +306,8 @@ class Model:
     def refuse_route(self, code: ErrorCode) -> None:
         self.drops[code.value] += 1
 
-    def apply_route(self, topic: str, size: int) -> tuple[int, frozenset[str]]:
-        """Place one message; returns its offset and who must receive it."""
+    def apply_route(self, topic: str, size: int) -> tuple[int, frozenset[str], bool]:
+        """Place one message; returns its offset, who must receive it and whether to record it."""
         if topic not in self.subscribers:
             self._create(topic)
         epoch, offset = self.positions[topic]
@@ -274,7 +318,126 @@ class Model:
         if receivers:
             self.messages_routed += 1
             self.deliveries += len(receivers)
-        return offset + 1, receivers
+        return offset + 1, receivers, topic in self.histories
+
+    # ------------------------------------------------------------ history
+
+    def history_limits(self, topic: str) -> HistoryLimits | None:
+        policy = self.policy(topic)
+        if policy.kind != "reliable":
+            return None
+        return HistoryLimits(
+            policy.history_max_messages or self.limits.default_history_messages,
+            policy.history_max_bytes or self.limits.default_history_bytes,
+            policy.history_max_age or self.limits.default_history_age,
+        )
+
+    def history_bytes(self) -> int:
+        return sum(history.size() for history in self.histories.values())
+
+    def apply_record(self, topic: str, entry: HistoryEntry, now: float) -> int:
+        """Record a message; returns how many messages the bound on all histories evicted."""
+        history = self.histories[topic]
+        history.expire(now)
+        if entry.offset != history.last + 1:
+            history.restart(entry.offset - 1)
+        if len(entry.header) + len(entry.payload) > min(history.limits.max_bytes, MAX_ENTRY_BYTES):
+            history.restart(entry.offset)
+            return 0
+        history.kept.append((now, entry))
+        history.last = entry.offset
+        history.trim()
+        evicted = 0
+        while self.history_bytes() > self.limits.max_history_bytes:
+            largest = max(self.histories, key=lambda name: (self.histories[name].size(), name))
+            self.histories[largest].drop_oldest()
+            evicted += 1
+        return evicted
+
+    def apply_expire_history(self, now: float) -> None:
+        for history in self.histories.values():
+            history.expire(now)
+
+    def history_start(self, topic: str) -> int:
+        """How far back recovery reaches: nowhere if the newest message was not recorded."""
+        history = self.histories[topic]
+        offset = self.positions[topic][1]
+        return history.start if history.last == offset else offset
+
+    def _sync_history(self, topic: str) -> None:
+        limits = self.history_limits(topic)
+        if limits is None:
+            self.histories.pop(topic, None)
+        elif topic not in self.histories:
+            offset = self.positions[topic][1]
+            self.histories[topic] = History(limits, offset, offset)
+        else:
+            self.histories[topic].limits = limits
+            self.histories[topic].trim()
+
+    def _edge_holds(self, edge_id: str, topic: str) -> bool:
+        return any(self.clients[client] == edge_id for client in self.subscribers.get(topic, ()))
+
+    def check_recover(
+        self, edge_id: str, topic: str, epoch: int, after: int, upto: int | None
+    ) -> ErrorCode | None:
+        if edge_id not in self.edges:
+            return ErrorCode.UNKNOWN_EDGE
+        refusal = self._resolve_refusal(topic)
+        if refusal is not None:
+            return refusal
+        if after < 0 or (upto is not None and upto < after):
+            return ErrorCode.BAD_REQUEST
+        if not self._edge_holds(edge_id, topic):
+            return ErrorCode.NOT_SUBSCRIBED
+        return self._check_position(topic, epoch, after)
+
+    def _check_position(self, topic: str, epoch: int, after: int) -> ErrorCode | None:
+        """bad_request for an offset beyond the newest of the same sequence."""
+        if topic not in self.histories:
+            return None
+        known, offset = self.positions[topic]
+        return ErrorCode.BAD_REQUEST if epoch == known and after > offset else None
+
+    def _status(self, topic: str, epoch: int, after: int, now: float) -> RecoveryStatus:
+        if topic not in self.subscribers:
+            return "not_reliable" if self.history_limits(topic) is None else "epoch_changed"
+        if topic not in self.histories:
+            return "not_reliable"
+        if epoch != self.positions[topic][0]:
+            return "epoch_changed"
+        self.histories[topic].expire(now)
+        return "ok" if after >= self.history_start(topic) else "history_exceeded"
+
+    def apply_recover(
+        self, topic: str, epoch: int, after: int, upto: int | None, now: float, budget: int
+    ) -> Recovery:
+        status = self._status(topic, epoch, after, now)
+        if topic not in self.histories:
+            known = self.positions[topic][0] if topic in self.positions else None
+            return Recovery(status, known or 0, 0, [], False)
+        known, offset = self.positions[topic]
+        assert known is not None
+        start = self.history_start(topic)
+        if status != "ok":
+            return Recovery(status, known, start, [], False)
+        end = offset if upto is None else min(upto, offset)
+        wanted = [entry for _, entry in self.histories[topic].kept if after < entry.offset <= end]
+        taken = _within_budget(wanted, budget)
+        return Recovery(status, known, start, taken, len(taken) < len(wanted))
+
+    def check_resume(self, topic: str, epoch: int, after: int) -> ErrorCode | None:
+        if after < 0:
+            return ErrorCode.BAD_REQUEST
+        return self._check_position(topic, epoch, after) if topic in self.subscribers else None
+
+    def resume(self, topic: str, epoch: int, after: int, now: float) -> Resume:
+        """Judge a resume position, before the subscription it comes with is applied."""
+        status = self._status(topic, epoch, after, now)
+        if status in ("epoch_changed", "not_reliable"):
+            return Resume(status, 0, 0)
+        offset = self.positions[topic][1]
+        return Resume(status, after if status == "ok" else self.history_start(topic), offset)
 
     # ------------------------------------------------------------ policies
 
@@ -283,5 +446,18 @@ class Model:
 
     def apply_set_policy(self, topic: str, policy: DeliveryPolicy) -> list[Action]:
         self.policies[topic] = policy
+        if topic in self.subscribers:
+            self._sync_history(topic)
         edges = frozenset(self.clients[c] for c in self.subscribers.get(topic, set()))
         return [PolicyChanged(topic, policy, edges)] if edges else []
+
+
+def _within_budget(entries: list[HistoryEntry], budget: int) -> list[HistoryEntry]:
+    """The longest prefix whose cost fits ``budget``, but never less than one message."""
+    taken: list[HistoryEntry] = []
+    for entry in entries:
+        cost = sum(len(e.header) + len(e.payload) + ENTRY_OVERHEAD for e in [*taken, entry])
+        if taken and cost > budget:
+            break
+        taken.append(entry)
+    return taken

@@ -27,9 +27,11 @@ from router.core import (
     ConnectionManager,
     DeliveryPolicy,
     ErrorCode,
+    HistoryEntry,
     Identity,
     Limits,
     PolicyChanged,
+    Recovery,
     RefusedError,
     Route,
     TopicRegistry,
@@ -48,17 +50,26 @@ LIMITS = Limits(
     max_subscribers_per_topic=2,
     max_topics=3,
     max_payload_bytes=32,
+    max_history_bytes=100,
+    default_history_messages=4,
+    default_history_bytes=64,
+    default_history_age=6.0,
 )
 EDGE_TIMEOUT = 5.0
 LATEST = DeliveryPolicy(kind="latest", priority=5)
+EVENTS = DeliveryPolicy(kind="reliable", history_max_messages=3, history_max_bytes=48, history_max_age=4.0)
+RELIABLE = DeliveryPolicy(kind="reliable")
 SPECS = [
     TopicSpec(pattern="/video/**", content_type="video/h264"),
     TopicSpec(pattern="/telemetry/*", max_payload_bytes=8, policy=LATEST),
     TopicSpec(pattern="/limited", max_subscribers=1),
     TopicSpec(pattern="/chat/**", max_payload_bytes=16),
+    TopicSpec(pattern="/events/*", policy=EVENTS),
+    TopicSpec(pattern="/alerts", policy=RELIABLE),
 ]
 _VIDEO = Declared(content_type="video/h264")
 _CHAT = Declared(max_payload_bytes=16)
+_EVENTS = Declared(policy=EVENTS)
 CATALOGUE: dict[str, TopicFate] = {
     "/video/main": _VIDEO,
     "/video/main_camera": _VIDEO,
@@ -67,6 +78,9 @@ CATALOGUE: dict[str, TopicFate] = {
     "/limited": Declared(max_subscribers=1),
     "/chat/room-1": _CHAT,
     "/chat/room-2": _CHAT,
+    "/events/a": _EVENTS,
+    "/events/b": _EVENTS,
+    "/alerts": Declared(policy=RELIABLE),
     "/telemetry/imu/raw": ErrorCode.UNKNOWN_TOPIC,
     "/other": ErrorCode.UNKNOWN_TOPIC,
     "/video//main": ErrorCode.BAD_TOPIC,
@@ -76,7 +90,8 @@ CATALOGUE: dict[str, TopicFate] = {
 }
 TOPICS = list(CATALOGUE)
 DECLARED = [t for t, fate in CATALOGUE.items() if isinstance(fate, Declared)]
-CROWDED_TOPIC = st.sampled_from(["/video/main", "/chat/room-1", "/limited"]) | st.sampled_from(DECLARED)
+CROWDED = ["/video/main", "/chat/room-1", "/limited", "/events/a", "/alerts"]
+CROWDED_TOPIC = st.sampled_from(CROWDED) | st.sampled_from(DECLARED)
 SOME_TOPIC = st.sampled_from(DECLARED) | st.sampled_from(DECLARED) | st.sampled_from(TOPICS)
 GUEST_PREFIX = "/video/"
 EDGE_POOL = ["e1", "e2", "e3", "e4"]
@@ -84,6 +99,9 @@ CLIENT_POOL = [f"c{i}" for i in range(1, 8)]
 TOKENS = [None, None, "guest", "bad"]
 PAYLOAD_SIZES = st.sampled_from([0, 1, 8, 9, 16, 17, 32, 33]) | st.integers(0, 40)
 TIME_STEPS = st.sampled_from([0.5, 0.5, 1.0, 1.0, 2.5, 5.0, 5.5])
+HEADERS = st.sampled_from([b"", b"", b"\x81\xa1k\xa1v"])
+BUDGETS = st.sampled_from([1, 40, 100, 10**6])
+RELIABLE_TOPICS = ["/events/a", "/events/b", "/alerts"]
 
 
 class TokenSessions:
@@ -109,6 +127,7 @@ def observe(manager: ConnectionManager) -> dict[str, Any]:
         "topics": {t: (sorted(manager.get_clients_for_topic(t)), manager.topic_position(t)) for t in TOPICS},
         "watched": sorted(manager.watched_topics()),
         "policies": {t: manager.get_delivery_policy(t) for t in DECLARED},
+        "histories": {t: manager.history_view(t) for t in TOPICS},
         "stats": msgspec.to_builtins(manager.get_connection_stats()),
     }
 
@@ -142,6 +161,7 @@ class ManagerMachine(RuleBasedStateMachine):
         )
         self.model = Model(LIMITS, CATALOGUE, GUEST_PREFIX, EDGE_TIMEOUT)
         self.now = 0.0
+        self.messages_sent = 0
         self.watched: set[str] = set()
         """Topics watched upstream, as the emitted WatchTopic/UnwatchTopic actions say."""
 
@@ -294,20 +314,33 @@ class ManagerMachine(RuleBasedStateMachine):
         others = set(self.model.clients) - self.model.subscribers[topic]
         self._subscribe(self._pick(data, others, CLIENT_POOL, "client"), topic)
 
-    def _subscribe(self, client: str, topic: str) -> None:
-        note(f"client {client} subscribes to {topic!r}")
+    @rule(data=st.data(), topic=st.sampled_from(RELIABLE_TOPICS) | SOME_TOPIC)
+    def subscribe_to_resume(self, data: st.DataObject, topic: str) -> None:
+        """A client comes back and asks to resume after the last message it has."""
+        client = self._pick(data, self.model.clients, CLIENT_POOL, "client")
+        self._subscribe(client, topic, self._draw_position(data, topic))
+
+    def _subscribe(self, client: str, topic: str, resume: tuple[int, int] | None = None) -> None:
+        note(f"client {client} subscribes to {topic!r}" + (f", resuming after {resume}" if resume else ""))
         code = self.model.check_subscribe(client, topic)
+        if code is None and resume is not None:
+            code = self.model.check_resume(topic, *resume)
         if code is not None:
-            self._refused(code, lambda: self.manager.subscribe(client, topic))
+            self._refused(code, lambda: self.manager.subscribe(client, topic, resume, self.now))
             return
         self._note_eviction(topic)
-        granted = self.manager.subscribe(client, topic)
+        expected_resume = None if resume is None else self.model.resume(topic, *resume, self.now)
+        granted = self.manager.subscribe(client, topic, resume, self.now)
         actions = self.model.apply_subscribe(client, topic)
         self._check_actions(granted.actions, actions)
         self.model.observe_epoch(topic, granted.epoch)
         assert (granted.topic, granted.epoch, granted.offset) == (topic, *self.model.positions[topic])
         assert granted.policy == self.model.policy(topic)
         assert granted.content_type == self.model.content_type(topic)
+        assert granted.resume == expected_resume, f"model: {expected_resume}"
+        if granted.resume is not None:
+            note(f"  -> resume: {granted.resume}")
+            event(f"resume {granted.resume.status}")
 
     @rule(data=st.data())
     def unsubscribe(self, data: st.DataObject) -> None:
@@ -325,25 +358,127 @@ class ManagerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ data and policies
 
     @precondition(lambda self: bool(self.model.watched()))
-    @rule(data=st.data(), size=PAYLOAD_SIZES)
-    def route_to_a_watched_topic(self, data: st.DataObject, size: int) -> None:
-        self.route_data(data.draw(_sampled(tuple(sorted(self.model.watched()))), label="topic"), size)
+    @rule(data=st.data(), size=PAYLOAD_SIZES, header=HEADERS)
+    def route_to_a_watched_topic(self, data: st.DataObject, size: int, header: bytes) -> None:
+        topic = data.draw(_sampled(tuple(sorted(self.model.watched()))), label="topic")
+        self.route_data(topic, size, header)
 
-    @rule(topic=SOME_TOPIC, size=PAYLOAD_SIZES)
-    def route_data(self, topic: str, size: int) -> None:
-        note(f"a producer sends {size} bytes on {topic!r}")
+    @rule(
+        topic=st.sampled_from(RELIABLE_TOPICS),
+        burst=st.lists(st.tuples(PAYLOAD_SIZES, HEADERS), min_size=1, max_size=6),
+    )
+    def route_to_a_reliable_topic(self, topic: str, burst: list[tuple[int, bytes]]) -> None:
+        """A burst on a topic that keeps history, so histories fill past their bounds."""
+        for size, header in burst:
+            self.route_data(topic, size, header)
+
+    @rule(topic=SOME_TOPIC, size=PAYLOAD_SIZES, header=HEADERS)
+    def route_data(self, topic: str, size: int, header: bytes) -> None:
+        self.messages_sent += 1
+        payload = (b"%d:" % self.messages_sent * size)[:size]
+        note(f"a producer sends {payload!r} (header {header!r}) on {topic!r}")
         code = self.model.check_route(topic, size)
         if code is not None:
-            self._refused(code, lambda: self.manager.route_data(topic, bytes(size)), counted=True)
+            self._refused(code, lambda: self.manager.route_data(topic, payload, header), counted=True)
             self.model.refuse_route(code)
             return
         self._note_eviction(topic)
-        route = self.manager.route_data(topic, bytes(size))
-        offset, receivers = self.model.apply_route(topic, size)
+        route = self.manager.route_data(topic, payload, header, self.now)
+        offset, receivers, keeps = self.model.apply_route(topic, size)
         self.model.observe_epoch(topic, route.epoch)
-        assert route == Route(topic, route.epoch, offset, receivers), f"model: offset {offset} to {receivers}"
+        if keeps and self.model.apply_record(topic, HistoryEntry(offset, header, payload), self.now):
+            event("history evicted to keep all histories within max_history_bytes")
+        expected = Route(topic, route.epoch, offset, receivers, keeps)
+        assert route == expected, f"model: {expected}"
         note(f"  -> offset {route.offset} delivered to {sorted(route.clients)}")
-        event(f"routed to {len(route.clients)} clients")
+        event(f"routed to {len(route.clients)} clients" + (", recorded" if keeps else ""))
+
+    @rule(topic=st.sampled_from(RELIABLE_TOPICS))
+    def route_without_recording(self, topic: str) -> None:
+        """A message routed but never recorded: the history must stop answering for older ones."""
+        note(f"a producer sends 1 byte on {topic!r}, which is not recorded")
+        code = self.model.check_route(topic, 1)
+        if code is not None:
+            self._refused(code, lambda: self.manager.route_wire(topic.encode(), 1), counted=True)
+            self.model.refuse_route(code)
+            return
+        self._note_eviction(topic)
+        route = self.manager.route_wire(topic.encode(), 1)
+        offset, receivers, keeps = self.model.apply_route(topic, 1)
+        self.model.observe_epoch(topic, route.epoch)
+        assert route == Route(topic, route.epoch, offset, receivers, keeps)
+
+    # ------------------------------------------------------------ history
+
+    def _learn_epochs(self) -> None:
+        """Ask the manager the epochs the model has not seen yet, so recovers can name them."""
+        for topic, (epoch, _) in list(self.model.positions.items()):
+            position = self.manager.topic_position(topic)
+            if epoch is None and position is not None:
+                self.model.observe_epoch(topic, position[0])
+
+    def _draw_position(self, data: st.DataObject, topic: str) -> tuple[int, int]:
+        """Mostly the topic's own epoch and an offset in it; sometimes another epoch or a bad offset."""
+        self._learn_epochs()
+        epoch, offset = self.model.positions.get(topic, (None, 0))
+        history = self.model.histories.get(topic)
+        ours = epoch or 1
+        epoch = data.draw(st.sampled_from([ours, ours, ours, ours + 1000]), label="epoch")
+        near_history = st.integers(max((history.start if history else 0) - 1, 0), offset)
+        anywhere = st.integers(-1, offset + 1)
+        return epoch, data.draw(near_history | near_history | anywhere, label="offset")
+
+    @precondition(lambda self: any(self.model.subscribers[t] for t in self.model.histories))
+    @rule(data=st.data(), budget=BUDGETS)
+    def recover_a_watched_history(self, data: st.DataObject, budget: int) -> None:
+        """What an edge does for its clients: recover, in a reliable topic they watch, from a
+        position near or inside what its history holds."""
+        self._learn_epochs()
+        watched = sorted(t for t in self.model.histories if self.model.subscribers[t])
+        topic = data.draw(_sampled(tuple(watched)), label="topic")
+        holders = sorted({self.model.clients[c] for c in self.model.subscribers[topic]})
+        epoch, offset = self.model.positions[topic]
+        assert epoch is not None
+        after = data.draw(st.integers(max(self.model.histories[topic].start - 2, 0), offset), label="after")
+        upto = data.draw(st.none() | st.integers(after, offset), label="to_offset")
+        self._recover(data.draw(_sampled(tuple(holders))), topic, epoch, after, upto, budget)
+
+    @rule(data=st.data(), topic=st.sampled_from(RELIABLE_TOPICS) | SOME_TOPIC, budget=BUDGETS)
+    def recover(self, data: st.DataObject, topic: str, budget: int) -> None:
+        holders = {self.model.clients[c] for c in self.model.subscribers.get(topic, ())}
+        edge = self._pick(data, holders, EDGE_POOL, "edge")
+        epoch, after = self._draw_position(data, topic)
+        offset = self.model.positions.get(topic, (None, 0))[1]
+        upto = data.draw(
+            st.none() | st.none() | st.integers(after, offset + 2) | st.just(after - 1), label="to_offset"
+        )
+        self._recover(edge, topic, epoch, after, upto, budget)
+
+    def _recover(self, edge: str, topic: str, epoch: int, after: int, upto: int | None, budget: int) -> None:
+        note(f"t={self.now}: edge {edge} recovers {topic!r} after {after} up to {upto} in epoch {epoch}")
+
+        def call() -> Recovery:
+            return self.manager.recover(
+                topic, after, epoch, self.now, to_offset=upto, edge_id=edge, max_bytes=budget
+            )
+
+        code = self.model.check_recover(edge, topic, epoch, after, upto)
+        if code is not None:
+            self._refused(code, call)
+            return
+        recovery = call()
+        expected = self.model.apply_recover(topic, epoch, after, upto, self.now, budget)
+        assert recovery == expected, f"model: {expected}"
+        offsets = [entry.offset for entry in recovery.messages]
+        assert offsets == list(range(after + 1, after + 1 + len(offsets))), "not the run after from_offset"
+        note(f"  -> {recovery.status}: {offsets}{' and more' if recovery.more else ''}")
+        event(f"recover {recovery.status}" + (" (more)" if recovery.more else ""))
+
+    @rule()
+    def expire_history(self) -> None:
+        note(f"t={self.now}: histories expire")
+        self.manager.expire_history(self.now)
+        self.model.apply_expire_history(self.now)
 
     @rule(topic=SOME_TOPIC, policy=policies)
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> None:
@@ -429,6 +564,32 @@ class ManagerMachine(RuleBasedStateMachine):
         for topic in DECLARED:
             assert self.manager.get_delivery_policy(topic) == self.model.policy(topic)
 
+    @invariant()
+    def histories_match(self) -> None:
+        for topic in TOPICS:
+            expected = self.model.histories.get(topic)
+            assert self.manager.history_view(topic) == (expected and expected.view()), topic
+        stats = self.manager.get_connection_stats()
+        held = sum(len(history.kept) for history in self.model.histories.values())
+        assert (stats.history_messages, stats.history_bytes) == (held, self.model.history_bytes())
+
+    @invariant()
+    def histories_hold_an_unbroken_bounded_run(self) -> None:
+        total = 0
+        for topic in DECLARED:
+            view = self.manager.history_view(topic)
+            limits = self.model.history_limits(topic)
+            if view is None or limits is None:
+                assert view is None or topic not in self.model.subscribers, topic
+                continue
+            offsets = [entry.offset for entry in view.entries]
+            assert offsets == list(range(view.start + 1, view.last + 1)), topic
+            size = sum(len(entry.header) + len(entry.payload) for entry in view.entries)
+            assert len(offsets) <= limits.max_messages, topic
+            assert size <= limits.max_bytes, topic
+            total += size
+        assert total <= LIMITS.max_history_bytes
+
 
 ManagerMachine.TestCase.settings = settings(
     max_examples=scaled_examples(200),
@@ -437,6 +598,45 @@ ManagerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestManagerMachine = ManagerMachine.TestCase
+
+
+class HistoryMachine(ManagerMachine):
+    """The same machine, started with clients on the reliable topics and messages in their
+    histories, so that most steps bound, evict, resume and recover histories.
+
+    Edges are never lost or expired here (those rules are overridden by plain methods, which
+    hypothesis does not run), so histories stay watched while time passes.
+    """
+
+    def expire_edges(self) -> None:
+        raise AssertionError("not a rule of this machine")
+
+    def edge_lost(self, data: st.DataObject) -> None:
+        raise AssertionError("not a rule of this machine")
+
+    @initialize(
+        clients=st.lists(st.sampled_from(CLIENT_POOL), unique=True, min_size=1, max_size=4),
+        topics=st.lists(st.sampled_from(RELIABLE_TOPICS), min_size=1, max_size=4),
+        sizes=st.lists(st.integers(0, 24), max_size=12),
+    )
+    def start(self, clients: list[str], topics: list[str], sizes: list[int]) -> None:
+        for edge in ("e1", "e2"):
+            self._hello(edge)
+        for index, client in enumerate(clients):
+            self._register(client, ("e1", "e2")[index % 2], None)
+        for index, topic in enumerate(topics):
+            self._subscribe(clients[index % len(clients)], topic)
+        for index, size in enumerate(sizes):
+            self.route_data(topics[index % len(topics)], size, b"")
+
+
+HistoryMachine.TestCase.settings = settings(
+    max_examples=scaled_examples(100),
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestHistoryMachine = HistoryMachine.TestCase
 
 
 # ---------------------------------------------------------------- single cases

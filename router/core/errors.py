@@ -21,6 +21,9 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"
+    HISTORY_EXCEEDED = "history_exceeded"
+    EPOCH_CHANGED = "epoch_changed"
+    NOT_RELIABLE = "not_reliable"
 
 
 class RefusedError(Exception):

@@ -11,12 +11,20 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import msgspec
 
 from router.core.clients import ClientInfo
 from router.core.errors import ErrorCode, RefusedError
+from router.core.history import (
+    RECOVER_BATCH_BYTES,
+    HistoryEntry,
+    HistoryLimits,
+    HistoryTotal,
+    Missing,
+    TopicHistory,
+)
 from router.core.policy import DeliveryPolicy
 from router.core.sessions import AllowAllSessions, Identity, SessionManager
 from router.core.topics import TopicRegistry, TopicSpec, decode_topic
@@ -26,8 +34,12 @@ __all__ = [
     "ClientDropped",
     "ConnectionManager",
     "ConnectionStats",
+    "HistoryView",
     "Limits",
     "PolicyChanged",
+    "Recovery",
+    "RecoveryStatus",
+    "Resume",
     "Route",
     "Subscribed",
     "UnwatchTopic",
@@ -47,6 +59,29 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_subscribers_per_topic: int = 100_000
     max_topics: int = 100_000
     max_payload_bytes: int = 16 * 1024 * 1024
+    max_history_bytes: int = 256 * 1024 * 1024
+    """Header and payload bytes kept in every topic's history together."""
+    default_history_messages: int = 10_000
+    """A reliable topic's history bound when its policy leaves ``history_max_messages`` at 0."""
+    default_history_bytes: int = 64 * 1024 * 1024
+    default_history_age: float = 300.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_history_bytes, self.default_history_messages, self.default_history_bytes) < 1:
+            raise ValueError("history limits must be at least 1")
+        if not self.default_history_age > 0:
+            raise ValueError("default_history_age must be positive")
+
+    def history_limits(self, policy: DeliveryPolicy) -> HistoryLimits | None:
+        """The bounds of a topic's history under ``policy``: ``None`` unless it is reliable, and
+        each bound the policy leaves at 0 takes its ``default_history_*`` value."""
+        if policy.kind != "reliable":
+            return None
+        return HistoryLimits(
+            policy.history_max_messages or self.default_history_messages,
+            policy.history_max_bytes or self.default_history_bytes,
+            policy.history_max_age or self.default_history_age,
+        )
 
 
 class WatchTopic(NamedTuple):
@@ -80,8 +115,24 @@ class PolicyChanged(NamedTuple):
 Action = WatchTopic | UnwatchTopic | ClientDropped | PolicyChanged
 
 
+RecoveryStatus = Literal["ok", "history_exceeded", "epoch_changed", "not_reliable"]
+"""``ok``, or why a position cannot be recovered; each refusal is also an ``ErrorCode`` value."""
+
+
+class Resume(NamedTuple):
+    """Whether a subscriber's position can be resumed, and what can be recovered now: the messages
+    after ``after`` up to ``upto`` (both 0 unless the status is ``ok`` or ``history_exceeded``)."""
+
+    status: RecoveryStatus
+    after: int
+    upto: int
+
+
 class Subscribed(NamedTuple):
-    """A granted subscription: where the topic's sequence stands now, and how it is delivered."""
+    """A granted subscription: where the topic's sequence stands now, and how it is delivered.
+
+    ``resume`` answers the position the subscriber asked to resume from, if it asked.
+    """
 
     topic: str
     epoch: int
@@ -89,15 +140,44 @@ class Subscribed(NamedTuple):
     policy: DeliveryPolicy
     content_type: str
     actions: list[Action]
+    resume: Resume | None = None
+
+
+class Recovery(NamedTuple):
+    """The answer to :meth:`ConnectionManager.recover`.
+
+    With status ``ok``, ``messages`` are the messages asked for, in order; ``more`` says the byte
+    budget stopped them early and the rest comes from asking again after the last one. Otherwise
+    ``messages`` is empty. ``start`` is the smallest ``from_offset`` the history answers now (for
+    ``history_exceeded``: how far back it still reaches). ``epoch`` is the topic's epoch now.
+    """
+
+    status: RecoveryStatus
+    epoch: int
+    start: int
+    messages: list[HistoryEntry]
+    more: bool
 
 
 class Route(NamedTuple):
-    """Where one message goes: its place in the topic's sequence and who receives it."""
+    """Where one message goes: its place in the topic's sequence and who receives it.
+
+    ``keeps_history``: hand the message to :meth:`ConnectionManager.record` too.
+    """
 
     topic: str
     epoch: int
     offset: int
     clients: frozenset[str]
+    keeps_history: bool = False
+
+
+class HistoryView(NamedTuple):
+    """What a topic's history holds: every message after ``start`` up to ``last``."""
+
+    start: int
+    last: int
+    entries: list[HistoryEntry]
 
 
 class ConnectionStats(msgspec.Struct, kw_only=True):
@@ -112,6 +192,8 @@ class ConnectionStats(msgspec.Struct, kw_only=True):
     messages_routed: int
     deliveries: int
     drops: dict[str, int]
+    history_messages: int = 0
+    history_bytes: int = 0
 
 
 # ---------------------------------------------------------------- internal state
@@ -128,6 +210,8 @@ class _Topic:
     snapshot: frozenset[str] = frozenset()
     messages: int = 0
     bytes: int = 0
+    history: TopicHistory | None = None
+    keeps_history: bool = False
 
     def resnapshot(self) -> None:
         self.snapshot = frozenset(self.subscribers)
@@ -146,6 +230,8 @@ class _Edge:
     protocol: str
     last_seen: float
     clients: set[str] = field(default_factory=set)
+    topics: dict[str, int] = field(default_factory=dict)
+    """topic -> how many of this edge's clients are subscribed to it (never 0)."""
 
 
 def _too_large(topic: str, most: int) -> RefusedError:
@@ -154,6 +240,13 @@ def _too_large(topic: str, most: int) -> RefusedError:
 
 def _random_epoch() -> int:
     return secrets.randbits(32) or 1
+
+
+def _check_range(after: int, upto: int | None) -> None:
+    if after < 0:
+        raise RefusedError(ErrorCode.BAD_REQUEST, f"offset {after} is negative")
+    if upto is not None and upto < after:
+        raise RefusedError(ErrorCode.BAD_REQUEST, f"a range cannot end at {upto}, before {after}")
 
 
 # ---------------------------------------------------------------- the manager
@@ -179,6 +272,8 @@ class ConnectionManager:
         self._topics: dict[str, _Topic] = {}
         self._wire_topics: dict[bytes, _Topic] = {}
         self._idle_topics: dict[str, None] = {}
+        self._histories: dict[str, TopicHistory] = {}
+        self._history_total = HistoryTotal()
         self._policies: dict[str, DeliveryPolicy] = {}
         self._drops: Counter[str] = Counter()
         self._messages_in = 0
@@ -285,26 +380,41 @@ class ConnectionManager:
 
     # ------------------------------------------------------------ subscriptions
 
-    def subscribe(self, client_id: str, topic: str) -> Subscribed:
-        """Subscribe a client to one exact topic. Subscribing again is harmless."""
+    def subscribe(
+        self, client_id: str, topic: str, resume: tuple[int, int] | None = None, now: float = 0.0
+    ) -> Subscribed:
+        """Subscribe a client to one exact topic. Subscribing again is harmless.
+
+        ``resume`` is the ``(epoch, offset)`` of the last message the subscriber has; the answer's
+        ``resume`` then says whether the messages after it can be recovered (``now`` ages the
+        history first). A resume offset that is negative, or beyond the topic's last offset in
+        the same epoch, is refused as ``bad_request``.
+        """
         client = self._client(client_id)
         spec = self.registry.resolve(topic)
         if not self.sessions.authorize(client.identity, topic):
             raise RefusedError(ErrorCode.FORBIDDEN, f"{client.identity.user!r} may not read {topic!r}")
         state = self._topics.get(topic)
-        actions: list[Action] = []
-        if state is None or client_id not in state.subscribers:
+        joining = state is None or client_id not in state.subscribers
+        if joining:
             self._check_subscribe_limits(client, spec, state)
+        resumed = self._resume(topic, state, resume, now) if resume is not None else None
+        actions: list[Action] = []
+        if joining:
             state = state or self._create_topic(topic, spec)
             actions = self._add_subscriber(state, client)
-        return Subscribed(
-            topic,
-            state.epoch,
-            state.offset,
-            self.get_delivery_policy(topic),
-            spec.content_type,
-            actions,
-        )
+        assert state is not None
+        policy = self.get_delivery_policy(topic)
+        return Subscribed(topic, state.epoch, state.offset, policy, spec.content_type, actions, resumed)
+
+    def _resume(self, topic: str, state: _Topic | None, resume: tuple[int, int], now: float) -> Resume:
+        epoch, after = resume
+        _check_range(after, None)
+        status = self._position_status(topic, state, epoch, after, now)
+        if state is None or status in ("epoch_changed", "not_reliable"):
+            return Resume(status, 0, 0)
+        start = self._history_start(state)
+        return Resume(status, after if status == "ok" else start, state.offset)
 
     def unsubscribe(self, client_id: str, topic: str) -> list[Action]:
         """End one subscription of a client."""
@@ -339,6 +449,8 @@ class ConnectionManager:
         state.subscribers.add(client.info.client_id)
         state.resnapshot()
         client.topics.add(state.name)
+        topics = self._edges[client.info.edge_id].topics
+        topics[state.name] = topics.get(state.name, 0) + 1
         if first:
             self._idle_topics.pop(state.name, None)
             return [WatchTopic(state.name)]
@@ -348,6 +460,11 @@ class ConnectionManager:
         state.subscribers.discard(client.info.client_id)
         state.resnapshot()
         client.topics.discard(state.name)
+        edge = self._edges.get(client.info.edge_id)
+        if edge is not None:
+            edge.topics[state.name] -= 1
+            if not edge.topics[state.name]:
+                del edge.topics[state.name]
         if state.subscribers:
             return []
         self._idle_topics[state.name] = None
@@ -362,6 +479,7 @@ class ConnectionManager:
         self._topics[name] = state
         self._wire_topics[name.encode()] = state
         self._idle_topics[name] = None
+        self._sync_history(state)
         return state
 
     def _max_payload(self, spec: TopicSpec) -> int:
@@ -371,12 +489,16 @@ class ConnectionManager:
     def _evict_idle_topic(self) -> None:
         name = next(iter(self._idle_topics))
         del self._idle_topics[name]
-        del self._topics[name]
+        self._drop_history(self._topics.pop(name))
         del self._wire_topics[name.encode()]
 
-    def route_data(self, topic: str, payload: bytes) -> Route:
-        """Place one message from a producer in its topic's sequence; see :meth:`route_wire`."""
-        return self.route_wire(topic.encode("utf-8", "surrogatepass"), len(payload))
+    def route_data(self, topic: str, payload: bytes, header: bytes = b"", now: float = 0.0) -> Route:
+        """Place one message from a producer in its topic's sequence, and record it in the topic's
+        history if it keeps one: :meth:`route_wire` and :meth:`record` in one call."""
+        route = self.route_wire(topic.encode("utf-8", "surrogatepass"), len(payload))
+        if route.keeps_history:
+            self.record(route.topic, route.offset, header, payload, now)
+        return route
 
     def route_wire(self, raw_topic: bytes, size: int) -> Route:
         """Route a message of ``size`` payload bytes whose topic is still the producer's bytes.
@@ -403,7 +525,7 @@ class ConnectionManager:
         if state.snapshot:
             self._messages_routed += 1
             self._deliveries += len(state.snapshot)
-        return Route(state.name, state.epoch, state.offset, state.snapshot)
+        return Route(state.name, state.epoch, state.offset, state.snapshot, state.keeps_history)
 
     def _topic_for_producer(self, raw_topic: bytes, size: int) -> _Topic:
         name = decode_topic(raw_topic)
@@ -419,13 +541,133 @@ class ConnectionManager:
         state = self._topics.get(topic)
         return (state.epoch, state.offset) if state is not None else None
 
+    # ------------------------------------------------------------ history
+
+    def record(self, topic: str, offset: int, header: bytes, payload: bytes, now: float) -> None:
+        """Keep a message in its topic's history. Call it right after :meth:`route_wire`, with the
+        route's offset, whenever the route says ``keeps_history``; a message not recorded breaks
+        the history's run, and everything older becomes unrecoverable.
+
+        Then, while all histories together hold more than ``max_history_bytes``, the oldest
+        message of the history holding the most bytes is evicted (ties: the larger topic name).
+        """
+        history = self._histories.get(topic)
+        if history is None:
+            return
+        history.append(HistoryEntry(offset, header, payload), now)
+        while self._history_total.bytes > self.limits.max_history_bytes:
+            self._histories[max(self._histories, key=self._history_weight)].evict_oldest()
+
+    def recover(
+        self,
+        topic: str,
+        from_offset: int,
+        epoch: int,
+        now: float,
+        *,
+        to_offset: int | None = None,
+        edge_id: str | None = None,
+        max_bytes: int = RECOVER_BATCH_BYTES,
+    ) -> Recovery:
+        """The messages of ``topic`` after ``from_offset`` (exclusive) up to ``to_offset``
+        (inclusive; default, and at most: the newest), in sequence ``epoch``, at most about
+        ``max_bytes`` of them (see :meth:`router.core.history.TopicHistory.read`).
+
+        Otherwise the status says why not: ``not_reliable`` (the topic keeps no history),
+        ``epoch_changed`` (the router holds another sequence of the topic, or none) or
+        ``history_exceeded`` (the history no longer reaches back to ``from_offset``).
+
+        Raises ``unknown_edge``, ``bad_topic``, ``unknown_topic``, ``bad_request`` (a negative or
+        reversed range, or a ``from_offset`` beyond the newest message of ``epoch``), and, with
+        ``edge_id``, ``not_subscribed`` unless one of that edge's clients is on the topic.
+        """
+        edge = self._edge(edge_id) if edge_id is not None else None
+        self.registry.resolve(topic)
+        _check_range(from_offset, to_offset)
+        if edge is not None and topic not in edge.topics:
+            raise RefusedError(ErrorCode.NOT_SUBSCRIBED, f"no client of {edge_id!r} is on {topic!r}")
+        state = self._topics.get(topic)
+        status = self._position_status(topic, state, epoch, from_offset, now)
+        if state is None or state.history is None:
+            return Recovery(status, state.epoch if state is not None else 0, 0, [], False)
+        start = self._history_start(state)
+        if status != "ok" or from_offset == state.offset:
+            return Recovery(status, state.epoch, start, [], False)
+        window = state.history.read(from_offset, to_offset, max_bytes)
+        assert not isinstance(window, Missing)
+        return Recovery(status, state.epoch, start, window.entries, window.more)
+
+    def expire_history(self, now: float) -> None:
+        """Evict every history's messages older than its age bound (call it now and then)."""
+        for history in self._histories.values():
+            history.expire(now)
+
+    def history_view(self, topic: str) -> HistoryView | None:
+        """What the topic's history holds, or ``None`` if it keeps none."""
+        history = self._histories.get(topic)
+        if history is None:
+            return None
+        return HistoryView(history.start, history.last, history.entries())
+
+    def _position_status(
+        self, topic: str, state: _Topic | None, epoch: int, after: int, now: float
+    ) -> RecoveryStatus:
+        if state is None:
+            reliable = self.limits.history_limits(self.get_delivery_policy(topic)) is not None
+            return "epoch_changed" if reliable else "not_reliable"
+        if state.history is None:
+            return "not_reliable"
+        if state.epoch != epoch:
+            return "epoch_changed"
+        if after > state.offset:
+            raise RefusedError(ErrorCode.BAD_REQUEST, f"offset {after} is beyond {topic!r}'s {state.offset}")
+        state.history.expire(now)
+        return "ok" if after >= self._history_start(state) else "history_exceeded"
+
+    @staticmethod
+    def _history_start(state: _Topic) -> int:
+        """The smallest offset after which the history holds every message up to the newest."""
+        history = state.history
+        if history is None or history.last != state.offset:
+            return state.offset
+        return history.start
+
+    def _history_weight(self, name: str) -> tuple[int, str]:
+        return self._histories[name].bytes, ''
+
+    def _sync_history(self, state: _Topic) -> None:
+        """Give the topic the history its policy asks for: a new one, new bounds, or none."""
+        limits = self.limits.history_limits(self.get_delivery_policy(state.name))
+        if limits is None:
+            self._drop_history(state)
+        elif state.history is None:
+            history = TopicHistory(limits, state.offset, self._history_total)
+            state.history = self._histories[state.name] = history
+            state.keeps_history = True
+        else:
+            state.history.limits = limits
+            state.history.trim()
+
+    def _drop_history(self, state: _Topic) -> None:
+        if state.history is not None:
+            state.history.clear(state.offset)
+            del self._histories[state.name]
+            state.history = None
+            state.keeps_history = False
+
     # ------------------------------------------------------------ policies
 
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[Action]:
-        """Override a topic's policy at runtime; edges holding its subscribers are told."""
+        """Override a topic's policy at runtime; edges holding its subscribers are told.
+
+        A topic that becomes reliable starts an empty history; one that stops being reliable drops
+        its history; new bounds apply at once (count and bytes) or at the next use (age).
+        """
         self.registry.resolve(topic)
         self._policies[topic] = policy
         state = self._topics.get(topic)
+        if state is not None:
+            self._sync_history(state)
         subscribers = state.subscribers if state is not None else set()
         edges = frozenset(self._clients[c].info.edge_id for c in subscribers)
         return [PolicyChanged(topic, policy, edges)] if edges else []
@@ -452,6 +694,8 @@ class ConnectionManager:
             messages_routed=self._messages_routed,
             deliveries=self._deliveries,
             drops=dict(self._drops),
+            history_messages=sum(len(h) for h in self._histories.values()),
+            history_bytes=self._history_total.bytes,
         )
 
     def client_ids(self) -> Iterable[str]:
