@@ -1,7 +1,8 @@
 """A deliberately simple reference model of what ConnectionManager must hold.
 
-Plain dicts and sets, no cleverness: who is on which edge, who watches which topic, where each
-topic's sequence stands, and which request the limits refuse. Each ``check_*`` method returns the
+Plain dicts, sets and lists, no cleverness: who is on which edge, who watches which topic, where
+each topic's sequence stands, what each reliable topic's history holds (a list, trimmed from the
+front), and which request the limits refuse. Each ``check_*`` method returns the
 :class:`ErrorCode` the manager must refuse with (or ``None``), in the manager's documented order;
 each ``apply_*`` method changes the model and returns the actions the manager must emit.
 """
@@ -22,12 +23,14 @@ from router.core import (
     HistoryLimits,
     HistoryView,
     Limits,
+    Missing,
     PolicyChanged,
     Recovery,
     RecoveryStatus,
     Resume,
     UnwatchTopic,
     WatchTopic,
+    Window,
 )
 from router.core.history import ENTRY_OVERHEAD, MAX_ENTRY_BYTES
 
@@ -77,6 +80,28 @@ class History:
     def trim(self) -> None:
         while len(self.kept) > self.limits.max_messages or self.size() > self.limits.max_bytes:
             self.drop_oldest()
+
+    def record(self, entry: HistoryEntry, now: float) -> None:
+        """Age out, break the run if ``entry`` does not follow, keep it unless it is too large."""
+        self.expire(now)
+        if entry.offset != self.last + 1:
+            self.restart(entry.offset - 1)
+        if len(entry.header) + len(entry.payload) > min(self.limits.max_bytes, MAX_ENTRY_BYTES):
+            self.restart(entry.offset)
+            return
+        self.kept.append((now, entry))
+        self.last = entry.offset
+        self.trim()
+
+    def read(self, after: int, upto: int | None = None, budget: int | None = None) -> Window | Missing:
+        end = self.last if upto is None else min(upto, self.last)
+        if after > self.last or end < after:
+            raise ValueError("not a range of this history")
+        if after < self.start:
+            return Missing(self.start)
+        wanted = [entry for _, entry in self.kept if after < entry.offset <= end]
+        taken = wanted if budget is None else within_budget(wanted, budget)
+        return Window(taken, len(taken) < len(wanted))
 
 
 @dataclass
@@ -337,16 +362,7 @@ class Model:
 
     def apply_record(self, topic: str, entry: HistoryEntry, now: float) -> int:
         """Record a message; returns how many messages the bound on all histories evicted."""
-        history = self.histories[topic]
-        history.expire(now)
-        if entry.offset != history.last + 1:
-            history.restart(entry.offset - 1)
-        if len(entry.header) + len(entry.payload) > min(history.limits.max_bytes, MAX_ENTRY_BYTES):
-            history.restart(entry.offset)
-            return 0
-        history.kept.append((now, entry))
-        history.last = entry.offset
-        history.trim()
+        self.histories[topic].record(entry, now)
         evicted = 0
         while self.history_bytes() > self.limits.max_history_bytes:
             largest = max(self.histories, key=lambda name: (self.histories[name].size(), name))
@@ -423,7 +439,7 @@ class Model:
             return Recovery(status, known, start, [], False)
         end = offset if upto is None else min(upto, offset)
         wanted = [entry for _, entry in self.histories[topic].kept if after < entry.offset <= end]
-        taken = _within_budget(wanted, budget)
+        taken = within_budget(wanted, budget)
         return Recovery(status, known, start, taken, len(taken) < len(wanted))
 
     def check_resume(self, topic: str, epoch: int, after: int) -> ErrorCode | None:
@@ -452,7 +468,7 @@ class Model:
         return [PolicyChanged(topic, policy, edges)] if edges else []
 
 
-def _within_budget(entries: list[HistoryEntry], budget: int) -> list[HistoryEntry]:
+def within_budget(entries: list[HistoryEntry], budget: int) -> list[HistoryEntry]:
     """The longest prefix whose cost fits ``budget``, but never less than one message."""
     taken: list[HistoryEntry] = []
     for entry in entries:

@@ -16,7 +16,7 @@ from router.config import (
     RouterConfig,
     load_config,
 )
-from router.core import DeliveryPolicy, ErrorCode, Limits, RefusedError
+from router.core import DeliveryPolicy, ErrorCode, HistoryLimits, Limits, RefusedError
 
 FULL = """
 [router]
@@ -97,6 +97,19 @@ def test_overrides_win_over_the_file_and_none_means_not_given(tmp_path: Path) ->
     assert config.limits.max_clients == 10
 
 
+def test_history_limits_and_their_defaults_for_reliable_topics(tmp_path: Path) -> None:
+    text = (
+        "[limits]\nmax_history_bytes = 1000\ndefault_history_messages = 7\ndefault_history_age = 9.5\n"
+        "[[topics.declare]]\npattern = '/alerts'\npolicy = { kind = 'reliable', history_max_bytes = 50 }\n"
+        "[[topics.declare]]\npattern = '/video'\npolicy = { kind = 'latest', history_max_messages = 5 }\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.limits.max_history_bytes == 1000
+    registry = config.registry()
+    assert config.limits.history_limits(registry.resolve("/alerts").policy) == HistoryLimits(7, 50, 9.5)
+    assert config.limits.history_limits(registry.resolve("/video").policy) is None
+
+
 def test_overrides_without_a_file() -> None:
     assert load_config(None, {"control": "tcp://127.0.0.1:2"}).router.control == "tcp://127.0.0.1:2"
 
@@ -119,6 +132,9 @@ def test_overrides_without_a_file() -> None:
         ("[router]\nheartbeat_interval = 2.0\nheartbeat_timeout = 1.0\n", "heartbeat_timeout"),
         ("[router]\npull = 7750\n", "pull"),
         ("[limits]\nmax_clients = 'many'\n", "max_clients"),
+        ("[limits]\nmax_history_bytes = 0\n", "history limits"),
+        ("[limits]\ndefault_history_messages = 0\n", "history limits"),
+        ("[limits]\ndefault_history_age = 0.0\n", "default_history_age"),
         ("[router\n", r"router\.toml"),
     ],
 )

@@ -14,10 +14,13 @@ from router.core import ClientInfo, ConnectionManager, DeliveryPolicy, Limits, T
 from router.wire import (
     CONTROL_VERSION,
     MAX_CONTROL_BYTES,
+    MAX_RECOVERED_BYTES,
     EdgeMessage,
     Error,
     Heartbeat,
     Hello,
+    Recover,
+    Recovered,
     RegisterClient,
     Registered,
     Stats,
@@ -38,10 +41,12 @@ from tests.strategies import client_ids, edge_ids, scaled_examples
 INTERVAL = 1.0
 TIMEOUT = 3.0
 VIDEO = TopicSpec(pattern="/video/**", content_type="video/h264", policy=DeliveryPolicy(kind="latest"))
+EVENTS_POLICY = DeliveryPolicy(kind="reliable", history_max_messages=5, history_max_age=10.0)
+EVENTS = TopicSpec(pattern="/events/**", content_type="application/json", policy=EVENTS_POLICY)
 
 
 def make_plane(limits: Limits | None = None) -> ControlPlane:
-    manager = ConnectionManager(TopicRegistry([VIDEO]), limits=limits)
+    manager = ConnectionManager(TopicRegistry([VIDEO, EVENTS]), limits=limits)
     return ControlPlane(manager, heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT)
 
 
@@ -374,3 +379,176 @@ def test_an_edge_silent_for_exactly_the_timeout_is_kept() -> None:
     assert plane.manager.is_edge_known("e1")
     plane.tick(1.0 + TIMEOUT + 0.001)
     assert not plane.manager.is_edge_known("e1")
+
+
+# ---------------------------------------------------------------- resume and recover
+
+
+def recovering_plane(count: int, size: int = 3, now: float = 0.0) -> tuple[ControlPlane, int]:
+    """Edge e1 with client c1 on /events/a, after ``count`` messages of ``size`` bytes."""
+    plane = make_plane()
+    hello(plane, "e1")
+    register(plane, "e1", "c1")
+    subscribe(plane, "e1", "c1", "/events/a")
+    for index in range(count):
+        plane.manager.route_data("/events/a", payload(index + 1, size), b"\x80" if index % 2 else b"", now)
+    epoch, _ = plane.manager.topic_position("/events/a") or (0, 0)
+    return plane, epoch
+
+
+def payload(offset: int, size: int) -> bytes:
+    return (b"%d." % offset * size)[:size]
+
+
+def resume(plane: ControlPlane, topic: str, epoch: int | None, offset: int | None) -> SubscribeOk | Error:
+    message = Subscribe(request_id=6, client_id="c1", topic=topic, resume_epoch=epoch, resume_offset=offset)
+    reply = send(plane, "e1", message)[-1]
+    assert isinstance(reply, ToEdge)
+    assert isinstance(reply.message, SubscribeOk | Error)
+    return reply.message
+
+
+def recover(plane: ControlPlane, edge: str = "e1", now: float = 0.0, **fields: Any) -> Recovered | Error:
+    out = send(plane, edge, Recover(request_id=8, **{"topic": "/events/a", **fields}), now)
+    assert len(out) == 1
+    assert isinstance(out[0], ToEdge)
+    assert isinstance(out[0].message, Recovered | Error)
+    return out[0].message
+
+
+def test_subscribe_with_resume_says_what_the_history_still_holds() -> None:
+    plane, epoch = recovering_plane(8)
+    assert plane.manager.history_view("/events/a") is not None
+
+    def verdict(topic: str, epoch: int, offset: int) -> tuple[str, int, int]:
+        ok = resume(plane, topic, epoch, offset)
+        assert isinstance(ok, SubscribeOk), ok
+        return ok.resume, ok.resume_from, ok.resume_to
+
+    assert verdict("/events/a", epoch, 6) == ("ok", 6, 8)
+    assert verdict("/events/a", epoch, 8) == ("ok", 8, 8)
+    assert verdict("/events/a", epoch, 3) == ("ok", 3, 8)
+    assert verdict("/events/a", epoch, 2) == ("history_exceeded", 3, 8)
+    assert verdict("/events/a", epoch + 1, 6) == ("epoch_changed", 0, 0)
+    assert verdict("/events/new", 1, 0) == ("epoch_changed", 0, 0)
+    assert verdict("/video/a", epoch, 0) == ("not_reliable", 0, 0)
+
+
+def test_subscribe_without_resume_says_none() -> None:
+    plane, _ = recovering_plane(2)
+    ok = resume(plane, "/events/a", None, None)
+    assert isinstance(ok, SubscribeOk)
+    assert (ok.resume, ok.resume_from, ok.resume_to) == ("none", 0, 0)
+
+
+@pytest.mark.parametrize(("epoch", "offset"), [(None, 3), ("same", None), ("same", -1), ("same", 9)], ids=str)
+def test_a_bad_resume_position_refuses_the_subscribe(epoch: object, offset: int | None) -> None:
+    plane, current = recovering_plane(8)
+    register(plane, "e1", "c2")
+    before = state(plane)
+    message = Subscribe(
+        request_id=6,
+        client_id="c2",
+        topic="/events/a",
+        resume_epoch=current if epoch == "same" else None,
+        resume_offset=offset,
+    )
+    error = error_reply(send(plane, "e1", message))
+    assert (error.code, error.request_id, error.client_id) == ("bad_request", 6, "c2")
+    assert state(plane) == before
+
+
+def test_recover_returns_the_messages_in_order_with_their_headers() -> None:
+    plane, epoch = recovering_plane(8)
+    reply = recover(plane, epoch=epoch, from_offset=3)
+    expected = [(o, b"" if o % 2 else b"\x80", payload(o, 3)) for o in range(4, 9)]
+    assert reply == Recovered(request_id=8, topic="/events/a", epoch=epoch, messages=expected, more=False)
+    gap = recover(plane, epoch=epoch, from_offset=4, to_offset=6)
+    assert isinstance(gap, Recovered)
+    assert [m[0] for m in gap.messages] == [5, 6]
+    assert not gap.more
+    nothing = recover(plane, epoch=epoch, from_offset=8)
+    assert isinstance(nothing, Recovered)
+    assert (nothing.messages, nothing.more) == ([], False)
+
+
+def test_a_large_recovery_comes_in_bounded_replies_with_more() -> None:
+    size = MAX_RECOVERED_BYTES // 3
+    plane, epoch = recovering_plane(5, size)
+    pages: list[list[int]] = []
+    after, more = 0, True
+    while more:
+        reply = recover(plane, epoch=epoch, from_offset=after)
+        assert isinstance(reply, Recovered), reply
+        assert sum(len(h) + len(p) for _, h, p in reply.messages) <= MAX_RECOVERED_BYTES
+        assert [p for _, _, p in reply.messages] == [payload(o, size) for o, _, _ in reply.messages]
+        pages.append([offset for offset, _, _ in reply.messages])
+        after, more = pages[-1][-1], reply.more
+    assert pages == [[1, 2], [3, 4], [5]]
+
+
+@pytest.mark.parametrize(
+    ("edge", "fields", "code"),
+    [
+        ("e1", {"from_offset": 2}, "history_exceeded"),
+        ("e1", {"from_offset": 5, "epoch": "other"}, "epoch_changed"),
+        ("e1", {"from_offset": 0, "topic": "/video/a"}, "not_reliable"),
+        ("e2", {"from_offset": 5}, "not_subscribed"),
+        ("e1", {"from_offset": 6, "to_offset": 5}, "bad_request"),
+        ("e1", {"from_offset": 9}, "bad_request"),
+        ("e1", {"from_offset": -1}, "bad_request"),
+        ("e1", {"from_offset": 0, "topic": "/events//a"}, "bad_topic"),
+        ("e3", {"from_offset": 5}, "unknown_edge"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_a_recover_that_cannot_be_answered_in_full_is_an_error(
+    edge: str, fields: dict[str, Any], code: str
+) -> None:
+    plane, epoch = recovering_plane(8)
+    subscribe(plane, "e1", "c1", "/video/a")
+    hello(plane, "e2")
+    fields["epoch"] = epoch + 1 if fields.get("epoch") == "other" else epoch
+    error = error_reply(send(plane, edge, Recover(request_id=8, **{"topic": "/events/a", **fields})))
+    assert (error.code, error.request_id) == (code, 8)
+    if code == "history_exceeded":
+        assert "after offset 3" in error.message
+
+
+def test_tick_ages_the_histories() -> None:
+    """Messages recorded at t=1 with a 10 s bound are kept at t=11 and gone after it."""
+    plane, epoch = recovering_plane(3, now=1.0)
+    send(plane, "e1", Heartbeat(), now=10.0)
+    plane.tick(11.0)
+    assert plane.manager.get_connection_stats().history_messages == 3
+    plane.tick(11.5)
+    assert plane.manager.get_connection_stats().history_messages == 0
+    error = recover(plane, epoch=epoch, from_offset=0, now=11.5)
+    assert isinstance(error, Error)
+    assert error.code == "history_exceeded"
+    nothing_missed = recover(plane, epoch=epoch, from_offset=3, now=11.5)
+    assert nothing_missed == Recovered(request_id=8, topic="/events/a", epoch=epoch, messages=[])
+
+
+def test_a_topic_made_reliable_at_runtime_keeps_history_until_it_is_not() -> None:
+    plane = make_plane()
+    hello(plane, "e1")
+    register(plane, "e1", "c1")
+    subscribe(plane, "e1", "c1", "/video/a")
+    plane.manager.route_data("/video/a", b"before")
+    plane.manager.set_delivery_policy("/video/a", DeliveryPolicy(kind="reliable"))
+    assert plane.manager.route_data("/video/a", b"after").keeps_history
+    epoch, _ = plane.manager.topic_position("/video/a") or (0, 0)
+    reply = recover(plane, topic="/video/a", epoch=epoch, from_offset=1)
+    assert isinstance(reply, Recovered)
+    assert reply.messages == [(2, b"", b"after")]
+    before = recover(plane, topic="/video/a", epoch=epoch, from_offset=0)
+    assert isinstance(before, Error)
+    assert before.code == "history_exceeded"
+
+    plane.manager.set_delivery_policy("/video/a", DeliveryPolicy(kind="best_effort"))
+    assert not plane.manager.route_data("/video/a", b"later").keeps_history
+    error = recover(plane, topic="/video/a", epoch=epoch, from_offset=2)
+    assert isinstance(error, Error)
+    assert error.code == "not_reliable"
+    assert plane.manager.get_connection_stats().history_bytes == 0

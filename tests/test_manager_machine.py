@@ -1,7 +1,9 @@
 """ConnectionManager driven by a hypothesis state machine against the reference model in model.py.
 
 Small limits make every refusal reachable in a few steps. After each step the manager's whole
-observable state must equal the model's; a refused call must leave it exactly as it was.
+observable state must equal the model's; a refused call must leave it exactly as it was. Every
+recover and resume must give exactly what the model's history holds, or the model's refusal.
+``HistoryMachine`` runs the same rules from a start that puts histories to work at once.
 ``SWITCHBOARD_FUZZ_EXAMPLES=5000`` runs 5000 examples instead of 200; add
 ``--hypothesis-show-statistics`` to see how often each refusal and action happened.
 """
@@ -39,6 +41,7 @@ from router.core import (
     UnwatchTopic,
     WatchTopic,
 )
+from router.core.history import ENTRY_OVERHEAD
 from router.core.topics import pattern_matches
 from tests.model import Declared, Model, TopicFate
 from tests.strategies import policies, scaled_examples
@@ -57,7 +60,7 @@ LIMITS = Limits(
 )
 EDGE_TIMEOUT = 5.0
 LATEST = DeliveryPolicy(kind="latest", priority=5)
-EVENTS = DeliveryPolicy(kind="reliable", history_max_messages=3, history_max_bytes=48, history_max_age=4.0)
+EVENTS = DeliveryPolicy(kind="reliable", history_max_messages=3, history_max_bytes=30, history_max_age=4.0)
 RELIABLE = DeliveryPolicy(kind="reliable")
 SPECS = [
     TopicSpec(pattern="/video/**", content_type="video/h264"),
@@ -102,6 +105,14 @@ TIME_STEPS = st.sampled_from([0.5, 0.5, 1.0, 1.0, 2.5, 5.0, 5.5])
 HEADERS = st.sampled_from([b"", b"", b"\x81\xa1k\xa1v"])
 BUDGETS = st.sampled_from([1, 40, 100, 10**6])
 RELIABLE_TOPICS = ["/events/a", "/events/b", "/alerts"]
+TIGHT_RELIABLE_POLICIES = st.builds(
+    DeliveryPolicy,
+    kind=st.just("reliable"),
+    history_max_messages=st.integers(0, 3),
+    history_max_bytes=st.integers(0, 50),
+    history_max_age=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+)
+"""Reliable policies whose bounds are smaller than what a history may hold, or 0 (the defaults)."""
 
 
 class TokenSessions:
@@ -257,6 +268,17 @@ class ManagerMachine(RuleBasedStateMachine):
     def advance_time(self, step: float) -> None:
         self.now += step
         note(f"time passes: t={self.now}")
+
+    @precondition(lambda self: any(h.kept for h in self.model.histories.values()))
+    @rule(data=st.data(), past=st.sampled_from([0.0, 0.0, 0.5]))
+    def advance_time_to_an_expiry(self, data: st.DataObject, past: float) -> None:
+        """Time reaches the moment a history's oldest message turns too old: it is kept exactly
+        until ``max_age`` has passed."""
+        topic = data.draw(_sampled(tuple(sorted(t for t, h in self.model.histories.items() if h.kept))))
+        history = self.model.histories[topic]
+        recorded_at = history.kept[0][0]
+        self.now = max(self.now, recorded_at + history.limits.max_age + past)
+        note(f"time passes: t={self.now}; {topic!r}'s oldest message is {self.now - recorded_at} s old")
 
     @rule()
     def expire_edges(self) -> None:
@@ -441,6 +463,14 @@ class ManagerMachine(RuleBasedStateMachine):
         assert epoch is not None
         after = data.draw(st.integers(max(self.model.histories[topic].start - 2, 0), offset), label="after")
         upto = data.draw(st.none() | st.integers(after, offset), label="to_offset")
+        costs = list(
+            itertools.accumulate(
+                len(e.header) + len(e.payload) + ENTRY_OVERHEAD for _, e in self.model.histories[topic].kept
+            )
+        )
+        if costs:
+            exact = data.draw(_sampled(tuple(costs)), label="a budget that fits messages exactly")
+            budget = data.draw(st.sampled_from([budget, exact, exact - 1, exact + 1]), label="budget")
         self._recover(data.draw(_sampled(tuple(holders))), topic, epoch, after, upto, budget)
 
     @rule(data=st.data(), topic=st.sampled_from(RELIABLE_TOPICS) | SOME_TOPIC, budget=BUDGETS)
@@ -479,6 +509,10 @@ class ManagerMachine(RuleBasedStateMachine):
         note(f"t={self.now}: histories expire")
         self.manager.expire_history(self.now)
         self.model.apply_expire_history(self.now)
+
+    @rule(topic=st.sampled_from(RELIABLE_TOPICS), policy=TIGHT_RELIABLE_POLICIES)
+    def tighten_a_history(self, topic: str, policy: DeliveryPolicy) -> None:
+        self.set_delivery_policy(topic, policy)
 
     @rule(topic=SOME_TOPIC, policy=policies)
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> None:

@@ -10,11 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.core import DeliveryPolicy
 from router.wire import (
     CONTROL_VERSION,
     DATA_META_SIZE,
     MAX_CONTROL_BYTES,
     MAX_HEADER_BYTES,
+    MAX_RECOVERED_BYTES,
+    MAX_ROUTER_MESSAGE_BYTES,
     DataMeta,
     DropClient,
     EdgeMessage,
@@ -24,6 +27,8 @@ from router.wire import (
     PolicyUpdate,
     ProducerHeader,
     ProducerMessage,
+    Recover,
+    Recovered,
     RegisterClient,
     Registered,
     RouterMessage,
@@ -83,8 +88,23 @@ EDGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         token=st.none() | texts,
     ),
     UnregisterClient: st.builds(UnregisterClient, client_id=ids),
-    Subscribe: st.builds(Subscribe, request_id=request_ids, client_id=ids, topic=texts),
+    Subscribe: st.builds(
+        Subscribe,
+        request_id=request_ids,
+        client_id=ids,
+        topic=texts,
+        resume_epoch=st.none() | epochs,
+        resume_offset=st.none() | offsets,
+    ),
     Unsubscribe: st.builds(Unsubscribe, request_id=request_ids, client_id=ids, topic=texts),
+    Recover: st.builds(
+        Recover,
+        request_id=request_ids,
+        topic=texts,
+        epoch=epochs,
+        from_offset=offsets,
+        to_offset=st.none() | offsets,
+    ),
     StatsRequest: st.builds(StatsRequest, request_id=request_ids),
 }
 ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
@@ -106,6 +126,17 @@ ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         offset=offsets,
         content_type=texts,
         policy=policies,
+        resume=st.sampled_from(["none", "ok", "history_exceeded", "epoch_changed", "not_reliable"]) | texts,
+        resume_from=offsets,
+        resume_to=offsets,
+    ),
+    Recovered: st.builds(
+        Recovered,
+        request_id=request_ids,
+        topic=texts,
+        epoch=epochs,
+        messages=st.lists(st.tuples(offsets, st.binary(max_size=20), st.binary(max_size=60)), max_size=5),
+        more=st.booleans(),
     ),
     Unsubscribed: st.builds(Unsubscribed, request_id=request_ids, client_id=ids, topic=texts),
     Error: st.builds(Error, request_id=request_ids, code=texts, message=texts, client_id=ids),
@@ -194,6 +225,63 @@ def test_control_messages_over_the_size_limit_are_refused_before_decoding() -> N
     assert len(body) > MAX_CONTROL_BYTES
     with pytest.raises(WireError, match="over"):
         decode_edge_message(body)
+
+
+def test_old_peers_subscribe_and_subscribed_decode_with_the_resume_defaults() -> None:
+    """Messages written before resume existed: the new fields take their defaults."""
+    subscribe = {"type": "subscribe", "request_id": 2, "client_id": "c", "topic": "/a"}
+    assert decode_edge_message(msgspec.msgpack.encode(subscribe)) == Subscribe(
+        request_id=2, client_id="c", topic="/a", resume_epoch=None, resume_offset=None
+    )
+    policy = msgspec.to_builtins(DeliveryPolicy())
+    subscribed = {
+        **subscribe,
+        "type": "subscribed",
+        "epoch": 9,
+        "offset": 4,
+        "content_type": "x",
+        "policy": policy,
+    }
+    decoded = decode_router_message(msgspec.msgpack.encode(subscribed))
+    assert isinstance(decoded, SubscribeOk)
+    assert (decoded.resume, decoded.resume_from, decoded.resume_to) == ("none", 0, 0)
+
+
+def test_recovered_messages_are_offset_header_payload_arrays_of_exact_bytes() -> None:
+    payload = bytes(range(256))
+    message = Recovered(
+        request_id=3, topic="/a", epoch=7, messages=[(41, b"", payload), (42, b"\x80", b"")], more=True
+    )
+    raw = msgspec.msgpack.decode(encode_control(message))
+    assert raw == {
+        "type": "recovered",
+        "request_id": 3,
+        "topic": "/a",
+        "epoch": 7,
+        "messages": [[41, b"", payload], [42, b"\x80", b""]],
+        "more": True,
+    }
+    assert decode_router_message(encode_control(message)) == message
+
+
+def test_recover_leaves_to_offset_out_by_default() -> None:
+    body = msgspec.msgpack.encode(
+        {"type": "recover", "request_id": 1, "topic": "/a", "epoch": 5, "from_offset": 0}
+    )
+    assert decode_edge_message(body) == Recover(
+        request_id=1, topic="/a", epoch=5, from_offset=0, to_offset=None
+    )
+
+
+def test_a_full_recovered_reply_is_a_router_message_but_never_an_edge_message() -> None:
+    big = Recovered(request_id=1, topic="/a", epoch=1, messages=[(1, b"", bytes(MAX_RECOVERED_BYTES))])
+    body = encode_control(big)
+    assert MAX_CONTROL_BYTES < len(body) <= MAX_ROUTER_MESSAGE_BYTES
+    assert decode_router_message(body) == big
+    with pytest.raises(WireError, match="over"):
+        decode_edge_message(body)
+    with pytest.raises(WireError, match="over"):
+        decode_router_message(bytes(MAX_ROUTER_MESSAGE_BYTES + 1))
 
 
 # ---------------------------------------------------------------- data frames

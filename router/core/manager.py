@@ -633,7 +633,7 @@ class ConnectionManager:
         return history.start
 
     def _history_weight(self, name: str) -> tuple[int, str]:
-        return self._histories[name].bytes, ''
+        return self._histories[name].bytes, name
 
     def _sync_history(self, state: _Topic) -> None:
         """Give the topic the history its policy asks for: a new one, new bounds, or none."""
