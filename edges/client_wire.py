@@ -8,7 +8,7 @@ new fields get defaults, and decoders skip fields they do not know, so either si
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Annotated, Final, NamedTuple
 
 import msgspec
@@ -20,8 +20,10 @@ __all__ = [
     "DATA_HEADER",
     "DEFAULT_URL",
     "FRAME_DATA",
+    "FRAME_SKIPPED",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_MESSAGE_BYTES",
+    "SKIPPED_FRAME",
     "SUBPROTOCOL",
     "ClientMessage",
     "ClientProtocolError",
@@ -35,6 +37,8 @@ __all__ = [
     "Pong",
     "Resume",
     "ServerMessage",
+    "SkipReason",
+    "SkippedFrame",
     "Subscribe",
     "Subscribed",
     "Unsubscribe",
@@ -44,7 +48,10 @@ __all__ = [
     "decode_client_message",
     "encode_data_frame",
     "encode_server_message",
+    "encode_skipped_frame",
+    "frame_type",
     "parse_data_frame",
+    "parse_skipped_frame",
 ]
 
 SUBPROTOCOL: Final = "switchboard.v1"
@@ -88,6 +95,8 @@ class CloseCode(IntEnum):
     """The router refused ``connect``; the ``error`` just before says why."""
     DROPPED = 4002
     """The router ended the client's session (for example, its token expired)."""
+    TOO_SLOW = 4003
+    """A topic with ``slow_client = "disconnect"`` had no room left in the client's queue."""
 
 
 MAX_CLOSE_REASON_BYTES: Final = 123
@@ -279,3 +288,57 @@ def parse_data_frame(frame: bytes) -> DataFrame:
         raise ValueError(f"a data frame has at least {DATA_HEADER.size} bytes, not {len(frame)}")
     kind, flags, channel, offset = DATA_HEADER.unpack_from(frame)
     return DataFrame(kind, flags, channel, offset, frame[DATA_HEADER.size :])
+
+
+FRAME_SKIPPED: Final = 0x02
+SKIPPED_FRAME: Final = struct.Struct("!BBIQQI")
+"""Frame type, reasons, channel, first offset, last offset, count: 26 bytes, big-endian."""
+_MAX_COUNT: Final = 2**32 - 1
+
+
+class SkipReason(IntFlag):
+    """Why the edge did not send messages on purpose; a skipped frame carries one or more."""
+
+    CONFLATED = 0x01
+    """A newer message of a ``latest`` topic replaced it."""
+    RATE_LIMITED = 0x02
+    """Over the topic's ``max_rate`` for this client."""
+    QUEUE_FULL = 0x04
+    """The client's queue had no room (or the message alone is over the queue's byte bound)."""
+    BEHIND = 0x08
+    """A ``reliable`` topic's queue was full and the edge could not refill it from the history."""
+
+
+class SkippedFrame(NamedTuple):
+    kind: int
+    reasons: SkipReason
+    channel: int
+    first: int
+    last: int
+    skipped: int
+    """How many messages the edge skipped between ``first`` and ``last``."""
+
+
+def encode_skipped_frame(channel: int, reasons: int, first: int, last: int, count: int) -> bytes:
+    """The frame that goes just before a channel's next data frame when messages were skipped.
+
+    ``first`` and ``last`` are the offsets of the first and last skipped message; ``count`` (capped
+    at 2**32 - 1) is how many the edge skipped between them. An offset gap that no skipped frame
+    covers is real loss upstream of the edge.
+    """
+    return SKIPPED_FRAME.pack(FRAME_SKIPPED, reasons, channel, first, last, min(count, _MAX_COUNT))
+
+
+def parse_skipped_frame(frame: bytes) -> SkippedFrame:
+    """Inverse of :func:`encode_skipped_frame` (for clients and tests). Raises ``ValueError``."""
+    if len(frame) != SKIPPED_FRAME.size or frame[0] != FRAME_SKIPPED:
+        raise ValueError(f"a skipped frame is {SKIPPED_FRAME.size} bytes of type {FRAME_SKIPPED}")
+    kind, reasons, channel, first, last, skipped = SKIPPED_FRAME.unpack(frame)
+    return SkippedFrame(kind, SkipReason(reasons), channel, first, last, skipped)
+
+
+def frame_type(frame: bytes) -> int:
+    """The type byte of a binary frame (:data:`FRAME_DATA` or :data:`FRAME_SKIPPED`)."""
+    if not frame:
+        raise ValueError("an empty binary frame")
+    return frame[0]

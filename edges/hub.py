@@ -5,6 +5,13 @@ The shell feeds the hub (client messages, router replies, data from the SUB sock
 :meth:`EdgeHub.sessions_with_output` (sessions whose :meth:`~edges.session.ClientSession.data_to_send`
 has something to write). Actions must be carried out in the order given.
 
+Each client's data goes through its :class:`~edges.delivery.DeliveryQueue`, one lane per topic under
+the topic's delivery policy (``docs/policies.md``). The shell gives the time: ``now`` to
+:meth:`EdgeHub.deliver`, and :meth:`EdgeHub.tick` when a rate-limited ``latest`` frame is due. A
+``reliable`` lane that fell behind asks to be refilled with :class:`CatchUp` when the hub was made
+with ``recovery=True``; the shell answers with :meth:`EdgeHub.recovered` or
+:meth:`EdgeHub.recovery_failed`.
+
 A topic is watched (the SUB socket subscribed to ``topic + b"\\0"``) from the moment its first
 local client asks for it until its last one leaves, and has a channel number for that long. A
 subscriber receives data once the router confirmed its subscription and it was told so.
@@ -13,8 +20,9 @@ subscriber receives data once the router confirmed its subscription and it was t
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -31,6 +39,7 @@ from edges.client_wire import (
     client_error_code,
     encode_data_frame,
 )
+from edges.delivery import Lane
 from edges.session import ClientSession, EdgeLimits, State
 from router import wire
 from router.core.errors import ErrorCode
@@ -38,6 +47,8 @@ from router.core.policy import DeliveryPolicy
 from router.core.topics import topic_error
 
 __all__ = [
+    "Behind",
+    "CatchUp",
     "CloseClient",
     "EdgeAction",
     "EdgeHub",
@@ -87,7 +98,36 @@ class CloseClient(NamedTuple):
     reason: str
 
 
-EdgeAction = ToRouter | WatchData | UnwatchData | CloseClient
+class CatchUp(NamedTuple):
+    """A client's ``reliable`` topic is behind and its queue has room again: fetch the messages
+    from ``first_offset`` to ``last_offset`` (both included) of ``epoch`` from the router's history
+    and hand them to :meth:`EdgeHub.recovered`, or call :meth:`EdgeHub.recovery_failed`.
+
+    Only from a hub made with ``recovery=True``; one at a time per client and topic."""
+
+    client_id: str
+    topic: str
+    epoch: int
+    first_offset: int
+    last_offset: int
+
+
+EdgeAction = ToRouter | WatchData | UnwatchData | CloseClient | CatchUp
+
+
+class Behind(NamedTuple):
+    """A client's ``reliable`` topic that stopped queueing: what :meth:`EdgeHub.behind` lists."""
+
+    client_id: str
+    topic: str
+    epoch: int
+    first_offset: int
+    """The first message not queued: where a refill starts."""
+    last_offset: int
+    owed: int
+    """Messages owed, from ``first_offset`` to ``last_offset``."""
+    asked: bool
+    """A :class:`CatchUp` is out and not answered yet."""
 
 
 class EdgeStats(msgspec.Struct, kw_only=True):
@@ -100,23 +140,36 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     bad_client_messages: int
     unexpected_data: int
     unexpected_replies: int
+    recovered: int = 0
+    """Frames queued from the router's history for clients that were behind."""
 
 
 # ---------------------------------------------------------------- internal state
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Topic:
     name: str
     channel: int
     members: set[str] = field(default_factory=set)
     """Clients holding the topic, whether the router confirmed them yet or not."""
-    active: dict[str, tuple[ClientSession, int, int]] = field(default_factory=dict)
-    """Confirmed subscribers: session, and the epoch and offset their ``subscribed`` announced."""
+    active: dict[str, tuple[ClientSession, Lane, int, int]] = field(default_factory=dict)
+    """Confirmed subscribers: session, lane, and the epoch and offset their ``subscribed`` announced."""
     policy: DeliveryPolicy | None = None
+    epoch: int = 0
+    """The epoch of the last message delivered."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
+class _Behind:
+    session: ClientSession
+    lane: Lane
+    topic: _Topic
+    epoch: int
+    asked: bool = False
+
+
+@dataclass(eq=False, slots=True)
 class _Member:
     topic: _Topic
     client_request: int
@@ -125,7 +178,7 @@ class _Member:
     resume: Resume | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Client:
     session: ClientSession
     subscriptions: dict[str, _Member] = field(default_factory=dict)
@@ -157,12 +210,22 @@ class EdgeHub:
         *,
         protocol: str = "websocket",
         frame_encoder: Callable[[bytes], bytes] | None = None,
+        recovery: bool = False,
     ) -> None:
         """``frame_encoder`` wraps each data frame for the transport, once per message (the
-        WebSocket edge frames it as a WebSocket binary message); by default frames go as they are."""
+        WebSocket edge frames it as a WebSocket binary message), and each skipped frame; by default
+        frames go as they are. ``recovery``: the shell carries out :class:`CatchUp` actions; without
+        it a ``reliable`` client that fell behind skips what it missed once its queue is drained."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
+        self.recovery = recovery
         self._frame_encoder = frame_encoder
+        self._now: float | None = None
+        self._waiting: dict[tuple[str, int], tuple[ClientSession, Lane]] = {}
+        """Lanes holding a rate-limited ``latest`` frame, for :meth:`tick`."""
+        self._behind: dict[tuple[str, int], _Behind] = {}
+        self._too_slow: list[ClientSession] = []
+        self.refilled = 0
         self._clients: dict[str, _Client] = {}
         self._topics: dict[str, _Topic] = {}
         self._wire_topics: dict[bytes, _Topic] = {}
@@ -182,6 +245,8 @@ class EdgeHub:
 
     def drain_actions(self) -> list[EdgeAction]:
         """What the shell must do now, in order."""
+        if self._behind:
+            self._ask_catch_ups()
         actions, self._actions = self._actions, []
         return actions
 
@@ -197,7 +262,9 @@ class EdgeHub:
         """A transport was accepted. ``client_id`` must be unique on this edge."""
         if client_id in self._clients:
             raise ValueError(f"client {client_id!r} is already open")
-        session = ClientSession(client_id, remote, self.limits)
+        session = ClientSession(
+            client_id, remote, self.limits, frame_encoder=self._frame_encoder, recoverable=self.recovery
+        )
         self._clients[client_id] = _Client(session)
         return session
 
@@ -391,30 +458,162 @@ class EdgeHub:
 
     # ------------------------------------------------------------ data
 
-    def deliver(self, topic: bytes, epoch: int, offset: int, payload: bytes) -> int:
-        """Fan one message out to the topic's confirmed subscribers; returns how many got it.
+    def deliver(self, topic: bytes, epoch: int, offset: int, payload: bytes, now: float | None = None) -> int:
+        """Fan one message out to the topic's confirmed subscribers; returns to how many.
 
-        The frame is built once and the same object is queued for every subscriber. A subscriber
-        skips messages at or before the position its ``subscribed`` announced in the same epoch.
+        The frame is built once and the same object goes to every subscriber's lane, which queues,
+        holds or skips it under the topic's policy. A subscriber skips messages at or before the
+        position its ``subscribed`` announced in the same epoch. ``now`` (seconds, from the shell)
+        drives rate limits; without it the hub uses the last time it was given, and applies no
+        rate limit before it was given any.
         """
         state = self._wire_topics.get(topic)
         if state is None:
             self.unexpected_data += 1
             return 0
-        frame = encode_data_frame(state.channel, offset, payload)
-        if self._frame_encoder is not None:
-            frame = self._frame_encoder(frame)
-        channel = state.channel
+        if now is None:
+            now = self._now
+        else:
+            self._now = now
+        frame = self._frame(state.channel, offset, payload)
+        state.epoch = epoch
         with_output = self._with_output
         count = 0
-        for session, start_epoch, start_offset in state.active.values():
+        for session, lane, start_epoch, start_offset in state.active.values():
             if offset <= start_offset and epoch == start_epoch:
                 continue
-            session.push_data(channel, frame)
+            if lane.push(offset, frame, now):
+                self._attend(session, lane, state)
             with_output[session.client_id] = session
             count += 1
         self.delivered += count
+        if self._too_slow:
+            self._close_too_slow()
         return count
+
+    def _frame(self, channel: int, offset: int, payload: bytes) -> bytes:
+        frame = encode_data_frame(channel, offset, payload)
+        return self._frame_encoder(frame) if self._frame_encoder is not None else frame
+
+    def _attend(self, session: ClientSession, lane: Lane, topic: _Topic) -> None:
+        """A lane asked to be looked at: it holds a frame for later, fell behind, or is too slow."""
+        key = (session.client_id, lane.channel)
+        if session.too_slow:
+            self._too_slow.append(session)
+        if lane.held is not None:
+            self._waiting[key] = (session, lane)
+        if lane.behind is not None and key not in self._behind:
+            self._behind[key] = _Behind(session, lane, topic, topic.epoch)
+
+    def _close_too_slow(self) -> None:
+        sessions, self._too_slow = self._too_slow, []
+        for session in sessions:
+            client = self._clients.get(session.client_id)
+            if client is not None and session.is_open:
+                session.close(CloseCode.TOO_SLOW, "too slow")
+                self._settle(client)
+
+    def tick(self, now: float) -> float | None:
+        """Time passed: queue the rate-limited ``latest`` frames whose token came.
+
+        Returns when to call again (the earliest time a held frame can go), or ``None`` when no
+        frame is held. Costs nothing when none is.
+        """
+        self._now = now
+        if not self._waiting:
+            return None
+        due = math.inf
+        for key, (session, lane) in list(self._waiting.items()):
+            if lane.open and lane.held is not None:
+                lane.release(now)
+            if session.too_slow:
+                self._too_slow.append(session)
+            if lane.open and lane.held is not None:
+                due = min(due, lane.next_release() or now)
+                continue
+            del self._waiting[key]
+            if session.has_output:
+                self._with_output[session.client_id] = session
+        if self._too_slow:
+            self._close_too_slow()
+        return None if due == math.inf else max(due, now)
+
+    # ------------------------------------------------------------ reliable clients behind
+
+    def behind(self) -> list[Behind]:
+        """The ``reliable`` subscriptions that stopped queueing and wait to be refilled."""
+        self._forget_caught_up()
+        return [
+            Behind(
+                key[0], entry.topic.name, entry.epoch, behind.first, behind.last, behind.count, entry.asked
+            )
+            for key, entry in self._behind.items()
+            if (behind := entry.lane.behind) is not None
+        ]
+
+    def recovered(
+        self,
+        client_id: str,
+        topic: str,
+        epoch: int,
+        messages: Iterable[tuple[int, bytes]],
+        more: bool = False,
+    ) -> int:
+        """The router's answer to a :class:`CatchUp`: ``(offset, payload)`` pairs in order.
+
+        ``more``: the reply was cut short and more messages follow the last one. Returns how many
+        were queued. The lane is caught up, or still behind (a new :class:`CatchUp` follows once
+        the client read what was queued), or it gave up (a reply of another epoch, or one that
+        brings nothing).
+        """
+        entry = self._entry(client_id, topic)
+        if entry is None:
+            self.unexpected_replies += 1
+            return 0
+        entry.asked = False
+        lane = entry.lane
+        if epoch != entry.epoch:
+            lane.give_up()
+            return 0
+        channel = lane.channel
+        queued = lane.recover(
+            ((offset, self._frame(channel, offset, payload)) for offset, payload in messages), more
+        )
+        self.refilled += queued
+        if queued:
+            self._with_output[client_id] = entry.session
+        return queued
+
+    def recovery_failed(self, client_id: str, topic: str) -> None:
+        """A :class:`CatchUp` cannot be served (no history, or it no longer reaches back): the
+        client gets a skipped frame for what it missed, then live messages again."""
+        entry = self._entry(client_id, topic)
+        if entry is not None:
+            entry.lane.give_up()
+
+    def _entry(self, client_id: str, topic: str) -> _Behind | None:
+        state = self._topics.get(topic)
+        entry = self._behind.get((client_id, state.channel)) if state is not None else None
+        if entry is None or not entry.lane.open or entry.lane.behind is None:
+            return None
+        return entry
+
+    def _ask_catch_ups(self) -> None:
+        self._forget_caught_up()
+        if not self.recovery:
+            return
+        for (client_id, _), entry in self._behind.items():
+            behind = entry.lane.behind
+            if behind is not None and not entry.asked and not entry.lane.count:
+                entry.asked = True
+                self._actions.append(
+                    CatchUp(client_id, entry.topic.name, entry.epoch, behind.first, behind.last)
+                )
+
+    def _forget_caught_up(self) -> None:
+        for key, entry in list(self._behind.items()):
+            if not entry.lane.open or entry.lane.behind is None:
+                del self._behind[key]
 
     # ------------------------------------------------------------ router replies
 
@@ -428,7 +627,7 @@ class EdgeHub:
             case wire.PolicyUpdate():
                 state = self._topics.get(message.topic)
                 if state is not None:
-                    state.policy = message.policy
+                    self._set_policy(state, message.policy)
 
     def _reply(self, message: wire.Registered | wire.SubscribeOk | wire.Unsubscribed | wire.Error) -> None:
         request = self._pending.get(message.request_id)
@@ -461,9 +660,12 @@ class EdgeHub:
             return
         member.request_id = None
         topic = member.topic
-        topic.policy = ok.policy
+        self._set_policy(topic, ok.policy)
         session = client.session
-        topic.active[session.client_id] = (session, ok.epoch, ok.offset)
+        lane = session.open_lane(topic.channel, ok.policy)
+        if request.silent:
+            lane.give_up()
+        topic.active[session.client_id] = (session, lane, ok.epoch, ok.offset)
         if request.silent:
             return
         reply = Subscribed(
@@ -476,6 +678,19 @@ class EdgeHub:
             policy=ok.policy.kind,
         )
         session.send(reply)
+
+    def _set_policy(self, topic: _Topic, policy: DeliveryPolicy) -> None:
+        """The topic's policy, applied at once to the lanes of its subscribers."""
+        if topic.policy == policy:
+            return
+        topic.policy = policy
+        for session, lane, _, _ in list(topic.active.values()):
+            if lane.set_policy(policy):
+                self._attend(session, lane, topic)
+            if session.has_output:
+                self._with_output[session.client_id] = session
+        if self._too_slow:
+            self._close_too_slow()
 
     def _refused(self, client: _Client, request: _Request, error: wire.Error) -> None:
         session = client.session
@@ -568,6 +783,7 @@ class EdgeHub:
             bad_client_messages=bad,
             unexpected_data=self.unexpected_data,
             unexpected_replies=self.unexpected_replies,
+            recovered=self.refilled,
         )
 
 

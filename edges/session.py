@@ -11,8 +11,8 @@ everything it returns in one write; ``str`` items are text messages, ``bytes`` i
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -35,7 +35,9 @@ from edges.client_wire import (
     decode_client_message,
     encode_server_message,
 )
+from edges.delivery import DeliveryQueue, Lane
 from router.core.errors import ErrorCode
+from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 
 __all__ = [
     "TRANSITIONS",
@@ -157,12 +159,39 @@ class ClientSession:
     """One client: its lifecycle state, its counters and its bounded outgoing queue.
 
     Control replies wait in their own list, are never dropped and are written ahead of data.
-    Data frames wait in a queue bounded by ``queue_max_messages`` and ``queue_max_bytes``; when a
-    new frame does not fit, the oldest go first, and every frame that leaves unsent is counted in
-    :attr:`dropped` under its reason.
+    Data frames wait in a :class:`~edges.delivery.DeliveryQueue`: one lane per channel under its
+    topic's delivery policy, all bounded together by ``queue_max_messages`` and ``queue_max_bytes``.
+    Every message that leaves unsent is counted in :attr:`dropped` under its reason. The queue is
+    made with the first lane, so a client that never subscribed holds none.
     """
 
-    def __init__(self, client_id: str, remote: str = "", limits: EdgeLimits | None = None) -> None:
+    __slots__ = (
+        "_control",
+        "_frame_encoder",
+        "_queue",
+        "_recoverable",
+        "bad_messages",
+        "client_id",
+        "close_request",
+        "dropped",
+        "limits",
+        "remote",
+        "state",
+        "token",
+        "user",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        remote: str = "",
+        limits: EdgeLimits | None = None,
+        *,
+        frame_encoder: Callable[[bytes], bytes] | None = None,
+        recoverable: bool = False,
+    ) -> None:
+        """``frame_encoder`` and ``recoverable`` go to the data queue (see
+        :class:`~edges.delivery.DeliveryQueue`)."""
         self.client_id = client_id
         self.remote = remote
         self.limits = limits or EdgeLimits()
@@ -173,8 +202,9 @@ class ClientSession:
         self.dropped: Counter[str] = Counter()
         self.bad_messages = 0
         self._control: list[bytes | str] = []
-        self._data: deque[tuple[int, bytes]] = deque()
-        self._data_bytes = 0
+        self._queue: DeliveryQueue | None = None
+        self._frame_encoder = frame_encoder
+        self._recoverable = recoverable
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.client_id} {self.state.value}>"
@@ -244,32 +274,33 @@ class ClientSession:
     def send_error(self, request_id: int | None, code: str, message: str, topic: str | None = None) -> None:
         self.send(ErrorReply(id=request_id, code=code, message=message, topic=topic))
 
-    def push_data(self, channel: int, frame: bytes) -> bool:
-        """Queue one data frame, dropping the oldest ones if it does not fit. False: dropped."""
-        size = len(frame)
-        if size > self.limits.queue_max_bytes:
-            self.dropped["oversize"] += 1
-            return False
-        data = self._data
-        while data and (
-            len(data) >= self.limits.queue_max_messages
-            or self._data_bytes + size > self.limits.queue_max_bytes
-        ):
-            self._data_bytes -= len(data.popleft()[1])
-            self.dropped["queue_full"] += 1
-        data.append((channel, frame))
-        self._data_bytes += size
-        return True
+    def open_lane(self, channel: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> Lane:
+        """The channel's lane in the data queue, made with ``policy`` if it has none."""
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = DeliveryQueue(
+                self.limits.queue_max_messages,
+                self.limits.queue_max_bytes,
+                dropped=self.dropped,
+                frame_encoder=self._frame_encoder,
+                recoverable=self._recoverable,
+            )
+        return queue.open(channel, policy)
+
+    def lane(self, channel: int) -> Lane | None:
+        return self._queue.lane(channel) if self._queue is not None else None
+
+    def push_data(self, channel: int, frame: bytes, offset: int = 0, now: float | None = None) -> bool:
+        """Queue one data frame under its channel's lane (opened with the default policy if need
+        be). False: the frame is not queued now (skipped, held for later, or the client is too slow)."""
+        lane = self.open_lane(channel)
+        lane.push(offset, frame, now)
+        tail = lane.items[-1] if lane.items else None
+        return isinstance(tail, tuple) and tail[1] is frame
 
     def purge_channel(self, channel: int) -> int:
-        """Drop the queued frames of one channel (the client left the topic); returns how many."""
-        kept = deque(item for item in self._data if item[0] != channel)
-        purged = len(self._data) - len(kept)
-        if purged:
-            self._data = kept
-            self._data_bytes = sum(len(frame) for _, frame in kept)
-            self.dropped["unsubscribed"] += purged
-        return purged
+        """Close one channel's lane (the client left the topic); returns how many frames it dropped."""
+        return self._queue.close(channel) if self._queue is not None else 0
 
     def close(self, code: int, reason: str) -> None:
         """Start closing: queued data is dropped and ``closing`` is queued after pending replies.
@@ -290,34 +321,53 @@ class ClientSession:
         self._control = []
 
     def _discard_data(self) -> None:
-        if self._data:
-            self.dropped["closed"] += len(self._data)
-            self._data.clear()
-            self._data_bytes = 0
+        if self._queue is not None:
+            self._queue.clear("closed")
+            self._queue = None
 
     # ------------------------------------------------------------ output
 
-    def data_to_send(self) -> list[bytes | str]:
-        """Everything to write now, in order: control replies first, then data frames."""
+    def data_to_send(self, max_bytes: int | None = None) -> list[bytes | str]:
+        """What to write now, in order: every control reply, then data frames.
+
+        Data frames come by priority, topics of one priority sharing by bytes, each frame after
+        the skipped frame that explains a gap before it. With ``max_bytes``, data stops once that
+        many bytes are out (the last frame may go over) and the rest waits for the next call.
+        """
         out, self._control = self._control, []
-        if self._data:
-            out.extend(frame for _, frame in self._data)
-            self._data.clear()
-            self._data_bytes = 0
+        queue = self._queue
+        if queue is not None and (queue.count or queue.behind_lanes):
+            queue.drain(out, max_bytes)
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._control or self._data)
+        return bool(self._control or (self._queue is not None and self._queue.count))
 
     @property
     def queued_messages(self) -> int:
-        """Data frames waiting (control replies not counted)."""
-        return len(self._data)
+        """Data frames waiting (control replies and skipped frames not counted)."""
+        return self._queue.count if self._queue is not None else 0
 
     @property
     def queued_bytes(self) -> int:
-        return self._data_bytes
+        return self._queue.bytes if self._queue is not None else 0
+
+    @property
+    def pending_messages(self) -> int:
+        """Messages neither queued nor counted in :attr:`dropped` yet: frames held for a rate-limit
+        token, and messages owed to a ``reliable`` topic that is behind."""
+        return self._queue.pending if self._queue is not None else 0
+
+    @property
+    def too_slow(self) -> bool:
+        """A ``disconnect`` topic found the queue full: the hub closes the client (code 4003)."""
+        return self._queue is not None and self._queue.too_slow
+
+    @property
+    def recovered(self) -> int:
+        """Frames queued from the router's history to refill a ``reliable`` topic."""
+        return self._queue.recovered if self._queue is not None else 0
 
     @property
     def pending_replies(self) -> int:

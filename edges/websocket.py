@@ -1,6 +1,8 @@
-"""The WebSocket edge: the ``websockets`` library adapted to the I/O-free :class:`EdgeHub`.
+"""The WebSocket edge: client connections adapted to the I/O-free :class:`EdgeHub`.
 
-Data frames are framed for WebSocket once per message by the hub (server frames are unmasked and
+Each client is a :class:`~edges.ws_connection.WebSocketConnection`, websockets' sans-I/O
+protocol driven by the event loop's callbacks, with no coroutine or task of its own. Data frames
+are framed for WebSocket once per message by the hub (server frames are unmasked and
 uncompressed, so the bytes are the same for every client) and written straight to each client's
 transport, all of a client's pending frames in one write. A client whose transport buffer is over
 its high-water mark gets nothing more until it drains; meanwhile its bounded queue in the session
@@ -23,15 +25,17 @@ from http import HTTPStatus
 from importlib import resources
 
 import msgspec
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode as WebSocketCloseCode
 from websockets.http11 import Request, Response
-from websockets.protocol import State as ProtocolState
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
 
+from edges.client_wire import SUBPROTOCOL, CloseCode
 from edges.hub import CloseClient, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.link import DataBatch, RouterLink
 from edges.session import ClientSession, EdgeLimits
+from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.core.errors import ErrorCode
 from router.logs import ThrottledLog
@@ -39,12 +43,10 @@ from router.wire import Error, RouterMessage, WireError, parse_data_head
 
 log = logging.getLogger("switchboard.edge.websocket")
 
-SUBPROTOCOL = "switchboard.v1"
+SUBPROTOCOLS = (Subprotocol(SUBPROTOCOL),)
 DEFAULT_PORT = 7780
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-JOIN_BELOW = 16 * 1024
-"""Frames shorter than this are joined into one write; longer ones are written as a list, which
-uvloop sends with one writev and no copy (a join would copy every byte once more per client)."""
+PLAIN_TEXT = "text/plain; charset=utf-8"
 STATIC_FILES = {
     "/": ("viewer.html", "text/html; charset=utf-8"),
     "/viewer.js": ("viewer.js", "text/javascript"),
@@ -67,6 +69,10 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     write_buffer_high: int = 256 * 1024
     serve_viewer: bool = True
 
+    def __post_init__(self) -> None:
+        if min(self.ping_interval, self.ping_timeout) <= 0:
+            raise ValueError("--ping-interval and --ping-timeout must be positive")
+
 
 def binary_frame(data: bytes) -> bytes:
     """``data`` as one unmasked, final WebSocket binary frame (RFC 6455, section 5.2)."""
@@ -79,7 +85,10 @@ def binary_frame(data: bytes) -> bytes:
 
 
 class WebSocketEdge:
-    """One edge process: a WebSocket server, a router link, and the hub between them."""
+    """One edge process: a WebSocket server, a router link, and the hub between them.
+
+    It is the :class:`~edges.ws_connection.ConnectionHost` of every client connection.
+    """
 
     def __init__(self, config: WebSocketEdgeConfig) -> None:
         self.config = config
@@ -94,10 +103,17 @@ class WebSocketEdge:
         self.link.on_message = self._on_router_message
         self.link.resync = self.hub.resync
         self.port = config.port
-        self._connections: dict[str, ServerConnection] = {}
-        self._resuming: set[str] = set()
+        self._origins: list[Origin | None] | None = (
+            [*map(Origin, config.allowed_origins), None] if config.allowed_origins else None
+        )
+        self._connections: set[WebSocketConnection] = set()
+        """Every TCP connection, in any state."""
+        self._clients: dict[str, WebSocketConnection] = {}
+        """Connections with a client session, by client id."""
+        self._keepalive = Keepalive(config.ping_interval, config.ping_timeout)
         self._client_ids = itertools.count(1)
         self._stopped = asyncio.Event()
+        self._all_closed: asyncio.Event | None = None
         self._bad_data = ThrottledLog(log)
 
     # ------------------------------------------------------------ running
@@ -106,33 +122,27 @@ class WebSocketEdge:
         """Serve until :meth:`stop`; ``ready`` is set once the port is bound and the router has
         welcomed this edge."""
         config = self.config
-        async with serve(
-            self._handle,
-            config.host,
-            config.port,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            process_request=self._process_request,
-            compression=None,
-            max_size=2 * config.limits.max_message_bytes,
-            origins=[*config.allowed_origins, None] if config.allowed_origins else None,  # type: ignore[list-item]
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
-        ) as server:
-            self.port = _bound_port(server)
-            link = asyncio.create_task(self.link.run(), name="router-link")
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._accept, config.host, config.port)
+        self.port = server.sockets[0].getsockname()[1]
+        self._keepalive.start()
+        link = asyncio.create_task(self.link.run(), name="router-link")
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
             if ready is not None:
                 await self._when_welcomed(link)
                 ready.set()
             log.info("websocket edge %s on ws://%s:%d/", self.link.edge_id, config.host, self.port)
-            stopped = asyncio.create_task(self._stopped.wait())
-            try:
-                await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
-                if link.done():
-                    link.result()
-            finally:
-                link.cancel()
-                stopped.cancel()
-                await asyncio.gather(link, stopped, return_exceptions=True)
+            await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if link.done():
+                link.result()
+        finally:
+            server.close()
+            await self._close_all()
+            self._keepalive.stop()
+            link.cancel()
+            stopped.cancel()
+            await asyncio.gather(link, stopped, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -142,45 +152,92 @@ class WebSocketEdge:
         await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
         welcomed.cancel()
 
-    # ------------------------------------------------------------ HTTP and handshake
+    async def _close_all(self) -> None:
+        """Close every client with 1001 (after ``closing``), then wait for their connections to end;
+        abort those still open after CLOSE_TIMEOUT. The router link is still up meanwhile, so
+        every client is unregistered there."""
+        for client_id in list(self._clients):
+            self.hub.close_client(client_id, CloseCode.GOING_AWAY, "edge shutting down")
+        self._carry_out()
+        for connection in list(self._connections):
+            if connection.session is None:
+                connection.abort()
+        if not await self._all_closed_in_time():
+            for connection in list(self._connections):
+                connection.abort()
+            await self._all_closed_in_time()
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _all_closed_in_time(self) -> bool:
+        """Whether every connection ended within CLOSE_TIMEOUT."""
+        if not self._connections:
+            return True
+        self._all_closed = asyncio.Event()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._all_closed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ connections (ConnectionHost)
+
+    def _accept(self) -> WebSocketConnection:
+        connection = WebSocketConnection(self)
+        self._connections.add(connection)
+        return connection
+
+    def new_protocol(self) -> ServerProtocol:
+        return WebSocketProtocol(
+            origins=self._origins,
+            subprotocols=SUBPROTOCOLS,
+            max_size=2 * self.config.limits.max_message_bytes,
+        )
+
+    def respond(self, request: Request) -> Response | None:
+        """The viewer's files, 404, or 503 past max_connections; ``None`` for a handshake."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if len(self._connections) >= self.config.max_connections:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+            if len(self._clients) >= self.config.max_connections:
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, PLAIN_TEXT, b"too many connections\n")
             return None
         path = request.path.split("?", 1)[0]
         if not self.config.serve_viewer or path not in STATIC_FILES:
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            return _response(HTTPStatus.NOT_FOUND, PLAIN_TEXT, b"not found\n")
         name, content_type = STATIC_FILES[path]
-        body = resources.files("edges").joinpath("static", name).read_bytes()
-        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-        return Response(HTTPStatus.OK, "OK", headers, body)
+        return _response(
+            HTTPStatus.OK, content_type, resources.files("edges").joinpath("static", name).read_bytes()
+        )
 
-    # ------------------------------------------------------------ clients
-
-    async def _handle(self, connection: ServerConnection) -> None:
+    def opened(self, connection: WebSocketConnection) -> ClientSession | None:
         if connection.subprotocol != SUBPROTOCOL:
-            await connection.close(1002, f"use the {SUBPROTOCOL} subprotocol")
-            return
+            connection.close(WebSocketCloseCode.PROTOCOL_ERROR, f"use the {SUBPROTOCOL} subprotocol")
+            return None
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
-        remote = connection.remote_address
-        self.hub.open_client(client_id, f"{remote[0]}:{remote[1]}" if remote else "")
-        self._connections[client_id] = connection
-        connection.transport.set_write_buffer_limits(high=self.config.write_buffer_high)
-        try:
-            async for message in connection:
-                if isinstance(message, str):
-                    self.hub.client_text(client_id, message)
-                else:
-                    self.hub.client_binary(client_id, message)
-                self._carry_out()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._connections.pop(client_id, None)
-            self.hub.client_closed(client_id)
+        session = self.hub.open_client(client_id, connection.remote)
+        self._clients[client_id] = connection
+        connection.set_write_buffer_high(self.config.write_buffer_high)
+        self._keepalive.add(connection)
+        return session
+
+    def text_received(self, session: ClientSession, text: str) -> None:
+        self.hub.client_text(session.client_id, text)
+        self._carry_out()
+
+    def binary_received(self, session: ClientSession, data: bytes) -> None:
+        self.hub.client_binary(session.client_id, data)
+        self._carry_out()
+
+    def closed(self, connection: WebSocketConnection) -> None:
+        self._connections.discard(connection)
+        session = connection.session
+        if session is not None:
+            self._keepalive.discard(connection)
+            del self._clients[session.client_id]
+            self.hub.client_closed(session.client_id)
             self._carry_out()
+        if self._all_closed is not None and not self._connections:
+            self._all_closed.set()
+
+    # ------------------------------------------------------------ the hub's output
 
     def _carry_out(self) -> None:
         """Do what the hub asks, then write every session that has output."""
@@ -193,54 +250,14 @@ class WebSocketEdge:
                 case UnwatchData(topic):
                     self.link.unwatch(topic)
                 case CloseClient(client_id, code, reason):
-                    self._close(client_id, code, reason)
+                    connection = self._clients.get(client_id)
+                    if connection is not None:
+                        connection.close(code, reason)
+        clients = self._clients
         for session in self.hub.sessions_with_output():
-            self._write(session)
-
-    def _close(self, client_id: str, code: int, reason: str) -> None:
-        connection = self._connections.get(client_id)
-        session = self.hub.session(client_id)
-        if connection is None or session is None:
-            return
-        self._write(session, force=True)
-        asyncio.get_running_loop().create_task(connection.close(code, reason))
-
-    def _write(self, session: ClientSession, force: bool = False) -> None:
-        """Write all of a session's pending output in one write, unless its client is behind."""
-        connection = self._connections.get(session.client_id)
-        if connection is None or connection.protocol.state is not ProtocolState.OPEN:
-            return
-        transport = connection.transport
-        if not force and transport.get_write_buffer_size() >= self.config.write_buffer_high:
-            self._resume_when_drained(session, connection)
-            return
-        chunks: list[bytes] = []
-        for item in session.data_to_send():
-            if isinstance(item, str):
-                connection.protocol.send_text(item.encode())
-                chunks += connection.protocol.data_to_send()
-            else:
-                chunks.append(item)
-        if not chunks:
-            return
-        if len(chunks[-1]) < JOIN_BELOW:
-            transport.write(b"".join(chunks))
-        else:
-            transport.writelines(chunks)
-
-    def _resume_when_drained(self, session: ClientSession, connection: ServerConnection) -> None:
-        if session.client_id in self._resuming:
-            return
-        self._resuming.add(session.client_id)
-
-        async def resume() -> None:
-            try:
-                await connection.drain()
-            finally:
-                self._resuming.discard(session.client_id)
-            self._write(session)
-
-        asyncio.get_running_loop().create_task(resume())
+            connection = clients.get(session.client_id)
+            if connection is not None:
+                connection.write()
 
     # ------------------------------------------------------------ router
 
@@ -262,11 +279,12 @@ class WebSocketEdge:
         self._carry_out()
 
 
-def _bound_port(server: Server) -> int:
-    for sock in server.sockets:
-        port: int = sock.getsockname()[1]
-        return port
-    raise RuntimeError("the server has no socket")
+def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    """A complete HTTP response; the connection closes after it."""
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
+    return Response(status.value, status.phrase, headers, body)
 
 
 # ---------------------------------------------------------------- command line

@@ -22,6 +22,7 @@ from edges.client_wire import (
     Ping,
     Pong,
     Resume,
+    SkipReason,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -31,6 +32,7 @@ from edges.client_wire import (
     decode_client_message,
     encode_data_frame,
     encode_server_message,
+    encode_skipped_frame,
     parse_data_frame,
 )
 from edges.session import (
@@ -445,28 +447,32 @@ def test_control_goes_ahead_of_data_and_drain_swaps() -> None:
 
 def test_queue_drops_oldest_by_count() -> None:
     session = ready_session(EdgeLimits(queue_max_messages=2))
-    for frame in (b"a", b"b", b"c"):
-        assert session.push_data(1, frame)
-    assert session.data_to_send() == [b"b", b"c"]
+    for offset, frame in enumerate([b"a", b"b", b"c"], start=1):
+        assert session.push_data(1, frame, offset)
+    skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 1, 1, 1)
+    assert session.data_to_send() == [skipped, b"b", b"c"]
     assert session.dropped == {"queue_full": 1}
 
 
 def test_queue_drops_oldest_by_bytes() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=10))
-    session.push_data(1, b"aaaa")
-    session.push_data(1, b"bbbb")
-    session.push_data(1, b"cccccc")
+    session.push_data(1, b"aaaa", 7)
+    session.push_data(1, b"bbbb", 8)
+    session.push_data(1, b"cccccc", 9)
     assert session.queued_bytes == 10
-    assert session.data_to_send() == [b"bbbb", b"cccccc"]
+    skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 7, 7, 1)
+    assert session.data_to_send() == [skipped, b"bbbb", b"cccccc"]
     assert session.dropped == {"queue_full": 1}
 
 
 def test_frame_larger_than_the_queue_is_dropped_alone() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=4))
-    session.push_data(1, b"ok")
-    assert not session.push_data(1, b"toolong")
+    session.push_data(1, b"ok", 1)
+    assert not session.push_data(1, b"toolong", 2)
     assert session.data_to_send() == [b"ok"]
     assert session.dropped == {"oversize": 1}
+    session.push_data(1, b"go", 3)
+    assert session.data_to_send() == [encode_skipped_frame(1, SkipReason.QUEUE_FULL, 2, 2, 1), b"go"]
 
 
 def test_control_replies_are_never_dropped() -> None:
@@ -546,11 +552,12 @@ def test_queue_bounds_and_accounting(
         if op == "push":
             frame = bytes([channel]) + number.to_bytes(2, "big") + b"x" * size
             pushed.append(frame)
-            session.push_data(channel, frame)
+            session.push_data(channel, frame, number)
         elif op == "purge":
             session.purge_channel(channel)
         else:
-            received += [item for item in session.data_to_send() if isinstance(item, bytes)]
+            out = session.data_to_send()
+            received += [item for item in out if isinstance(item, bytes) and any(item is f for f in pushed)]
         assert session.queued_messages <= max_messages
         assert session.queued_bytes <= max_bytes
         assert len(pushed) == len(received) + session.dropped.total() + session.queued_messages

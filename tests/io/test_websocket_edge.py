@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import zmq
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from tests.io.harness import RouterProcess, TestEdge, WebSocketEdgeProcess, eventually
 
@@ -264,3 +265,103 @@ async def test_two_edges_side_by_side(router: RouterProcess, push: zmq.Socket[by
     finally:
         for process in edges:
             process.stop()
+
+
+async def test_a_handshake_without_the_subprotocol_is_closed_with_1002(edge: WebSocketEdgeProcess) -> None:
+    async with connect(edge.url, proxy=None) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1002
+
+
+async def test_other_paths_get_404(edge: WebSocketEdgeProcess) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(edge.announced["port"]))
+    writer.write(b"GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 404")
+
+
+async def test_messages_in_fragments_are_assembled(client: Client) -> None:
+    await client.ws.send(['{"op": "ping",', ' "id": 7}'])
+    assert await client.control() == {"op": "pong", "id": 7}
+
+
+async def test_invalid_utf8_closes_with_1007(client: Client) -> None:
+    client.ws.protocol.send_text(b"\xff\xfe")
+    client.ws.send_data()
+    with pytest.raises(ConnectionClosed) as closed:
+        await client.control()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1007
+
+
+async def test_handshake_limits(router: RouterProcess) -> None:
+    """Past --max-connections: HTTP 503. With --allowed-origin: other origins get 403, and clients
+    that send no Origin are allowed."""
+    edge = WebSocketEdgeProcess(router, ["--max-connections", "1", "--allowed-origin", "http://good"])
+    edge.start()
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await open_client(edge, origin=Origin("http://evil"))
+        assert refused.value.response.status_code == 403
+        first = await open_client(edge, origin=Origin("http://good"))
+        with pytest.raises(InvalidStatus) as refused:
+            await open_client(edge)
+        assert refused.value.response.status_code == 503
+        await first.ws.close()
+        await eventually(lambda: _opens(edge), timeout=5)
+    finally:
+        edge.stop()
+
+
+async def _opens(edge: WebSocketEdgeProcess) -> bool:
+    try:
+        client = await open_client(edge)
+    except InvalidStatus:
+        return False
+    await client.ws.close()
+    return True
+
+
+async def test_a_client_that_does_not_answer_pings_is_closed_and_unregistered(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router, ["--ping-interval", "0.2", "--ping-timeout", "0.2"])
+    edge.start()
+    try:
+        answering = await open_client(edge)
+        silent = await open_client(edge)
+        assert (await silent.request("subscribe", topic="/silent"))["op"] == "subscribed"
+        async with TestEdge(router.endpoints) as observer:
+            assert (await observer.stats())["clients"] == 2
+            silent.ws.transport.pause_reading()
+
+            async def one_left() -> bool:
+                stats = await observer.stats()
+                return (stats["clients"], stats["subscriptions"]) == (1, 0)
+
+            await eventually(one_left, timeout=5)
+            await asyncio.sleep(0.5)
+            assert (await answering.request("ping"))["op"] == "pong"
+            assert (await observer.stats())["clients"] == 1
+        await answering.ws.close()
+    finally:
+        edge.stop()
+
+
+async def test_shutdown_says_closing_then_closes_with_1001(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router)
+    edge.start()
+    try:
+        client = await open_client(edge)
+        assert edge.process is not None
+        edge.process.terminate()
+        closing = await client.control()
+        assert (closing["op"], closing["code"]) == ("closing", 1001)
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.control()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001
+        assert await asyncio.to_thread(edge.process.wait, 10) == 0
+    finally:
+        edge.stop()
