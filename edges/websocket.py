@@ -115,6 +115,7 @@ class WebSocketEdge:
         self._stopped = asyncio.Event()
         self._all_closed: asyncio.Event | None = None
         self._bad_data = ThrottledLog(log)
+        self._tick_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ running
 
@@ -263,13 +264,25 @@ class WebSocketEdge:
 
     def _on_data(self, batch: DataBatch) -> None:
         deliver = self.hub.deliver
+        now = asyncio.get_running_loop().time()
         for head, payload in batch:
             try:
                 meta = parse_data_head(head)
             except WireError as error:
                 self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
                 continue
-            deliver(meta.topic, meta.epoch, meta.offset, payload)
+            deliver(meta.topic, meta.epoch, meta.offset, payload, now)
+        self._tick()
+
+    def _tick(self) -> None:
+        """Let the hub release rate-limited frames whose time came; wake again when it asks."""
+        loop = asyncio.get_running_loop()
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        due = self.hub.tick(loop.time())
+        if due is not None:
+            self._tick_timer = loop.call_at(due, self._tick)
         self._carry_out()
 
     def _on_router_message(self, message: RouterMessage) -> None:
