@@ -1,4 +1,5 @@
-"""The client protocol ``switchboard.v1``, with no I/O: JSON control messages and binary data frames.
+"""The client protocol ``switchboard.v1``, with no I/O: JSON control messages, binary data frames
+and the skipped frames that explain a gap.
 
 The same messages run over a WebSocket (subprotocol :data:`SUBPROTOCOL`) and, later, a WebRTC data
 channel. ``docs/protocol.md`` (section 4) describes them for client authors. Rules for evolving them:

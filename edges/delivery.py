@@ -190,7 +190,12 @@ class Lane:
                 queue.count += 1
                 queue.bytes += size
                 return False
-            if self.shed and len(queue.levels) == 1 and queue.fits(size - self.bytes, self.count):
+            if (
+                self.shed
+                and len(queue.levels) == 1
+                and queue.count - self.count < queue.max_messages
+                and queue.bytes - self.bytes + size <= queue.max_bytes
+            ):
                 self._shed(offset, frame, size)
                 return False
         return self._push(offset, frame, size, now)
@@ -199,7 +204,7 @@ class Lane:
         """The client's bound is full, no lane has a lower priority, and dropping this lane's
         oldest frames makes room: the common overflow, kept short."""
         queue = self.queue
-        while not queue.fits(size):
+        while queue.count >= queue.max_messages or queue.bytes + size > queue.max_bytes:
             self._drop_oldest()
         self._append(offset, frame, size)
 

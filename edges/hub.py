@@ -502,7 +502,7 @@ class EdgeHub:
             self._too_slow.append(session)
         if lane.held is not None:
             self._waiting[key] = (session, lane)
-        if lane.behind is not None and key not in self._behind:
+        if lane.behind is not None:
             self._behind[key] = _Behind(session, lane, topic, topic.epoch)
 
     def _close_too_slow(self) -> None:

@@ -574,6 +574,7 @@ def test_hub_catch_up_round_trip() -> None:
     assert hub.drain_actions() == [CatchUp("c0", "/t", 5, 3, 5)]
     assert hub.drain_actions() == [], "one at a time"
     hub.deliver(b"/t", 5, 6, b"m6")
+    hub.sessions_with_output()
     history = [(offset, b"m%d" % offset) for offset in range(1, 7)]
     assert hub.recovered("c0", "/t", 5, history) == 2
     assert hub.sessions_with_output() == [session]
@@ -600,6 +601,19 @@ def test_hub_recovery_failed_tells_the_client() -> None:
     assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 4)]
     assert hub.recovered("c0", "/t", 5, []) == 0
     assert hub.stats().unexpected_replies == 1
+
+
+def test_hub_asks_again_for_a_lane_that_falls_behind_again() -> None:
+    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=1), recovery=True)
+    for offset in range(1, 3):
+        hub.deliver(b"/t", 5, offset, b"x")
+    session.data_to_send()
+    assert hub.drain_actions() == [CatchUp("c0", "/t", 5, 2, 2)]
+    hub.recovery_failed("c0", "/t")
+    for offset in range(3, 5):
+        hub.deliver(b"/t", 5, offset, b"x")
+    session.data_to_send()
+    assert hub.drain_actions() == [CatchUp("c0", "/t", 5, 4, 4)]
 
 
 def test_hub_recovery_of_another_epoch_gives_up() -> None:
