@@ -50,17 +50,6 @@ def router(tmp_path: Path) -> Iterator[RouterProcess]:
     process.stop()
 
 
-@pytest.fixture
-def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
-    context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.linger = 0
-    sock.connect(router.endpoints["pull"])
-    yield sock
-    sock.close()
-    context.term()
-
-
 def message(index: int) -> tuple[bytes, bytes]:
     """The header and payload of message ``index`` (from 1): sizes vary, every third has a header."""
     header = msgspec.msgpack.encode(ProducerHeader(key=f"k{index}")) if index % 3 == 0 else b""

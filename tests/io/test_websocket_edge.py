@@ -23,30 +23,11 @@ DATA_HEADER = struct.Struct("!BBIQ")
 
 
 @pytest.fixture
-def router() -> Iterator[RouterProcess]:
-    process = RouterProcess()
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
 def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
     process = WebSocketEdgeProcess(router, ["--queue-bytes", "1048576", "--max-message-bytes", "4096"])
     process.start()
     yield process
     process.stop()
-
-
-@pytest.fixture
-def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
-    context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.linger = 0
-    sock.connect(router.endpoints["pull"])
-    yield sock
-    sock.close()
-    context.term()
 
 
 class Client:
