@@ -7,25 +7,18 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tests.io.harness import RouterProcess
+from tests.io.harness import RouterProcess, push_socket, running_router
 
 
 @pytest.fixture
 def router() -> Iterator[RouterProcess]:
     """A fresh router process for one test."""
-    process = RouterProcess()
-    process.start()
-    yield process
-    process.stop()
+    with running_router() as process:
+        yield process
 
 
 @pytest.fixture
 def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
     """A raw PUSH producer connected to ``router``."""
-    context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.linger = 0
-    sock.connect(router.endpoints["pull"])
-    yield sock
-    sock.close()
-    context.term()
+    with push_socket(router.endpoints["pull"]) as sock:
+        yield sock

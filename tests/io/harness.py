@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import zmq
 
 from edges.link import DataBatch, RouterLink
 from router.wire import (
@@ -249,3 +251,28 @@ async def eventually(check: object, timeout: float = 10.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_router(extra_args: Sequence[str] = ()) -> Iterator[RouterProcess]:
+    """A router process for the length of the block."""
+    process = RouterProcess(extra_args)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def push_socket(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A raw PUSH producer connected to ``endpoint`` for the length of the block."""
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.linger = 0
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        context.term()

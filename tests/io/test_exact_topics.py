@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.wire import Registered, SubscribeOk
-from tests.io.harness import RouterProcess, TestEdge
+from tests.io.harness import RouterProcess, TestEdge, push_socket, running_router
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,21 +27,14 @@ topic_paths = st.lists(segments, min_size=1, max_size=3).map(lambda parts: "/" +
 
 @pytest.fixture(scope="module")
 def router() -> Iterator[RouterProcess]:
-    process = RouterProcess()
-    process.start()
-    yield process
-    process.stop()
+    with running_router() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
-    context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.linger = 0
-    sock.connect(router.endpoints["pull"])
-    yield sock
-    sock.close()
-    context.term()
+    with push_socket(router.endpoints["pull"]) as sock:
+        yield sock
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
