@@ -213,7 +213,10 @@ class Subscribed(_ServerOp, tag="subscribed"):
     """``epoch`` and ``offset`` are the topic's position now: data frames follow with larger offsets.
 
     ``channel`` is the number this edge puts in the topic's data frames; ``policy`` is the topic's
-    delivery policy kind (``best_effort``, ``latest`` or ``reliable``).
+    delivery policy kind (``best_effort``, ``latest`` or ``reliable``). ``resume`` answers the
+    subscribe's ``resume``: ``none``, ``ok`` (the frames after the client's position follow, then
+    live ones), ``history_exceeded`` (they follow from ``resume_from + 1``; those before are lost),
+    ``epoch_changed`` or ``not_reliable`` (data starts after ``offset``).
     """
 
     id: int
@@ -223,6 +226,8 @@ class Subscribed(_ServerOp, tag="subscribed"):
     offset: int
     content_type: str
     policy: str
+    resume: str = "none"
+    resume_from: int = 0
 
 
 class Unsubscribed(_ServerOp, tag="unsubscribed"):

@@ -451,6 +451,25 @@ class Lane:
                 break
         return self._recovered(queued, stalled=more)
 
+    def owe(self, first: int, last: int) -> None:
+        """Messages ``first`` to ``last`` never reached the lane (a resumed client's gap, or
+        messages the edge did not receive): it is behind from ``first`` and refills them, and
+        whatever comes after them, before it queues live messages again. Only for ``reliable``
+        lanes; ``first`` must be past every offset the lane was given."""
+        if last < first:
+            return
+        count = last - first + 1
+        behind = self.behind
+        if behind is not None:
+            behind.count += count
+            behind.last = max(behind.last, last)
+            return
+        behind = self.behind = Skip(BEHIND, first)
+        behind.last = last
+        behind.count = count
+        self.queue.behind_lanes += 1
+        self._refresh()
+
     def _recovered(self, queued: int, stalled: bool) -> int:
         self.queue.recovered += queued
         if self.behind is not None and not (stalled or queued):

@@ -7,10 +7,14 @@ has something to write). Actions must be carried out in the order given.
 
 Each client's data goes through its :class:`~edges.delivery.DeliveryQueue`, one lane per topic under
 the topic's delivery policy (``docs/policies.md``). The shell gives the time: ``now`` to
-:meth:`EdgeHub.deliver`, and :meth:`EdgeHub.tick` when a rate-limited ``latest`` frame is due. A
-``reliable`` lane that fell behind asks to be refilled with :class:`CatchUp` when the hub was made
-with ``recovery=True``; the shell answers with :meth:`EdgeHub.recovered` or
-:meth:`EdgeHub.recovery_failed`.
+:meth:`EdgeHub.deliver`, and :meth:`EdgeHub.tick` when a rate-limited ``latest`` frame is due.
+
+A ``reliable`` lane that fell behind is refilled once the client read what was queued: the hub
+sends the router a ``recover`` for what the lane misses (``docs/protocol.md``, 3.3 rule 9) and
+queues the ``recovered`` messages in order. The shell drains the actions again after writing to
+clients while :attr:`EdgeHub.catching_up`. The hub does the same for a client that subscribes with
+a ``resume`` position the router's history still reaches, and for offsets of a ``reliable`` topic
+that never reached the edge (a gap in the topic's sequence).
 
 A topic is watched (the SUB socket subscribed to ``topic + b"\\0"``) from the moment its first
 local client asks for it until its last one leaves, and has a channel number for that long. A
@@ -22,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -48,7 +52,6 @@ from router.core.topics import topic_error
 
 __all__ = [
     "Behind",
-    "CatchUp",
     "CloseClient",
     "EdgeAction",
     "EdgeHub",
@@ -98,21 +101,7 @@ class CloseClient(NamedTuple):
     reason: str
 
 
-class CatchUp(NamedTuple):
-    """A client's ``reliable`` topic is behind and its queue has room again: fetch the messages
-    from ``first_offset`` to ``last_offset`` (both included) of ``epoch`` from the router's history
-    and hand them to :meth:`EdgeHub.recovered`, or call :meth:`EdgeHub.recovery_failed`.
-
-    Only from a hub made with ``recovery=True``; one at a time per client and topic."""
-
-    client_id: str
-    topic: str
-    epoch: int
-    first_offset: int
-    last_offset: int
-
-
-EdgeAction = ToRouter | WatchData | UnwatchData | CloseClient | CatchUp
+EdgeAction = ToRouter | WatchData | UnwatchData | CloseClient
 
 
 class Behind(NamedTuple):
@@ -127,7 +116,7 @@ class Behind(NamedTuple):
     owed: int
     """Messages owed, from ``first_offset`` to ``last_offset``."""
     asked: bool
-    """A :class:`CatchUp` is out and not answered yet."""
+    """A ``recover`` is out and not answered yet."""
 
 
 class EdgeStats(msgspec.Struct, kw_only=True):
@@ -142,6 +131,8 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     unexpected_replies: int
     recovered: int = 0
     """Frames queued from the router's history for clients that were behind."""
+    gaps: int = 0
+    """Messages of ``reliable`` topics the edge never received from the router (offset gaps)."""
 
 
 # ---------------------------------------------------------------- internal state
@@ -156,8 +147,11 @@ class _Topic:
     active: dict[str, tuple[ClientSession, Lane, int, int]] = field(default_factory=dict)
     """Confirmed subscribers: session, lane, and the epoch and offset their ``subscribed`` announced."""
     policy: DeliveryPolicy | None = None
+    reliable: bool = False
     epoch: int = 0
-    """The epoch of the last message delivered."""
+    """The epoch of the newest message received, or of the first subscription's position."""
+    offset: int = 0
+    """The newest offset received in :attr:`epoch` (or that position's)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -166,7 +160,8 @@ class _Behind:
     lane: Lane
     topic: _Topic
     epoch: int
-    asked: bool = False
+    asked: int = 0
+    """The id of the ``recover`` out for this lane, 0 when none is."""
 
 
 @dataclass(eq=False, slots=True)
@@ -191,7 +186,7 @@ class _Client:
 class _Request(NamedTuple):
     """A router request in flight. ``silent``: sent by :meth:`EdgeHub.resync`, no client waits."""
 
-    kind: Literal["register", "subscribe", "unsubscribe"]
+    kind: Literal["register", "subscribe", "unsubscribe", "recover"]
     client_id: str
     topic: str = ""
     client_request: int | None = None
@@ -210,12 +205,12 @@ class EdgeHub:
         *,
         protocol: str = "websocket",
         frame_encoder: Callable[[bytes], bytes] | None = None,
-        recovery: bool = False,
+        recovery: bool = True,
     ) -> None:
         """``frame_encoder`` wraps each data frame for the transport, once per message (the
         WebSocket edge frames it as a WebSocket binary message), and each skipped frame; by default
-        frames go as they are. ``recovery``: the shell carries out :class:`CatchUp` actions; without
-        it a ``reliable`` client that fell behind skips what it missed once its queue is drained."""
+        frames go as they are. Without ``recovery`` the hub never asks the router's history: a
+        ``reliable`` client that fell behind skips what it missed once its queue is drained."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
         self.recovery = recovery
@@ -226,6 +221,7 @@ class EdgeHub:
         self._behind: dict[tuple[str, int], _Behind] = {}
         self._too_slow: list[ClientSession] = []
         self.refilled = 0
+        self.gaps = 0
         self._clients: dict[str, _Client] = {}
         self._topics: dict[str, _Topic] = {}
         self._wire_topics: dict[bytes, _Topic] = {}
@@ -249,6 +245,12 @@ class EdgeHub:
             self._ask_catch_ups()
         actions, self._actions = self._actions, []
         return actions
+
+    @property
+    def catching_up(self) -> bool:
+        """Some ``reliable`` lane waits to be refilled: after writing to clients, drain the actions
+        again, since a lane whose queue the write emptied asks for its next messages then."""
+        return bool(self._behind)
 
     def sessions_with_output(self) -> list[ClientSession]:
         """Sessions that got something to write since the last call."""
@@ -364,9 +366,18 @@ class EdgeHub:
         topic = self._topics.get(name) or self._watch(name)
         client_id = client.session.client_id
         request_id = self._request(client, _Request("subscribe", client_id, name))
-        client.subscriptions[name] = _Member(topic, request.id, request_id, request.resume)
+        resume = request.resume
+        client.subscriptions[name] = _Member(topic, request.id, request_id, resume)
         topic.members.add(client_id)
-        self._to_router(wire.Subscribe(request_id=request_id, client_id=client_id, topic=name))
+        self._to_router(
+            wire.Subscribe(
+                request_id=request_id,
+                client_id=client_id,
+                topic=name,
+                resume_epoch=resume.epoch if resume is not None else None,
+                resume_offset=resume.offset if resume is not None else None,
+            )
+        )
 
     def _subscribe_refusal(self, client: _Client, name: str) -> tuple[str, str] | None:
         reason = topic_error(name)
@@ -475,8 +486,14 @@ class EdgeHub:
             now = self._now
         else:
             self._now = now
+        if epoch != state.epoch:
+            state.epoch = epoch
+            state.offset = offset
+        elif offset > state.offset:
+            if offset > state.offset + 1 and state.reliable:
+                self._owe_gap(state, state.offset + 1, offset - 1)
+            state.offset = offset
         frame = self._frame(state.channel, offset, payload)
-        state.epoch = epoch
         with_output = self._with_output
         count = 0
         for session, lane, start_epoch, start_offset in state.active.values():
@@ -494,6 +511,28 @@ class EdgeHub:
     def _frame(self, channel: int, offset: int, payload: bytes) -> bytes:
         frame = encode_data_frame(channel, offset, payload)
         return self._frame_encoder(frame) if self._frame_encoder is not None else frame
+
+    def _owe_gap(self, topic: _Topic, first: int, last: int) -> None:
+        """Messages ``first`` to ``last`` of a ``reliable`` topic never reached this edge: each
+        subscriber that should have had them refills them from the router's history."""
+        self.gaps += last - first + 1
+        for session, lane, start_epoch, start_offset in topic.active.values():
+            if start_epoch == topic.epoch:
+                self._owe(session, lane, topic, max(first, start_offset + 1), last)
+            else:
+                self._owe(session, lane, topic, first, last)
+
+    def _owe(self, session: ClientSession, lane: Lane, topic: _Topic, first: int, last: int) -> None:
+        if last < first or not lane.open or lane.kind != "reliable":
+            return
+        lane.owe(first, last)
+        if not self.recovery:
+            lane.give_up()
+        else:
+            key = (session.client_id, lane.channel)
+            if key not in self._behind:
+                self._behind[key] = _Behind(session, lane, topic, topic.epoch)
+        self._with_output[session.client_id] = session
 
     def _attend(self, session: ClientSession, lane: Lane, topic: _Topic) -> None:
         """A lane asked to be looked at: it holds a frame for later, fell behind, or is too slow."""
@@ -545,69 +584,74 @@ class EdgeHub:
         self._forget_caught_up()
         return [
             Behind(
-                key[0], entry.topic.name, entry.epoch, behind.first, behind.last, behind.count, entry.asked
+                key[0],
+                entry.topic.name,
+                entry.epoch,
+                behind.first,
+                behind.last,
+                behind.count,
+                entry.asked > 0,
             )
             for key, entry in self._behind.items()
             if (behind := entry.lane.behind) is not None
         ]
 
-    def recovered(
-        self,
-        client_id: str,
-        topic: str,
-        epoch: int,
-        messages: Iterable[tuple[int, bytes]],
-        more: bool = False,
-    ) -> int:
-        """The router's answer to a :class:`CatchUp`: ``(offset, payload)`` pairs in order.
+    def _recovered(self, request_id: int, request: _Request, reply: wire.Recovered) -> None:
+        """The router's answer to a ``recover``: queue what it brought, in order.
 
-        ``more``: the reply was cut short and more messages follow the last one. Returns how many
-        were queued. The lane is caught up, or still behind (a new :class:`CatchUp` follows once
-        the client read what was queued), or it gave up (a reply of another epoch, or one that
-        brings nothing).
+        The lane is then caught up, or still behind (it asks again once the client read what was
+        queued), or it gave up (a reply of another epoch, or one that brings nothing).
         """
-        entry = self._entry(client_id, topic)
+        entry = self._entry(request_id, request)
         if entry is None:
-            self.unexpected_replies += 1
-            return 0
-        entry.asked = False
+            return
+        entry.asked = 0
         lane = entry.lane
-        if epoch != entry.epoch:
+        if reply.epoch != entry.epoch:
             lane.give_up()
-            return 0
+            return
         channel = lane.channel
-        queued = lane.recover(
-            ((offset, self._frame(channel, offset, payload)) for offset, payload in messages), more
-        )
+        frames = ((offset, self._frame(channel, offset, payload)) for offset, _, payload in reply.messages)
+        queued = lane.recover(frames, reply.more)
         self.refilled += queued
-        if queued:
-            self._with_output[client_id] = entry.session
-        return queued
+        self._with_output[request.client_id] = entry.session
 
-    def recovery_failed(self, client_id: str, topic: str) -> None:
-        """A :class:`CatchUp` cannot be served (no history, or it no longer reaches back): the
-        client gets a skipped frame for what it missed, then live messages again."""
-        entry = self._entry(client_id, topic)
+    def _recovery_failed(self, request_id: int, request: _Request) -> None:
+        """A ``recover`` was refused (the history no longer reaches back, or the epoch changed):
+        the client gets a skipped frame for what it missed, then live messages again."""
+        entry = self._entry(request_id, request)
         if entry is not None:
+            entry.asked = 0
             entry.lane.give_up()
+            self._with_output[request.client_id] = entry.session
 
-    def _entry(self, client_id: str, topic: str) -> _Behind | None:
-        state = self._topics.get(topic)
-        entry = self._behind.get((client_id, state.channel)) if state is not None else None
-        if entry is None or not entry.lane.open or entry.lane.behind is None:
+    def _entry(self, request_id: int, request: _Request) -> _Behind | None:
+        """The lane a ``recover`` was sent for, if it is still open and waits for this reply."""
+        state = self._topics.get(request.topic)
+        entry = self._behind.get((request.client_id, state.channel)) if state is not None else None
+        if entry is None or entry.asked != request_id or not entry.lane.open or entry.lane.behind is None:
             return None
         return entry
 
     def _ask_catch_ups(self) -> None:
+        """A ``recover`` for each lane behind whose queue is empty and that has none out."""
         self._forget_caught_up()
         if not self.recovery:
             return
         for (client_id, _), entry in self._behind.items():
             behind = entry.lane.behind
             if behind is not None and not entry.asked and not entry.lane.count:
-                entry.asked = True
-                self._actions.append(
-                    CatchUp(client_id, entry.topic.name, entry.epoch, behind.first, behind.last)
+                client = self._clients[client_id]
+                name = entry.topic.name
+                entry.asked = self._request(client, _Request("recover", client_id, name))
+                self._to_router(
+                    wire.Recover(
+                        request_id=entry.asked,
+                        topic=name,
+                        epoch=entry.epoch,
+                        from_offset=behind.first - 1,
+                        to_offset=behind.last,
+                    )
                 )
 
     def _forget_caught_up(self) -> None:
@@ -620,7 +664,9 @@ class EdgeHub:
     def router_message(self, message: wire.RouterMessage) -> None:
         """A message from the router. Welcome, Heartbeat and Stats belong to the link and are ignored."""
         match message:
-            case wire.Registered() | wire.SubscribeOk() | wire.Unsubscribed() | wire.Error():
+            case wire.Registered() | wire.SubscribeOk() | wire.Unsubscribed() | wire.Recovered():
+                self._reply(message)
+            case wire.Error():
                 self._reply(message)
             case wire.DropClient():
                 self._drop(message)
@@ -629,7 +675,7 @@ class EdgeHub:
                 if state is not None:
                     self._set_policy(state, message.policy)
 
-    def _reply(self, message: wire.Registered | wire.SubscribeOk | wire.Unsubscribed | wire.Error) -> None:
+    def _reply(self, message: _Reply) -> None:
         request = self._pending.get(message.request_id)
         if request is None or not _answers(message, request):
             self.unexpected_replies += 1
@@ -644,6 +690,10 @@ class EdgeHub:
                 self._subscribed(client, request, message)
             case wire.Unsubscribed():
                 client.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
+            case wire.Recovered():
+                self._recovered(message.request_id, request, message)
+            case wire.Error() if request.kind == "recover":
+                self._recovery_failed(message.request_id, request)
             case wire.Error():
                 self._refused(client, request, message)
         self._settle(client)
@@ -676,14 +726,28 @@ class EdgeHub:
             offset=ok.offset,
             content_type=ok.content_type,
             policy=ok.policy.kind,
+            resume=ok.resume,
+            resume_from=ok.resume_from,
         )
         session.send(reply)
+        self._owe_from_start(session, lane, topic, ok)
+
+    def _owe_from_start(
+        self, session: ClientSession, lane: Lane, topic: _Topic, ok: wire.SubscribeOk
+    ) -> None:
+        """A new ``reliable`` subscriber owes the messages after its resume position that the
+        history still holds, and those that passed this edge before the router's reply came."""
+        if topic.epoch != ok.epoch:
+            topic.epoch, topic.offset = ok.epoch, ok.offset
+        first = ok.resume_from + 1 if ok.resume in _REPLAYED else ok.offset + 1
+        self._owe(session, lane, topic, first, max(ok.offset, topic.offset))
 
     def _set_policy(self, topic: _Topic, policy: DeliveryPolicy) -> None:
         """The topic's policy, applied at once to the lanes of its subscribers."""
         if topic.policy == policy:
             return
         topic.policy = policy
+        topic.reliable = policy.kind == "reliable"
         for session, lane, _, _ in list(topic.active.values()):
             if lane.set_policy(policy):
                 self._attend(session, lane, topic)
@@ -733,22 +797,26 @@ class EdgeHub:
         The caller sends ``Hello`` first, then these. Requests in flight were lost with the old
         router: unsubscribes are answered now, registers and subscribes are sent again.
         """
-        lost = list(self._pending.values())
+        lost = dict(self._pending)
         self._pending.clear()
         for client in self._clients.values():
             client.requests.clear()
-        self._answer_lost_unsubscribes(lost)
+        self._answer_lost(lost)
         messages: list[wire.EdgeMessage] = []
         for client in self._clients.values():
             messages += self._resync_client(client)
         return messages
 
-    def _answer_lost_unsubscribes(self, lost: list[_Request]) -> None:
-        for request in lost:
+    def _answer_lost(self, lost: dict[int, _Request]) -> None:
+        """Unsubscribes are done, and the lanes that waited for a ``recover`` give up: the
+        restarted router's history is of another epoch."""
+        for request_id, request in lost.items():
             if request.kind == "unsubscribe":
                 client = self._clients[request.client_id]
                 client.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
                 self._settle(client)
+            elif request.kind == "recover":
+                self._recovery_failed(request_id, request)
 
     def _resync_client(self, client: _Client) -> list[wire.EdgeMessage]:
         session = client.session
@@ -784,10 +852,20 @@ class EdgeHub:
             unexpected_data=self.unexpected_data,
             unexpected_replies=self.unexpected_replies,
             recovered=self.refilled,
+            gaps=self.gaps,
         )
 
 
-_ANSWERS = {wire.Registered: "register", wire.SubscribeOk: "subscribe", wire.Unsubscribed: "unsubscribe"}
+_REPLAYED = frozenset({ErrorCode.HISTORY_EXCEEDED.value, "ok"})
+"""``SubscribeOk.resume`` values after which the history holds the messages from ``resume_from + 1``."""
+
+_Reply = wire.Registered | wire.SubscribeOk | wire.Unsubscribed | wire.Recovered | wire.Error
+_ANSWERS = {
+    wire.Registered: "register",
+    wire.SubscribeOk: "subscribe",
+    wire.Unsubscribed: "unsubscribe",
+    wire.Recovered: "recover",
+}
 
 
 def _answers(message: wire.RouterMessage, request: _Request) -> bool:

@@ -32,7 +32,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 
 from edges.client_wire import SUBPROTOCOL, CloseCode
-from edges.hub import CloseClient, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.link import DataBatch, RouterLink
 from edges.session import ClientSession, EdgeLimits
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
@@ -241,8 +241,19 @@ class WebSocketEdge:
     # ------------------------------------------------------------ the hub's output
 
     def _carry_out(self) -> None:
-        """Do what the hub asks, then write every session that has output."""
-        for action in self.hub.drain_actions():
+        """Do what the hub asks, then write every session that has output. A write that empties a
+        ``reliable`` lane behind lets it ask the router for what it misses: carried out at once."""
+        self._act(self.hub.drain_actions())
+        clients = self._clients
+        for session in self.hub.sessions_with_output():
+            connection = clients.get(session.client_id)
+            if connection is not None:
+                connection.write()
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
+
+    def _act(self, actions: list[EdgeAction]) -> None:
+        for action in actions:
             match action:
                 case ToRouter(message):
                     self.link.send(message)
@@ -254,11 +265,11 @@ class WebSocketEdge:
                     connection = self._clients.get(client_id)
                     if connection is not None:
                         connection.close(code, reason)
-        clients = self._clients
-        for session in self.hub.sessions_with_output():
-            connection = clients.get(session.client_id)
-            if connection is not None:
-                connection.write()
+
+    def drained(self, session: ClientSession) -> None:
+        """A client's transport took all it was given after a pause: a lane behind may ask now."""
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
 
     # ------------------------------------------------------------ router
 

@@ -80,6 +80,10 @@ class ConnectionHost(Protocol):
 
     def binary_received(self, session: ClientSession, data: bytes) -> None: ...
 
+    def drained(self, session: ClientSession) -> None:
+        """Writing resumed after the transport buffer drained, and the session's output went out."""
+        ...
+
     def closed(self, connection: WebSocketConnection) -> None:
         """The TCP connection is gone; ``connection.session`` is still set if there was one."""
         ...
@@ -154,6 +158,8 @@ class WebSocketConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self.write()
+        if self.session is not None:
+            self._host.drained(self.session)
 
     # ------------------------------------------------------------ handshake
 

@@ -200,6 +200,8 @@ def test_first_subscriber_watches_before_subscribing() -> None:
             "offset": 41,
             "content_type": "text/plain",
             "policy": "reliable",
+            "resume": "none",
+            "resume_from": 0,
         }
     ]
     assert hub.policy_of("/video/main") == RELIABLE
@@ -762,7 +764,7 @@ def message_signature(message: wire.EdgeMessage) -> tuple[object, ...]:
 class EdgeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.hub = EdgeHub(MACHINE_LIMITS)
+        self.hub = EdgeHub(MACHINE_LIMITS, recovery=False)
         self.clients: dict[str, Client] = {}
         self.requests: dict[int, Request] = {}
         self.inbox: deque[wire.EdgeMessage] = deque()

@@ -185,7 +185,7 @@ def test_decode_raises_only_client_protocol_errors(text: str) -> None:
                 id=1, topic="/a", channel=3, epoch=9, offset=41, content_type="text/plain", policy="latest"
             ),
             '{"op":"subscribed","id":1,"topic":"/a","channel":3,"epoch":9,"offset":41,'
-            '"content_type":"text/plain","policy":"latest"}',
+            '"content_type":"text/plain","policy":"latest","resume":"none","resume_from":0}',
         ),
         (Unsubscribed(id=2, topic="/a"), '{"op":"unsubscribed","id":2,"topic":"/a"}'),
         (Pong(id=3), '{"op":"pong","id":3}'),
