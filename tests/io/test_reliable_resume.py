@@ -9,6 +9,7 @@ import json
 import random
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import zmq
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess
+from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,3 +235,38 @@ async def position_reached(ws: ClientConnection, resume: tuple[int, int], newest
         assert (await next_control(ws))["op"] == "unsubscribed"
         await asyncio.sleep(0.05 * attempt)
     raise AssertionError(f"the router never reached offset {newest}")
+
+
+async def test_the_example_client_resumes_on_another_edge(
+    router: RouterProcess, edges: list[WebSocketEdgeProcess], push: zmq.Socket[bytes]
+) -> None:
+    count = 1_000
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "examples" / "resuming_client.py"), TOPIC,
+        edges[0].url, edges[1].url, "--count", str(count),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert client.stdout is not None
+    try:
+        lines = [json.loads(await asyncio.wait_for(client.stdout.readline(), 10))]
+        assert lines[0] == {"subscribed": TOPIC, "resume": "none", "epoch": lines[0]["epoch"]}
+        producing = asyncio.create_task(produce(push, count, per_tick=5))
+        await asyncio.sleep(0.8)
+        edges[0].kill()
+        await producing
+        async with asyncio.timeout(60):
+            lines += [json.loads(line) async for line in client.stdout]
+            assert await client.wait() == 0
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    offsets = [line["offset"] for line in lines if "offset" in line]
+    assert offsets == list(range(1, count + 1))
+    resumed = [line["resume"] for line in lines if "subscribed" in line]
+    assert resumed[0] == "none"
+    assert len(resumed) > 1
+    assert set(resumed[1:]) == {"ok"}
+    dropped = next(i for i, line in enumerate(lines) if "disconnected" in line)
+    assert 0 < lines[dropped - 1].get("offset", 0) < count, "the edge was killed mid-stream"
+    assert not any("gap" in line or "skipped" in line for line in lines)
