@@ -1,4 +1,4 @@
-"""Every benchmark of Switchboard, one subcommand each: ``scripts/bench router|edge [--quick] [--json]``.
+"""Every benchmark of Switchboard, one subcommand each: ``scripts/bench NAME [--quick] [--json]``.
 
 A subcommand is a module of ``scripts/benchlib`` with ``HELP``, ``add_arguments`` and ``run``
 (see :class:`benchlib.report.BenchCommand`); add it to ``COMMANDS``. By default the figures print
@@ -13,11 +13,11 @@ import signal
 import sys
 from types import FrameType
 
-from benchlib import edge_bench, router_bench
+from benchlib import edge_bench, policies_bench, router_bench
 from benchlib.procs import ChildError
 from benchlib.report import BenchCommand, show
 
-COMMANDS: dict[str, BenchCommand] = {"router": router_bench, "edge": edge_bench}
+COMMANDS: dict[str, BenchCommand] = {"router": router_bench, "edge": edge_bench, "policies": policies_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
