@@ -129,6 +129,10 @@ class RouterServer:
 
         Payloads are received as zero-copy frames and forwarded as they are; only the topic and
         header frames become ``bytes``, and the payload too on topics that keep a history.
+
+        The clock is read once per batch for ``ingest_max_rate``: a batch's messages count as
+        received when it started, which can only make a rate cap stricter, never looser. A
+        message over the rate comes back with no clients, so nothing is sent and nothing logged.
         """
         readable = self._readable[sock]
         receive = sock.recv
@@ -136,8 +140,10 @@ class RouterServer:
         route = self.manager.route_wire
         record = self.manager.record
         batch = self.config.router.max_batch
+        clock = self._clock
         while True:
             await readable.wait()
+            now = clock()
             for _ in range(batch):
                 try:
                     frames = [receive(NOBLOCK, copy=False)]
@@ -149,7 +155,7 @@ class RouterServer:
                     topic_frame, header_frame, payload = split_producer_frames(frames)
                     topic = topic_frame.bytes
                     header = b"" if header_frame is None else check_producer_header(header_frame.bytes)
-                    where = route(topic, len(payload))
+                    where = route(topic, len(payload), now)
                 except (WireError, RefusedError) as error:
                     self._count_bad_input(error)
                     continue

@@ -2,9 +2,10 @@
 
 Plain dicts, sets and lists, no cleverness: who is on which edge, who watches which topic, where
 each topic's sequence stands, what each reliable topic's history holds (a list, trimmed from the
-front), and which request the limits refuse. Each ``check_*`` method returns the
-:class:`ErrorCode` the manager must refuse with (or ``None``), in the manager's documented order;
-each ``apply_*`` method changes the model and returns the actions the manager must emit.
+front), each rate-capped topic's token bucket, and which request the limits refuse. Each
+``check_*`` method returns the :class:`ErrorCode` the manager must refuse with (or ``None``), in
+the manager's documented order; each ``apply_*`` method changes the model and returns the actions
+the manager must emit.
 """
 
 from __future__ import annotations
@@ -43,6 +44,41 @@ class Declared:
     max_payload_bytes: int | None = None
     content_type: str = "application/octet-stream"
     policy: DeliveryPolicy = DEFAULT_POLICY
+
+
+@dataclass
+class Bucket:
+    """A topic's ``ingest_max_rate`` as docs/policies.md states it: ``rate`` tokens a second, at
+    most one second's worth (and at least one), full at the start, one token per message."""
+
+    rate: float
+    tokens: float = field(init=False)
+    stamp: float | None = None
+    accepted: list[float] = field(default_factory=list)
+    """When each message it let through arrived, oldest first."""
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.rate)
+
+    def token_due(self) -> float | None:
+        """When the bucket holds a whole token again (``None`` before its first message)."""
+        if self.stamp is None:
+            return None
+        return self.stamp + max(0.0, 1 - self.tokens) / self.rate
+
+    def take(self, now: float) -> bool:
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        self.accepted.append(now)
+        return True
 
 
 TopicFate = Declared | ErrorCode
@@ -126,6 +162,8 @@ class Model:
     policies: dict[str, DeliveryPolicy] = field(default_factory=dict)
     histories: dict[str, History] = field(default_factory=dict)
     """Held topics whose policy is reliable -> their history."""
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    """Held topics whose policy has an ``ingest_max_rate`` -> their token bucket."""
     used_epochs: set[int] = field(default_factory=set)
     drops: Counter[str] = field(default_factory=Counter)
     messages_in: int = 0
@@ -311,10 +349,12 @@ class Model:
             del self.subscribers[evicted]
             del self.positions[evicted]
             self.histories.pop(evicted, None)
+            self.buckets.pop(evicted, None)
         self.subscribers[topic] = set()
         self.positions[topic] = (None, 0)
         self.idle.append(topic)
         self._sync_history(topic)
+        self._sync_bucket(topic)
 
     def check_route(self, topic: str, size: int) -> ErrorCode | None:
         if topic not in self.subscribers:
@@ -331,10 +371,17 @@ class Model:
     def refuse_route(self, code: ErrorCode) -> None:
         self.drops[code.value] += 1
 
-    def apply_route(self, topic: str, size: int) -> tuple[int, frozenset[str], bool]:
-        """Place one message; returns its offset, who must receive it and whether to record it."""
+    def apply_route(self, topic: str, size: int, now: float) -> tuple[int, frozenset[str], bool]:
+        """Place one message; returns its offset, who must receive it and whether to record it.
+
+        A message over the topic's rate gets offset 0, nobody and no record, and is a drop.
+        """
         if topic not in self.subscribers:
             self._create(topic)
+        bucket = self.buckets.get(topic)
+        if bucket is not None and not bucket.take(now):
+            self.drops["rate_limited"] += 1
+            return 0, frozenset(), False
         epoch, offset = self.positions[topic]
         self.positions[topic] = (epoch, offset + 1)
         receivers = frozenset(self.subscribers[topic])
@@ -344,6 +391,14 @@ class Model:
             self.messages_routed += 1
             self.deliveries += len(receivers)
         return offset + 1, receivers, topic in self.histories
+
+    def _sync_bucket(self, topic: str) -> None:
+        """A new rate starts a full bucket; the same rate keeps the bucket it has."""
+        rate = self.policy(topic).ingest_max_rate
+        if rate is None:
+            self.buckets.pop(topic, None)
+        elif topic not in self.buckets or self.buckets[topic].rate != rate:
+            self.buckets[topic] = Bucket(rate)
 
     # ------------------------------------------------------------ history
 
@@ -464,6 +519,7 @@ class Model:
         self.policies[topic] = policy
         if topic in self.subscribers:
             self._sync_history(topic)
+            self._sync_bucket(topic)
         edges = frozenset(self.clients[c] for c in self.subscribers.get(topic, set()))
         return [PolicyChanged(topic, policy, edges)] if edges else []
 

@@ -110,6 +110,20 @@ def test_history_limits_and_their_defaults_for_reliable_topics(tmp_path: Path) -
     assert config.limits.history_limits(registry.resolve("/video").policy) is None
 
 
+def test_a_policy_table_accepts_the_ingest_rate_cap(tmp_path: Path) -> None:
+    text = """
+    [[topics.declare]]
+    pattern = "/sensors/**"
+
+    [topics.declare.policy]
+    max_rate = 10
+    ingest_max_rate = 50
+    """
+    policy = load_config(write(tmp_path, text)).registry().resolve("/sensors/a").policy
+    assert policy == DeliveryPolicy(max_rate=10.0, ingest_max_rate=50.0)
+    assert DeliveryPolicy().ingest_max_rate is None
+
+
 def test_overrides_without_a_file() -> None:
     assert load_config(None, {"control": "tcp://127.0.0.1:2"}).router.control == "tcp://127.0.0.1:2"
 
@@ -126,6 +140,11 @@ def test_overrides_without_a_file() -> None:
         ("[[topics.declare]]\npattern = '/a'\npolicy = { knd = 'latest' }\n", "knd"),
         ("[[topics.declare]]\npattern = '/a'\npolicy = { kind = 'fastest' }\n", "fastest"),
         ("[[topics.declare]]\npattern = '/a'\npolicy = { queue_max_messages = 0 }\n", "queue"),
+        ("[[topics.declare]]\npattern = '/a'\npolicy = { ingest_max_rate = 0 }\n", "ingest_max_rate"),
+        ("[[topics.declare]]\npattern = '/a'\npolicy = { ingest_max_rate = -5.0 }\n", "ingest_max_rate"),
+        ("[[topics.declare]]\npattern = '/a'\npolicy = { ingest_max_rate = nan }\n", "ingest_max_rate"),
+        ("[[topics.declare]]\npattern = '/a'\npolicy = { ingest_max_rate = 'fast' }\n", "ingest_max_rate"),
+        ("[[topics.declare]]\npattern = '/a'\npolicy = { ingest_rate = 5 }\n", "ingest_rate"),
         ("[[topics.declare]]\npattern = '/a//b'\n", "pattern"),
         ("[[topics.declare]]\ncontent_type = 'text/plain'\n", "pattern"),
         ("[router]\nheartbeat_interval = 0\n", "heartbeat_interval"),

@@ -3,6 +3,9 @@
 Small limits make every refusal reachable in a few steps. After each step the manager's whole
 observable state must equal the model's; a refused call must leave it exactly as it was. Every
 recover and resume must give exactly what the model's history holds, or the model's refusal.
+Messages on a rate-capped topic arrive at times drawn as non-decreasing floats; the manager must
+let through exactly what the model's token bucket does, and every decision is checked against the
+bucket's promise over every window of time (``_check_rate_windows``).
 ``HistoryMachine`` runs the same rules from a start that puts histories to work at once.
 ``SWITCHBOARD_FUZZ_EXAMPLES=5000`` runs 5000 examples instead of 200; add
 ``--hypothesis-show-statistics`` to see how often each refusal and action happened.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,8 +46,10 @@ from router.core import (
     WatchTopic,
 )
 from router.core.history import ENTRY_OVERHEAD
+from router.core.manager import RATE_LIMITED
+from router.core.policy import PolicyKind
 from router.core.topics import pattern_matches
-from tests.model import Declared, Model, TopicFate
+from tests.model import Bucket, Declared, Model, TopicFate
 from tests.strategies import policies, scaled_examples
 
 LIMITS = Limits(
@@ -62,6 +68,7 @@ EDGE_TIMEOUT = 5.0
 LATEST = DeliveryPolicy(kind="latest", priority=5)
 EVENTS = DeliveryPolicy(kind="reliable", history_max_messages=3, history_max_bytes=30, history_max_age=4.0)
 RELIABLE = DeliveryPolicy(kind="reliable")
+METERED = DeliveryPolicy(ingest_max_rate=2.0)
 SPECS = [
     TopicSpec(pattern="/video/**", content_type="video/h264"),
     TopicSpec(pattern="/telemetry/*", max_payload_bytes=8, policy=LATEST),
@@ -69,6 +76,7 @@ SPECS = [
     TopicSpec(pattern="/chat/**", max_payload_bytes=16),
     TopicSpec(pattern="/events/*", policy=EVENTS),
     TopicSpec(pattern="/alerts", policy=RELIABLE),
+    TopicSpec(pattern="/metered/*", policy=METERED),
 ]
 _VIDEO = Declared(content_type="video/h264")
 _CHAT = Declared(max_payload_bytes=16)
@@ -84,6 +92,7 @@ CATALOGUE: dict[str, TopicFate] = {
     "/events/a": _EVENTS,
     "/events/b": _EVENTS,
     "/alerts": Declared(policy=RELIABLE),
+    "/metered/a": Declared(policy=METERED),
     "/telemetry/imu/raw": ErrorCode.UNKNOWN_TOPIC,
     "/other": ErrorCode.UNKNOWN_TOPIC,
     "/video//main": ErrorCode.BAD_TOPIC,
@@ -105,6 +114,11 @@ TIME_STEPS = st.sampled_from([0.5, 0.5, 1.0, 1.0, 2.5, 5.0, 5.5])
 HEADERS = st.sampled_from([b"", b"", b"\x81\xa1k\xa1v"])
 BUDGETS = st.sampled_from([1, 40, 100, 10**6])
 RELIABLE_TOPICS = ["/events/a", "/events/b", "/alerts"]
+RATES = st.none() | st.sampled_from([0.5, 1.0, 2.0, 3.0]) | st.floats(min_value=0.1, max_value=20.0)
+GAPS = st.sampled_from([0.0, 0.0, 0.1, 0.25, 0.5, 1.0]) | st.floats(min_value=0.0, max_value=1.5)
+"""Time between two messages of a burst: often none, often a fraction of a token."""
+RATE_SLACK = 1e-6
+"""Rounding the token bucket's running sum may differ from the windows' sums by."""
 TIGHT_RELIABLE_POLICIES = st.builds(
     DeliveryPolicy,
     kind=st.just("reliable"),
@@ -401,13 +415,20 @@ class ManagerMachine(RuleBasedStateMachine):
         note(f"a producer sends {payload!r} (header {header!r}) on {topic!r}")
         code = self.model.check_route(topic, size)
         if code is not None:
-            self._refused(code, lambda: self.manager.route_data(topic, payload, header), counted=True)
+            refused = functools.partial(self.manager.route_data, topic, payload, header, self.now)
+            self._refused(code, refused, counted=True)
             self.model.refuse_route(code)
             return
         self._note_eviction(topic)
         route = self.manager.route_data(topic, payload, header, self.now)
-        offset, receivers, keeps = self.model.apply_route(topic, size)
+        offset, receivers, keeps = self._apply_route(topic, size)
         self.model.observe_epoch(topic, route.epoch)
+        if not offset:
+            assert route == Route(topic, route.epoch, 0, frozenset()), "a rate-limited message was routed"
+            assert not route.accepted
+            note(f"  -> dropped: {RATE_LIMITED}")
+            event(RATE_LIMITED)
+            return
         if keeps and self.model.apply_record(topic, HistoryEntry(offset, header, payload), self.now):
             event("history evicted to keep all histories within max_history_bytes")
         expected = Route(topic, route.epoch, offset, receivers, keeps)
@@ -421,14 +442,49 @@ class ManagerMachine(RuleBasedStateMachine):
         note(f"a producer sends 1 byte on {topic!r}, which is not recorded")
         code = self.model.check_route(topic, 1)
         if code is not None:
-            self._refused(code, lambda: self.manager.route_wire(topic.encode(), 1), counted=True)
+            self._refused(code, lambda: self.manager.route_wire(topic.encode(), 1, self.now), counted=True)
             self.model.refuse_route(code)
             return
         self._note_eviction(topic)
-        route = self.manager.route_wire(topic.encode(), 1)
-        offset, receivers, keeps = self.model.apply_route(topic, 1)
+        route = self.manager.route_wire(topic.encode(), 1, self.now)
+        offset, receivers, keeps = self._apply_route(topic, 1)
         self.model.observe_epoch(topic, route.epoch)
         assert route == Route(topic, route.epoch, offset, receivers, keeps)
+
+    @rule(
+        topic=st.sampled_from(["/metered/a", *RELIABLE_TOPICS]) | SOME_TOPIC, gaps=st.lists(GAPS, max_size=12)
+    )
+    def route_over_time(self, topic: str, gaps: list[float]) -> None:
+        """Messages at non-decreasing times: bursts a rate cap must cut, and pauses that refill it."""
+        for gap in gaps:
+            self.now += gap
+            note(f"time passes: t={self.now}")
+            self.route_data(topic, 1, b"")
+
+    @rule(topic=st.sampled_from(["/metered/a", *RELIABLE_TOPICS]) | SOME_TOPIC, rate=RATES)
+    def cap_a_topic_rate(self, topic: str, rate: float | None) -> None:
+        policy = self.model.policy(topic) if isinstance(CATALOGUE[topic], Declared) else DeliveryPolicy()
+        self.set_delivery_policy(topic, msgspec.structs.replace(policy, ingest_max_rate=rate))
+
+    @precondition(lambda self: any(b.token_due() is not None for b in self.model.buckets.values()))
+    @rule(data=st.data(), early=st.sampled_from([0.0, 0.0, 1e-4, 1e-2]))
+    def route_when_a_token_is_due(self, data: st.DataObject, early: float) -> None:
+        """A message the moment the rate's next token comes, or a little before: the edge cases."""
+        due = {t: b.token_due() for t, b in self.model.buckets.items()}
+        topic = data.draw(_sampled(tuple(sorted(t for t, when in due.items() if when is not None))))
+        when = due[topic]
+        assert when is not None
+        self.now = max(self.now, when - early)
+        note(f"time passes: t={self.now}; {topic!r}'s next token is due at {when}")
+        self.route_data(topic, 1, b"")
+
+    def _apply_route(self, topic: str, size: int) -> tuple[int, frozenset[str], bool]:
+        """The model's route, with the rate decision checked against the bucket's windows."""
+        result = self.model.apply_route(topic, size, self.now)
+        bucket = self.model.buckets.get(topic)
+        if bucket is not None:
+            _check_rate_windows(bucket, self.now, accepted=result[0] > 0)
+        return result
 
     # ------------------------------------------------------------ history
 
@@ -673,6 +729,21 @@ HistoryMachine.TestCase.settings = settings(
 TestHistoryMachine = HistoryMachine.TestCase
 
 
+def _check_rate_windows(bucket: Bucket, now: float, accepted: bool) -> None:
+    """What a token bucket promises, whatever its arithmetic: in every window of time from an
+    accepted message at t to ``now``, at most ``burst + rate * (now - t)`` messages get through,
+    and a message is refused only when letting it through would break that for some window."""
+    earlier = bucket.accepted[:-1] if accepted else bucket.accepted
+    worst = max(
+        (len(earlier) - index + 1 - bucket.rate * (now - start) for index, start in enumerate(earlier)),
+        default=1.0,
+    )
+    if accepted:
+        assert worst <= bucket.burst + RATE_SLACK, f"{worst} messages over the rate in a window"
+    else:
+        assert worst > bucket.burst - RATE_SLACK, "refused a message the rate had room for"
+
+
 # ---------------------------------------------------------------- single cases
 
 
@@ -729,3 +800,56 @@ def test_evicted_topic_comes_back_with_a_new_epoch_and_offset_zero() -> None:
     manager.route_data("/b", b"")
     assert manager.topic_position("/a") is None
     assert manager.route_data("/a", b"") == Route("/a", 9, 1, frozenset())
+
+
+def _capped(rate: float, kind: PolicyKind = "best_effort") -> ConnectionManager:
+    policy = DeliveryPolicy(kind=kind, ingest_max_rate=rate)
+    registry = TopicRegistry([TopicSpec(pattern="/capped", policy=policy)])
+    return ConnectionManager(registry, new_epoch=itertools.count(7).__next__)
+
+
+def test_ingest_rate_lets_a_burst_through_then_one_message_per_token() -> None:
+    manager = _capped(4.0)
+    offsets = [manager.route_wire(b"/capped", 1, now=10.0).offset for _ in range(6)]
+    assert offsets == [1, 2, 3, 4, 0, 0]
+    assert manager.route_wire(b"/capped", 1, now=10.2).offset == 0
+    assert manager.route_wire(b"/capped", 1, now=10.25).offset == 5
+    assert manager.route_data("/capped", b"x", now=11.0).offset == 6
+    stats = manager.get_connection_stats()
+    assert (stats.messages_in, stats.drops) == (6, {RATE_LIMITED: 3})
+
+
+def test_ingest_rate_below_one_still_lets_one_message_through() -> None:
+    manager = _capped(0.5)
+    assert [manager.route_wire(b"/capped", 1, now=0.0).offset for _ in range(2)] == [1, 0]
+    assert manager.route_wire(b"/capped", 1, now=1.9).offset == 0
+    assert manager.route_wire(b"/capped", 1, now=2.0).offset == 2
+
+
+def test_a_rate_limited_message_leaves_no_hole_in_a_reliable_history() -> None:
+    manager = _capped(1.0, kind="reliable")
+    for now in (0.0, 0.0, 0.5, 1.0, 1.0, 2.5):
+        route = manager.route_data("/capped", b"m", now=now)
+        assert route.keeps_history == route.accepted
+    view = manager.history_view("/capped")
+    assert view is not None
+    assert [entry.offset for entry in view.entries] == [1, 2, 3]
+    assert manager.recover("/capped", 0, 7, now=3.0).messages == view.entries
+
+
+def test_a_policy_change_reconfigures_the_ingest_rate() -> None:
+    manager = _capped(1.0)
+    assert manager.route_wire(b"/capped", 1, now=0.0).accepted
+    assert not manager.route_wire(b"/capped", 1, now=0.0).accepted
+    manager.set_delivery_policy("/capped", DeliveryPolicy(ingest_max_rate=1.0, priority=3))
+    assert not manager.route_wire(b"/capped", 1, now=0.0).accepted, "the same rate keeps its bucket"
+    manager.set_delivery_policy("/capped", DeliveryPolicy(ingest_max_rate=3.0))
+    assert [manager.route_wire(b"/capped", 1, now=0.0).accepted for _ in range(4)] == [True] * 3 + [False]
+    manager.set_delivery_policy("/capped", DeliveryPolicy())
+    assert all(manager.route_wire(b"/capped", 1, now=0.0).accepted for _ in range(100))
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, math.nan, math.inf])
+def test_ingest_max_rate_must_be_positive_and_finite(rate: float) -> None:
+    with pytest.raises(ValueError, match="ingest_max_rate"):
+        DeliveryPolicy(ingest_max_rate=rate)

@@ -7,6 +7,7 @@ around it to carry out — or raises :class:`~router.core.errors.RefusedError` a
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from router.core.sessions import AllowAllSessions, Identity, SessionManager
 from router.core.topics import TopicRegistry, TopicSpec, decode_topic
 
 __all__ = [
+    "RATE_LIMITED",
     "Action",
     "ClientDropped",
     "ConnectionManager",
@@ -159,10 +161,16 @@ class Recovery(NamedTuple):
     more: bool
 
 
+RATE_LIMITED = "rate_limited"
+"""The drop reason of a message over its topic's ``ingest_max_rate``."""
+
+
 class Route(NamedTuple):
     """Where one message goes: its place in the topic's sequence and who receives it.
 
-    ``keeps_history``: hand the message to :meth:`ConnectionManager.record` too.
+    ``keeps_history``: hand the message to :meth:`ConnectionManager.record` too. Offset 0 means
+    the message was dropped for the topic's ``ingest_max_rate``: it has no place in the sequence
+    and goes to nobody.
     """
 
     topic: str
@@ -170,6 +178,10 @@ class Route(NamedTuple):
     offset: int
     clients: frozenset[str]
     keeps_history: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.offset > 0
 
 
 class HistoryView(NamedTuple):
@@ -199,6 +211,31 @@ class ConnectionStats(msgspec.Struct, kw_only=True):
 # ---------------------------------------------------------------- internal state
 
 
+@dataclass(eq=False, slots=True)
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, holding at most ``burst``, full at the start."""
+
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float = -math.inf
+
+    @classmethod
+    def full(cls, rate: float) -> _Bucket:
+        burst = max(1.0, rate)
+        return cls(rate, burst, burst)
+
+    def take(self, now: float) -> bool:
+        """Take a token at time ``now`` if there is one. A ``now`` before the last counts as the last."""
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @dataclass(eq=False)
 class _Topic:
     name: str
@@ -212,6 +249,8 @@ class _Topic:
     bytes: int = 0
     history: TopicHistory | None = None
     keeps_history: bool = False
+    bucket: _Bucket | None = None
+    """Applies the policy's ``ingest_max_rate``; ``None`` without one."""
 
     def resnapshot(self) -> None:
         self.snapshot = frozenset(self.subscribers)
@@ -480,6 +519,7 @@ class ConnectionManager:
         self._wire_topics[name.encode()] = state
         self._idle_topics[name] = None
         self._sync_history(state)
+        self._sync_rate(state)
         return state
 
     def _max_payload(self, spec: TopicSpec) -> int:
@@ -495,18 +535,22 @@ class ConnectionManager:
     def route_data(self, topic: str, payload: bytes, header: bytes = b"", now: float = 0.0) -> Route:
         """Place one message from a producer in its topic's sequence, and record it in the topic's
         history if it keeps one: :meth:`route_wire` and :meth:`record` in one call."""
-        route = self.route_wire(topic.encode("utf-8", "surrogatepass"), len(payload))
+        route = self.route_wire(topic.encode("utf-8", "surrogatepass"), len(payload), now)
         if route.keeps_history:
             self.record(route.topic, route.offset, header, payload, now)
         return route
 
-    def route_wire(self, raw_topic: bytes, size: int) -> Route:
-        """Route a message of ``size`` payload bytes whose topic is still the producer's bytes.
+    def route_wire(self, raw_topic: bytes, size: int, now: float = 0.0) -> Route:
+        """Route a message of ``size`` payload bytes whose topic is still the producer's bytes,
+        received at time ``now`` (seconds of a monotonic clock; only a rate-capped topic uses it).
 
         This is the router's hot path: a known topic costs one dict look-up.
 
         Raises ``bad_topic``, ``unknown_topic``, ``too_large`` or ``limit_exceeded``; each such
-        refusal is counted as a drop under its code.
+        refusal is counted as a drop under its code. A message over the topic's
+        ``ingest_max_rate`` is not an error: it is counted as a ``rate_limited`` drop and its
+        route has offset 0, no clients and no history, so a caller that sends to ``clients`` and
+        records when ``keeps_history`` needs nothing more.
         """
         state = self._wire_topics.get(raw_topic)
         try:
@@ -517,6 +561,9 @@ class ConnectionManager:
         except RefusedError as refused:
             self._drops[refused.code.value] += 1
             raise
+        if state.bucket is not None and not state.bucket.take(now):
+            self._drops[RATE_LIMITED] += 1
+            return Route(state.name, state.epoch, 0, frozenset())
         state.offset += 1
         state.messages += 1
         state.bytes += size
@@ -661,16 +708,25 @@ class ConnectionManager:
         """Override a topic's policy at runtime; edges holding its subscribers are told.
 
         A topic that becomes reliable starts an empty history; one that stops being reliable drops
-        its history; new bounds apply at once (count and bytes) or at the next use (age).
+        its history; new bounds apply at once (count and bytes) or at the next use (age). A new
+        ``ingest_max_rate`` starts a full token bucket; an unchanged one keeps its bucket.
         """
         self.registry.resolve(topic)
         self._policies[topic] = policy
         state = self._topics.get(topic)
         if state is not None:
             self._sync_history(state)
+            self._sync_rate(state)
         subscribers = state.subscribers if state is not None else set()
         edges = frozenset(self._clients[c].info.edge_id for c in subscribers)
         return [PolicyChanged(topic, policy, edges)] if edges else []
+
+    def _sync_rate(self, state: _Topic) -> None:
+        rate = self.get_delivery_policy(state.name).ingest_max_rate
+        if rate is None:
+            state.bucket = None
+        elif state.bucket is None or state.bucket.rate != rate:
+            state.bucket = _Bucket.full(rate)
 
     def get_delivery_policy(self, topic: str) -> DeliveryPolicy:
         """The policy in force: a runtime override, else the registry's."""
