@@ -180,9 +180,15 @@ class RouterServer:
         readable = self._readable[self.xpub]
         while True:
             await readable.wait()
-            with contextlib.suppress(zmq.Again):
-                while True:
-                    self.xpub.recv(NOBLOCK)
+            self._take_fanout_subscriptions()
+
+    def _take_fanout_subscriptions(self) -> None:
+        """Reading XPUB applies the subscriptions that arrived: before a ``subscribe`` is answered,
+        so the edge's SUB subscription, sent just before it, is in force for the data that follows
+        the reply's offset as often as the network allows (the edge refills the rest)."""
+        with contextlib.suppress(zmq.Again):
+            while True:
+                self.xpub.recv(NOBLOCK)
 
     # ------------------------------------------------------------ control
 
@@ -204,6 +210,7 @@ class RouterServer:
             self.manager.count_drop("bad_control")
             self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
             return
+        self._take_fanout_subscriptions()
         self._send(self.control.handle(frames[0], frames[1], self._clock()))
 
     async def _heartbeat_loop(self) -> None:
