@@ -24,8 +24,10 @@ __all__ = [
     "FRAME_SKIPPED",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_WINDOW",
     "SKIPPED_FRAME",
     "SUBPROTOCOL",
+    "Ack",
     "ClientMessage",
     "ClientProtocolError",
     "CloseCode",
@@ -63,6 +65,9 @@ _MAX_DETAIL = 200
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 """A client's request id: echoed in the reply; small enough for a JavaScript number."""
 Position = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+MAX_WINDOW: Final = 1024
+Window = Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)]
+Channel = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
 CLIENT_ERROR_CODES: Final = frozenset(
     code.value
@@ -139,9 +144,13 @@ class Resume(msgspec.Struct, kw_only=True):
 
 
 class Subscribe(_ClientOp, tag="subscribe"):
+    """``window``: at most this many data frames of the topic in flight, each one until the
+    client acknowledges it with :class:`Ack` (``None``: no limit)."""
+
     id: RequestId
     topic: str
     resume: Resume | None = None
+    window: Window | None = None
 
 
 class Unsubscribe(_ClientOp, tag="unsubscribe"):
@@ -153,7 +162,15 @@ class Ping(_ClientOp, tag="ping"):
     id: RequestId
 
 
-ClientMessage = Connect | Subscribe | Unsubscribe | Ping
+class Ack(_ClientOp, tag="ack"):
+    """The client is done with every frame of ``channel`` up to ``offset``: on a subscription
+    with a ``window``, as many frames may follow. No reply."""
+
+    channel: Channel
+    offset: Position
+
+
+ClientMessage = Connect | Subscribe | Unsubscribe | Ping | Ack
 
 
 class _IdProbe(msgspec.Struct):

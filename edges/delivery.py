@@ -30,6 +30,10 @@ Policies, per lane:
 Drain order: lanes of a higher priority first; lanes of one priority share the output by deficit
 round-robin (:data:`QUANTUM` bytes per turn), so over a drain limited to some bytes each backlogged
 lane gets its share within one quantum plus one frame.
+
+A lane with a window (:meth:`Lane.limit_in_flight`) sends at most that many frames until the client
+acknowledges them (:meth:`Lane.ack`); meanwhile its frames wait in the queue under its policy, so a
+``latest`` lane with a window of 1 always sends the newest frame the moment the client is ready.
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ class Lane:
         "slow_client",
         "stamp",
         "tokens",
+        "unacked",
+        "window",
     )
 
     def __init__(self, queue: DeliveryQueue, channel: int, policy: DeliveryPolicy) -> None:
@@ -140,6 +146,10 @@ class Lane:
         """A ``reliable`` lane's messages not queued: from ``first`` (the offset to refill from) to
         ``last``, ``count`` of them."""
         self.open = True
+        self.window: int | None = None
+        """At most this many frames sent and not acknowledged by the client (``None``: no limit)."""
+        self.unacked: deque[int] | None = None
+        """Offsets of the frames sent and not acknowledged yet, with a window."""
         self._configure(policy)
 
     def __repr__(self) -> str:
@@ -504,6 +514,31 @@ class Lane:
         """Messages neither queued nor accounted for yet: a held frame and those owed while behind."""
         return (self.held is not None) + (self.behind.count if self.behind is not None else 0)
 
+    # ------------------------------------------------------------ a window of frames in flight
+
+    def limit_in_flight(self, window: int | None) -> None:
+        """Send at most ``window`` frames before the client acknowledges them (:meth:`ack`)."""
+        self.window = window
+        self.unacked = deque() if window is not None else None
+
+    @property
+    def ready(self) -> int:
+        """Frames that may be sent now: all queued ones, or as many as the window still allows."""
+        unacked = self.unacked
+        if unacked is None:
+            return self.count
+        return min(self.count, max(0, self.window or 0) - len(unacked))
+
+    def ack(self, offset: int) -> bool:
+        """The client is done with every frame up to ``offset``. True when that lets a queued
+        frame go."""
+        unacked = self.unacked
+        if unacked is None:
+            return False
+        while unacked and unacked[0] <= offset:
+            unacked.popleft()
+        return self.ready > 0
+
     # ------------------------------------------------------------ output
 
     def head_size(self) -> int:
@@ -524,6 +559,8 @@ class Lane:
         assert not isinstance(item, Skip)
         frame = item[1]
         out.append(frame)
+        if self.unacked is not None:
+            self.unacked.append(item[0])
         self._forget(frame)
         self._tidy()
         return len(frame)
@@ -533,7 +570,7 @@ class Lane:
         items = self.items
         if items is None:
             return 0
-        if limit is None and len(items) == self.count:
+        if limit is None and len(items) == self.count and self.unacked is None:
             frames: deque[Frame] = items  # type: ignore[assignment]
             if self.count == 1:
                 out.append(frames[0][1])
@@ -546,7 +583,7 @@ class Lane:
             self.count = self.bytes = 0
             return sent
         sent = 0
-        while self.count and (limit is None or sent < limit):
+        while self.ready and (limit is None or sent < limit):
             sent += self.pop_frame(out)
         return sent
 
@@ -767,23 +804,23 @@ class DeliveryQueue:
         lanes = level.lanes
         if len(lanes) == 1:
             return lanes[0].emit(out, limit)
-        backlog = sum(1 for lane in lanes if lane.count)
+        backlog = sum(1 for lane in lanes if lane.ready)
         sent = 0
         while backlog:
             lane = lanes[level.turn]
-            if lane.count:
+            if lane.ready:
                 if not level.granted:
                     lane.deficit += self.quantum
                     level.granted = True
-                while lane.count and lane.head_size() <= lane.deficit:
+                while lane.ready and lane.head_size() <= lane.deficit:
                     if limit is not None and sent >= limit:
                         return sent
                     size = lane.pop_frame(out)
                     lane.deficit -= size
                     sent += size
-                if not lane.count:
+                if not lane.ready:
                     backlog -= 1
-            if not lane.count:
+            if not lane.ready:
                 lane.deficit = 0
             level.next_turn()
         return sent

@@ -171,6 +171,7 @@ class _Member:
     request_id: int | None
     """The router request for this subscription in flight, while the client waits for it."""
     resume: Resume | None = None
+    window: int | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -367,7 +368,7 @@ class EdgeHub:
         client_id = client.session.client_id
         request_id = self._request(client, _Request("subscribe", client_id, name))
         resume = request.resume
-        client.subscriptions[name] = _Member(topic, request.id, request_id, resume)
+        client.subscriptions[name] = _Member(topic, request.id, request_id, resume, request.window)
         topic.members.add(client_id)
         self._to_router(
             wire.Subscribe(
@@ -715,6 +716,8 @@ class EdgeHub:
         lane = session.open_lane(topic.channel, ok.policy)
         if request.silent:
             lane.give_up()
+        else:
+            lane.limit_in_flight(member.window)
         topic.active[session.client_id] = (session, lane, ok.epoch, ok.offset)
         if request.silent:
             return

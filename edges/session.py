@@ -20,6 +20,7 @@ import msgspec
 
 from edges.client_wire import (
     MAX_MESSAGE_BYTES,
+    Ack,
     ClientProtocolError,
     CloseCode,
     Closing,
@@ -234,7 +235,7 @@ class ClientSession:
         except ClientProtocolError as error:
             self._refuse(error.request_id, error.code, error.message)
             return None
-        request_id = None if isinstance(message, Connect) else message.id
+        request_id = None if isinstance(message, Connect | Ack) else message.id
         event = Event.CONNECT if isinstance(message, Connect) else Event.REQUEST
         try:
             self._advance(event)
@@ -243,6 +244,11 @@ class ClientSession:
             return None
         if isinstance(message, Ping):
             self.send(Pong(id=message.id))
+            return None
+        if isinstance(message, Ack):
+            lane = self.lane(message.channel)
+            if lane is not None:
+                lane.ack(message.offset)
             return None
         if isinstance(message, Connect):
             self.token = message.token

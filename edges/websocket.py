@@ -66,12 +66,17 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     heartbeat_interval: float = 1.0
-    write_buffer_high: int = 256 * 1024
+    write_buffer_high: int = 64 * 1024
+    """Bytes a client's transport buffers before the edge stops writing to it (and its queue fills)."""
+    unsent_bytes: int = 16 * 1024
+    """Bytes the kernel may hold for a client that are not on the wire yet (0: the kernel's default)."""
     serve_viewer: bool = True
 
     def __post_init__(self) -> None:
         if min(self.ping_interval, self.ping_timeout) <= 0:
             raise ValueError("--ping-interval and --ping-timeout must be positive")
+        if self.write_buffer_high < 1 or self.unsent_bytes < 0:
+            raise ValueError("--write-buffer must be positive and --unsent-bytes not negative")
 
 
 def binary_frame(data: bytes) -> bytes:
@@ -216,6 +221,7 @@ class WebSocketEdge:
         session = self.hub.open_client(client_id, connection.remote)
         self._clients[client_id] = connection
         connection.set_write_buffer_high(self.config.write_buffer_high)
+        connection.limit_unsent(self.config.unsent_bytes)
         self._keepalive.add(connection)
         return session
 
@@ -331,6 +337,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
     parser.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    parser.add_argument(
+        "--write-buffer",
+        type=int,
+        default=defaults.write_buffer_high,
+        help="bytes buffered per client before its queue takes over",
+    )
+    parser.add_argument(
+        "--unsent-bytes",
+        type=int,
+        default=defaults.unsent_bytes,
+        help="TCP_NOTSENT_LOWAT per client; 0 keeps the kernel's default",
+    )
     parser.add_argument("--announce", action="store_true", help="print the bound port as JSON on stdout")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -354,6 +372,8 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        write_buffer_high=args.write_buffer,
+        unsent_bytes=args.unsent_bytes,
     )
 
 

@@ -15,6 +15,8 @@ client). Frames the protocol produces itself (pongs, close frames) are written a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Sequence
 from typing import Final, Protocol, cast
 
@@ -151,6 +153,17 @@ class WebSocketConnection(asyncio.Protocol):
         """Writes stop above ``high`` buffered bytes and resume once a quarter of it is left."""
         if self._transport is not None:
             self._transport.set_write_buffer_limits(high=high)
+
+    def limit_unsent(self, unsent: int) -> None:
+        """Let the kernel hold about ``unsent`` bytes at most that are not on the wire yet
+        (``TCP_NOTSENT_LOWAT``); 0 leaves the kernel's default. Frames then wait in the client's
+        queue instead, where ``latest`` conflates them and priorities order them."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or unsent <= 0 or not hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, unsent)
 
     def pause_writing(self) -> None:
         self._paused = True

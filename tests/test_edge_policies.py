@@ -468,6 +468,49 @@ def test_lifting_the_rate_limit_releases_the_held_frame() -> None:
 # ---------------------------------------------------------------- through the hub
 
 
+# ---------------------------------------------------------------- a window of frames in flight
+
+
+def test_latest_with_a_window_sends_the_newest_once_the_client_acknowledges() -> None:
+    lane = one_lane(DeliveryPolicy(kind="latest"))
+    lane.limit_in_flight(1)
+    push_all(lane, range(1, 2))
+    assert drained(lane.queue) == [("data", 1, 1)]
+    push_all(lane, range(2, 5))
+    assert drained(lane.queue) == [], "one frame in flight already"
+    assert not lane.ack(0), "an older acknowledgement frees nothing"
+    assert lane.ack(1)
+    assert drained(lane.queue) == [("skip", CONFLATED, 1, 2, 3, 2), ("data", 1, 4)]
+    assert not lane.ack(4), "nothing is queued"
+    push_all(lane, range(5, 6))
+    assert drained(lane.queue) == [("data", 1, 5)]
+
+
+def test_a_window_counts_frames_until_each_is_acknowledged() -> None:
+    lane = one_lane(DeliveryPolicy())
+    lane.limit_in_flight(2)
+    push_all(lane, range(1, 6))
+    assert drained(lane.queue) == [("data", 1, 1), ("data", 1, 2)]
+    assert lane.ack(1)
+    assert drained(lane.queue) == [("data", 1, 3)]
+    assert lane.ack(3)
+    assert drained(lane.queue) == [("data", 1, 4), ("data", 1, 5)]
+    assert lane.ready == 0
+
+
+def test_a_lane_waiting_for_acknowledgements_does_not_hold_up_its_peers() -> None:
+    queue = DeliveryQueue(100, 100_000)
+    waiting, other = queue.open(1), queue.open(2)
+    waiting.limit_in_flight(1)
+    for offset in range(1, 4):
+        waiting.push(offset, frame(1, offset, 10))
+        other.push(offset, frame(2, offset, 10))
+    assert drained(queue) == [("data", 1, 1)] + [("data", 2, offset) for offset in (1, 2, 3)]
+    assert drained(queue) == []
+    waiting.ack(1)
+    assert drained(queue) == [("data", 1, 2)]
+
+
 def router_request(hub: EdgeHub) -> Any:
     """The one message the hub has for the router (typed loosely: each test knows which)."""
     [message] = [action.message for action in hub.drain_actions() if isinstance(action, ToRouter)]
@@ -668,10 +711,11 @@ def test_hub_without_recovery_never_asks() -> None:
 
 
 RELIABLE = DeliveryPolicy(kind="reliable")
+LATEST = DeliveryPolicy(kind="latest")
 
 
 def resume_subscribe(
-    hub: EdgeHub, client_id: str, position: tuple[int, int] | None, **reply: Any
+    hub: EdgeHub, client_id: str, position: tuple[int, int] | None, window: int | None = None, **reply: Any
 ) -> tuple[ClientSession, wire.Subscribe, dict[str, Any]]:
     """Connect ``client_id`` and subscribe it to /t from ``position``; the router answers with
     ``reply`` (epoch 5 and the reliable policy unless given). Returns the session, the router's
@@ -683,6 +727,8 @@ def resume_subscribe(
     request: dict[str, Any] = {"op": "subscribe", "id": 1, "topic": "/t"}
     if position is not None:
         request["resume"] = {"epoch": position[0], "offset": position[1]}
+    if window is not None:
+        request["window"] = window
     hub.client_text(client_id, json.dumps(request))
     subscribe = router_request(hub)
     fields: dict[str, Any] = {"epoch": 5, "content_type": "x", "policy": RELIABLE} | reply
@@ -696,7 +742,7 @@ def resume_subscribe(
 def test_hub_resume_replays_what_the_client_missed_then_live_messages() -> None:
     hub = EdgeHub()
     history = {offset: b"m%d" % offset for offset in range(1, 9)}
-    ok = {"offset": 7, "resume": "ok", "resume_from": 3, "resume_to": 7}
+    ok: dict[str, Any] = {"offset": 7, "resume": "ok", "resume_from": 3, "resume_to": 7}
     session, subscribe, subscribed = resume_subscribe(hub, "c0", (5, 3), **ok)
     assert (subscribe.resume_epoch, subscribe.resume_offset) == (5, 3)
     assert (subscribed["resume"], subscribed["resume_from"]) == ("ok", 3)
@@ -717,7 +763,7 @@ def test_hub_resume_replays_what_the_client_missed_then_live_messages() -> None:
 
 def test_hub_resume_beyond_the_history_replays_what_is_left() -> None:
     hub = EdgeHub()
-    ok = {"offset": 7, "resume": "history_exceeded", "resume_from": 5, "resume_to": 7}
+    ok: dict[str, Any] = {"offset": 7, "resume": "history_exceeded", "resume_from": 5, "resume_to": 7}
     session, _, subscribed = resume_subscribe(hub, "c0", (5, 1), **ok)
     assert (subscribed["resume"], subscribed["resume_from"]) == ("history_exceeded", 5)
     request = recover_request(hub)
@@ -1188,3 +1234,42 @@ QueueMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueMachine = QueueMachine.TestCase
+
+
+def test_hub_client_window_and_acknowledgements() -> None:
+    hub = EdgeHub()
+    session, _, subscribed = resume_subscribe(hub, "c0", None, window=1, offset=0, policy=LATEST)
+    channel = subscribed["channel"]
+    hub.deliver(b"/t", 5, 1, b"frame")
+    assert frames_of(session) == [("data", channel, 1)]
+    hub.deliver(b"/t", 5, 2, b"frame")
+    hub.deliver(b"/t", 5, 3, b"frame")
+    assert frames_of(session) == [], "waiting for the acknowledgement"
+    hub.sessions_with_output()
+    hub.client_text("c0", json.dumps({"op": "ack", "channel": channel, "offset": 1}))
+    assert hub.sessions_with_output() == [session]
+    assert frames_of(session) == [("skip", CONFLATED, channel, 2, 2, 1), ("data", channel, 3)]
+    hub.client_text("c0", json.dumps({"op": "ack", "channel": 99, "offset": 1}))
+    assert session.data_to_send() == [], "an acknowledgement of another channel changes nothing"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"op": "subscribe", "id": 1, "topic": "/t", "window": 0},
+        {"op": "subscribe", "id": 1, "topic": "/t", "window": 1025},
+        {"op": "ack", "channel": 0},
+        {"op": "ack", "channel": -1, "offset": 1},
+    ],
+)
+def test_bad_windows_and_acknowledgements_are_refused(message: dict[str, Any]) -> None:
+    hub = EdgeHub()
+    session = hub.open_client("c0")
+    hub.client_text("c0", '{"op":"connect"}')
+    register = router_request(hub)
+    hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
+    session.data_to_send()
+    hub.client_text("c0", json.dumps(message))
+    [reply] = [json.loads(item) for item in session.data_to_send() if isinstance(item, str)]
+    assert (reply["op"], reply["code"]) == ("error", "bad_request")
+    assert hub.drain_actions() == []

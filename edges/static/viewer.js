@@ -3,6 +3,7 @@ const SUBPROTOCOL = "switchboard.v1";
 const DATA_FRAME = 0x01;
 const HEADER_BYTES = 14;
 const PLOT_POINTS = 240;
+const CAMERA_WINDOW = 2;       // camera frames in flight before the viewer acknowledges them
 
 const params = new URLSearchParams(location.search);
 const cameraTopic = params.get("camera") || "/demo/camera";
@@ -34,10 +35,10 @@ function send(message) {
   }
 }
 
-function request(op, topic) {
+function request(op, topic, options = {}) {
   const id = state.nextId++;
   state.pending.set(id, { op, topic });
-  send({ op, id, topic });
+  send({ op, id, topic, ...options });
 }
 
 function connect() {
@@ -69,7 +70,9 @@ function onControl(message) {
       setStatus("connected", true);
       const topics = new Set([cameraTopic, telemetryTopic, ...state.byTopic.keys()]);
       state.byTopic.clear();
-      for (const topic of topics) request("subscribe", topic);
+      for (const topic of topics) {
+        request("subscribe", topic, topic === cameraTopic ? { window: CAMERA_WINDOW } : {});
+      }
       break;
     }
     case "subscribed": {
@@ -115,15 +118,19 @@ function onData(buffer) {
   sub.received += 1;
   state.received += 1;
   const payload = new Uint8Array(buffer, HEADER_BYTES);
-  if (sub.topic === cameraTopic) showFrame(payload);
+  if (sub.topic === cameraTopic) showFrame(payload).finally(() => send({ op: "ack", channel, offset }));
   else if (sub.topic === telemetryTopic) showTelemetry(payload);
 }
 
+// Resolves once the frame is decoded, so the edge sends the next one only when it can be shown:
+// a slow browser gets the newest frame, never a backlog.
 function showFrame(payload) {
   if (state.frameUrl) URL.revokeObjectURL(state.frameUrl);
   state.frameUrl = URL.createObjectURL(new Blob([payload], { type: "image/jpeg" }));
-  $("frame").src = state.frameUrl;
+  const image = $("frame");
+  image.src = state.frameUrl;
   state.frames += 1;
+  return image.decode().catch(() => undefined);
 }
 
 function showTelemetry(payload) {

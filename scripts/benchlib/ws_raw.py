@@ -8,7 +8,8 @@ in the kernel's socket buffers and, behind them, in the edge's queue for it.
 ``--size`` bytes it notes the frame's age (its ``time.time_ns()`` minus the send stamp of
 :mod:`benchlib.stamped_producer`), then sleeps ``--pause`` seconds (0: it reads as fast as it can).
 It stops ``--seconds`` after the first such frame and prints ``{"event": "done", ...}`` (see
-:meth:`Tally.report`).
+:meth:`Tally.report`). With ``--window N`` it subscribes with that window and acknowledges each data
+frame once it is done with it, as a viewer should (docs/protocol.md, 4.2).
 
 ``--mode never``: ``--connections`` clients. Each reads until its first data frame, then never reads
 again. At a line (or EOF) on stdin it prints ``{"event": "done", "open": n}``: how many of its
@@ -59,8 +60,9 @@ class RawClient:
 
     # ------------------------------------------------------------ opening
 
-    def open(self, port: int, topic: str, deadline: float) -> None:
-        """HTTP upgrade, ``connect``, then ``subscribe`` to ``topic``; returns once subscribed."""
+    def open(self, port: int, topic: str, deadline: float, window: int | None = None) -> None:
+        """HTTP upgrade, ``connect``, then ``subscribe`` to ``topic`` (with ``window``); returns once
+        subscribed."""
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -70,7 +72,10 @@ class RawClient:
         self._read_response(deadline)
         self.send_json({"op": "connect"})
         self._await_reply("connected", deadline)
-        self.send_json({"op": "subscribe", "id": 1, "topic": topic})
+        subscribe: dict[str, Any] = {"op": "subscribe", "id": 1, "topic": topic}
+        if window is not None:
+            subscribe["window"] = window
+        self.send_json(subscribe)
         self._await_reply("subscribed", deadline)
 
     def _read_response(self, deadline: float) -> None:
@@ -92,6 +97,11 @@ class RawClient:
 
     def send_json(self, message: dict[str, Any]) -> None:
         self.sock.sendall(client_frame(OP_TEXT, json.dumps(message).encode()))
+
+    def ack(self, data_frame: bytes) -> None:
+        """Done with this data frame: the edge may send the next one of its window."""
+        _, _, channel, offset = DATA_HEADER.unpack_from(data_frame)
+        self.send_json({"op": "ack", "channel": channel, "offset": offset})
 
     # ------------------------------------------------------------ reading
 
@@ -127,10 +137,12 @@ class RawClient:
             raise ClosedError("the edge ended the stream")
         return chunk
 
-    def await_data(self, deadline: float) -> None:
-        """Read until the first data frame."""
-        while not _is_data(*self.frame(deadline)):
-            pass
+    def await_data(self, deadline: float) -> bytes:
+        """Read until the first data frame; returns it."""
+        while True:
+            opcode, payload = self.frame(deadline)
+            if _is_data(opcode, payload):
+                return payload
 
     def is_open(self) -> bool:
         """Whether the edge has not closed or reset the connection (its unread bytes do not count)."""
@@ -192,16 +204,20 @@ class Tally:
 def run_paced(client: RawClient, args: argparse.Namespace, cap: float) -> dict[str, Any]:
     """Read one frame, and after a timed one sleep ``--pause``, until ``--seconds`` after the first."""
     tally, end = Tally(args.size), cap
-    client.await_data(end)
+    first = client.await_data(end)
+    if args.window:
+        client.ack(first)
     emit("flowing")
     try:
         while time.monotonic() < end:
-            if not tally.timed(*client.frame(end)):
-                continue
-            if tally.frames == 1:
-                end = min(cap, time.monotonic() + args.seconds)
-            if args.pause:
-                time.sleep(args.pause)
+            opcode, payload = client.frame(end)
+            if tally.timed(opcode, payload):
+                if tally.frames == 1:
+                    end = min(cap, time.monotonic() + args.seconds)
+                if args.pause:
+                    time.sleep(args.pause)
+            if args.window and _is_data(opcode, payload):
+                client.ack(payload)
     except TimeoutError:
         pass
     except ClosedError:
@@ -231,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     count = 1 if args.mode == "paced" else args.connections
     clients = [RawClient(args.port, cap) for _ in range(count)]
     for client in clients:
-        client.open(args.port, args.topic, cap)
+        client.open(args.port, args.topic, cap, args.window)
     emit("ready", connections=len(clients))
     done = run_paced(clients[0], args, cap) if args.mode == "paced" else run_never(clients, cap)
     emit("done", **done)
@@ -246,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=int, default=1, help="clients (--mode never)")
     parser.add_argument("--size", type=int, default=100, help="payload bytes of the timed frames (paced)")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds of sleep after each timed frame")
+    parser.add_argument("--window", type=int, help="subscribe with this window and acknowledge frames")
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="how long to read after the first timed frame"
     )

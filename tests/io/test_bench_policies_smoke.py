@@ -26,7 +26,7 @@ MEMORY = (
     "edge_growth_bound",
     "clients_open_at_end",
 )
-LATEST = ("age_p50", "age_p99", "age_max", "frames_per_s", "skipped_per_s")
+LATEST = ("age_p50", "age_p99", "age_max", "frames_per_s", "skipped_per_s", "age_p99_without_window")
 EXPECTED = {
     *(f"policies.isolation.{name}" for name in ISOLATION),
     *(f"policies.memory.{name}" for name in MEMORY),
