@@ -31,6 +31,7 @@ from benchlib.procs import (
     ChildError,
     Children,
     MachineTicks,
+    cpu_split,
     cpu_times,
     load_average,
     python_module,
@@ -66,6 +67,7 @@ class Plan:
     cap: float
     idle: float
     rate_seconds: float
+    placement: Placement = field(default_factory=lambda: Placement())
 
     def messages(self, label: str, clients: int) -> int:
         """M for one burst: about DELIVERIES x scale deliveries, within the bounds for the size."""
@@ -82,6 +84,20 @@ class Plan:
         return sorted({*self.clients, self.rate_clients})
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The CPUs of the server under test, and those of every other process (``None``: any)."""
+
+    server: frozenset[int] | None = None
+    others: frozenset[int] | None = None
+
+
+def placement(pin: bool) -> Placement:
+    """With ``pin``, the server under test gets a CPU of its own (if there are two or more)."""
+    split = cpu_split() if pin else None
+    return Placement(*split) if split else Placement()
+
+
 @dataclass
 class Stack:
     """One server under test, the children it needs, and its load processes."""
@@ -91,6 +107,7 @@ class Stack:
     port: int
     server: Child
     helpers: list[Child] = field(default_factory=list)
+    placement: Placement = field(default_factory=Placement)
     loads: list[Child] = field(default_factory=list)
     shares: list[int] = field(default_factory=list)
     """How many connections each load process holds."""
@@ -119,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate-seconds", type=float, help="length of a fixed-rate trial (default 10; 3 quick)"
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the server under test (edge or relay) on CPU 0 alone, everything else on the others",
+    )
 
 
 def _client_counts(text: str) -> tuple[int, ...]:
@@ -137,6 +160,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         cap=args.cap or (15.0 if args.quick else 30.0),
         idle=1.0 if args.quick else 2.0,
         rate_seconds=args.rate_seconds or (3.0 if args.quick else 10.0),
+        placement=placement(args.pin),
     )
 
 
@@ -160,7 +184,10 @@ def run(args: argparse.Namespace) -> Report:
 def run_group(clients: int, plan: Plan) -> tuple[list[Trial], list[Memory]]:
     """Fresh servers and load processes for N clients; returns its trials and memory figures."""
     with Children() as children:
-        stacks = {"edge": start_edge(children), "relay": start_relay(children)}
+        stacks = {
+            "edge": start_edge(children, plan.placement),
+            "relay": start_relay(children, plan.placement),
+        }
         idle_rss = {kind: rss_bytes(stack.server.pid) for kind, stack in stacks.items()}
         for stack in stacks.values():
             start_loads(children, stack, clients, plan.load_procs)
@@ -205,20 +232,20 @@ def cases(clients: int, plan: Plan) -> list[tuple[str, int, float]]:
 # ---------------------------------------------------------------- processes
 
 
-def start_edge(children: Children) -> Stack:
-    router = children.start("router", server_command("router"))
+def start_edge(children: Children, place: Placement) -> Stack:
+    router = children.start("router", server_command("router"), cpus=place.others)
     endpoints = router.expect("ready", START_TIMEOUT)
     args = ["--announce", "--port", "0", "--log-level", "warning"]
     args += ["--control", endpoints["control"], "--xpub", endpoints["xpub"]]
-    edge = children.start("edge", python_module("edges.websocket", *args))
+    edge = children.start("edge", python_module("edges.websocket", *args), cpus=place.server)
     port = edge.expect("ready", START_TIMEOUT)["port"]
-    return Stack("edge", endpoints["pull"], port, edge, [router])
+    return Stack("edge", endpoints["pull"], port, edge, [router], place)
 
 
-def start_relay(children: Children) -> Stack:
-    relay = children.start("relay", python_module(ws_relay.__name__))
+def start_relay(children: Children, place: Placement) -> Stack:
+    relay = children.start("relay", python_module(ws_relay.__name__), cpus=place.server)
     ready = relay.expect("ready", START_TIMEOUT)
-    return Stack("relay", ready["pull"], ready["port"], relay)
+    return Stack("relay", ready["pull"], ready["port"], relay, placement=place)
 
 
 def start_loads(children: Children, stack: Stack, clients: int, procs: int) -> None:
@@ -234,7 +261,10 @@ def start_loads(children: Children, stack: Stack, clients: int, procs: int) -> N
             TOPIC,
         ]
         load = children.start(
-            f"{stack.kind} load {index}", python_module(ws_load.__name__, *args), stdin=True
+            f"{stack.kind} load {index}",
+            python_module(ws_load.__name__, *args),
+            stdin=True,
+            cpus=stack.placement.others,
         )
         stack.loads.append(load)
         stack.shares.append(share)
@@ -295,7 +325,9 @@ def run_trial(children: Children, stack: Stack, label: str, count: int, rate: fl
     size = SIZES[label]
     arm(stack.loads, expected=count, size=size, idle=plan.idle, cap=plan.cap)
     before, machine = stack.usage(), MachineTicks.now()
-    producer = children.start("producer", producer_command(stack.pull, size, count, rate, plan.cap))
+    producer = children.start(
+        "producer", producer_command(stack.pull, size, count, rate, plan.cap), cpus=stack.placement.others
+    )
     sent = producer.expect("done", plan.cap + GRACE)
     received = [load.expect("done", plan.cap + GRACE) for load in stack.loads]
     used = stack.usage() - before

@@ -315,5 +315,20 @@ def context_note(plan: Plan, trials: list[Trial], context: tuple[float, float, i
     return (
         f"messages per burst: {counts}; {plan.load_procs} load processes per server (fewer if N is smaller); "
         f"load average {context[0]:.2f} before, {context[1]:.2f} after; open-files limit {context[2]:,}; "
-        "cpu_per_delivery counts every thread of edge + router (or relay); kB = 1000 bytes"
+        "cpu_per_delivery counts every thread of edge + router (or relay); kB = 1000 bytes; "
+        + placement_text(plan)
     )
+
+
+def placement_text(plan: Plan) -> str:
+    place = plan.placement
+    if place.server is None:
+        return "processes on any CPU"
+    return (
+        f"the edge (or relay) alone on CPU {_cpus(place.server)}; router, producer and load processes "
+        f"on CPU {_cpus(place.others)} (--no-pin: any CPU)"
+    )
+
+
+def _cpus(cpus: frozenset[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus or ())))

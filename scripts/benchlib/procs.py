@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,10 +43,33 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _prepare(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """What runs in the child before exec: :func:`_die_with_parent`, and if ``cpus`` is given, keep
+    the child (and every thread it starts) on those CPUs."""
+
+    def prepare() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return prepare
+
+
+def cpu_split() -> tuple[frozenset[int], frozenset[int]] | None:
+    """CPU 0 for the server under test and the other CPUs for everything else, or ``None`` on a
+    machine with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return frozenset(cpus[:1]), frozenset(cpus[1:])
+
+
 class Child:
     """One child process whose stdout carries one JSON object per line, each with an ``event``."""
 
-    def __init__(self, name: str, args: Sequence[str], stdin: bool = False) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], stdin: bool = False, cpus: frozenset[int] | None = None
+    ) -> None:
         self.name = name
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS), str(ROOT)])}
@@ -57,7 +80,7 @@ class Child:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare(cpus),
         )
         assert self.process.stdout is not None
         self._stdout = self.process.stdout.fileno()
@@ -141,8 +164,10 @@ class Children:
     def __init__(self) -> None:
         self._children: list[Child] = []
 
-    def start(self, name: str, args: Sequence[str], stdin: bool = False) -> Child:
-        child = Child(name, args, stdin)
+    def start(
+        self, name: str, args: Sequence[str], stdin: bool = False, cpus: frozenset[int] | None = None
+    ) -> Child:
+        child = Child(name, args, stdin, cpus)
         self._children.append(child)
         return child
 
