@@ -38,6 +38,8 @@ __all__ = [
     "ErrorReply",
     "Ping",
     "Pong",
+    "Refresh",
+    "Refreshed",
     "Resume",
     "ServerMessage",
     "SkipReason",
@@ -162,6 +164,13 @@ class Ping(_ClientOp, tag="ping"):
     id: RequestId
 
 
+class Refresh(_ClientOp, tag="refresh"):
+    """A new token for the open session, for the same user; checked like ``connect``'s."""
+
+    id: RequestId
+    token: str
+
+
 class Ack(_ClientOp, tag="ack"):
     """The client is done with every frame of ``channel`` up to ``offset``: on a subscription
     with a ``window``, as many frames may follow. No reply."""
@@ -170,7 +179,7 @@ class Ack(_ClientOp, tag="ack"):
     offset: Position
 
 
-ClientMessage = Connect | Subscribe | Unsubscribe | Ping | Ack
+ClientMessage = Connect | Subscribe | Unsubscribe | Ping | Refresh | Ack
 
 
 class _IdProbe(msgspec.Struct):
@@ -256,6 +265,14 @@ class Pong(_ServerOp, tag="pong"):
     id: int
 
 
+class Refreshed(_ServerOp, tag="refreshed"):
+    """The new token is accepted: the session now ends at ``expires_at`` (seconds since the Unix
+    epoch), or never (``None``)."""
+
+    id: int
+    expires_at: float | None
+
+
 class ErrorReply(_ServerOp, tag="error", omit_defaults=True):
     """A refusal. ``id`` is the request's id, or null when there was none (or it was unreadable).
 
@@ -275,7 +292,7 @@ class Closing(_ServerOp, tag="closing"):
     reason: str
 
 
-ServerMessage = Connected | Subscribed | Unsubscribed | Pong | ErrorReply | Closing
+ServerMessage = Connected | Subscribed | Unsubscribed | Pong | Refreshed | ErrorReply | Closing
 
 _encoder: Final = msgspec.json.Encoder()
 

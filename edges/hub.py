@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -35,6 +35,8 @@ import msgspec
 from edges.client_wire import (
     CloseCode,
     Connect,
+    Refresh,
+    Refreshed,
     Resume,
     Subscribe,
     Subscribed,
@@ -185,13 +187,15 @@ class _Client:
 
 
 class _Request(NamedTuple):
-    """A router request in flight. ``silent``: sent by :meth:`EdgeHub.resync`, no client waits."""
+    """A router request in flight. ``silent``: sent by :meth:`EdgeHub.resync`, no client waits.
+    ``token``: the new token of a ``refresh``."""
 
-    kind: Literal["register", "subscribe", "unsubscribe", "recover"]
+    kind: Literal["register", "subscribe", "unsubscribe", "recover", "refresh"]
     client_id: str
     topic: str = ""
     client_request: int | None = None
     silent: bool = False
+    token: str = ""
 
 
 # ---------------------------------------------------------------- the hub
@@ -285,6 +289,8 @@ class EdgeHub:
                 self._subscribe(client, subscribe)
             case Unsubscribe() as unsubscribe:
                 self._unsubscribe(client, unsubscribe)
+            case Refresh() as refresh:
+                self._refresh(client, refresh)
         self._settle(client)
 
     def client_binary(self, client_id: str, data: bytes) -> None:
@@ -408,6 +414,12 @@ class EdgeHub:
         request_id = self._request(client, _Request("unsubscribe", client_id, name, request.id))
         self._to_router(wire.Unsubscribe(request_id=request_id, client_id=client_id, topic=name))
         self._leave(client, name)
+
+    def _refresh(self, client: _Client, refresh: Refresh) -> None:
+        client_id = client.session.client_id
+        request = _Request("refresh", client_id, client_request=refresh.id, token=refresh.token)
+        request_id = self._request(client, request)
+        self._to_router(wire.RefreshToken(request_id=request_id, client_id=client_id, token=refresh.token))
 
     def _leave(self, client: _Client, name: str) -> None:
         """Remove one subscription locally; its queued data goes, and the topic with its last client."""
@@ -665,9 +677,9 @@ class EdgeHub:
     def router_message(self, message: wire.RouterMessage) -> None:
         """A message from the router. Welcome, Heartbeat and Stats belong to the link and are ignored."""
         match message:
-            case wire.Registered() | wire.SubscribeOk() | wire.Unsubscribed() | wire.Recovered():
+            case wire.Registered() | wire.Refreshed() | wire.SubscribeOk() | wire.Unsubscribed():
                 self._reply(message)
-            case wire.Error():
+            case wire.Recovered() | wire.Error():
                 self._reply(message)
             case wire.DropClient():
                 self._drop(message)
@@ -687,6 +699,8 @@ class EdgeHub:
         match message:
             case wire.Registered():
                 self._registered(client, request, message.user)
+            case wire.Refreshed():
+                self._refreshed(client, request, message)
             case wire.SubscribeOk():
                 self._subscribed(client, request, message)
             case wire.Unsubscribed():
@@ -704,6 +718,20 @@ class EdgeHub:
             client.session.user = user
         else:
             client.session.registered(user)
+
+    def _refreshed(self, client: _Client, request: _Request, reply: wire.Refreshed) -> None:
+        """The router took the new token: it is the one to register with from now on. Each
+        subscription it revoked ends as a lost one (an ``error`` with its ``topic``), unless the
+        client already asked for that topic again."""
+        session = client.session
+        session.token = request.token
+        session.send(Refreshed(id=_int(request.client_request), expires_at=reply.expires_at))
+        for name in reply.revoked:
+            member = client.subscriptions.get(name)
+            if member is not None and member.request_id is None:
+                self._leave(client, name)
+                message = f"the refreshed token does not allow {name!r}"
+                session.send_error(None, ErrorCode.FORBIDDEN, message, topic=name)
 
     def _subscribed(self, client: _Client, request: _Request, ok: wire.SubscribeOk) -> None:
         member = client.subscriptions.get(request.topic)
@@ -767,7 +795,7 @@ class EdgeHub:
             session.send_error(None, code, error.message)
             if session.is_open:
                 session.close(CloseCode.REFUSED, f"connect refused: {code}")
-        elif request.kind == "unsubscribe":
+        elif request.kind in ("unsubscribe", "refresh"):
             session.send_error(request.client_request, code, error.message)
         else:
             self._subscribe_refused(client, request, code, error.message)
@@ -798,7 +826,8 @@ class EdgeHub:
         """After a router restart: the messages that rebuild this edge's state there, in order.
 
         The caller sends ``Hello`` first, then these. Requests in flight were lost with the old
-        router: unsubscribes are answered now, registers and subscribes are sent again.
+        router: unsubscribes are answered now, registers and subscribes are sent again, and token
+        refreshes after them (a client registers with the last token the router accepted).
         """
         lost = dict(self._pending)
         self._pending.clear()
@@ -808,6 +837,17 @@ class EdgeHub:
         messages: list[wire.EdgeMessage] = []
         for client in self._clients.values():
             messages += self._resync_client(client)
+        return messages + self._refresh_again(lost.values())
+
+    def _refresh_again(self, lost: Iterable[_Request]) -> list[wire.EdgeMessage]:
+        messages: list[wire.EdgeMessage] = []
+        for request in lost:
+            client = self._clients.get(request.client_id)
+            if request.kind == "refresh" and client is not None and client.session.state is State.READY:
+                request_id = self._request(client, request)
+                messages.append(
+                    wire.RefreshToken(request_id=request_id, client_id=request.client_id, token=request.token)
+                )
         return messages
 
     def _answer_lost(self, lost: dict[int, _Request]) -> None:
@@ -862,9 +902,10 @@ class EdgeHub:
 _REPLAYED = frozenset({ErrorCode.HISTORY_EXCEEDED.value, "ok"})
 """``SubscribeOk.resume`` values after which the history holds the messages from ``resume_from + 1``."""
 
-_Reply = wire.Registered | wire.SubscribeOk | wire.Unsubscribed | wire.Recovered | wire.Error
+_Reply = wire.Registered | wire.Refreshed | wire.SubscribeOk | wire.Unsubscribed | wire.Recovered | wire.Error
 _ANSWERS = {
     wire.Registered: "register",
+    wire.Refreshed: "refresh",
     wire.SubscribeOk: "subscribe",
     wire.Unsubscribed: "unsubscribe",
     wire.Recovered: "recover",

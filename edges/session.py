@@ -29,6 +29,7 @@ from edges.client_wire import (
     ErrorReply,
     Ping,
     Pong,
+    Refresh,
     ServerMessage,
     Subscribe,
     Unsubscribe,
@@ -90,7 +91,7 @@ class Event(StrEnum):
     CONNECT = "connect"
     """The client sent ``connect``."""
     REQUEST = "request"
-    """The client sent ``subscribe``, ``unsubscribe`` or ``ping``."""
+    """The client sent ``subscribe``, ``unsubscribe``, ``ping``, ``refresh`` or ``ack``."""
     REGISTERED = "registered"
     """The router accepted the client."""
     CLOSE = "close"
@@ -149,7 +150,7 @@ class CloseRequest(NamedTuple):
     reason: str
 
 
-ClientRequest = Connect | Subscribe | Unsubscribe
+ClientRequest = Connect | Subscribe | Unsubscribe | Refresh
 """What :meth:`ClientSession.receive_text` hands to the hub; pings are answered by the session."""
 
 
@@ -199,6 +200,8 @@ class ClientSession:
         self.state = State.AWAITING_CONNECT
         self.user: str | None = None
         self.token: str | None = None
+        """What the hub registers the client with after a router restart: ``connect``'s token,
+        then that of each ``refresh`` the router accepted."""
         self.close_request: CloseRequest | None = None
         self.dropped: Counter[str] = Counter()
         self.bad_messages = 0

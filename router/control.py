@@ -30,6 +30,7 @@ from router.logs import ThrottledLog
 from router.wire import (
     CONTROL_VERSION,
     RESUME_NONE,
+    DropClient,
     EdgeMessage,
     Error,
     Heartbeat,
@@ -37,6 +38,8 @@ from router.wire import (
     PolicyUpdate,
     Recover,
     Recovered,
+    Refreshed,
+    RefreshToken,
     RegisterClient,
     Registered,
     RouterMessage,
@@ -82,8 +85,14 @@ class ControlPlane:
         self.router_id = secrets.token_hex(8)
         self._log = ThrottledLog(log)
 
-    def handle(self, identity: bytes, body: bytes, now: float) -> list[Outbound]:
-        """One message from the edge whose ROUTER identity is ``identity``."""
+    def handle(
+        self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
+    ) -> list[Outbound]:
+        """One message from the edge whose ROUTER identity is ``identity``.
+
+        ``now`` is a monotonic time in seconds. ``unix_time`` (seconds since the Unix epoch, what
+        token lifetimes are measured in) defaults to ``now``, for callers with one clock.
+        """
         try:
             edge_id = identity.decode("utf-8")
         except UnicodeDecodeError:
@@ -97,25 +106,28 @@ class ControlPlane:
             self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error)
             return [ToEdge(edge_id, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
         try:
-            return self._dispatch(edge_id, message, now)
+            return self._dispatch(edge_id, message, now, now if unix_time is None else unix_time)
         except RefusedError as refused:
             return [ToEdge(edge_id, _refusal(message, refused))]
 
-    def tick(self, now: float) -> list[Outbound]:
-        """Called every heartbeat interval: silent edges expired, and heartbeats to the others."""
+    def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
+        """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
+        clients whose session ended by ``unix_time`` (default: ``now``) dropped, and their edges
+        told with ``drop_client``."""
         expired = self.manager.expire_edges(now, self.heartbeat_timeout)
         self.manager.expire_history(now)
+        ended = self.manager.expire_sessions(now if unix_time is None else unix_time)
         out: list[Outbound] = [
             ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
         ]
-        for action in expired:
+        for action in [*expired, *ended]:
             if isinstance(action, ClientDropped):
                 log.info("client %s of edge %s dropped: %s", *action)
-        return out + self._carry_out(expired)
+        return out + self._carry_out(expired) + self._carry_out(ended, tell_edges=True)
 
     # ------------------------------------------------------------ dispatch
 
-    def _dispatch(self, edge_id: str, message: EdgeMessage, now: float) -> list[Outbound]:
+    def _dispatch(self, edge_id: str, message: EdgeMessage, now: float, unix_time: float) -> list[Outbound]:
         match message:
             case Hello():
                 return self._hello(edge_id, message, now)
@@ -132,11 +144,14 @@ class ControlPlane:
                     remote=message.remote,
                     connected_at=now,
                 )
-                identity = self.manager.register_client(info, message.token)
+                identity = self.manager.register_client(info, message.token, unix_time)
                 reply = Registered(
                     request_id=message.request_id, client_id=message.client_id, user=identity.user
                 )
                 return [ToEdge(edge_id, reply)]
+            case RefreshToken():
+                self._check_owner(edge_id, message.client_id)
+                return self._refresh(edge_id, message, unix_time)
             case UnregisterClient():
                 self._check_owner(edge_id, message.client_id)
                 return self._carry_out(self.manager.unregister_client(message.client_id))
@@ -187,11 +202,24 @@ class ControlPlane:
         )
         return [*self._carry_out(actions), ToEdge(edge_id, welcome)]
 
+    def _refresh(self, edge_id: str, message: RefreshToken, unix_time: float) -> list[Outbound]:
+        refresh = self.manager.refresh_client(message.client_id, message.token, unix_time)
+        reply = Refreshed(
+            request_id=message.request_id,
+            client_id=message.client_id,
+            user=refresh.identity.user,
+            expires_at=refresh.identity.expires_at,
+            revoked=list(refresh.revoked),
+        )
+        return [*self._carry_out(refresh.actions), ToEdge(edge_id, reply)]
+
     def _check_owner(self, edge_id: str, client_id: str) -> None:
         if self.manager.client_edge(client_id) != edge_id:
             raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"edge {edge_id!r} has no client {client_id!r}")
 
-    def _carry_out(self, actions: list[Action]) -> list[Outbound]:
+    def _carry_out(self, actions: list[Action], *, tell_edges: bool = False) -> list[Outbound]:
+        """What the router sends for ``actions``. With ``tell_edges``, a dropped client's edge
+        gets ``drop_client`` (not when the edge itself was lost)."""
         out: list[Outbound] = []
         for action in actions:
             match action:
@@ -201,6 +229,8 @@ class ControlPlane:
                     out.append(Upstream(topic, watched=False))
                 case PolicyChanged(topic, policy, edge_ids):
                     out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
+                case ClientDropped(client_id, edge_id, reason) if tell_edges:
+                    out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
                 case ClientDropped():
                     pass
         return out

@@ -29,6 +29,8 @@ __all__ = [
     "ProducerMessage",
     "Recover",
     "Recovered",
+    "RefreshToken",
+    "Refreshed",
     "RegisterClient",
     "Registered",
     "RouterMessage",
@@ -203,6 +205,26 @@ class Registered(_Control, tag="registered"):
     user: str
 
 
+class RefreshToken(_Control, tag="refresh"):
+    """Edge -> router: the client sent a new token for its open session."""
+
+    request_id: int
+    client_id: str
+    token: str
+
+
+class Refreshed(_Control, tag="refreshed"):
+    """Router -> edge: the new token is accepted. ``expires_at``: when the session now ends
+    (seconds since the Unix epoch; ``None``: never). ``revoked``: the client's subscriptions the
+    new token does not allow, which the router ended."""
+
+    request_id: int
+    client_id: str
+    user: str
+    expires_at: float | None = None
+    revoked: list[str] = []
+
+
 class UnregisterClient(_Control, tag="unregister"):
     """No reply: the client is gone either way."""
 
@@ -306,12 +328,21 @@ class Stats(_Control, tag="stats"):
 
 
 EdgeMessage = (
-    Hello | Heartbeat | RegisterClient | UnregisterClient | Subscribe | Unsubscribe | Recover | StatsRequest
+    Hello
+    | Heartbeat
+    | RegisterClient
+    | RefreshToken
+    | UnregisterClient
+    | Subscribe
+    | Unsubscribe
+    | Recover
+    | StatsRequest
 )
 RouterMessage = (
     Welcome
     | Heartbeat
     | Registered
+    | Refreshed
     | SubscribeOk
     | Unsubscribed
     | Recovered

@@ -132,7 +132,7 @@ TIGHT_RELIABLE_POLICIES = st.builds(
 class TokenSessions:
     """``guest`` may read only under GUEST_PREFIX, ``bad`` is refused, anything else reads all."""
 
-    def authenticate(self, client: ClientInfo, token: str | None) -> Identity:
+    def authenticate(self, client: ClientInfo, token: str | None, now: float) -> Identity:
         if token == "bad":
             raise RefusedError(ErrorCode.UNAUTHORIZED, "bad token")
         if token == "guest":

@@ -29,6 +29,8 @@ from router.wire import (
     ProducerMessage,
     Recover,
     Recovered,
+    Refreshed,
+    RefreshToken,
     RegisterClient,
     Registered,
     RouterMessage,
@@ -87,6 +89,7 @@ EDGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         remote=texts,
         token=st.none() | texts,
     ),
+    RefreshToken: st.builds(RefreshToken, request_id=request_ids, client_id=ids, token=texts),
     UnregisterClient: st.builds(UnregisterClient, client_id=ids),
     Subscribe: st.builds(
         Subscribe,
@@ -117,6 +120,14 @@ ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     Heartbeat: EDGE_STRATEGIES[Heartbeat],
     Registered: st.builds(Registered, request_id=request_ids, client_id=ids, user=texts),
+    Refreshed: st.builds(
+        Refreshed,
+        request_id=request_ids,
+        client_id=ids,
+        user=texts,
+        expires_at=st.none() | seconds,
+        revoked=st.lists(texts, max_size=3),
+    ),
     SubscribeOk: st.builds(
         SubscribeOk,
         request_id=request_ids,

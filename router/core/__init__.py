@@ -4,6 +4,7 @@ from router.core.clients import ClientInfo, Connection
 from router.core.errors import ErrorCode, RefusedError
 from router.core.history import HistoryEntry, HistoryLimits, Missing, TopicHistory, Window
 from router.core.manager import (
+    SESSION_EXPIRED,
     Action,
     ClientDropped,
     ConnectionManager,
@@ -16,6 +17,7 @@ from router.core.manager import (
     Resume,
     Route,
     Subscribed,
+    TokenRefresh,
     UnwatchTopic,
     WatchTopic,
 )
@@ -25,6 +27,7 @@ from router.core.topics import TopicRegistry, TopicSpec, check_topic, topic_erro
 
 __all__ = [
     "DEFAULT_POLICY",
+    "SESSION_EXPIRED",
     "Action",
     "AllowAllSessions",
     "ClientDropped",
@@ -48,6 +51,7 @@ __all__ = [
     "Route",
     "SessionManager",
     "Subscribed",
+    "TokenRefresh",
     "TopicHistory",
     "TopicRegistry",
     "TopicSpec",

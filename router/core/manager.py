@@ -7,6 +7,8 @@ around it to carry out — or raises :class:`~router.core.errors.RefusedError` a
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import secrets
 from collections import Counter
@@ -32,6 +34,7 @@ from router.core.topics import TopicRegistry, TopicSpec, decode_topic
 
 __all__ = [
     "RATE_LIMITED",
+    "SESSION_EXPIRED",
     "Action",
     "ClientDropped",
     "ConnectionManager",
@@ -44,6 +47,7 @@ __all__ = [
     "Resume",
     "Route",
     "Subscribed",
+    "TokenRefresh",
     "UnwatchTopic",
     "WatchTopic",
 ]
@@ -99,7 +103,8 @@ class UnwatchTopic(NamedTuple):
 
 
 class ClientDropped(NamedTuple):
-    """The router dropped a client without its edge asking (its edge was lost)."""
+    """The router dropped a client without its edge asking: its edge was lost, or its session
+    ended (reason :data:`SESSION_EXPIRED`)."""
 
     client_id: str
     edge_id: str
@@ -159,6 +164,19 @@ class Recovery(NamedTuple):
     start: int
     messages: list[HistoryEntry]
     more: bool
+
+
+SESSION_EXPIRED = "token expired"
+"""The reason of a :class:`ClientDropped` whose session ended at its identity's ``expires_at``."""
+
+
+class TokenRefresh(NamedTuple):
+    """A client's new identity after :meth:`ConnectionManager.refresh_client`. ``revoked``: its
+    subscriptions the new identity does not allow, which ended; ``actions`` come with them."""
+
+    identity: Identity
+    revoked: tuple[str, ...]
+    actions: list[Action]
 
 
 RATE_LIMITED = "rate_limited"
@@ -308,6 +326,10 @@ class ConnectionManager:
         self._new_epoch = new_epoch
         self._edges: dict[str, _Edge] = {}
         self._clients: dict[str, _Client] = {}
+        self._expiries: list[tuple[float, int, _Client]] = []
+        """A heap of sessions by ``expires_at``; an entry is stale once its client is gone or has
+        another identity, and is then skipped."""
+        self._expiry_order = itertools.count()
         self._topics: dict[str, _Topic] = {}
         self._wire_topics: dict[bytes, _Topic] = {}
         self._idle_topics: dict[str, None] = {}
@@ -371,17 +393,63 @@ class ConnectionManager:
 
     # ------------------------------------------------------------ clients
 
-    def register_client(self, info: ClientInfo, token: str | None = None) -> Identity:
-        """Authenticate and add a client of a known edge; returns who it is."""
+    def register_client(self, info: ClientInfo, token: str | None = None, unix_time: float = 0.0) -> Identity:
+        """Authenticate and add a client of a known edge; returns who it is.
+
+        ``unix_time`` (seconds since the Unix epoch) is what the session manager checks token
+        lifetimes against; the router process always gives it.
+        """
         edge = self._edge(info.edge_id)
         if info.client_id in self._clients:
             raise RefusedError(ErrorCode.DUPLICATE_CLIENT, f"{info.client_id!r} is registered")
         if len(self._clients) >= self.limits.max_clients:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_clients} clients")
-        identity = self.sessions.authenticate(info, token)
-        self._clients[info.client_id] = _Client(info, identity)
+        identity = self.sessions.authenticate(info, token, unix_time)
+        client = self._clients[info.client_id] = _Client(info, identity)
         edge.clients.add(info.client_id)
+        self._schedule_expiry(client)
         return identity
+
+    def refresh_client(self, client_id: str, token: str, unix_time: float) -> TokenRefresh:
+        """Give a client the identity of a new token, which must name the same user (else
+        ``unauthorized``). Its subscriptions that the new identity does not allow end."""
+        client = self._client(client_id)
+        identity = self.sessions.authenticate(client.info, token, unix_time)
+        if identity.user != client.identity.user:
+            raise RefusedError(ErrorCode.UNAUTHORIZED, "the new token is for another user")
+        revoked = tuple(sorted(t for t in client.topics if not self.sessions.authorize(identity, t)))
+        actions: list[Action] = []
+        for topic in revoked:
+            actions += self._remove_subscriber(self._topics[topic], client)
+        client.identity = identity
+        self._schedule_expiry(client)
+        return TokenRefresh(identity, revoked, actions)
+
+    def expire_sessions(self, unix_time: float) -> list[Action]:
+        """End every client whose identity's ``expires_at`` is at or before ``unix_time``, with its
+        subscriptions; each gets a :class:`ClientDropped` (reason :data:`SESSION_EXPIRED`)."""
+        actions: list[Action] = []
+        heap = self._expiries
+        while heap and heap[0][0] <= unix_time:
+            expires_at, _, client = heapq.heappop(heap)
+            client_id = client.info.client_id
+            if self._clients.get(client_id) is client and client.identity.expires_at == expires_at:
+                actions += self.unregister_client(client_id)
+                actions.append(ClientDropped(client_id, client.info.edge_id, SESSION_EXPIRED))
+        return actions
+
+    def _schedule_expiry(self, client: _Client) -> None:
+        expires_at = client.identity.expires_at
+        if expires_at is None:
+            return
+        if len(self._expiries) > 2 * len(self._clients) + 64:
+            self._expiries = [
+                (c.identity.expires_at, next(self._expiry_order), c)
+                for c in self._clients.values()
+                if c.identity.expires_at is not None and c is not client
+            ]
+            heapq.heapify(self._expiries)
+        heapq.heappush(self._expiries, (expires_at, next(self._expiry_order), client))
 
     def unregister_client(self, client_id: str) -> list[Action]:
         """Remove a client and all its subscriptions."""

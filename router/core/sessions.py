@@ -1,8 +1,9 @@
 """Who a client is and what it may subscribe to.
 
-The router asks its :class:`SessionManager` twice: once when a client registers (authenticate its
-token) and at every subscribe (authorize the topic). :class:`AllowAllSessions` accepts everyone
-and is meant for local use only.
+The router asks its :class:`SessionManager` when a client registers or refreshes its token
+(authenticate the token) and at every subscribe (authorize the topic). :class:`AllowAllSessions`
+accepts everyone and is meant for local use only; :class:`~router.core.jwt_sessions.JwtSessions`
+checks JSON Web Tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from router.core.clients import ClientInfo
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
-    """An authenticated client: a user name and the topic patterns it may subscribe to."""
+    """An authenticated client: a user name, the topic patterns it may subscribe to, and when its
+    session ends (seconds since the Unix epoch; ``None``: never)."""
 
     user: str
     allowed_patterns: tuple[str, ...] = ("/**",)
@@ -25,8 +27,11 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 class SessionManager(Protocol):
     """Authentication and authorization, asked by the core. Implementations must not block."""
 
-    def authenticate(self, client: ClientInfo, token: str | None) -> Identity:
-        """Return the client's identity, or raise ``RefusedError(UNAUTHORIZED, ...)``."""
+    def authenticate(self, client: ClientInfo, token: str | None, now: float) -> Identity:
+        """Return the client's identity, or raise ``RefusedError(UNAUTHORIZED, ...)``.
+
+        ``now`` is the time in seconds since the Unix epoch, what token lifetimes are measured in.
+        """
         ...
 
     def authorize(self, identity: Identity, topic: str) -> bool:
@@ -40,7 +45,7 @@ ANONYMOUS = Identity(user="anonymous")
 class AllowAllSessions:
     """Every client is ``anonymous`` and may subscribe to every topic."""
 
-    def authenticate(self, client: ClientInfo, token: str | None) -> Identity:
+    def authenticate(self, client: ClientInfo, token: str | None, now: float) -> Identity:
         return ANONYMOUS
 
     def authorize(self, identity: Identity, topic: str) -> bool:

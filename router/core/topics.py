@@ -66,10 +66,11 @@ class TopicSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     policy: DeliveryPolicy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
-        _check_pattern(self.pattern)
+        check_pattern(self.pattern)
 
 
-def _check_pattern(pattern: str) -> None:
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` unless ``pattern`` is a topic or a pattern of the grammar above."""
     segments = pattern.split("/")
     if segments[0] != "" or len(segments) < 2:
         raise ValueError(f"pattern {pattern!r} must start with '/'")
