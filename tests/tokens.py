@@ -22,9 +22,13 @@ SECRET = b"0123456789abcdef0123456789abcdef-test-secret"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
-@functools.cache
 def private_key(algorithm: str, name: str = "main") -> PrivateKey:
     """One key pair per algorithm and name, made once per test run."""
+    return _private_key(algorithm, name)
+
+
+@functools.cache
+def _private_key(algorithm: str, name: str) -> PrivateKey:
     if algorithm == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if algorithm == "ES256":

@@ -1,0 +1,113 @@
+"""The ``[sessions]`` table of the router's configuration: which session manager checks clients.
+
+``kind = "allow_all"`` (the default) lets every client in as ``anonymous``; ``kind = "jwt"`` checks
+JSON Web Tokens with :class:`~router.core.jwt_sessions.JwtSessions`. This module reads what the
+table names, key files and environment variables, when :meth:`SessionsSection.session_manager` is
+called. ``docs/tokens.md`` describes every key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from router.core.jwt_sessions import JwtSessions, VerificationKey, keys_from_jwks
+from router.core.sessions import AllowAllSessions, SessionManager
+
+__all__ = ["KeyConfig", "SessionsSection", "sessions_relative_to"]
+
+Algorithm = Literal["HS256", "RS256", "ES256", "EdDSA"]
+
+
+class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One verification key: ``file`` (a PEM public key) for RS256, ES256 and EdDSA, or
+    ``secret_env`` (the name of the environment variable that holds the secret) for HS256."""
+
+    alg: Algorithm
+    file: str | None = None
+    secret_env: str | None = None
+    kid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.alg == "HS256" and (self.secret_env is None or self.file is not None):
+            raise ValueError("an HS256 key takes secret_env (the secret is never written in the file)")
+        if self.alg != "HS256" and (self.file is None or self.secret_env is not None):
+            raise ValueError(f"an {self.alg} key takes file, a PEM public key")
+
+    def load(self, environ: Mapping[str, str]) -> VerificationKey:
+        if self.secret_env is not None:
+            secret = environ.get(self.secret_env)
+            if not secret:
+                raise ValueError(f"the environment variable {self.secret_env} (HS256 secret) is not set")
+            return VerificationKey.from_secret(secret.encode(), self.kid)
+        assert self.file is not None
+        return VerificationKey.from_pem(self.alg, _read(self.file), self.kid)
+
+
+class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``[sessions]`` table. Relative paths in a file are relative to that file."""
+
+    kind: Literal["allow_all", "jwt"] = "allow_all"
+    keys: tuple[KeyConfig, ...] = ()
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = 5.0
+    topics_claim: str = "topics"
+
+    def __post_init__(self) -> None:
+        jwt_keys = bool(self.keys) or self.jwks_file is not None
+        if self.kind == "jwt" and not jwt_keys:
+            raise ValueError("[sessions] kind = 'jwt' needs keys or jwks_file")
+        if self.kind == "allow_all" and (jwt_keys or self.issuer or self.audience):
+            raise ValueError("[sessions] has JWT settings but kind is 'allow_all'; set kind = 'jwt'")
+        if not self.leeway >= 0:
+            raise ValueError("[sessions] leeway must be 0 or more")
+        if not self.topics_claim:
+            raise ValueError("[sessions] topics_claim must not be empty")
+
+    def session_manager(self, environ: Mapping[str, str] | None = None) -> SessionManager:
+        """The session manager this table asks for, with its keys read now (files, and secrets
+        from ``environ``, by default the process environment). Raises ``ValueError``."""
+        if self.kind == "allow_all":
+            return AllowAllSessions()
+        keys = [key.load(os.environ if environ is None else environ) for key in self.keys]
+        if self.jwks_file is not None:
+            keys += keys_from_jwks(_read(self.jwks_file).decode("utf-8", "replace"))
+        return JwtSessions(
+            keys,
+            issuer=self.issuer,
+            audience=self.audience,
+            leeway=self.leeway,
+            topics_claim=self.topics_claim,
+        )
+
+
+def sessions_relative_to(base: Path, table: Any) -> Any:
+    """The raw ``[sessions]`` table with its key file paths made relative to ``base`` (the
+    configuration file's directory); anything else comes back unchanged, for the checks to see."""
+    if not isinstance(table, dict):
+        return table
+    table = dict(table)
+    if isinstance(table.get("jwks_file"), str):
+        table["jwks_file"] = str(base / table["jwks_file"])
+    if isinstance(table.get("keys"), list):
+        table["keys"] = [_key_relative_to(base, key) for key in table["keys"]]
+    return table
+
+
+def _key_relative_to(base: Path, key: Any) -> Any:
+    if isinstance(key, dict) and isinstance(key.get("file"), str):
+        return {**key, "file": str(base / key["file"])}
+    return key
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None

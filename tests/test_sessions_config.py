@@ -1,0 +1,130 @@
+"""The ``[sessions]`` table: from TOML text and key files to a working session manager."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+
+from router.core import AllowAllSessions, ClientInfo
+from router.core.jwt_sessions import JwtSessions
+from router.sessions_config import SessionsSection, sessions_relative_to
+from tests.tokens import NOW, SECRET, private_key, public_pem, token
+
+CLIENT = ClientInfo(client_id="c", edge_id="e")
+ENVIRON = {"SWITCHBOARD_JWT_SECRET": SECRET.decode()}
+
+
+def section(text: str, base: Path | None = None) -> SessionsSection:
+    """The ``[sessions]`` table of a TOML text, its paths relative to ``base`` as load_config does."""
+    table = tomllib.loads(text).get("sessions", {})
+    if base is not None:
+        table = sessions_relative_to(base, table)
+    return msgspec.convert(table, SessionsSection)
+
+
+def jwt_sessions(text: str, base: Path | None = None) -> JwtSessions:
+    manager = section(text, base).session_manager(ENVIRON)
+    assert isinstance(manager, JwtSessions)
+    return manager
+
+
+def test_the_default_lets_everyone_in() -> None:
+    assert isinstance(section("").session_manager(), AllowAllSessions)
+    assert isinstance(section('[sessions]\nkind = "allow_all"').session_manager(), AllowAllSessions)
+
+
+def test_pem_keys_and_a_secret_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "issuer.pem").write_bytes(public_pem("ES256"))
+    manager = jwt_sessions(
+        """
+        [sessions]
+        kind = "jwt"
+        issuer = "https://id.example"
+        audience = "switchboard"
+        leeway = 0
+        topics_claim = "rooms"
+
+        [[sessions.keys]]
+        alg = "ES256"
+        file = "keys/issuer.pem"
+        kid = "ec"
+
+        [[sessions.keys]]
+        alg = "HS256"
+        secret_env = "SWITCHBOARD_JWT_SECRET"
+        kid = "shared"
+        """,
+        tmp_path,
+    )
+    assert [(k.algorithm, k.kid) for k in manager.keys] == [("ES256", "ec"), ("HS256", "shared")]
+    assert (manager.issuer, manager.audience, manager.leeway, manager.topics_claim) == (
+        "https://id.example",
+        "switchboard",
+        0,
+        "rooms",
+    )
+    claims: dict[str, Any] = {"iss": "https://id.example", "aud": "switchboard", "rooms": ["/a"]}
+    for algorithm, kid in [("ES256", "ec"), ("HS256", "shared")]:
+        identity = manager.authenticate(CLIENT, token(algorithm, kid=kid, **claims), NOW)
+        assert identity.allowed_patterns == ("/a",)
+
+
+def test_a_jwks_file(tmp_path: Path) -> None:
+    public = private_key("EdDSA").public_key()
+    jwk = {**jwt.get_algorithm_by_name("EdDSA").to_jwk(public, as_dict=True), "kid": "ed"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    manager = jwt_sessions('[sessions]\nkind = "jwt"\njwks_file = "jwks.json"', tmp_path)
+    assert manager.authenticate(CLIENT, token("EdDSA", kid="ed"), NOW).user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[sessions]\nkind = "jwt"', "needs keys or jwks_file"),
+        ('[sessions]\njwks_file = "x.json"', "kind is 'allow_all'"),
+        ('[sessions]\nkind = "ldap"', "Invalid enum value"),
+        ('[sessions]\nkind = "jwt"\njwks_file = "x"\nleeway = -1', "leeway"),
+        ('[sessions]\nkind = "jwt"\njwks_file = "x"\ntopics_claim = ""', "topics_claim"),
+        ('[sessions]\nkind = "jwt"\njwks_file = "x"\nsecret = "inline"', "unknown field `secret`"),
+        ('[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "HS256"\nsecret = "x"', "unknown field"),
+        ('[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "HS256"\nfile = "k"', "secret_env"),
+        ('[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "RS256"', "file, a PEM public key"),
+        ('[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "none"\nfile = "k"', "Invalid enum value"),
+    ],
+)
+def test_a_table_that_cannot_be_used(text: str, reason: str) -> None:
+    with pytest.raises((ValueError, msgspec.ValidationError), match=reason):
+        section(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "environ", "reason"),
+    [
+        ('alg = "HS256"\nsecret_env = "NOT_SET"', {}, "NOT_SET .* is not set"),
+        ('alg = "HS256"\nsecret_env = "SHORT"', {"SHORT": "abc"}, "at least 32 bytes"),
+        ('alg = "RS256"\nfile = "missing.pem"', {}, "cannot read .*missing.pem"),
+        ('alg = "RS256"\nfile = "ec.pem"', {}, "RSAPublicKey"),
+    ],
+)
+def test_keys_that_cannot_be_used(tmp_path: Path, key: str, environ: dict[str, str], reason: str) -> None:
+    (tmp_path / "ec.pem").write_bytes(public_pem("ES256"))
+    table = section(f'[sessions]\nkind = "jwt"\n[[sessions.keys]]\n{key}', tmp_path)
+    with pytest.raises(ValueError, match=reason):
+        table.session_manager(environ)
+
+
+def test_paths_are_relative_to_the_file_only_where_they_are_paths(tmp_path: Path) -> None:
+    raw = {"kind": "jwt", "jwks_file": "a.json", "keys": [{"alg": "RS256", "file": "k.pem"}, "junk"]}
+    assert sessions_relative_to(tmp_path, raw) == {
+        "kind": "jwt",
+        "jwks_file": str(tmp_path / "a.json"),
+        "keys": [{"alg": "RS256", "file": str(tmp_path / "k.pem")}, "junk"],
+    }
+    assert sessions_relative_to(tmp_path, "not a table") == "not a table"
