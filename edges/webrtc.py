@@ -1,0 +1,354 @@
+"""The WebRTC edge: peer connections (aiortc) adapted to the I/O-free :class:`EdgeHub`.
+
+A client signals over HTTP (:mod:`edges.webrtc_signaling`): its offer's bearer token goes to the
+router in ``connect``, exactly as a WebSocket client's ``connect`` would, and the answer comes back
+once the router accepted it. Each client is then an :class:`~edges.rtc_peer.RtcPeer` whose control
+data channel speaks ``switchboard.v1`` through the shared session, and whose two data channels
+carry the same data frames as the WebSocket edge, without WebSocket framing. Run several copies side
+by side: each has its own edge id at the router and its own port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Final
+
+import msgspec
+
+from edges.client_wire import CloseCode, Connect
+from edges.http_server import HttpServer
+from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.link import DataBatch, RouterLink
+from edges.rtc_peer import RtcPeer
+from edges.session import ClientSession, State
+from edges.webrtc_config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
+from edges.webrtc_signaling import Answer, SignalingError, SignalingRoutes
+from router.core.errors import ErrorCode
+from router.logs import ThrottledLog
+from router.wire import Error, RouterMessage, WireError, parse_data_head
+
+__all__ = ["WebRtcEdge", "main"]
+
+log = logging.getLogger("switchboard.edge.webrtc")
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SHUTDOWN_TIMEOUT: Final = 3.0
+REFUSALS: Final = {
+    ErrorCode.UNAUTHORIZED.value: HTTPStatus.UNAUTHORIZED,
+    ErrorCode.FORBIDDEN.value: HTTPStatus.FORBIDDEN,
+    ErrorCode.BAD_REQUEST.value: HTTPStatus.BAD_REQUEST,
+}
+"""HTTP status of an offer whose ``connect`` the router refused, by error code (else 503)."""
+
+
+class WebRtcEdge:
+    """One edge process: the signaling server, a router link, and the hub between them.
+
+    It is the :class:`~edges.rtc_peer.PeerHost` of every peer and the
+    :class:`~edges.webrtc_signaling.SignalingHost` of the HTTP routes.
+    """
+
+    def __init__(self, config: WebRtcEdgeConfig) -> None:
+        self.config = config
+        self.hub = EdgeHub(config.limits, protocol="webrtc")
+        self.link = RouterLink(
+            protocol="webrtc",
+            control=config.control,
+            xpub=config.xpub,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        self.link.on_data = self._on_data
+        self.link.on_message = self._on_router_message
+        self.link.resync = self.hub.resync
+        routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer)
+        self.http = HttpServer(routes.handle, config.max_connections)
+        self._rtc_configuration = config.rtc_configuration()
+        self._peers: dict[str, RtcPeer] = {}
+        """The current peer of each client, by client id."""
+        self._resources: dict[str, str] = {}
+        """Client ids by signaling resource."""
+        self._registering: dict[str, asyncio.Future[bool]] = {}
+        self._client_ids = itertools.count(1)
+        self._stopped = asyncio.Event()
+        self._all_gone = asyncio.Event()
+        self._bad_data = ThrottledLog(log)
+        self._tick_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    # ------------------------------------------------------------ running
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Serve until :meth:`stop`; ``ready`` is set once the port is bound and the router has
+        welcomed this edge."""
+        apply_ice_settings(self.config)
+        await self.http.start(self.config.host, self.config.port)
+        link = asyncio.create_task(self.link.run(), name="router-link")
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            if ready is not None:
+                welcomed = asyncio.create_task(self.link.welcomed.wait())
+                await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
+                welcomed.cancel()
+                ready.set()
+            log.info("webrtc edge %s on http://%s:%d/", self.link.edge_id, self.config.host, self.port)
+            await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if link.done():
+                link.result()
+        finally:
+            await self.http.close()
+            await self._close_all()
+            link.cancel()
+            stopped.cancel()
+            await asyncio.gather(link, stopped, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def _close_all(self) -> None:
+        """Close every client with 1001 (after ``closing``) while the router link is still up, so
+        each is unregistered there; wait a bounded time for their connections to end."""
+        for client_id in list(self._peers):
+            self.hub.close_client(client_id, CloseCode.GOING_AWAY, "edge shutting down")
+        self._carry_out()
+        if self._peers:
+            self._all_gone.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await self._all_gone.wait()
+
+    # ------------------------------------------------------------ signaling (SignalingHost)
+
+    async def open_peer(self, offer: str, token: str | None, remote: str) -> Answer:
+        if len(self._peers) + len(self._registering) >= self.config.max_connections:
+            raise SignalingError(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
+        client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
+        session = self.hub.open_client(client_id, remote)
+        await self._register(session, token)
+        resource = secrets.token_urlsafe(18)
+        peer = RtcPeer(self, session, resource, self._rtc_configuration, self.config.write_buffer_high)
+        self._peers[client_id] = peer
+        self._resources[resource] = client_id
+        try:
+            sdp = await peer.answer(offer)
+        except Exception as error:
+            self._forget_peer(peer)
+            self.hub.client_closed(client_id)
+            self._carry_out()
+            raise SignalingError(HTTPStatus.BAD_REQUEST, _json_error(f"unusable offer: {error}")) from None
+        log.info("%s connected from %s", client_id, remote or "?")
+        return Answer(resource, sdp)
+
+    async def _register(self, session: ClientSession, token: str | None) -> None:
+        """``connect`` with the offer's token; raises :class:`SignalingError` if the router refuses."""
+        client_id = session.client_id
+        accepted = self._registering[client_id] = asyncio.get_running_loop().create_future()
+        self.hub.client_text(client_id, msgspec.json.encode(Connect(token=token)).decode())
+        self._carry_out()
+        try:
+            async with asyncio.timeout(self.config.register_timeout):
+                ok = await accepted
+        except TimeoutError:
+            ok = False
+        finally:
+            del self._registering[client_id]
+        if ok:
+            return
+        status, body = _refusal(session)
+        self.hub.client_closed(client_id)
+        self._carry_out()
+        raise SignalingError(status, body)
+
+    async def restart_peer(self, resource: str, offer: str) -> str | None:
+        client_id = self._resources.get(resource)
+        old = self._peers.get(client_id) if client_id is not None else None
+        if old is None:
+            return None
+        peer = RtcPeer(self, old.session, resource, self._rtc_configuration, self.config.write_buffer_high)
+        try:
+            sdp = await peer.answer(offer)
+        except Exception as error:
+            peer.detach()
+            raise SignalingError(HTTPStatus.BAD_REQUEST, _json_error(f"unusable offer: {error}")) from None
+        if self._peers.get(old.session.client_id) is not old:
+            peer.detach()
+            return None
+        old.detach()
+        self._peers[old.session.client_id] = peer
+        log.info("%s restarted its connection", old.session.client_id)
+        return sdp
+
+    def leave(self, resource: str) -> bool:
+        client_id = self._resources.get(resource)
+        if client_id is None:
+            return False
+        self.hub.close_client(client_id, CloseCode.NORMAL, "client left")
+        self._carry_out()
+        return True
+
+    # ------------------------------------------------------------ peers (PeerHost)
+
+    def text_received(self, peer: RtcPeer, text: str) -> None:
+        if self._peers.get(peer.session.client_id) is peer:
+            self.hub.client_text(peer.session.client_id, text)
+            self._carry_out()
+
+    def binary_received(self, peer: RtcPeer, data: bytes) -> None:
+        if self._peers.get(peer.session.client_id) is peer:
+            self.hub.client_binary(peer.session.client_id, data)
+            self._carry_out()
+
+    def drained(self, peer: RtcPeer) -> None:
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
+
+    def peer_gone(self, peer: RtcPeer) -> None:
+        if self._forget_peer(peer):
+            log.info("%s gone", peer.session.client_id)
+            self.hub.client_closed(peer.session.client_id)
+            self._carry_out()
+
+    def _forget_peer(self, peer: RtcPeer) -> bool:
+        """Whether ``peer`` was its client's current peer (and is now forgotten)."""
+        client_id = peer.session.client_id
+        if self._peers.get(client_id) is not peer:
+            return False
+        del self._peers[client_id]
+        self._resources.pop(peer.resource, None)
+        if not self._peers:
+            self._all_gone.set()
+        return True
+
+    # ------------------------------------------------------------ the hub's output
+
+    def _carry_out(self) -> None:
+        """Do what the hub asks, then write every session that has output; a write that empties
+        a ``reliable`` lane behind lets it ask the router for what it misses."""
+        self._act(self.hub.drain_actions())
+        peers = self._peers
+        for session in self.hub.sessions_with_output():
+            peer = peers.get(session.client_id)
+            if peer is not None:
+                peer.write()
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
+        if self._registering:
+            self._settle_registrations()
+
+    def _act(self, actions: list[EdgeAction]) -> None:
+        for action in actions:
+            match action:
+                case ToRouter(message):
+                    self.link.send(message)
+                case WatchData(topic):
+                    self.link.watch(topic)
+                case UnwatchData(topic):
+                    self.link.unwatch(topic)
+                case CloseClient(client_id):
+                    peer = self._peers.get(client_id)
+                    if peer is not None:
+                        peer.close()
+
+    def _settle_registrations(self) -> None:
+        for client_id, accepted in self._registering.items():
+            session = self.hub.session(client_id)
+            if accepted.done() or session is None:
+                continue
+            if session.state is State.READY:
+                accepted.set_result(True)
+            elif not session.is_open:
+                accepted.set_result(False)
+
+    # ------------------------------------------------------------ router
+
+    def _on_data(self, batch: DataBatch) -> None:
+        deliver = self.hub.deliver
+        now = asyncio.get_running_loop().time()
+        for head, payload in batch:
+            try:
+                meta = parse_data_head(head)
+            except WireError as error:
+                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
+                continue
+            deliver(meta.topic, meta.epoch, meta.offset, payload, now)
+        self._tick()
+
+    def _tick(self) -> None:
+        """Let the hub release rate-limited frames whose time came; wake again when it asks."""
+        loop = asyncio.get_running_loop()
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        due = self.hub.tick(loop.time())
+        if due is not None:
+            self._tick_timer = loop.call_at(due, self._tick)
+        self._carry_out()
+
+    def _on_router_message(self, message: RouterMessage) -> None:
+        if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
+            return  # the link says hello again, and the hub's resync repeats what was lost
+        self.hub.router_message(message)
+        self._carry_out()
+
+
+def _refusal(session: ClientSession) -> tuple[HTTPStatus, str]:
+    """The status and body for a client whose ``connect`` did not succeed: the session's ``error``
+    reply when the router refused it, else 503 (the router did not answer in time)."""
+    for item in session.data_to_send():
+        if isinstance(item, str) and item.startswith('{"op":"error"'):
+            code = json.loads(item).get("code", "")
+            return REFUSALS.get(code, HTTPStatus.SERVICE_UNAVAILABLE), item
+    return HTTPStatus.SERVICE_UNAVAILABLE, _json_error("the router did not answer", "internal")
+
+
+def _json_error(message: str, code: str = "bad_request") -> str:
+    return json.dumps({"op": "error", "id": None, "code": code, "message": message[:200]})
+
+
+# ---------------------------------------------------------------- command line
+
+
+async def run(config: WebRtcEdgeConfig, announce: bool) -> None:
+    edge = WebRtcEdge(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, edge.stop)
+    ready = asyncio.Event()
+    serving = asyncio.create_task(edge.serve(ready))
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set() and announce:
+        print(json.dumps({"event": "ready", "port": edge.port, "edge_id": edge.link.edge_id}), flush=True)
+    waiting.cancel()
+    await serving
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+    except (ValueError, msgspec.ValidationError) as error:
+        print(f"switchboard edge webrtc: {error}", file=sys.stderr)
+        return 2
+    from router.cli import run_async
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(run(config, args.announce))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

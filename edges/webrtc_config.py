@@ -1,0 +1,142 @@
+"""The WebRTC edge's settings and command line, and the ICE settings aioice takes process-wide."""
+
+from __future__ import annotations
+
+import argparse
+
+import aioice.ice
+import msgspec
+from aiortc import RTCConfiguration, RTCIceServer
+
+from edges.session import EdgeLimits
+from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
+
+__all__ = [
+    "DEFAULT_PORT",
+    "IceServer",
+    "WebRtcEdgeConfig",
+    "apply_ice_settings",
+    "config_from_args",
+    "parser",
+]
+
+DEFAULT_PORT = 7790
+
+
+class IceServer(msgspec.Struct, frozen=True, kw_only=True):
+    """A STUN or TURN server (``stun:host:port``, ``turn:host:port?transport=udp``)."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the edge listens, where the router is, ICE, and the bounds it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    control: str = DEFAULT_CONTROL
+    xpub: str = DEFAULT_XPUB
+    limits: EdgeLimits = EdgeLimits()
+    max_connections: int = 1000
+    allowed_origins: tuple[str, ...] | None = None
+    """Origins whose pages may signal from another origin (CORS); ``None``: any."""
+    heartbeat_interval: float = 1.0
+    ice_servers: tuple[IceServer, ...] = ()
+    candidate_addresses: tuple[str, ...] = ("127.0.0.1",)
+    """Local addresses offered as ICE host candidates; empty: every interface's."""
+    consent_interval: float = 0.5
+    """Seconds between ICE consent checks (RFC 7675); a peer is gone after ``consent_failures``."""
+    consent_failures: int = 3
+    write_buffer_high: int = 256 * 1024
+    """Bytes the data channels of one client buffer before its queue takes over."""
+    register_timeout: float = 5.0
+    """Seconds an offer waits for the router to accept the client's token."""
+    serve_viewer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.consent_interval <= 0 or self.consent_failures < 1:
+            raise ValueError("--consent-interval must be positive and --consent-failures at least 1")
+        if self.write_buffer_high < 1 or self.register_timeout <= 0 or self.max_connections < 1:
+            raise ValueError("--write-buffer, --register-timeout and --max-connections must be positive")
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        servers = [RTCIceServer(s.url, s.username, s.credential) for s in self.ice_servers]
+        return RTCConfiguration(iceServers=servers)
+
+
+def apply_ice_settings(config: WebRtcEdgeConfig) -> None:
+    """Candidate addresses and consent timing. aioice reads them from module globals, so they hold
+    for the whole process: one edge per process."""
+    addresses = list(config.candidate_addresses)
+    if addresses:
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+    aioice.ice.CONSENT_INTERVAL = config.consent_interval  # type: ignore[assignment]  # only multiplied
+    aioice.ice.CONSENT_FAILURES = config.consent_failures
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard edge webrtc", description=__doc__)
+    defaults = WebRtcEdgeConfig()
+    limits = defaults.limits
+    add = parser.add_argument
+    add("--host", default=defaults.host, help="address of the HTTP signaling server")
+    add("--port", type=int, default=defaults.port, help="0 picks a free port")
+    add("--control", default=defaults.control, help="the router's control endpoint")
+    add("--xpub", default=defaults.xpub, help="the router's XPUB endpoint")
+    add("--max-connections", type=int, default=defaults.max_connections)
+    add("--max-message-bytes", type=int, default=limits.max_message_bytes)
+    add("--max-subscriptions", type=int, default=limits.max_subscriptions)
+    add("--queue-messages", type=int, default=limits.queue_max_messages)
+    add("--queue-bytes", type=int, default=limits.queue_max_bytes)
+    add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
+    add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    add("--ice-server", action="append", default=[], help="stun: or turn: URL (repeat)")
+    add("--ice-username", help="username for the TURN servers")
+    add("--ice-credential", help="credential for the TURN servers")
+    add(
+        "--candidate-address",
+        action="append",
+        help="offer this local address as an ICE host candidate (repeat; default: 127.0.0.1; "
+        "'all' offers every interface's)",
+    )
+    add("--consent-interval", type=float, default=defaults.consent_interval)
+    add("--consent-failures", type=int, default=defaults.consent_failures)
+    add("--write-buffer", type=int, default=defaults.write_buffer_high, help="bufferedAmount per client")
+    add("--register-timeout", type=float, default=defaults.register_timeout)
+    add("--no-viewer", action="store_true", help="do not serve the viewer page")
+    add("--announce", action="store_true", help="print the bound port as JSON on stdout")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
+    limits = EdgeLimits(
+        max_message_bytes=args.max_message_bytes,
+        max_subscriptions=args.max_subscriptions,
+        queue_max_messages=args.queue_messages,
+        queue_max_bytes=args.queue_bytes,
+    )
+    servers = tuple(
+        IceServer(url=url, username=args.ice_username, credential=args.ice_credential)
+        for url in args.ice_server
+    )
+    addresses = tuple(args.candidate_address or WebRtcEdgeConfig().candidate_addresses)
+    return WebRtcEdgeConfig(
+        host=args.host,
+        port=args.port,
+        control=args.control,
+        xpub=args.xpub,
+        limits=limits,
+        max_connections=args.max_connections,
+        allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
+        heartbeat_interval=args.heartbeat_interval,
+        ice_servers=servers,
+        candidate_addresses=() if "all" in addresses else addresses,
+        consent_interval=args.consent_interval,
+        consent_failures=args.consent_failures,
+        write_buffer_high=args.write_buffer,
+        register_timeout=args.register_timeout,
+        serve_viewer=not args.no_viewer,
+    )

@@ -1,0 +1,258 @@
+"""The real router and WebRTC edge processes, with aiortc clients written from ``docs/protocol.md``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket
+from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = """
+[topics]
+allow_undeclared = true
+
+[[topics.declare]]
+pattern = "/rtc/orders"
+
+[topics.declare.policy]
+kind = "reliable"
+history_max_messages = 10000
+"""
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[RouterProcess]:
+    config = tmp_path / "router.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    process = RouterProcess(["--config", str(config)])
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
+    with push_socket(router.endpoints["pull"]) as sock:
+        yield sock
+
+
+@pytest.fixture
+def edge(router: RouterProcess) -> Iterator[WebRtcEdgeProcess]:
+    loopback_only()
+    process = WebRtcEdgeProcess(router)
+    process.start()
+    yield process
+    process.stop()
+
+
+async def open_client(edge: WebRtcEdgeProcess) -> RtcClient:
+    client = RtcClient(edge.base_url)
+    status, body = await client.connect("any token")
+    assert status == 201, body
+    connected = await client.control_message()
+    assert connected["op"] == "connected", connected
+    return client
+
+
+@pytest.fixture
+async def client(edge: WebRtcEdgeProcess) -> AsyncIterator[RtcClient]:
+    opened = await open_client(edge)
+    yield opened
+    await opened.close()
+
+
+async def flowing(client: RtcClient, push: zmq.Socket[bytes], topic: str) -> int:
+    """Probe ``topic`` until a frame arrives and the probes stop; returns the last offset seen."""
+    for _ in range(100):
+        push.send_multipart([topic.encode(), b"probe"])
+        try:
+            _, _, last, _ = await client.data(timeout=0.05)
+        except TimeoutError:
+            continue
+        while True:
+            try:
+                _, _, last, _ = await client.data(timeout=0.3)
+            except TimeoutError:
+                return last
+    raise AssertionError("no probe arrived")
+
+
+async def router_counts(router: RouterProcess) -> tuple[object, object]:
+    async with TestEdge(router.endpoints) as observer:
+        stats = await observer.stats()
+        return stats["clients"], stats["subscriptions"]
+
+
+async def test_best_effort_topic_on_the_lossy_channel_and_nothing_else(
+    client: RtcClient, push: zmq.Socket[bytes]
+) -> None:
+    subscribed = await client.request("subscribe", topic="/rtc/telemetry")
+    assert (subscribed["op"], subscribed["policy"]) == ("subscribed", "best_effort")
+    start = await flowing(client, push, "/rtc/telemetry")
+    for index in range(200):
+        push.send_multipart([b"/rtc/other", b"not for us"])
+        push.send_multipart([b"/rtc/telemetry", b"%d" % index])
+    frames = [await client.data() for _ in range(200)]
+    assert {label for label, _, _, _ in frames} == {"lossy"}
+    assert {channel for _, channel, _, _ in frames} == {subscribed["channel"]}
+    assert sorted(offset for _, _, offset, _ in frames) == list(range(start + 1, start + 201))
+
+    assert (await client.request("unsubscribe", topic="/rtc/telemetry"))["op"] == "unsubscribed"
+    push.send_multipart([b"/rtc/telemetry", b"after"])
+    assert (await client.request("ping"))["op"] == "pong"
+    with pytest.raises(TimeoutError):
+        await client.data(timeout=0.5)
+
+
+async def test_reliable_order_and_resubscribe_after_an_ice_restart(
+    edge: WebRtcEdgeProcess, push: zmq.Socket[bytes]
+) -> None:
+    client = await open_client(edge)
+    try:
+        subscribed = await client.request("subscribe", topic="/rtc/orders")
+        assert subscribed["policy"] == "reliable"
+        epoch = subscribed["epoch"]
+        for index in range(300):
+            push.send_multipart([b"/rtc/orders", b"%d" % index])
+        received = [await client.data() for _ in range(150)]
+        assert {label for label, _, _, _ in received} == {"reliable"}
+
+        assert await client.restart() == 200
+        await eventually(lambda: client.control.readyState == "open", timeout=10)
+        received += client.received_data()
+        last = received[-1][2]
+        assert (await client.request("unsubscribe", topic="/rtc/orders"))["op"] == "unsubscribed"
+        resumed = await client.request(
+            "subscribe", topic="/rtc/orders", resume={"epoch": epoch, "offset": last}
+        )
+        assert resumed["resume"] == "ok", resumed
+        for index in range(300, 400):
+            push.send_multipart([b"/rtc/orders", b"%d" % index])
+        received += [await client.data() for _ in range(400 - len(received))]
+        assert [payload for _, _, _, payload in received] == [b"%d" % i for i in range(400)]
+        assert [offset for _, _, offset, _ in received] == list(range(1, 401))
+    finally:
+        await client.close()
+
+
+async def test_the_session_survives_an_ice_restart(client: RtcClient, push: zmq.Socket[bytes]) -> None:
+    await client.request("subscribe", topic="/rtc/live")
+    await flowing(client, push, "/rtc/live")
+    assert await client.restart() == 200
+    await eventually(lambda: client.control.readyState == "open", timeout=10)
+    assert (await client.request("ping"))["op"] == "pong"
+    push.send_multipart([b"/rtc/live", b"after the restart"])
+    _, _, _, payload = await client.data()
+    assert payload == b"after the restart"
+    assert (await client.request("subscribe", topic="/rtc/more"))["op"] == "subscribed"
+
+
+async def test_protocol_errors_on_the_control_channel(client: RtcClient) -> None:
+    client.control.send("{not json")
+    assert (await client.control_message())["code"] == "bad_request"
+    client.control.send(b"\x00binary")
+    assert (await client.control_message())["code"] == "bad_request"
+    client.send({"op": "connect"})
+    assert (await client.control_message())["code"] == "bad_request"
+    refused = await client.request("subscribe", topic="no slash")
+    assert (refused["op"], refused["code"]) == ("error", "bad_topic")
+
+
+async def test_signaling_errors(edge: WebRtcEdgeProcess) -> None:
+    url = edge.base_url
+    status, _, _ = await http("POST", f"{url}/whep", b"v=0", {"Content-Type": "text/plain"})
+    assert status == 415
+    status, _, body = await http("POST", f"{url}/whep", b"v=0\r\n", {"Content-Type": "application/sdp"})
+    assert status == 400, body
+    assert b'"code": "bad_request"' in body
+    assert (await http("DELETE", f"{url}/whep/nobody"))[0] == 404
+    assert (await http("PATCH", f"{url}/whep/nobody", b"v=0", {"Content-Type": "application/sdp"}))[0] == 404
+    assert (await http("GET", f"{url}/whep"))[0] == 405
+    assert (await http("GET", f"{url}/nothing"))[0] == 404
+    status, headers, body = await http("GET", f"{url}/")
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    status, headers, _ = await http("OPTIONS", f"{url}/whep", headers={"Origin": "http://page"})
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "http://page"
+    assert "Authorization" in headers["access-control-allow-headers"]
+
+
+async def test_allowed_origins(router: RouterProcess) -> None:
+    loopback_only()
+    edge = WebRtcEdgeProcess(router, ["--allowed-origin", "http://good"])
+    edge.start()
+    try:
+        assert (await http("OPTIONS", f"{edge.base_url}/whep", headers={"Origin": "http://evil"}))[0] == 403
+        assert (await http("OPTIONS", f"{edge.base_url}/whep", headers={"Origin": "http://good"}))[0] == 204
+    finally:
+        edge.stop()
+
+
+async def test_left_and_vanished_peers_are_unregistered_at_the_router(
+    router: RouterProcess, edge: WebRtcEdgeProcess
+) -> None:
+    leaving, vanishing, closing = [await open_client(edge) for _ in range(3)]
+    for client in (leaving, vanishing, closing):
+        assert (await client.request("subscribe", topic="/rtc/watched"))["op"] == "subscribed"
+    assert await router_counts(router) == (3, 3)
+
+    assert await leaving.leave() == 200
+    assert (await leaving.control_message())["op"] == "closing"
+    await closing.close()
+    await eventually(lambda: _counts_are(router, (1, 1)), timeout=3)
+
+    vanishing.vanish()
+    await eventually(lambda: _counts_are(router, (0, 0)), timeout=5)
+    await leaving.close()
+    await vanishing.close()
+
+
+async def _counts_are(router: RouterProcess, expected: tuple[int, int]) -> bool:
+    return await router_counts(router) == expected
+
+
+async def test_two_edges_side_by_side(router: RouterProcess, push: zmq.Socket[bytes]) -> None:
+    loopback_only()
+    edges = [WebRtcEdgeProcess(router), WebRtcEdgeProcess(router)]
+    clients: list[RtcClient] = []
+    try:
+        for edge in edges:
+            edge.start()
+        assert edges[0].announced["edge_id"] != edges[1].announced["edge_id"]
+        for edge in edges:
+            clients.append(await open_client(edge))
+            await clients[-1].request("subscribe", topic="/rtc/both")
+        for client in clients:
+            await flowing(client, push, "/rtc/both")
+        for client in clients:
+            client.received_data()
+        push.send_multipart([b"/rtc/both", b"hello"])
+        for client in clients:
+            assert (await client.data())[3] == b"hello"
+    finally:
+        for client in clients:
+            await client.close()
+        for edge in edges:
+            edge.stop()
+
+
+async def test_shutdown_says_closing(router: RouterProcess) -> None:
+    loopback_only()
+    edge = WebRtcEdgeProcess(router)
+    edge.start()
+    client = await open_client(edge)
+    try:
+        edge.stop()
+        closing = await client.control_message()
+        assert (closing["op"], closing["code"]) == ("closing", 1001)
+        await eventually(lambda: _counts_are(router, (0, 0)), timeout=5)
+    finally:
+        await client.close()
+        edge.stop()
