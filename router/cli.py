@@ -25,7 +25,7 @@ from router.config import (
 from router.core.topics import topic_error
 from router.server import RouterServer
 
-EDGE_KINDS = {"websocket": "edges.websocket"}
+EDGE_KINDS = {"websocket": "edges.websocket", "webrtc": "edges.webrtc"}
 
 
 def main(argv: list[str] | None = None) -> int:
