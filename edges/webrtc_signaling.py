@@ -22,6 +22,7 @@ SDP: Final = "application/sdp"
 STATIC_FILES: Final = {
     "/": ("viewer.html", "text/html; charset=utf-8"),
     "/viewer.js": ("viewer.js", "text/javascript"),
+    "/rtc-client.js": ("rtc-client.js", "text/javascript"),
 }
 CORS_METHODS: Final = "POST, PATCH, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"

@@ -62,10 +62,14 @@ class Chromium:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._page is not None:
             await self._page.close()
-        if self._process is not None:
+        self.kill()
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Kill the browser at once (SIGKILL): its peers get no goodbye."""
+        if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(timeout=10)
-        shutil.rmtree(self._profile, ignore_errors=True)
 
     async def _devtools_port(self, timeout: float = 20.0) -> int:
         marker = self._profile / "DevToolsActivePort"
