@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
+from edges.rtc_video import ViewerVideo
 from edges.session import ClientSession
 from router.logs import ThrottledLog
 
@@ -75,6 +75,7 @@ class RtcPeer:
         resource: str,
         configuration: RTCConfiguration | None = None,
         write_buffer_high: int = 256 * 1024,
+        video: ViewerVideo | None = None,
     ) -> None:
         self.host = host
         self.session = session
@@ -85,8 +86,10 @@ class RtcPeer:
         self.channels: Channels | None = None
         self.gone = False
         self.oversize = 0
-        self.skip_channel: Callable[[int], bool] = lambda channel: False
-        """Whether data frames of a session channel are carried some other way (a video track)."""
+        self.video = video
+        """The peer's video slots; data frames of the topics they carry are not sent as data."""
+        self._early: list[str] = []
+        """Control messages to send first, once the control channel opens."""
         self._detached = False
         self._timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -110,6 +113,8 @@ class RtcPeer:
         if self.pc.sctp is None:
             raise ValueError("the offer has no data channel (m=application)")
         self._open_channels()
+        if self.video is not None:
+            self.video.attach(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._timer = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT, self._connect_timed_out)
         return self.pc.localDescription.sdp
@@ -133,7 +138,20 @@ class RtcPeer:
             self._timer.cancel()
             self._timer = None
         log.debug("%s: data channels open", self.session.client_id)
+        if self.channels is not None:
+            for text in self._early:
+                self._send(self.channels.control, text)
+        self._early.clear()
         self.write()
+
+    def adopt_video(self, bindings: list[tuple[int, str, str]]) -> None:
+        """Carry on this peer the video topics another peer of the session carried (a restart)."""
+        if self.video is None:
+            return
+        for channel, topic, content_type in bindings:
+            track = self.video.bind(channel, topic, content_type)
+            if track is not None:
+                self._early.append(track)
 
     def _connect_timed_out(self) -> None:
         self._timer = None
@@ -168,12 +186,16 @@ class RtcPeer:
             return
         room = max(0, self.write_buffer_high - self.buffered())
         session = self.session
+        video = self.video
         for item in session.data_to_send(room):
             if isinstance(item, str):
                 self._send(channels.control, item)
+                track = video.control_sent(item) if video is not None else None
+                if track is not None:
+                    self._send(channels.control, track)
                 continue
             channel = int.from_bytes(item[2:6], "big")
-            if self.skip_channel(channel):
+            if video is not None and video.carries(channel):
                 continue
             lane = session.lane(channel)
             self._send(
@@ -217,6 +239,8 @@ class RtcPeer:
         """Hang up without telling the host: the session moves to another peer (an ICE restart)."""
         self._detached = True
         self.gone = True
+        if self.video is not None:
+            self.video.close()
         asyncio.get_running_loop().create_task(self.pc.close())
 
     def _connection_state_changed(self) -> None:
@@ -234,6 +258,8 @@ class RtcPeer:
             self._timer = None
         if self._detached:
             return
+        if self.video is not None:
+            self.video.close()
         if not self.gone:
             self.gone = True
             self.host.peer_gone(self)

@@ -29,6 +29,7 @@ from edges.http_server import HttpServer
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.link import DataBatch, RouterLink
 from edges.rtc_peer import RtcPeer
+from edges.rtc_video import VideoSources, ViewerVideo
 from edges.session import ClientSession, State
 from edges.webrtc_config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc_signaling import Answer, SignalingError, SignalingRoutes
@@ -72,6 +73,7 @@ class WebRtcEdge:
         routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer)
         self.http = HttpServer(routes.handle, config.max_connections)
         self._rtc_configuration = config.rtc_configuration()
+        self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
         self._peers: dict[str, RtcPeer] = {}
         """The current peer of each client, by client id."""
         self._resources: dict[str, str] = {}
@@ -109,6 +111,7 @@ class WebRtcEdge:
         finally:
             await self.http.close()
             await self._close_all()
+            self.videos.close()
             link.cancel()
             stopped.cancel()
             await asyncio.gather(link, stopped, return_exceptions=True)
@@ -137,7 +140,7 @@ class WebRtcEdge:
         session = self.hub.open_client(client_id, remote)
         await self._register(session, token)
         resource = secrets.token_urlsafe(18)
-        peer = RtcPeer(self, session, resource, self._rtc_configuration, self.config.write_buffer_high)
+        peer = self._new_peer(session, resource)
         self._peers[client_id] = peer
         self._resources[resource] = client_id
         try:
@@ -175,7 +178,7 @@ class WebRtcEdge:
         old = self._peers.get(client_id) if client_id is not None else None
         if old is None:
             return None
-        peer = RtcPeer(self, old.session, resource, self._rtc_configuration, self.config.write_buffer_high)
+        peer = self._new_peer(old.session, resource)
         try:
             sdp = await peer.answer(offer)
         except Exception as error:
@@ -184,10 +187,21 @@ class WebRtcEdge:
         if self._peers.get(old.session.client_id) is not old:
             peer.detach()
             return None
+        if old.video is not None:
+            peer.adopt_video(old.video.bindings())
         old.detach()
         self._peers[old.session.client_id] = peer
         log.info("%s restarted its connection", old.session.client_id)
         return sdp
+
+    def _new_peer(self, session: ClientSession, resource: str) -> RtcPeer:
+        video = ViewerVideo(self.videos, self._max_rate_of)
+        config = self.config
+        return RtcPeer(self, session, resource, self._rtc_configuration, config.write_buffer_high, video)
+
+    def _max_rate_of(self, topic: str) -> float | None:
+        policy = self.hub.policy_of(topic)
+        return policy.max_rate if policy is not None else None
 
     def leave(self, resource: str) -> bool:
         client_id = self._resources.get(resource)
@@ -274,6 +288,7 @@ class WebRtcEdge:
 
     def _on_data(self, batch: DataBatch) -> None:
         deliver = self.hub.deliver
+        videos = self.videos
         now = asyncio.get_running_loop().time()
         for head, payload in batch:
             try:
@@ -281,6 +296,8 @@ class WebRtcEdge:
             except WireError as error:
                 self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
                 continue
+            if videos.by_wire:
+                videos.feed(meta.topic, payload)
             deliver(meta.topic, meta.epoch, meta.offset, payload, now)
         self._tick()
 

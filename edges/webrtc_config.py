@@ -53,11 +53,16 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Bytes the data channels of one client buffer before its queue takes over."""
     register_timeout: float = 5.0
     """Seconds an offer waits for the router to accept the client's token."""
+    video_max_fps: float = 30.0
+    """Frames a second a video topic is encoded at, at most (and at most its ``max_rate``)."""
+    video_bitrate: int = 1_000_000
     serve_viewer: bool = True
 
     def __post_init__(self) -> None:
         if self.consent_interval <= 0 or self.consent_failures < 1:
             raise ValueError("--consent-interval must be positive and --consent-failures at least 1")
+        if self.video_max_fps <= 0 or self.video_bitrate < 1:
+            raise ValueError("--video-max-fps and --video-bitrate must be positive")
         if self.write_buffer_high < 1 or self.register_timeout <= 0 or self.max_connections < 1:
             raise ValueError("--write-buffer, --register-timeout and --max-connections must be positive")
 
@@ -105,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
     add("--consent-failures", type=int, default=defaults.consent_failures)
     add("--write-buffer", type=int, default=defaults.write_buffer_high, help="bufferedAmount per client")
     add("--register-timeout", type=float, default=defaults.register_timeout)
+    add("--video-max-fps", type=float, default=defaults.video_max_fps)
+    add("--video-bitrate", type=int, default=defaults.video_bitrate, help="bits per second per video topic")
     add("--no-viewer", action="store_true", help="do not serve the viewer page")
     add("--announce", action="store_true", help="print the bound port as JSON on stdout")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -138,5 +145,7 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         consent_failures=args.consent_failures,
         write_buffer_high=args.write_buffer,
         register_timeout=args.register_timeout,
+        video_max_fps=args.video_max_fps,
+        video_bitrate=args.video_bitrate,
         serve_viewer=not args.no_viewer,
     )

@@ -9,6 +9,7 @@ import pytest
 
 from edges.client_wire import Pong, encode_data_frame
 from edges.rtc_peer import Channels, RtcPeer
+from edges.rtc_video import VideoSlot, VideoSources, ViewerVideo
 from edges.session import ClientSession
 from router.core.policy import DeliveryPolicy
 
@@ -94,7 +95,9 @@ async def test_frames_wait_in_the_queue_while_the_channels_are_full(peer: RtcPee
 
 
 async def test_frames_carried_another_way_are_not_sent(peer: RtcPeer) -> None:
-    peer.skip_channel = lambda channel: channel == LATEST
+    video = ViewerVideo(VideoSources(), lambda topic: None)
+    video.by_channel[LATEST] = ("/video", "0", VideoSlot())
+    peer.video = video
     push(peer, LATEST, 1)
     best_effort = push(peer, BEST_EFFORT, 1)
     peer.write()

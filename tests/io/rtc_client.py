@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import aioice.ice
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
 
 from tests.io.harness import AnnouncingProcess, RouterProcess
 
@@ -80,6 +81,8 @@ class RtcClient:
         self.frames: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         """(channel label, frame) in arrival order."""
         self.next_id = 1
+        self.tracks: list[MediaStreamTrack] = []
+        """Every remote track, of this peer connection and those before it."""
         self.pc = self._new_peer()
 
     def _new_peer(self) -> RTCPeerConnection:
@@ -92,6 +95,7 @@ class RtcClient:
             channel.on("message", self._frame_handler(channel))
         for _ in range(self.video_slots):
             pc.addTransceiver("video", direction="recvonly")
+        pc.on("track", self.tracks.append)
         return pc
 
     def _frame_handler(self, channel: RTCDataChannel) -> Any:

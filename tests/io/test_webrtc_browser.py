@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
 
 from tests.io.browser import Chromium
-from tests.io.harness import RouterProcess, TestEdge, eventually
+from tests.io.harness import ROOT, RouterProcess, TestEdge, eventually, running_router
 from tests.io.rtc_client import WebRtcEdgeProcess, loopback_only
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,6 +30,39 @@ OPEN_TRANSPORT = """(async () => {
   await transport.open();
   return true;
 })()"""
+
+SHOW_VIDEO = """(() => {
+  window.shown = 0;
+  const onControl = transport.onControl;
+  transport.onControl = (message) => {
+    onControl(message);
+    if (message.op !== "track") return;
+    const video = document.createElement("video");
+    Object.assign(video, { muted: true, autoplay: true, playsInline: true });
+    video.srcObject = new MediaStream([transport.track(message.mid)]);
+    document.body.append(video);
+    const count = () => {
+      if (window.shown === 0) window.firstFrameMs = performance.now() - window.subscribedAt;
+      window.shown += 1;
+      video.requestVideoFrameCallback(count);
+    };
+    video.requestVideoFrameCallback(count);
+    window.video = video;
+  };
+  window.subscribedAt = performance.now();
+  return true;
+})()"""
+VIDEO_CONFIG = """
+[topics]
+allow_undeclared = true
+
+[[topics.declare]]
+pattern = "/demo/camera"
+content_type = "image/jpeg"
+
+[topics.declare.policy]
+kind = "latest"
+"""
 
 
 @pytest.fixture
@@ -93,3 +129,41 @@ async def test_a_closed_tab_and_a_killed_browser_are_cleaned_up_at_the_router(
 
 async def _no_clients(router: RouterProcess) -> bool:
     return await clients_at_router(router) == 0
+
+
+@pytest.fixture
+def camera(tmp_path: Path) -> Iterator[RouterProcess]:
+    """A router whose ``/demo/camera`` is a JPEG video topic, fed by the demo producer at 20 frames/s."""
+    config = tmp_path / "router.toml"
+    config.write_text(VIDEO_CONFIG, encoding="utf-8")
+    with running_router(["--config", str(config)]) as router:
+        command = [sys.executable, "examples/demo_producer.py", "--pull", router.endpoints["pull"]]
+        producer = subprocess.Popen(command, cwd=ROOT)
+        try:
+            yield router
+        finally:
+            producer.terminate()
+            producer.wait(timeout=10)
+
+
+async def test_a_video_topic_plays_as_a_video_track(camera: RouterProcess) -> None:
+    loopback_only()
+    edge = WebRtcEdgeProcess(camera)
+    edge.start()
+    try:
+        async with Chromium() as browser:
+            await open_page(browser, edge, video_slots=1)
+            assert await browser.evaluate(SHOW_VIDEO)
+            subscribed = await subscribe(browser, "/demo/camera", 1)
+            assert subscribed["content_type"] == "image/jpeg"
+            track = await browser.wait_for("controls.find((m) => m.op === 'track')")
+            assert (track["topic"], track["channel"]) == ("/demo/camera", subscribed["channel"])
+            await browser.wait_for("window.shown >= 1", timeout=5)
+            assert await browser.evaluate("window.firstFrameMs") < 1000
+            assert await browser.evaluate("video.videoWidth") == 320
+            before = await browser.evaluate("window.shown")
+            await browser.evaluate("new Promise((resolve) => setTimeout(resolve, 2000))")
+            assert await browser.evaluate("window.shown") - before >= 20
+            assert await browser.evaluate("transport.stats.frames") == 0
+    finally:
+        edge.stop()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from aiortc.mediastreams import MediaStreamTrack
 
 from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket
 from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
@@ -23,7 +26,15 @@ pattern = "/rtc/orders"
 [topics.declare.policy]
 kind = "reliable"
 history_max_messages = 10000
+
+[[topics.declare]]
+pattern = "/rtc/raw"
+content_type = "video/x-raw; format=rgb24; width=64; height=48"
+
+[topics.declare.policy]
+kind = "latest"
 """
+RAW_FRAME = bytes(range(256)) * (64 * 48 * 3 // 256)
 
 
 @pytest.fixture
@@ -256,3 +267,41 @@ async def test_shutdown_says_closing(router: RouterProcess) -> None:
     finally:
         await client.close()
         edge.stop()
+
+
+async def test_a_raw_video_topic_is_a_track_across_an_ice_restart(
+    edge: WebRtcEdgeProcess, push: zmq.Socket[bytes]
+) -> None:
+    client = RtcClient(edge.base_url, video_slots=1)
+    assert (await client.connect())[0] == 201
+    producing = asyncio.create_task(produce_raw(push))
+    try:
+        assert (await client.control_message())["op"] == "connected"
+        subscribed = await client.request("subscribe", topic="/rtc/raw")
+        track = await client.control_message()
+        assert track == {"op": "track", "topic": "/rtc/raw", "channel": subscribed["channel"], "mid": "0"}
+        await receive_frames(client.tracks[-1], 10)
+
+        assert await client.restart() == 200
+        assert (await client.control_message())["op"] == "track"
+        assert len(client.tracks) == 2
+        await receive_frames(client.tracks[-1], 10)
+        assert client.received_data() == []
+    finally:
+        producing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producing
+        await client.close()
+
+
+async def produce_raw(push: zmq.Socket[bytes]) -> None:
+    for _ in range(1000):
+        push.send_multipart([b"/rtc/raw", RAW_FRAME])
+        await asyncio.sleep(1 / 30)
+
+
+async def receive_frames(track: MediaStreamTrack, count: int) -> None:
+    async with asyncio.timeout(10):
+        for _ in range(count):
+            frame = await track.recv()
+            assert (frame.width, frame.height) == (64, 48)  # type: ignore[union-attr]
