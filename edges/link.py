@@ -20,6 +20,8 @@ import zmq
 
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.core.errors import ErrorCode
+from router.curve import CLIENT_HINTS, HANDSHAKE_FAILURES, CurveClient, handshake_failure
+from router.logs import ThrottledLog
 from router.wire import (
     EdgeMessage,
     Error,
@@ -48,6 +50,7 @@ class RouterLink:
     Hook the callbacks before :meth:`run`: ``on_message`` gets every router message that is not a
     reply awaited through :meth:`request`, ``on_data`` gets each drained batch of data messages as
     ``[head, payload]`` frame lists, and ``resync`` returns the messages to send after each welcome.
+    With ``curve``, both sockets are Curve clients of a router that has Curve on.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class RouterLink:
         max_batch: int = 1_000,
         max_batch_bytes: int = 1 << 20,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         self.protocol = protocol
         self.edge_id = edge_id or new_edge_id(protocol)
@@ -82,9 +86,14 @@ class RouterLink:
         self._dealer.linger = 0
         self._dealer.setsockopt(zmq.ROUTING_ID, self.edge_id.encode())
         self._dealer.setsockopt(zmq.IMMEDIATE, 1)
-        self._dealer.connect(control)
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
+        self._handshakes: zmq.Socket[bytes] | None = None
+        if curve is not None:
+            curve.secure(self._dealer)
+            curve.secure(self._sub)
+            self._handshakes = self._dealer.get_monitor_socket(HANDSHAKE_FAILURES)
+        self._dealer.connect(control)
         self._sub.connect(xpub)
         self._readable: dict[zmq.Socket[bytes], Readable] = {}
 
@@ -141,14 +150,32 @@ class RouterLink:
                 group.create_task(self._control_loop())
                 group.create_task(self._heartbeat_loop())
                 group.create_task(self._data_loop())
+                if self._handshakes is not None:
+                    group.create_task(self._watch_handshakes(self._handshakes))
         finally:
             self.close()
 
     def close(self) -> None:
         for waiter in self._waiters.values():
             waiter.cancel()
+        if self._handshakes is not None:
+            self._handshakes.close(linger=0)
         self._dealer.close(linger=0)
         self._sub.close(linger=0)
+
+    async def _watch_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
+        """Log why the router turned this edge away: with Curve, nothing else would say."""
+        readable = Readable(monitor)
+        refusals = ThrottledLog(log, interval=60.0)
+        try:
+            while True:
+                await readable.wait()
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        reason, _ = handshake_failure(monitor.recv_multipart(NOBLOCK))
+                        refusals.warning(reason, CLIENT_HINTS[reason])
+        finally:
+            readable.close()
 
     def _hello(self) -> None:
         self.welcomed.clear()

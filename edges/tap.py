@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from edges.link import DataBatch, RouterLink
+from router.curve import CurveClient
 from router.wire import (
     EdgeMessage,
     Error,
@@ -18,9 +19,11 @@ from router.wire import (
 )
 
 
-async def tap(topics: list[str], *, control: str, xpub: str, count: int = 0) -> None:
+async def tap(
+    topics: list[str], *, control: str, xpub: str, count: int = 0, curve: CurveClient | None = None
+) -> None:
     """Subscribe to ``topics`` and print one line per message; stop after ``count`` if set."""
-    link = RouterLink(protocol="tap", control=control, xpub=xpub)
+    link = RouterLink(protocol="tap", control=control, xpub=xpub, curve=curve)
     client_id = f"{link.edge_id}/tap"
     seen = 0
     done = asyncio.Event()

@@ -38,6 +38,7 @@ from edges.session import ClientSession, EdgeLimits
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.core.errors import ErrorCode
+from router.curve import CurveClient, add_client_arguments, client_from_args
 from router.logs import ThrottledLog
 from router.wire import Error, RouterMessage, WireError, parse_data_head
 
@@ -66,6 +67,8 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     heartbeat_interval: float = 1.0
+    curve: CurveClient | None = None
+    """This edge's Curve keys and the router's public key; ``None``: no Curve (docs/security.md)."""
     write_buffer_high: int = 64 * 1024
     """Bytes a client's transport buffers before the edge stops writing to it (and its queue fills)."""
     unsent_bytes: int = 16 * 1024
@@ -103,6 +106,7 @@ class WebSocketEdge:
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,
+            curve=config.curve,
         )
         self.link.on_data = self._on_data
         self.link.on_message = self._on_router_message
@@ -337,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
     parser.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    add_client_arguments(parser)
     parser.add_argument(
         "--write-buffer",
         type=int,
@@ -372,6 +377,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        curve=client_from_args(args),
         write_buffer_high=args.write_buffer,
         unsent_bytes=args.unsent_bytes,
     )

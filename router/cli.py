@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: ``router``, ``publish``, ``tap`` and ``edge KIND``."""
+"""The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``keys`` and ``edge KIND``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from router.config import (
     load_config,
 )
 from router.core.topics import topic_error
+from router.curve import CurveKeyError, add_client_arguments, client_from_args, write_key_pair
 from router.server import RouterServer
 
 EDGE_KINDS = {"websocket": "edges.websocket", "webrtc": "edges.webrtc"}
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    handler = {"router": _run_router, "publish": _run_publish, "tap": _run_tap}[args.command]
-    return handler(args)
+    handlers = {"router": _run_router, "publish": _run_publish, "tap": _run_tap, "keys": _run_keys}
+    return handlers[args.command](args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,12 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--count", type=int, default=1, help="times to send MESSAGE")
     publish.add_argument("--rate", type=float, default=0.0, help="messages per second (0: no limit)")
     publish.add_argument("--content-type")
+    add_client_arguments(publish)
 
     tap = commands.add_parser("tap", help="print what arrives on topics (a debugging subscriber)")
     tap.add_argument("topics", nargs="+")
     tap.add_argument("--control", default=DEFAULT_CONTROL)
     tap.add_argument("--xpub", default=DEFAULT_XPUB)
     tap.add_argument("--count", type=int, default=0, help="stop after this many messages (0: never)")
+    add_client_arguments(tap)
+
+    keys = commands.add_parser("keys", help="write a Curve key pair: NAME.key and NAME.key_secret")
+    keys.add_argument("name", help="the key's name, such as router or edge-1")
+    keys.add_argument("--dir", type=Path, default=Path("."), help="where to write the files")
 
     edge = commands.add_parser("edge", help="run an edge process", add_help=False)
     edge.add_argument("kind", choices=sorted(EDGE_KINDS))
@@ -74,14 +81,29 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     parser.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an edge is lost")
     parser.add_argument(
+        "--curve-secret-key-file", help="the router's key pair (NAME.key_secret); turns Curve on"
+    )
+    parser.add_argument("--curve-allowed-keys-dir", help="the directory of allowed public keys (*.key)")
+    parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
 
 
+ROUTER_OVERRIDES = (
+    "pull",
+    "xsub",
+    "xpub",
+    "control",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "curve_secret_key_file",
+    "curve_allowed_keys_dir",
+)
+"""The ``switchboard router`` options that override the configuration file, by key."""
+
+
 def _run_router(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in ("pull", "xsub", "xpub", "control")}
-    overrides["heartbeat_interval"] = args.heartbeat_interval
-    overrides["heartbeat_timeout"] = args.heartbeat_timeout
+    overrides = {name: getattr(args, name) for name in ROUTER_OVERRIDES}
     try:
         config = load_config(args.config, overrides)
     except ConfigError as error:
@@ -98,6 +120,7 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_allowed_keys)
     await server.serve()
 
 
@@ -124,7 +147,12 @@ def _run_publish(args: argparse.Namespace) -> int:
     if reason is not None:
         print(f"switchboard publish: {args.topic!r}: {reason}", file=sys.stderr)
         return 2
-    with Producer(args.pull) as producer:
+    try:
+        curve = client_from_args(args)
+    except CurveKeyError as error:
+        print(f"switchboard publish: {error}", file=sys.stderr)
+        return 2
+    with Producer(args.pull, curve=curve) as producer:
         for text in messages:
             producer.publish(args.topic, text.encode(), content_type=args.content_type)
             if interval:
@@ -135,7 +163,23 @@ def _run_publish(args: argparse.Namespace) -> int:
 def _run_tap(args: argparse.Namespace) -> int:
     from edges.tap import tap
 
-    return run_async(tap(args.topics, control=args.control, xpub=args.xpub, count=args.count))
+    try:
+        curve = client_from_args(args)
+    except CurveKeyError as error:
+        print(f"switchboard tap: {error}", file=sys.stderr)
+        return 2
+    return run_async(tap(args.topics, control=args.control, xpub=args.xpub, count=args.count, curve=curve))
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    try:
+        public, secret = write_key_pair(args.dir, args.name)
+    except (CurveKeyError, OSError) as error:
+        print(f"switchboard keys: {error}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}  (share it)")
+    print(f"secret key: {secret}  (keep it here, mode 0600)")
+    return 0
 
 
 def _run_edge(kind: str, argv: list[str]) -> int:

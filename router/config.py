@@ -15,11 +15,13 @@ import msgspec
 from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
+from router.curve import CurveServer
 
 DEFAULT_PULL = "tcp://127.0.0.1:7750"
 DEFAULT_XSUB = "tcp://127.0.0.1:7751"
 DEFAULT_XPUB = "tcp://127.0.0.1:7752"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7753"
+TABLES = {"router", "security", "limits", "topics"}
 
 
 class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -49,8 +51,27 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return self.heartbeat_timeout or 5 * self.heartbeat_interval
 
 
+class SecuritySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """CurveZMQ on every router socket: off unless ``curve_secret_key_file`` is set
+    (``docs/security.md``). Relative paths in a file are relative to that file."""
+
+    curve_secret_key_file: str | None = None
+    curve_allowed_keys_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.curve_secret_key_file is None) != (self.curve_allowed_keys_dir is None):
+            raise ValueError("curve_secret_key_file and curve_allowed_keys_dir go together")
+
+    def curve_server(self) -> CurveServer | None:
+        """The router's keys and allow-list, read now; ``None`` when Curve is off."""
+        if self.curve_secret_key_file is None or self.curve_allowed_keys_dir is None:
+            return None
+        return CurveServer(Path(self.curve_secret_key_file), Path(self.curve_allowed_keys_dir))
+
+
 class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     router: RouterSection = RouterSection()
+    security: SecuritySection = SecuritySection()
     limits: Limits = Limits()
     topics: dict[str, Any] = {}
 
@@ -63,28 +84,47 @@ class ConfigError(ValueError):
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RouterConfig:
-    """Read ``path`` (if any), apply ``overrides`` to the ``[router]`` table, and check it all."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{path}: {error}") from None
-    unknown = set(raw) - {"router", "limits", "topics"}
+    """Read ``path`` (if any), apply ``overrides`` to the ``[router]`` and ``[security]`` tables,
+    and check it all, key files included."""
+    raw = _read_file(path) if path is not None else {}
+    unknown = set(raw) - TABLES
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(sorted(unknown))}")
-    if not isinstance(raw.get("router", {}), dict):
-        raise ConfigError("router must be a table: [router]")
-    section = dict(raw.get("router", {}))
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    raw["router"] = section
+    for table in ("router", "security"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"{table} must be a table: [{table}]")
+    if path is not None:
+        raw["security"] = _relative_to(path.parent, raw.get("security", {}))
+    _apply_overrides(raw, overrides or {})
     try:
         config = msgspec.convert(raw, RouterConfig)
         _check_policies(config.topics)
         config.registry()
+        config.security.curve_server()
     except (msgspec.ValidationError, ValueError) as error:
         raise ConfigError(str(error)) from None
     return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set each override that is not ``None`` in ``[security]`` if it is one of its keys, else in
+    ``[router]`` (where an unknown key is an error)."""
+    for key, value in overrides.items():
+        if value is not None:
+            table = "security" if key in SecuritySection.__struct_fields__ else "router"
+            raw[table] = {**raw.get(table, {}), key: value}
+
+
+def _relative_to(base: Path, section: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with its relative paths made relative to ``base``, the file's directory."""
+    return {key: str(base / value) if isinstance(value, str) else value for key, value in section.items()}
 
 
 def _check_policies(topics: dict[str, Any]) -> None:

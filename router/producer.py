@@ -9,6 +9,7 @@ import zmq
 
 from router.config import DEFAULT_PULL
 from router.core.topics import check_topic
+from router.curve import CurveClient
 from router.wire import ProducerHeader
 
 
@@ -16,14 +17,19 @@ class Producer:
     """PUSHes ``[topic, payload]`` (or ``[topic, header, payload]``) to the router's PULL socket.
 
     ``publish`` blocks while the router's queue is full (the PUSH high-water mark), which is how a
-    producer feels backpressure; pass ``block=False`` to get ``False`` back instead.
+    producer feels backpressure; pass ``block=False`` to get ``False`` back instead. With ``curve``,
+    the link is a Curve client of a router that has Curve on (``docs/security.md``).
     """
 
-    def __init__(self, endpoint: str = DEFAULT_PULL, *, sndhwm: int = 10_000) -> None:
+    def __init__(
+        self, endpoint: str = DEFAULT_PULL, *, sndhwm: int = 10_000, curve: CurveClient | None = None
+    ) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.linger = 2_000
         self._socket.sndhwm = sndhwm
+        if curve is not None:
+            curve.secure(self._socket)
         self._socket.connect(endpoint)
         self._checked: set[str] = set()
 

@@ -18,6 +18,7 @@ import zmq
 from router.config import RouterConfig
 from router.control import ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, RefusedError
+from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
 from router.logs import ThrottledLog
 from router.wire import (
     MAX_CONTROL_BYTES,
@@ -53,6 +54,9 @@ class RouterServer:
         self._stopped = asyncio.Event()
         self._readable: dict[zmq.Socket[bytes], Readable] = {}
         self._drop_log = ThrottledLog(log)
+        self._curve = config.security.curve_server()
+        self._monitors: dict[str, zmq.Socket[bytes]] = {}
+        """With Curve on: a monitor of each socket's failed handshakes, by socket name."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -60,6 +64,8 @@ class RouterServer:
         """Bind every socket; returns the endpoints actually bound (``:0`` ports resolved)."""
         section = self.config.router
         frame_cap = 2 * self.config.limits.max_payload_bytes
+        if self._curve is not None:
+            self._curve.start(self._context)
         self.pull = self._socket(
             zmq.PULL, "pull", section.pull, rcvhwm=section.ingest_hwm, maxmsgsize=frame_cap
         )
@@ -77,6 +83,9 @@ class RouterServer:
         sock.linger = 0
         for option, value in options.items():
             sock.setsockopt(getattr(zmq, option.upper()), value)
+        if self._curve is not None:
+            self._curve.secure(sock)
+            self._monitors[name] = sock.get_monitor_socket(HANDSHAKE_FAILURES)
         sock.bind(endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint)
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sockets.append(sock)
@@ -90,13 +99,14 @@ class RouterServer:
         """
         if not self._sockets:
             self.bind()
-        self._readable = {sock: Readable(sock) for sock in self._sockets}
+        self._readable = {sock: Readable(sock) for sock in [*self._sockets, *self._monitors.values()]}
         roles = {
             "ingest-pull": self._ingest(self.pull),
             "ingest-xsub": self._ingest(self.xsub),
             "fanout-subscriptions": self._drain_fanout_subscriptions(),
             "control": self._control_loop(),
             "heartbeat": self._heartbeat_loop(),
+            **{f"handshakes-{name}": self._watch_handshakes(name) for name in self._monitors},
         }
         tasks: list[asyncio.Task[object]] = [
             asyncio.create_task(role, name=name) for name, role in roles.items()
@@ -113,14 +123,26 @@ class RouterServer:
             for task in [stopped, *tasks]:
                 task.cancel()
             await asyncio.gather(stopped, *tasks, return_exceptions=True)
-            for readable in self._readable.values():
-                readable.close()
-            for sock in self._sockets:
-                sock.close(linger=0)
-            self._context.term()
+            self._close()
+
+    def _close(self) -> None:
+        for readable in self._readable.values():
+            readable.close()
+        for monitor in self._monitors.values():
+            monitor.close(linger=0)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        if self._curve is not None:
+            self._curve.stop()
+        self._context.term()
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def reload_allowed_keys(self) -> None:
+        """Read the Curve allow-list again (on SIGHUP); nothing to do with Curve off."""
+        if self._curve is not None:
+            self._curve.reload()
 
     # ------------------------------------------------------------ data
 
@@ -189,6 +211,24 @@ class RouterServer:
         with contextlib.suppress(zmq.Again):
             while True:
                 self.xpub.recv(NOBLOCK)
+
+    # ------------------------------------------------------------ Curve
+
+    async def _watch_handshakes(self, name: str) -> None:
+        """Count each peer a socket's Curve handshake turned away, and log why (the allow-list
+        logs the refused keys themselves)."""
+        monitor = self._monitors[name]
+        readable = self._readable[monitor]
+        while True:
+            await readable.wait()
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    reason, why = handshake_failure(monitor.recv_multipart(NOBLOCK))
+                    self.manager.count_drop(reason)
+                    if reason != CURVE_REFUSED:
+                        self._drop_log.warning(
+                            f"{reason}-{name}", "%s: a peer failed the Curve handshake: %s", name, why
+                        )
 
     # ------------------------------------------------------------ control
 

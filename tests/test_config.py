@@ -17,6 +17,7 @@ from router.config import (
     load_config,
 )
 from router.core import DeliveryPolicy, ErrorCode, HistoryLimits, Limits, RefusedError
+from router.curve import read_public_key, write_key_pair
 
 FULL = """
 [router]
@@ -201,3 +202,63 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 def test_a_utf8_file_reads_the_same_whatever_the_locale(tmp_path: Path) -> None:
     path = write(tmp_path, "[[topics.declare]]\npattern = '/caf\u00e9'\ndescription = '\u65e5\u672c'\n")
     assert load_config(path).registry().resolve("/caf\u00e9").description == "\u65e5\u672c"
+
+
+# ---------------------------------------------------------------- [security]
+
+
+def curve_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A router key pair in ``tmp_path/keys`` and an allow-list with one key in ``tmp_path/allowed``."""
+    _, secret = write_key_pair(tmp_path / "keys", "router")
+    public, _ = write_key_pair(tmp_path / "keys", "edge")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / public.name).write_bytes(public.read_bytes())
+    return secret, allowed
+
+
+def test_curve_is_off_by_default() -> None:
+    assert load_config().security.curve_server() is None
+
+
+def security(secret: str, allowed: str) -> str:
+    return f'[security]\ncurve_secret_key_file = "{secret}"\ncurve_allowed_keys_dir = "{allowed}"\n'
+
+
+def test_security_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    secret, allowed = curve_files(tmp_path)
+    config = load_config(write(tmp_path, security("keys/router.key_secret", "allowed")))
+    assert config.security.curve_secret_key_file == str(secret)
+    assert config.security.curve_allowed_keys_dir == str(allowed)
+    server = config.security.curve_server()
+    assert server is not None
+    assert server.public_key == read_public_key(tmp_path / "keys" / "router.key")
+
+
+def test_security_overrides_set_the_security_table(tmp_path: Path) -> None:
+    secret, allowed = curve_files(tmp_path)
+    overrides = {"curve_secret_key_file": str(secret), "curve_allowed_keys_dir": str(allowed)}
+    config = load_config(None, {**overrides, "pull": None})
+    assert config.security.curve_allowed_keys_dir == str(allowed)
+    assert config.router.pull == DEFAULT_PULL
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('[security]\ncurve_secret_key_file = "keys/router.key_secret"\n', "go together"),
+        ('[security]\ncurve_allowed_keys_dir = "allowed"\n', "go together"),
+        (security("keys/nope.key_secret", "allowed"), r"nope\.key_secret: no such file"),
+        (security("keys/router.key", "allowed"), "no secret key"),
+        (security("keys/router.key_secret", "nope"), "not a directory"),
+        (security("keys/router.key_secret", "empty"), "holds no public key"),
+        ("[security]\ncurve_secret_key_file = 1\n", "curve_secret_key_file"),
+        ("[security]\ncurve = true\n", "curve"),
+        ("security = 1\n", r"\[security\]"),
+    ],
+)
+def test_unusable_security_settings_are_config_errors(tmp_path: Path, text: str, why: str) -> None:
+    curve_files(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=why):
+        load_config(write(tmp_path, text))

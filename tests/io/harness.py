@@ -16,6 +16,7 @@ from pathlib import Path
 import zmq
 
 from edges.link import DataBatch, RouterLink
+from router.curve import CurveClient
 from router.wire import (
     DataMeta,
     EdgeMessage,
@@ -153,17 +154,29 @@ def _read_ready_line(process: subprocess.Popen[bytes], name: str, timeout: float
 
 
 class TestEdge:
-    """A real edge link with one or more clients whose data lands in a queue."""
+    """A real edge link with one or more clients whose data lands in a queue.
+
+    Entering waits up to ``welcome_timeout`` seconds for the router's welcome; ``0`` does not wait
+    (for an edge the router should turn away).
+    """
 
     __test__ = False
 
-    def __init__(self, endpoints: dict[str, str], heartbeat_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        endpoints: dict[str, str],
+        heartbeat_interval: float = 0.2,
+        curve: CurveClient | None = None,
+        welcome_timeout: float = 10.0,
+    ) -> None:
         self.link = RouterLink(
             protocol="test",
             control=endpoints["control"],
             xpub=endpoints["xpub"],
             heartbeat_interval=heartbeat_interval,
+            curve=curve,
         )
+        self.welcome_timeout = welcome_timeout
         self.received: asyncio.Queue[tuple[DataMeta, bytes]] = asyncio.Queue()
         self.clients: dict[str, set[str]] = {}
         self.link.on_data = self._on_data
@@ -172,8 +185,9 @@ class TestEdge:
 
     async def __aenter__(self) -> TestEdge:
         self._runner = asyncio.create_task(self.link.run())
-        async with asyncio.timeout(10):
-            await self.link.welcomed.wait()
+        if self.welcome_timeout:
+            async with asyncio.timeout(self.welcome_timeout):
+                await self.link.welcomed.wait()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -265,11 +279,13 @@ def running_router(extra_args: Sequence[str] = ()) -> Iterator[RouterProcess]:
 
 
 @contextlib.contextmanager
-def push_socket(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+def push_socket(endpoint: str, curve: CurveClient | None = None) -> Iterator[zmq.Socket[bytes]]:
     """A raw PUSH producer connected to ``endpoint`` for the length of the block."""
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.linger = 0
+    if curve is not None:
+        curve.secure(sock)
     sock.connect(endpoint)
     try:
         yield sock
