@@ -33,6 +33,8 @@ class HttpRequest(NamedTuple):
     """Header names in lower case; a repeated header keeps its last value."""
     body: bytes
     remote: str = ""
+    query: str = ""
+    """The target's query string, without the ``?``."""
 
     def bearer_token(self) -> str | None:
         """The token of an ``Authorization: Bearer`` header, or ``None``."""
@@ -58,7 +60,7 @@ class HttpError(ValueError):
 
 
 def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    """Method, path and headers of a request head (without the blank line). Raises :class:`HttpError`."""
+    """Method, target and headers of a request head (without the blank line). Raises :class:`HttpError`."""
     try:
         lines = head.decode("latin-1").split("\r\n")
         method, target, version = lines[0].split(" ")
@@ -72,7 +74,7 @@ def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
         if not colon or not name or name != name.strip():
             raise HttpError(HTTPStatus.BAD_REQUEST, "malformed header")
         headers[name.lower()] = value.strip()
-    return method, target.split("?", 1)[0], headers
+    return method, target, headers
 
 
 def body_length(headers: dict[str, str]) -> int:
@@ -174,13 +176,14 @@ async def _read_request(reader: asyncio.StreamReader, remote: str) -> HttpReques
         raise HttpError(HTTPStatus.BAD_REQUEST, "incomplete request") from None
     except asyncio.LimitOverrunError:
         raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large") from None
-    method, path, headers = parse_head(head[:-4])
+    method, target, headers = parse_head(head[:-4])
+    path, _, query = target.partition("?")
     length = body_length(headers)
     try:
         body = await reader.readexactly(length) if length else b""
     except asyncio.IncompleteReadError:
         raise HttpError(HTTPStatus.BAD_REQUEST, "incomplete body") from None
-    return HttpRequest(method, path, headers, body, remote)
+    return HttpRequest(method, path, headers, body, remote, query)
 
 
 def _remote(writer: asyncio.StreamWriter) -> str:

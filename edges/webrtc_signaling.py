@@ -89,6 +89,8 @@ class SignalingRoutes:
         if method == "OPTIONS":
             return _preflight()
         if method == "GET" and path in STATIC_FILES and self.serve_viewer:
+            if path == "/" and "mode=" not in request.query:
+                return _see_other(f"/?mode=webrtc&{request.query}".rstrip("&"))
             return _static(path)
         if path == SIGNALING_PATH:
             return await self._offer(request) if method == "POST" else _status(HTTPStatus.METHOD_NOT_ALLOWED)
@@ -158,6 +160,11 @@ def _static(path: str) -> HttpResponse:
     return HttpResponse(
         HTTPStatus.OK, resources.files("edges").joinpath("static", name).read_bytes(), content_type
     )
+
+
+def _see_other(location: str) -> HttpResponse:
+    """The viewer page served by this edge starts in its WebRTC mode."""
+    return HttpResponse(HTTPStatus.SEE_OTHER, b"", headers=(("Location", location),))
 
 
 def _status(status: HTTPStatus) -> HttpResponse:

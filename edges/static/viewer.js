@@ -1,4 +1,5 @@
-// The Switchboard viewer: a client of the edge's WebSocket protocol (docs/protocol.md).
+// The Switchboard viewer: a client of switchboard.v1 (docs/protocol.md) over WebSocket or, with
+// ?mode=webrtc, over WebRTC data channels, the camera then arriving as a video track.
 const SUBPROTOCOL = "switchboard.v1";
 const DATA_FRAME = 0x01;
 const HEADER_BYTES = 14;
@@ -8,10 +9,12 @@ const CAMERA_WINDOW = 2;       // camera frames in flight before the viewer ackn
 const params = new URLSearchParams(location.search);
 const cameraTopic = params.get("camera") || "/demo/camera";
 const telemetryTopic = params.get("telemetry") || "/demo/telemetry";
+const mode = params.get("mode") === "webrtc" ? "webrtc" : "websocket";
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  socket: null,
+  transport: null,             // {send(message), close()} of the current connection
+  reconnecting: false,
   nextId: 1,
   pending: new Map(),          // request id -> {op, topic}
   channels: new Map(),         // channel id -> subscription
@@ -30,9 +33,7 @@ function log(text) {
 }
 
 function send(message) {
-  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
-    state.socket.send(JSON.stringify(message));
-  }
+  if (state.transport) state.transport.send(message);
 }
 
 function request(op, topic, options = {}) {
@@ -42,20 +43,51 @@ function request(op, topic, options = {}) {
 }
 
 function connect() {
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  state.reconnecting = false;
+  if (mode === "webrtc") connectWebRtc();
+  else connectWebSocket();
+}
+
+function reconnect(why) {
+  if (state.reconnecting) return;
+  state.reconnecting = true;
+  setStatus(`${why} — reconnecting`, false);
+  if (state.transport) state.transport.close();
+  state.transport = null;
+  state.channels.clear();
+  setTimeout(connect, 1000);
+}
+
+function connectWebSocket() {
+  const url = params.get("ws") || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
   const socket = new WebSocket(url, SUBPROTOCOL);
   socket.binaryType = "arraybuffer";
-  state.socket = socket;
+  state.transport = {
+    send: (message) => { if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message)); },
+    close: () => socket.close(),
+  };
   socket.onopen = () => send({ op: "connect" });
   socket.onmessage = (event) => {
     if (typeof event.data === "string") onControl(JSON.parse(event.data));
     else onData(event.data);
   };
-  socket.onclose = (event) => {
-    setStatus(`closed (${event.code}) — reconnecting`, false);
-    state.channels.clear();
-    setTimeout(connect, 1000);
-  };
+  socket.onclose = (event) => reconnect(`closed (${event.code})`);
+}
+
+// The edge that served the page, or ?whep=<signaling URL>; the edge sends `connected` itself.
+async function connectWebRtc() {
+  const whep = params.get("whep") || `${location.origin}/whep`;
+  try {
+    const { RtcTransport } = await import(new URL("rtc-client.js", whep).href);
+    const transport = new RtcTransport(whep, { videoSlots: 1 });
+    transport.onControl = onControl;
+    transport.onData = onData;
+    transport.onClose = (why) => { if (state.transport === transport) reconnect(why); };
+    state.transport = transport;
+    await transport.open();
+  } catch (error) {
+    reconnect(String(error.message || error));
+  }
 }
 
 function setStatus(text, ok) {
@@ -71,7 +103,8 @@ function onControl(message) {
       const topics = new Set([cameraTopic, telemetryTopic, ...state.byTopic.keys()]);
       state.byTopic.clear();
       for (const topic of topics) {
-        request("subscribe", topic, topic === cameraTopic ? { window: CAMERA_WINDOW } : {});
+        const windowed = topic === cameraTopic && mode === "websocket";
+        request("subscribe", topic, windowed ? { window: CAMERA_WINDOW } : {});
       }
       break;
     }
@@ -93,6 +126,9 @@ function onControl(message) {
       renderSubscriptions();
       break;
     }
+    case "track":
+      if (message.topic === cameraTopic) showVideo(state.transport.track(message.mid));
+      break;
     case "error":
       state.pending.delete(message.id);
       log(`error ${message.code}: ${message.message}`);
@@ -131,6 +167,26 @@ function showFrame(payload) {
   image.src = state.frameUrl;
   state.frames += 1;
   return image.decode().catch(() => undefined);
+}
+
+// WebRTC mode: the edge sends the camera topic as a video track; frames are counted as shown.
+function showVideo(track) {
+  const video = $("video");
+  video.srcObject = new MediaStream([track]);
+  video.hidden = false;
+  $("frame").hidden = true;
+  const counted = video.srcObject;
+  const count = () => {
+    if (video.srcObject !== counted) return;
+    const sub = state.byTopic.get(cameraTopic);
+    if (sub) {
+      sub.received += 1;
+      state.frames += 1;
+    }
+    video.requestVideoFrameCallback(count);
+  };
+  video.requestVideoFrameCallback(count);
+  video.play().catch(() => undefined);
 }
 
 function showTelemetry(payload) {
@@ -194,6 +250,12 @@ $("subscribe-form").onsubmit = (event) => {
 };
 $("unsubscribe").onclick = () => request("unsubscribe", $("topic").value.trim());
 $("camera-topic").textContent = cameraTopic;
+for (const link of document.querySelectorAll("#modes a")) {
+  const linked = new URLSearchParams(params);
+  linked.set("mode", link.dataset.mode);
+  link.href = `?${linked}`;
+  link.classList.toggle("current", link.dataset.mode === mode);
+}
 $("telemetry-topic").textContent = telemetryTopic;
 
 function frameLoop() {

@@ -186,7 +186,11 @@ async def test_signaling_errors(edge: WebRtcEdgeProcess) -> None:
     assert (await http("PATCH", f"{url}/whep/nobody", b"v=0", {"Content-Type": "application/sdp"}))[0] == 404
     assert (await http("GET", f"{url}/whep"))[0] == 405
     assert (await http("GET", f"{url}/nothing"))[0] == 404
-    status, headers, body = await http("GET", f"{url}/")
+    status, headers, _ = await http("GET", f"{url}/")
+    assert (status, headers["location"]) == (303, "/?mode=webrtc")
+    status, headers, _ = await http("GET", f"{url}/?camera=/c")
+    assert headers["location"] == "/?mode=webrtc&camera=/c"
+    status, headers, body = await http("GET", f"{url}/?mode=webrtc")
     assert status == 200
     assert headers["content-type"].startswith("text/html")
     status, headers, _ = await http("OPTIONS", f"{url}/whep", headers={"Origin": "http://page"})
