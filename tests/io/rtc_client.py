@@ -54,7 +54,8 @@ async def http(
     assert parts.hostname is not None
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        lines = [f"{method} {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}"]
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         lines.append(f"Content-Length: {len(body)}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
