@@ -39,6 +39,7 @@ __all__ = [
     "ClientDropped",
     "ConnectionManager",
     "ConnectionStats",
+    "EdgeStatus",
     "HistoryView",
     "Limits",
     "PolicyChanged",
@@ -48,6 +49,7 @@ __all__ = [
     "Route",
     "Subscribed",
     "TokenRefresh",
+    "TopicCounters",
     "UnwatchTopic",
     "WatchTopic",
 ]
@@ -224,6 +226,24 @@ class ConnectionStats(msgspec.Struct, kw_only=True):
     drops: dict[str, int]
     history_messages: int = 0
     history_bytes: int = 0
+
+
+class TopicCounters(NamedTuple):
+    """One topic's messages and payload bytes accepted since the router created its state."""
+
+    topic: str
+    messages_in: int
+    bytes_in: int
+    subscribers: int
+
+
+class EdgeStatus(NamedTuple):
+    """One known edge: its clients now, and when it was last heard from (the router's clock)."""
+
+    edge_id: str
+    protocol: str
+    clients: int
+    last_seen: float
 
 
 # ---------------------------------------------------------------- internal state
@@ -821,6 +841,14 @@ class ConnectionManager:
             history_messages=sum(len(h) for h in self._histories.values()),
             history_bytes=self._history_total.bytes,
         )
+
+    def topic_counters(self) -> list[TopicCounters]:
+        """Every topic the router holds state for. A topic whose state is dropped (``max_topics``)
+        starts again from 0 if it comes back."""
+        return [TopicCounters(t.name, t.messages, t.bytes, len(t.subscribers)) for t in self._topics.values()]
+
+    def edge_statuses(self) -> list[EdgeStatus]:
+        return [EdgeStatus(e.edge_id, e.protocol, len(e.clients), e.last_seen) for e in self._edges.values()]
 
     def client_ids(self) -> Iterable[str]:
         return self._clients.keys()
