@@ -13,11 +13,16 @@ import signal
 import sys
 from types import FrameType
 
-from benchlib import edge_bench, policies_bench, router_bench
+from benchlib import edge_bench, policies_bench, router_bench, webrtc_bench
 from benchlib.procs import ChildError
 from benchlib.report import BenchCommand, show
 
-COMMANDS: dict[str, BenchCommand] = {"router": router_bench, "edge": edge_bench, "policies": policies_bench}
+COMMANDS: dict[str, BenchCommand] = {
+    "router": router_bench,
+    "edge": edge_bench,
+    "policies": policies_bench,
+    "webrtc": webrtc_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
