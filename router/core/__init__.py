@@ -1,6 +1,7 @@
 """The sans-I/O core: plain objects with no sockets, no clock and no event loop."""
 
 from router.core.clients import ClientInfo, Connection
+from router.core.edge_reports import ClientFigures, EdgeFigures, EdgeTotals
 from router.core.errors import ErrorCode, RefusedError
 from router.core.history import HistoryEntry, HistoryLimits, Missing, TopicHistory, Window
 from router.core.manager import (
@@ -24,6 +25,7 @@ from router.core.manager import (
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 from router.core.sessions import AllowAllSessions, Identity, SessionManager
 from router.core.topics import TopicRegistry, TopicSpec, check_topic, topic_error
+from router.core.views import ClientView, EdgeView, HistorySize, TopicView
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -31,14 +33,20 @@ __all__ = [
     "Action",
     "AllowAllSessions",
     "ClientDropped",
+    "ClientFigures",
     "ClientInfo",
+    "ClientView",
     "Connection",
     "ConnectionManager",
     "ConnectionStats",
     "DeliveryPolicy",
+    "EdgeFigures",
+    "EdgeTotals",
+    "EdgeView",
     "ErrorCode",
     "HistoryEntry",
     "HistoryLimits",
+    "HistorySize",
     "HistoryView",
     "Identity",
     "Limits",
@@ -55,6 +63,7 @@ __all__ = [
     "TopicHistory",
     "TopicRegistry",
     "TopicSpec",
+    "TopicView",
     "UnwatchTopic",
     "WatchTopic",
     "Window",

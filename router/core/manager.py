@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from router.core.clients import ClientInfo
+from router.core.edge_reports import ClientFigures, EdgeFigures, EdgeTotals, add_totals
 from router.core.errors import ErrorCode, RefusedError
 from router.core.history import (
     RECOVER_BATCH_BYTES,
@@ -31,6 +32,7 @@ from router.core.history import (
 from router.core.policy import DeliveryPolicy
 from router.core.sessions import AllowAllSessions, Identity, SessionManager
 from router.core.topics import TopicRegistry, TopicSpec, decode_topic
+from router.core.views import ClientView, EdgeView, HistorySize, TopicView
 
 __all__ = [
     "RATE_LIMITED",
@@ -226,6 +228,11 @@ class ConnectionStats(msgspec.Struct, kw_only=True):
     drops: dict[str, int]
     history_messages: int = 0
     history_bytes: int = 0
+    edge_delivered: int = 0
+    """The rest adds up what the edges reported last (:mod:`router.core.edge_reports`)."""
+    edge_queued_messages: int = 0
+    edge_queued_bytes: int = 0
+    edge_drops: dict[str, int] = {}
 
 
 class TopicCounters(NamedTuple):
@@ -306,9 +313,11 @@ class _Edge:
     edge_id: str
     protocol: str
     last_seen: float
+    connected_at: float
     clients: set[str] = field(default_factory=set)
     topics: dict[str, int] = field(default_factory=dict)
     """topic -> how many of this edge's clients are subscribed to it (never 0)."""
+    figures: EdgeFigures = field(default_factory=EdgeFigures)
 
 
 def _too_large(topic: str, most: int) -> RefusedError:
@@ -372,7 +381,7 @@ class ConnectionManager:
             actions = self.edge_lost(edge_id, "edge restarted")
         elif len(self._edges) >= self.limits.max_edges:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_edges} edges")
-        self._edges[edge_id] = _Edge(edge_id, protocol, now)
+        self._edges[edge_id] = _Edge(edge_id, protocol, now, now)
         return actions
 
     def edge_heartbeat(self, edge_id: str, now: float) -> None:
@@ -500,6 +509,9 @@ class ConnectionManager:
 
     def _drop_client(self, client_id: str) -> list[Action]:
         client = self._clients.pop(client_id)
+        edge = self._edges.get(client.info.edge_id)
+        if edge is not None:
+            edge.figures.forget_client(client_id)
         actions: list[Action] = []
         for topic in sorted(client.topics):
             actions += self._remove_subscriber(self._topics[topic], client)
@@ -828,6 +840,7 @@ class ConnectionManager:
         self._drops[reason] += count
 
     def get_connection_stats(self) -> ConnectionStats:
+        edges = add_totals(e.figures.totals for e in self._edges.values())
         return ConnectionStats(
             edges=len(self._edges),
             clients=len(self._clients),
@@ -840,6 +853,10 @@ class ConnectionManager:
             drops=dict(self._drops),
             history_messages=sum(len(h) for h in self._histories.values()),
             history_bytes=self._history_total.bytes,
+            edge_delivered=edges.delivered,
+            edge_queued_messages=edges.queued_messages,
+            edge_queued_bytes=edges.queued_bytes,
+            edge_drops=edges.dropped,
         )
 
     def topic_counters(self) -> list[TopicCounters]:
@@ -852,3 +869,73 @@ class ConnectionManager:
 
     def client_ids(self) -> Iterable[str]:
         return self._clients.keys()
+
+    # ------------------------------------------------------------ edge reports and views
+
+    def edge_report(
+        self,
+        edge_id: str,
+        totals: EdgeTotals,
+        topic_drops: dict[str, int],
+        clients: Iterable[ClientFigures],
+        now: float,
+    ) -> None:
+        """Keep what an edge reported (:class:`~router.core.edge_reports.EdgeFigures`). Figures
+        of clients that are not this edge's, and drops of topics none of its clients holds, are
+        ignored."""
+        edge = self._edge(edge_id)
+        edge.figures.update(totals, topic_drops, clients, edge.clients, now)
+        edge.figures.keep_topics(edge.topics)
+
+    def edge_views(self) -> list[EdgeView]:
+        return [
+            EdgeView(
+                edge.edge_id,
+                edge.protocol,
+                edge.connected_at,
+                edge.last_seen,
+                len(edge.clients),
+                len(edge.topics),
+                edge.figures.totals if edge.figures.reported_at is not None else None,
+                edge.figures.reported_at,
+            )
+            for edge in self._edges.values()
+        ]
+
+    def client_views(self, edge_id: str | None = None) -> list[ClientView]:
+        """Every registered client, or only those of one edge."""
+        views = []
+        for client in self._clients.values():
+            info = client.info
+            if edge_id is None or info.edge_id == edge_id:
+                edge = self._edges[info.edge_id]
+                figures = edge.figures.clients.get(info.client_id)
+                views.append(ClientView(info, client.identity.user, tuple(sorted(client.topics)), figures))
+        return views
+
+    def topic_views(self) -> list[TopicView]:
+        """Every topic the router holds state for."""
+        drops: Counter[str] = Counter()
+        for edge in self._edges.values():
+            drops.update(edge.figures.topic_drops)
+        return [
+            TopicView(
+                name,
+                state.epoch,
+                state.offset,
+                len(state.subscribers),
+                state.messages,
+                state.bytes,
+                self.get_delivery_policy(name),
+                name in self._policies,
+                _history_size(state.history),
+                drops[name],
+            )
+            for name, state in self._topics.items()
+        ]
+
+
+def _history_size(history: TopicHistory | None) -> HistorySize | None:
+    if history is None:
+        return None
+    return HistorySize(len(history), history.bytes, history.start, history.last)

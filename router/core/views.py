@@ -1,0 +1,62 @@
+"""Read-only views of what the router holds, for the admin API: edges, clients and topics.
+
+Each is a snapshot built by :class:`~router.core.ConnectionManager` on request; times are the
+router's monotonic clock, as the manager received them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from router.core.clients import ClientInfo
+from router.core.edge_reports import ClientFigures, EdgeTotals
+from router.core.policy import DeliveryPolicy
+
+__all__ = ["ClientView", "EdgeView", "HistorySize", "TopicView"]
+
+
+class EdgeView(NamedTuple):
+    edge_id: str
+    protocol: str
+    connected_at: float
+    last_seen: float
+    clients: int
+    topics: int
+    """Topics at least one of its clients is subscribed to."""
+    totals: EdgeTotals | None
+    """What the edge reported last, ``None`` before its first report (or from an edge that does
+    not report)."""
+    reported_at: float | None
+
+
+class ClientView(NamedTuple):
+    info: ClientInfo
+    user: str
+    topics: tuple[str, ...]
+    figures: ClientFigures | None
+    """Its queue and drops as its edge reported them last; ``None`` until it did."""
+
+
+class HistorySize(NamedTuple):
+    messages: int
+    bytes: int
+    start: int
+    """The history holds every message after this offset up to ``last``."""
+    last: int
+
+
+class TopicView(NamedTuple):
+    topic: str
+    epoch: int
+    offset: int
+    subscribers: int
+    messages: int
+    """Messages accepted since the router created the topic's state."""
+    bytes: int
+    policy: DeliveryPolicy
+    overridden: bool
+    """The policy was set at runtime, not taken from the configuration."""
+    history: HistorySize | None
+    edge_drops: int
+    """Messages of this topic that subscribed clients did not get, over all edges, as they
+    reported them last."""
