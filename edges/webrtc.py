@@ -66,6 +66,7 @@ class WebRtcEdge:
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,
+            curve=config.curve,
         )
         self.link.on_data = self._on_data
         self.link.on_message = self._on_router_message

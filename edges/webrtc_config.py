@@ -10,6 +10,7 @@ from aiortc import RTCConfiguration, RTCIceServer
 
 from edges.session import EdgeLimits
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
+from router.curve import CurveClient, add_client_arguments, client_from_args
 
 __all__ = [
     "DEFAULT_PORT",
@@ -43,6 +44,8 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: tuple[str, ...] | None = None
     """Origins whose pages may signal from another origin (CORS); ``None``: any."""
     heartbeat_interval: float = 1.0
+    curve: CurveClient | None = None
+    """This edge's Curve keys and the router's public key; ``None``: no Curve (docs/security.md)."""
     ice_servers: tuple[IceServer, ...] = ()
     candidate_addresses: tuple[str, ...] = ("127.0.0.1",)
     """Local addresses offered as ICE host candidates; empty: every interface's."""
@@ -82,7 +85,11 @@ def apply_ice_settings(config: WebRtcEdgeConfig) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchboard edge webrtc", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="switchboard edge webrtc",
+        description="The WebRTC edge: WHEP-style signaling, switchboard.v1 over data channels, "
+        "video topics as tracks (docs/protocol.md, 4.9).",
+    )
     defaults = WebRtcEdgeConfig()
     limits = defaults.limits
     add = parser.add_argument
@@ -97,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     add("--queue-bytes", type=int, default=limits.queue_max_bytes)
     add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    add_client_arguments(parser)
     add("--ice-server", action="append", default=[], help="stun: or turn: URL (repeat)")
     add("--ice-username", help="username for the TURN servers")
     add("--ice-credential", help="credential for the TURN servers")
@@ -139,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         max_connections=args.max_connections,
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
         heartbeat_interval=args.heartbeat_interval,
+        curve=client_from_args(args),
         ice_servers=servers,
         candidate_addresses=() if "all" in addresses else addresses,
         consent_interval=args.consent_interval,
