@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import json
-import logging
 import signal
 import sys
 import time
@@ -24,6 +23,8 @@ from router.config import (
 )
 from router.core.topics import topic_error
 from router.curve import CurveKeyError, add_client_arguments, client_from_args, write_key_pair
+from router.logfmt import add_log_arguments, configure_logging
+from router.metrics_http import MetricsListener
 from router.server import RouterServer
 
 EDGE_KINDS = {"websocket": "edges.websocket", "webrtc": "edges.webrtc"}
@@ -36,18 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         return _run_edge(args.kind, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     handlers = {"router": _run_router, "publish": _run_publish, "tap": _run_tap, "keys": _run_keys}
     return handlers[args.command](args)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_router_arguments(commands.add_parser("router", help="run the central router"))
+    router = commands.add_parser("router", help="run the central router")
+    add_router_arguments(router)
+    add_log_arguments(router, defaults=False)
 
     publish = commands.add_parser("publish", help="publish messages (stdin lines if no MESSAGE)")
     publish.add_argument("topic")
@@ -84,6 +85,7 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         "--curve-secret-key-file", help="the router's key pair (NAME.key_secret); turns Curve on"
     )
     parser.add_argument("--curve-allowed-keys-dir", help="the directory of allowed public keys (*.key)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
@@ -98,6 +100,7 @@ ROUTER_OVERRIDES = (
     "heartbeat_timeout",
     "curve_secret_key_file",
     "curve_allowed_keys_dir",
+    "metrics",
 )
 """The ``switchboard router`` options that override the configuration file, by key."""
 
@@ -115,13 +118,19 @@ def _run_router(args: argparse.Namespace) -> int:
 async def _serve_router(config: RouterConfig, announce: bool) -> None:
     server = RouterServer(config)
     endpoints = server.bind()
+    metrics = MetricsListener(server.metrics.render, server.metrics.content_type)
+    if config.router.metrics is not None:
+        endpoints["metrics"] = await metrics.start(config.router.metrics)
     if announce:
         print(json.dumps({"event": "ready", **endpoints}), flush=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, server.stop)
     loop.add_signal_handler(signal.SIGHUP, server.reload_allowed_keys)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        await metrics.close()
 
 
 def run_async(main: Coroutine[Any, Any, object]) -> int:

@@ -16,6 +16,7 @@ from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
 from router.curve import CurveServer
+from router.metrics_http import parse_address
 
 DEFAULT_PULL = "tcp://127.0.0.1:7750"
 DEFAULT_XSUB = "tcp://127.0.0.1:7751"
@@ -36,6 +37,8 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     ingest_hwm: int = 10_000
     fanout_hwm: int = 10_000
     max_batch: int = 1_000
+    metrics: str | None = None
+    """``HOST:PORT`` of the Prometheus ``/metrics`` listener; ``None``: no listener."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -44,6 +47,8 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
         if min(self.ingest_hwm, self.fanout_hwm, self.max_batch) < 1:
             raise ValueError("ingest_hwm, fanout_hwm and max_batch must be at least 1")
+        if self.metrics is not None:
+            parse_address(self.metrics)
 
     @property
     def edge_timeout(self) -> float:

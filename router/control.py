@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from typing import NamedTuple
 
 import msgspec
@@ -18,6 +19,7 @@ from router.core import (
     ClientDropped,
     ClientInfo,
     ConnectionManager,
+    DeliveryPolicy,
     ErrorCode,
     PolicyChanged,
     Recovery,
@@ -28,10 +30,12 @@ from router.core import (
 )
 from router.logs import ThrottledLog
 from router.wire import (
+    CLOSE_GOING_AWAY,
     CONTROL_VERSION,
     RESUME_NONE,
     DropClient,
     EdgeMessage,
+    EdgeStatsReport,
     Error,
     Heartbeat,
     Hello,
@@ -72,6 +76,9 @@ class Upstream(NamedTuple):
 
 Outbound = ToEdge | Upstream
 
+KICKED = "kicked by an operator"
+DRAINED = "edge draining: reconnect to another edge"
+
 
 class ControlPlane:
     """Edge control messages in, replies and upstream subscription changes out."""
@@ -84,6 +91,9 @@ class ControlPlane:
         self.heartbeat_timeout = heartbeat_timeout
         self.router_id = secrets.token_hex(8)
         self._log = ThrottledLog(log)
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        """Refused requests by ``(message type, error code)``, for metrics."""
+        self._refusal_log = ThrottledLog(log, burst=20)
 
     def handle(
         self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
@@ -108,6 +118,7 @@ class ControlPlane:
         try:
             return self._dispatch(edge_id, message, now, now if unix_time is None else unix_time)
         except RefusedError as refused:
+            self._count_refusal(edge_id, message, refused)
             return [ToEdge(edge_id, _refusal(message, refused))]
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
@@ -122,8 +133,39 @@ class ControlPlane:
         ]
         for action in [*expired, *ended]:
             if isinstance(action, ClientDropped):
-                log.info("client %s of edge %s dropped: %s", *action)
+                client_id, edge_id, reason = action
+                ids = {"client_id": client_id, "edge_id": edge_id, "reason": reason}
+                log.info("client %s of edge %s dropped: %s", *action, extra=ids)
         return out + self._carry_out(expired) + self._carry_out(ended, tell_edges=True)
+
+    # ------------------------------------------------------------ operator requests
+
+    def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[Outbound]:
+        """Change a topic's policy now: its edges get ``policy`` at once."""
+        return self._carry_out(self.manager.set_delivery_policy(topic, policy))
+
+    def kick(self, client_id: str, reason: str = KICKED) -> list[Outbound]:
+        """Forget a client, and tell its edge to close it (4002). Raises ``unknown_client``."""
+        edge_id = self.manager.client_edge(client_id)
+        if edge_id is None:
+            raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"no client {client_id!r}")
+        actions = self.manager.unregister_client(client_id)
+        log.info("client %s of edge %s kicked: %s", client_id, edge_id, reason)
+        return [*self._carry_out(actions), ToEdge(edge_id, DropClient(client_id=client_id, reason=reason))]
+
+    def drain(self, edge_id: str, reason: str = DRAINED) -> list[Outbound]:
+        """Forget every client of an edge, and tell the edge to close each with 1001 (connect
+        again, elsewhere). Raises ``unknown_edge``."""
+        if not self.manager.is_edge_known(edge_id):
+            raise RefusedError(ErrorCode.UNKNOWN_EDGE, f"no edge {edge_id!r}")
+        clients = [info.client_id for info in self.manager.get_active_clients(edge_id)]
+        out: list[Outbound] = []
+        for client_id in clients:
+            out += self._carry_out(self.manager.unregister_client(client_id))
+            drop = DropClient(client_id=client_id, reason=reason, code=CLOSE_GOING_AWAY)
+            out.append(ToEdge(edge_id, drop))
+        log.info("edge %s drained: %d clients told to reconnect", edge_id, len(clients))
+        return out
 
     # ------------------------------------------------------------ dispatch
 
@@ -182,6 +224,9 @@ class ControlPlane:
             case StatsRequest():
                 stats = self.manager.get_connection_stats()
                 return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
+            case EdgeStatsReport():
+                self.manager.edge_report(edge_id, message.totals, message.topic_drops, message.clients, now)
+                return []
         raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
 
     def _hello(self, edge_id: str, hello: Hello, now: float) -> list[Outbound]:
@@ -193,7 +238,7 @@ class ControlPlane:
         if hello.edge_id != edge_id:
             raise RefusedError(ErrorCode.BAD_REQUEST, "hello.edge_id must equal the socket identity")
         actions = self.manager.edge_hello(edge_id, hello.protocol, now)
-        log.info("edge %s (%s) connected", edge_id, hello.protocol)
+        log.info("edge %s (%s) connected", edge_id, hello.protocol, extra={"edge_id": edge_id})
         welcome = Welcome(
             router_id=self.router_id,
             version=CONTROL_VERSION,
@@ -212,6 +257,17 @@ class ControlPlane:
             revoked=list(refresh.revoked),
         )
         return [*self._carry_out(refresh.actions), ToEdge(edge_id, reply)]
+
+    def _count_refusal(self, edge_id: str, message: EdgeMessage, refused: RefusedError) -> None:
+        """Count a refused request, and log it: 20 lines per kind and code every 5 s at most."""
+        request = str(type(message).__struct_config__.tag)
+        code = refused.code.value
+        self.refusals[request, code] += 1
+        ids = {"edge_id": edge_id, "reason": code}
+        for key in ("client_id", "topic"):
+            if hasattr(message, key):
+                ids[key] = getattr(message, key)
+        self._refusal_log.info(f"{request}-{code}", "refused %s: %s", request, refused, extra=ids)
 
     def _check_owner(self, edge_id: str, client_id: str) -> None:
         if self.manager.client_edge(client_id) != edge_id:

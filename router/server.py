@@ -20,6 +20,7 @@ from router.control import ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, RefusedError
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
 from router.logs import ThrottledLog
+from router.metrics import RouterCollector, RouterMetrics
 from router.wire import (
     MAX_CONTROL_BYTES,
     WireError,
@@ -48,6 +49,9 @@ class RouterServer:
             self.manager, config.router.heartbeat_interval, config.router.edge_timeout
         )
         self.endpoints: dict[str, str] = {}
+        self.metrics = RouterMetrics(
+            RouterCollector(self.manager, self.control.refusals, self.control.router_id, clock)
+        )
         self._clock = clock
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sockets: list[zmq.Socket[bytes]] = []
@@ -195,7 +199,7 @@ class RouterServer:
             reason = error.reason
         else:
             reason = error.code.value
-        self._drop_log.warning(reason, "dropped a producer message: %s", error)
+        self._drop_log.warning(reason, "dropped a producer message: %s", error, extra={"reason": reason})
 
     async def _drain_fanout_subscriptions(self) -> None:
         """Edges' SUB subscriptions reach XPUB as messages; read them so they never pile up."""
