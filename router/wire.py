@@ -12,15 +12,19 @@ from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
+from router.core.edge_reports import ClientFigures, EdgeTotals
 from router.core.history import ENTRY_OVERHEAD, MAX_ENTRY_BYTES, RECOVER_BATCH_BYTES
 from router.core.policy import DeliveryPolicy
 
 __all__ = [
+    "CLOSE_DROPPED",
+    "CLOSE_GOING_AWAY",
     "CONTROL_VERSION",
     "DATA_VERSION",
     "DataMeta",
     "DropClient",
     "EdgeMessage",
+    "EdgeStatsReport",
     "Error",
     "Heartbeat",
     "Hello",
@@ -289,11 +293,20 @@ class PolicyUpdate(_Control, tag="policy"):
     policy: DeliveryPolicy
 
 
+CLOSE_DROPPED: Final = 4002
+"""The close code of a client whose session the router ended (its token expired, an operator
+kicked it)."""
+CLOSE_GOING_AWAY: Final = 1001
+"""The close code that tells a client to connect again, to another edge if it can (a drain)."""
+
+
 class DropClient(_Control, tag="drop_client"):
-    """Router -> edge: close this client (its session ended at the router)."""
+    """Router -> edge: close this client with ``code`` (:data:`CLOSE_DROPPED` or
+    :data:`CLOSE_GOING_AWAY`); the router has forgotten it already."""
 
     client_id: str
     reason: str
+    code: int = CLOSE_DROPPED
 
 
 class Recover(_Control, tag="recover"):
@@ -322,6 +335,16 @@ class StatsRequest(_Control, tag="stats_request"):
     request_id: int
 
 
+class EdgeStatsReport(_Control, tag="edge_stats"):
+    """Edge -> router, no reply: the edge's totals, each topic's drops, and the figures of the
+    clients that changed since its last report (all of them after a welcome). A report too big
+    for one message goes as several, each with the totals."""
+
+    totals: EdgeTotals
+    topic_drops: dict[str, int] = {}
+    clients: list[ClientFigures] = []
+
+
 class Stats(_Control, tag="stats"):
     request_id: int
     stats: dict[str, object]
@@ -337,6 +360,7 @@ EdgeMessage = (
     | Unsubscribe
     | Recover
     | StatsRequest
+    | EdgeStatsReport
 )
 RouterMessage = (
     Welcome
