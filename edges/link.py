@@ -78,6 +78,9 @@ class RouterLink:
         self.resync: Callable[[], list[EdgeMessage]] = list
         self.welcomed = asyncio.Event()
         self.welcomes = 0
+        self.data_messages = 0
+        """Data messages received on the SUB socket, and their payload bytes."""
+        self.data_bytes = 0
         self._context = context or zmq.Context.instance()
         self._request_ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
@@ -140,6 +143,11 @@ class RouterLink:
         readable = self._readable.get(sock)
         if readable is not None:
             readable.recheck()
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the router was last heard (any control message counts)."""
+        return time.monotonic() - self._last_heard
 
     # ------------------------------------------------------------ running
 
@@ -260,6 +268,8 @@ class RouterLink:
                         batch.append(frames)
                         size += len(frames[-1])
                 if batch:
+                    self.data_messages += len(batch)
+                    self.data_bytes += size
                     self.on_data(batch)
                 if len(batch) == self.max_batch or size >= self.max_batch_bytes:
                     await asyncio.sleep(0)

@@ -102,6 +102,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_timer",
         "_transport",
         "awaiting_pong",
+        "bytes_written",
         "keepalive_slot",
         "pinged_at",
         "session",
@@ -120,6 +121,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.pinged_at = 0.0
         self.awaiting_pong = False
         self.keepalive_slot = 0
+        self.bytes_written = 0
+        """Bytes of replies and data frames given to the transport (handshake and pings aside)."""
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -192,6 +195,17 @@ class WebSocketConnection(asyncio.Protocol):
         return self._protocol.subprotocol
 
     @property
+    def close_status(self) -> tuple[str, int, str]:
+        """Who closed first (``edge`` or ``client``), the close code and the reason; ``client``,
+        1006 and ``connection lost`` when the connection ended without a closing handshake."""
+        sent, received = self._protocol.close_sent, self._protocol.close_rcvd
+        if sent is not None and (received is None or not self._protocol.close_rcvd_then_sent):
+            return "edge", sent.code, sent.reason
+        if received is not None:
+            return "client", received.code, received.reason
+        return "client", CloseCode.ABNORMAL_CLOSURE, "connection lost"
+
+    @property
     def remote(self) -> str:
         """``host:port`` of the client, or ``""``."""
         peer = self._transport.get_extra_info("peername") if self._transport else None
@@ -255,8 +269,11 @@ class WebSocketConnection(asyncio.Protocol):
         if not chunks:
             return
         if len(chunks[-1]) < JOIN_BELOW:
-            transport.write(b"".join(chunks))
+            data = b"".join(chunks)
+            self.bytes_written += len(data)
+            transport.write(data)
         else:
+            self.bytes_written += sum(map(len, chunks))
             transport.writelines(chunks)
 
     def close(self, code: int, reason: str) -> None:

@@ -1,0 +1,169 @@
+"""An edge's Prometheus metrics, read from the hub, the router link and the sessions when scraped.
+
+Nothing here runs per message: the hub, the link and the connections keep plain counters, and
+:class:`EdgeCollector` reads them at scrape time. Every series carries the ``edge`` and
+``protocol`` labels. ``docs/operations.md`` ("Metrics") lists every series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+
+from edges.hub import EdgeHub, EdgeStats
+from edges.latency import LatencySampler
+from edges.link import RouterLink
+from edges.session import ClientSession
+from router.metric_families import counter, gauge
+
+__all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe"]
+
+BAD_INPUT: Final = "bad_input"
+"""The drop reason of client messages the edge refused as malformed or out of place."""
+LABELS: Final = ("edge", "protocol")
+
+
+class EdgeProbe(Protocol):
+    """What an edge process shows its collector."""
+
+    hub: EdgeHub
+    link: RouterLink
+    latency: LatencySampler
+
+    def client_sessions(self) -> Iterable[ClientSession]:
+        """The sessions of the clients connected now."""
+        ...
+
+    def bytes_written(self) -> int:
+        """Bytes written to clients over the process's life, closed clients included."""
+        ...
+
+
+class EdgeCollector:
+    """A Prometheus collector over one edge process (``prometheus_client.registry.Collector``)."""
+
+    def __init__(self, edge: EdgeProbe) -> None:
+        self.edge = edge
+
+    @property
+    def _labels(self) -> tuple[str, str]:
+        return self.edge.link.edge_id, self.edge.hub.protocol
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.edge.hub.stats()
+        yield from self._clients(stats)
+        yield from self._router()
+        yield from self._traffic(stats)
+        yield from self._drops(stats)
+        yield from self._queues()
+        labels = dict(zip(LABELS, self._labels, strict=True))
+        yield self.edge.latency.family(
+            "switchboard_edge_latency_seconds",
+            "Producer timestamp to the edge's write, 1 in 16 messages with a timestamp.",
+            labels,
+        )
+
+    def _one(self, value: float) -> list[tuple[tuple[str, str], float]]:
+        return [(self._labels, value)]
+
+    def _clients(self, stats: EdgeStats) -> Iterator[Metric]:
+        yield gauge(
+            "switchboard_edge_clients", "Client connections with a session.", LABELS, self._one(stats.clients)
+        )
+        yield gauge(
+            "switchboard_edge_topics", "Topics watched for local clients.", LABELS, self._one(stats.topics)
+        )
+
+    def _router(self) -> Iterator[Metric]:
+        link = self.edge.link
+        yield gauge(
+            "switchboard_edge_router_connected",
+            "1 once the router welcomed this edge, 0 while it says hello again.",
+            LABELS,
+            self._one(1.0 if link.welcomed.is_set() else 0.0),
+        )
+        yield gauge(
+            "switchboard_edge_router_heartbeat_age_seconds",
+            "Seconds since the router was last heard.",
+            LABELS,
+            self._one(link.silent_for),
+        )
+
+    def _traffic(self, stats: EdgeStats) -> Iterator[Metric]:
+        link = self.edge.link
+        yield counter(
+            "switchboard_edge_messages_in",
+            "Data messages from the router.",
+            LABELS,
+            self._one(link.data_messages),
+        )
+        yield counter(
+            "switchboard_edge_bytes_in",
+            "Payload bytes of the data messages.",
+            LABELS,
+            self._one(link.data_bytes),
+        )
+        yield counter(
+            "switchboard_edge_deliveries",
+            "Messages handed to a client's queue (one per subscribed client).",
+            LABELS,
+            self._one(stats.delivered),
+        )
+        yield counter(
+            "switchboard_edge_bytes_out",
+            "Bytes written to clients: data frames and replies, framing included.",
+            LABELS,
+            self._one(self.edge.bytes_written()),
+        )
+        yield counter(
+            "switchboard_edge_recovered_messages",
+            "Messages refilled from the router's history.",
+            LABELS,
+            self._one(stats.recovered),
+        )
+        yield counter(
+            "switchboard_edge_gap_messages",
+            "Messages of reliable topics that never reached the edge.",
+            LABELS,
+            self._one(stats.gaps),
+        )
+
+    def _drops(self, stats: EdgeStats) -> Iterator[Metric]:
+        reasons = {**stats.dropped, BAD_INPUT: stats.bad_client_messages}
+        rows = [((*self._labels, reason), count) for reason, count in sorted(reasons.items())]
+        yield counter("switchboard_edge_drops", "Messages dropped, by reason.", [*LABELS, "reason"], rows)
+
+    def _queues(self) -> Iterator[Metric]:
+        messages = bytes_ = largest = 0
+        for session in self.edge.client_sessions():
+            queued = session.queued_messages
+            messages += queued
+            bytes_ += session.queued_bytes
+            largest = max(largest, queued)
+        yield gauge(
+            "switchboard_edge_queued_messages", "Data frames queued for clients.", LABELS, self._one(messages)
+        )
+        yield gauge("switchboard_edge_queued_bytes", "Bytes queued for clients.", LABELS, self._one(bytes_))
+        yield gauge(
+            "switchboard_edge_client_queue_max_messages",
+            "Data frames queued for the client with the longest queue.",
+            LABELS,
+            self._one(largest),
+        )
+
+
+class EdgeMetrics:
+    """An edge's registry: :meth:`render` is the body of a ``/metrics`` response."""
+
+    content_type: Final = CONTENT_TYPE_PLAIN_0_0_4
+
+    def __init__(self, edge: EdgeProbe) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EdgeCollector(edge))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
