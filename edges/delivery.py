@@ -114,6 +114,7 @@ class Lane:
         "channel",
         "count",
         "deficit",
+        "drops",
         "fast",
         "held",
         "items",
@@ -146,6 +147,9 @@ class Lane:
         """A ``reliable`` lane's messages not queued: from ``first`` (the offset to refill from) to
         ``last``, ``count`` of them."""
         self.open = True
+        self.drops = 0
+        """Messages this lane skipped while the client stayed subscribed (every reason counted in
+        the queue's ``dropped`` but ``closed`` and ``unsubscribed``)."""
         self.window: int | None = None
         """At most this many frames sent and not acknowledged by the client (``None``: no limit)."""
         self.unacked: deque[int] | None = None
@@ -274,6 +278,7 @@ class Lane:
         if self.slow_client == "disconnect":
             self.queue.too_slow = True
             self.queue.dropped["too_slow"] += 1
+            self.drops += 1
             return True
         if self.kind == "reliable":
             self.behind = Skip(BEHIND, offset)
@@ -326,6 +331,7 @@ class Lane:
 
     def _skip(self, reason: int, offset: int, counter: str) -> None:
         self.queue.dropped[counter] += 1
+        self.drops += 1
         items = self._deque()
         tail = items[-1] if items else None
         if isinstance(tail, Skip):
@@ -349,6 +355,7 @@ class Lane:
         queue.count -= 1
         queue.bytes -= size
         queue.dropped[counter] += 1
+        self.drops += 1
         after = items[0] if items else None
         if type(after) is Skip:
             after.add(reason, offset)
@@ -373,6 +380,7 @@ class Lane:
             else:
                 self._forget(item[1])
                 self.queue.dropped["conflated"] += 1
+                self.drops += 1
                 skip = Skip(CONFLATED, item[0])
             merged = skip if merged is None else merged.absorb(skip)
         items.clear()
@@ -496,6 +504,7 @@ class Lane:
         if not behind.count:
             return
         self.queue.dropped["behind"] += behind.count
+        self.drops += behind.count
         items = self._deque()
         tail = items[-1] if items else None
         if isinstance(tail, Skip):

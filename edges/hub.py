@@ -28,7 +28,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -48,6 +48,7 @@ from edges.client_wire import (
 from edges.delivery import Lane
 from edges.session import ClientSession, EdgeLimits, State
 from router import wire
+from router.core.edge_reports import ClientFigures, EdgeTotals
 from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
 from router.core.topics import topic_error
@@ -154,6 +155,11 @@ class _Topic:
     """The epoch of the newest message received, or of the first subscription's position."""
     offset: int = 0
     """The newest offset received in :attr:`epoch` (or that position's)."""
+    retired_drops: int = 0
+    """The drops of the lanes of subscribers that left (see :meth:`EdgeHub.report`)."""
+
+    def drops(self) -> int:
+        return self.retired_drops + sum(lane.drops for _, lane, _, _ in self.active.values())
 
 
 @dataclass(eq=False, slots=True)
@@ -238,6 +244,8 @@ class EdgeHub:
         self._with_output: dict[str, ClientSession] = {}
         self._retired_drops: Counter[str] = Counter()
         self._retired_bad = 0
+        self._reported: dict[str, ClientFigures] = {}
+        """What the last :meth:`report` said of each client."""
         self.delivered = 0
         self.unexpected_data = 0
         self.unexpected_replies = 0
@@ -315,6 +323,7 @@ class EdgeHub:
         if not client.close_sent:
             self._forget(client)
         self._with_output.pop(client_id, None)
+        self._reported.pop(client_id, None)
         self._retired_drops.update(client.session.dropped)
         self._retired_bad += client.session.bad_messages
 
@@ -427,7 +436,9 @@ class EdgeHub:
         topic = member.topic
         client_id = client.session.client_id
         topic.members.discard(client_id)
-        if topic.active.pop(client_id, None) is not None:
+        active = topic.active.pop(client_id, None)
+        if active is not None:
+            topic.retired_drops += active[1].drops
             client.session.purge_channel(topic.channel)
         if member.request_id is not None:
             self._pending.pop(member.request_id, None)
@@ -817,7 +828,8 @@ class EdgeHub:
             self.unexpected_replies += 1
             return
         client.known_to_router = False
-        client.session.close(CloseCode.DROPPED, message.reason)
+        code = CloseCode.GOING_AWAY if message.code == CloseCode.GOING_AWAY else CloseCode.DROPPED
+        client.session.close(code, message.reason)
         self._settle(client)
 
     # ------------------------------------------------------------ router restart
@@ -831,6 +843,7 @@ class EdgeHub:
         """
         lost = dict(self._pending)
         self._pending.clear()
+        self._reported.clear()
         for client in self._clients.values():
             client.requests.clear()
         self._answer_lost(lost)
@@ -880,6 +893,31 @@ class EdgeHub:
 
     # ------------------------------------------------------------ counters
 
+    def report(self) -> list[wire.EdgeStatsReport]:
+        """The ``edge_stats`` messages to send the router now (every heartbeat interval): the
+        totals, every topic's drops, and each registered client whose figures changed since the
+        last report (all of them after :meth:`resync`), split to fit control messages."""
+        stats = self.stats()
+        totals = EdgeTotals(
+            clients=stats.clients,
+            delivered=stats.delivered,
+            queued_messages=sum(c.session.queued_messages for c in self._clients.values()),
+            queued_bytes=sum(c.session.queued_bytes for c in self._clients.values()),
+            dropped=stats.dropped,
+        )
+        topic_drops = {name: topic.drops() for name, topic in self._topics.items()}
+        return _split_report(totals, topic_drops, self._changed_clients())
+
+    def _changed_clients(self) -> list[ClientFigures]:
+        changed = []
+        for client in self._clients.values():
+            if client.known_to_router:
+                figures = _figures(client.session)
+                if self._reported.get(figures.client_id) != figures:
+                    self._reported[figures.client_id] = figures
+                    changed.append(figures)
+        return changed
+
     def stats(self) -> EdgeStats:
         dropped = Counter(self._retired_drops)
         bad = self._retired_bad
@@ -897,6 +935,40 @@ class EdgeHub:
             recovered=self.refilled,
             gaps=self.gaps,
         )
+
+
+REPORT_BUDGET: Final = 48 * 1024
+"""Bytes of topic and client entries in one ``edge_stats`` message, under the 64 KiB bound."""
+_NOT_DROPS = frozenset({"closed", "unsubscribed"})
+"""Reasons in :attr:`ClientSession.dropped` that are not counted among a client's drops."""
+
+
+def _figures(session: ClientSession) -> ClientFigures:
+    dropped = sum(n for reason, n in session.dropped.items() if reason not in _NOT_DROPS)
+    return ClientFigures(session.client_id, session.queued_messages, session.queued_bytes, dropped)
+
+
+def _split_report(
+    totals: EdgeTotals, topic_drops: dict[str, int], clients: list[ClientFigures]
+) -> list[wire.EdgeStatsReport]:
+    """One report, or several of at most about :data:`REPORT_BUDGET` bytes of entries each."""
+    reports = [wire.EdgeStatsReport(totals=totals)]
+    room = REPORT_BUDGET
+
+    def next_entry(name: str) -> wire.EdgeStatsReport:
+        nonlocal room
+        size = len(name.encode()) + 32
+        if size > room:
+            reports.append(wire.EdgeStatsReport(totals=totals))
+            room = REPORT_BUDGET
+        room -= size
+        return reports[-1]
+
+    for topic, drops in topic_drops.items():
+        next_entry(topic).topic_drops[topic] = drops
+    for figures in clients:
+        next_entry(figures.client_id).clients.append(figures)
+    return reports
 
 
 _REPLAYED = frozenset({ErrorCode.HISTORY_EXCEEDED.value, "ok"})

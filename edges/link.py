@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -49,7 +49,8 @@ class RouterLink:
 
     Hook the callbacks before :meth:`run`: ``on_message`` gets every router message that is not a
     reply awaited through :meth:`request`, ``on_data`` gets each drained batch of data messages as
-    ``[head, payload]`` frame lists, and ``resync`` returns the messages to send after each welcome.
+    ``[head, payload]`` frame lists, ``resync`` returns the messages to send after each welcome,
+    and ``report`` the edge's figures (``edge_stats``), sent after each heartbeat.
     With ``curve``, both sockets are Curve clients of a router that has Curve on.
     """
 
@@ -76,6 +77,7 @@ class RouterLink:
         self.on_message: Callable[[RouterMessage], None] = lambda message: None
         self.on_data: Callable[[DataBatch], None] = lambda batch: None
         self.resync: Callable[[], list[EdgeMessage]] = list
+        self.report: Callable[[], Sequence[EdgeMessage]] = list
         self.welcomed = asyncio.Event()
         self.welcomes = 0
         self.data_messages = 0
@@ -200,6 +202,8 @@ class RouterLink:
                 self._hello()
             else:
                 self.send(Heartbeat())
+                for message in self.report():
+                    self.send(message)
 
     async def _control_loop(self) -> None:
         readable = self._readable[self._dealer] = Readable(self._dealer)

@@ -71,6 +71,7 @@ class WebRtcEdge:
         self.link.on_data = self._on_data
         self.link.on_message = self._on_router_message
         self.link.resync = self.hub.resync
+        self.link.report = self.hub.report
         routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer)
         self.http = HttpServer(routes.handle, config.max_connections)
         self._rtc_configuration = config.rtc_configuration()

@@ -111,6 +111,7 @@ class WebSocketEdge:
         self.link.on_data = self._on_data
         self.link.on_message = self._on_router_message
         self.link.resync = self.hub.resync
+        self.link.report = self.hub.report
         self.port = config.port
         self._origins: list[Origin | None] | None = (
             [*map(Origin, config.allowed_origins), None] if config.allowed_origins else None
