@@ -20,7 +20,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from importlib import resources
 
@@ -32,13 +33,17 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 
 from edges.client_wire import SUBPROTOCOL, CloseCode
+from edges.drop_log import DropBursts
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.latency import LatencySampler
 from edges.link import DataBatch, RouterLink
+from edges.metrics import EdgeMetrics
 from edges.session import ClientSession, EdgeLimits
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.core.errors import ErrorCode
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.logfmt import add_log_arguments, configure_logging
 from router.logs import ThrottledLog
 from router.wire import Error, RouterMessage, WireError, parse_data_head
 
@@ -46,7 +51,8 @@ log = logging.getLogger("switchboard.edge.websocket")
 
 SUBPROTOCOLS = (Subprotocol(SUBPROTOCOL),)
 DEFAULT_PORT = 7780
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DROP_CHECK_INTERVAL = 5.0
+"""Seconds between two looks for clients that lost messages (``edges/drop_log.py``)."""
 PLAIN_TEXT = "text/plain; charset=utf-8"
 STATIC_FILES = {
     "/": ("viewer.html", "text/html; charset=utf-8"),
@@ -74,6 +80,8 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     unsent_bytes: int = 16 * 1024
     """Bytes the kernel may hold for a client that are not on the wire yet (0: the kernel's default)."""
     serve_viewer: bool = True
+    serve_metrics: bool = True
+    """Answer ``GET /metrics`` on the client port (Prometheus text format)."""
 
     def __post_init__(self) -> None:
         if min(self.ping_interval, self.ping_timeout) <= 0:
@@ -126,6 +134,10 @@ class WebSocketEdge:
         self._all_closed: asyncio.Event | None = None
         self._bad_data = ThrottledLog(log)
         self._tick_timer: asyncio.TimerHandle | None = None
+        self.latency = LatencySampler()
+        self.metrics = EdgeMetrics(self)
+        self._written_by_closed = 0
+        self._drop_bursts = DropBursts(log, self.link.edge_id, DROP_CHECK_INTERVAL)
 
     # ------------------------------------------------------------ running
 
@@ -139,6 +151,7 @@ class WebSocketEdge:
         self._keepalive.start()
         link = asyncio.create_task(self.link.run(), name="router-link")
         stopped = asyncio.create_task(self._stopped.wait())
+        drops = asyncio.create_task(self._watch_drops(), name="drop-bursts")
         try:
             if ready is not None:
                 await self._when_welcomed(link)
@@ -151,12 +164,25 @@ class WebSocketEdge:
             server.close()
             await self._close_all()
             self._keepalive.stop()
-            link.cancel()
-            stopped.cancel()
-            await asyncio.gather(link, stopped, return_exceptions=True)
+            for task in (link, stopped, drops):
+                task.cancel()
+            await asyncio.gather(link, stopped, drops, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopped.set()
+
+    async def _watch_drops(self) -> None:
+        while True:
+            await asyncio.sleep(DROP_CHECK_INTERVAL)
+            self._drop_bursts.check(self.client_sessions())
+
+    # ------------------------------------------------------------ what the metrics read (EdgeProbe)
+
+    def client_sessions(self) -> Iterator[ClientSession]:
+        return (session for c in self._clients.values() if (session := c.session) is not None)
+
+    def bytes_written(self) -> int:
+        return self._written_by_closed + sum(c.bytes_written for c in self._connections)
 
     async def _when_welcomed(self, link: asyncio.Task[None]) -> None:
         welcomed = asyncio.create_task(self.link.welcomed.wait())
@@ -211,6 +237,8 @@ class WebSocketEdge:
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, PLAIN_TEXT, b"too many connections\n")
             return None
         path = request.path.split("?", 1)[0]
+        if path == "/metrics" and self.config.serve_metrics:
+            return _response(HTTPStatus.OK, self.metrics.content_type, self.metrics.render())
         if not self.config.serve_viewer or path not in STATIC_FILES:
             return _response(HTTPStatus.NOT_FOUND, PLAIN_TEXT, b"not found\n")
         name, content_type = STATIC_FILES[path]
@@ -228,6 +256,8 @@ class WebSocketEdge:
         connection.set_write_buffer_high(self.config.write_buffer_high)
         connection.limit_unsent(self.config.unsent_bytes)
         self._keepalive.add(connection)
+        ids = {"client_id": client_id, "edge_id": self.link.edge_id, "remote": connection.remote}
+        log.info("client %s connected from %s", client_id, connection.remote, extra=ids)
         return session
 
     def text_received(self, session: ClientSession, text: str) -> None:
@@ -240,14 +270,29 @@ class WebSocketEdge:
 
     def closed(self, connection: WebSocketConnection) -> None:
         self._connections.discard(connection)
+        self._written_by_closed += connection.bytes_written
         session = connection.session
         if session is not None:
+            self._log_disconnect(connection, session)
             self._keepalive.discard(connection)
             del self._clients[session.client_id]
             self.hub.client_closed(session.client_id)
             self._carry_out()
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()
+
+    def _log_disconnect(self, connection: WebSocketConnection, session: ClientSession) -> None:
+        by, code, reason = connection.close_status
+        reason = reason or f"closed by the {by}"
+        ids = {
+            "client_id": session.client_id,
+            "edge_id": self.link.edge_id,
+            "reason": reason,
+            "code": int(code),
+            "closed_by": by,
+            "dropped": session.dropped.total(),
+        }
+        log.info("client %s disconnected (%s %d): %s", session.client_id, by, code, reason, extra=ids)
 
     # ------------------------------------------------------------ the hub's output
 
@@ -285,7 +330,10 @@ class WebSocketEdge:
     # ------------------------------------------------------------ router
 
     def _on_data(self, batch: DataBatch) -> None:
+        """Fan the batch out and write it; the latency sampler sees each message that has a
+        producer header, and the wall clock once the batch is written."""
         deliver = self.hub.deliver
+        sample = self.latency.offer
         now = asyncio.get_running_loop().time()
         for head, payload in batch:
             try:
@@ -294,7 +342,11 @@ class WebSocketEdge:
                 self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
                 continue
             deliver(meta.topic, meta.epoch, meta.offset, payload, now)
+            if meta.header:
+                sample(meta.header)
         self._tick()
+        if self.latency.waiting:
+            self.latency.written(time.time_ns())
 
     def _tick(self) -> None:
         """Let the hub release rate-limited frames whose time came; wake again when it asks."""
@@ -355,8 +407,9 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.unsent_bytes,
         help="TCP_NOTSENT_LOWAT per client; 0 keeps the kernel's default",
     )
+    parser.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics")
     parser.add_argument("--announce", action="store_true", help="print the bound port as JSON on stdout")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_arguments(parser)
     return parser
 
 
@@ -381,6 +434,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         curve=client_from_args(args),
         write_buffer_high=args.write_buffer,
         unsent_bytes=args.unsent_bytes,
+        serve_metrics=not args.no_metrics,
     )
 
 
@@ -401,7 +455,7 @@ async def run(config: WebSocketEdgeConfig, announce: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
     except (ValueError, msgspec.ValidationError) as error:
