@@ -1,4 +1,5 @@
-"""The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``keys`` and ``edge KIND``."""
+"""The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``keys``, ``edge KIND``, and the
+admin commands ``clients``, ``topics``, ``edges``, ``stats``, ``policy``, ``kick`` and ``drain``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
+from router.admin.api import AdminApi
+from router.admin.commands import ADMIN_COMMANDS, add_admin_commands, run_admin_command
+from router.admin.listener import AdminListener
 from router.config import (
     DEFAULT_CONTROL,
     DEFAULT_PULL,
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     configure_logging(args.log_level, args.log_format)
     handlers = {"router": _run_router, "publish": _run_publish, "tap": _run_tap, "keys": _run_keys}
+    handlers |= dict.fromkeys(ADMIN_COMMANDS, run_admin_command)
     return handlers[args.command](args)
 
 
@@ -70,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("name", help="the key's name, such as router or edge-1")
     keys.add_argument("--dir", type=Path, default=Path("."), help="where to write the files")
 
+    add_admin_commands(commands)
     edge = commands.add_parser("edge", help="run an edge process", add_help=False)
     edge.add_argument("kind", choices=sorted(EDGE_KINDS))
     return parser
@@ -87,6 +93,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-allowed-keys-dir", help="the directory of allowed public keys (*.key)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     parser.add_argument(
+        "--admin", dest="listen", metavar="HOST:PORT", help="the admin API and dashboard ('' for none)"
+    )
+    parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
 
@@ -101,6 +110,7 @@ ROUTER_OVERRIDES = (
     "curve_secret_key_file",
     "curve_allowed_keys_dir",
     "metrics",
+    "listen",
 )
 """The ``switchboard router`` options that override the configuration file, by key."""
 
@@ -121,6 +131,9 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
     metrics = MetricsListener(server.metrics.render, server.metrics.content_type)
     if config.router.metrics is not None:
         endpoints["metrics"] = await metrics.start(config.router.metrics)
+    admin = AdminListener(AdminApi(server, config.admin.token(), config.router.heartbeat_interval))
+    if config.admin.listen:
+        endpoints["admin"] = await _start_admin(admin, config.admin.listen)
     if announce:
         print(json.dumps({"event": "ready", **endpoints}), flush=True)
     loop = asyncio.get_running_loop()
@@ -131,6 +144,15 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
         await server.serve()
     finally:
         await metrics.close()
+        await admin.close()
+
+
+async def _start_admin(admin: AdminListener, listen: str) -> str:
+    try:
+        return await admin.start(listen)
+    except OSError as error:
+        print(f"switchboard router: [admin] listen = {listen!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_async(main: Coroutine[Any, Any, object]) -> int:

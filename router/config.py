@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from router.admin.config import AdminSection
 from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
@@ -22,7 +23,7 @@ DEFAULT_PULL = "tcp://127.0.0.1:7750"
 DEFAULT_XSUB = "tcp://127.0.0.1:7751"
 DEFAULT_XPUB = "tcp://127.0.0.1:7752"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7753"
-TABLES = {"router", "security", "limits", "topics"}
+TABLES = {"router", "security", "limits", "admin", "topics"}
 
 
 class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -79,6 +80,7 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     security: SecuritySection = SecuritySection()
     limits: Limits = Limits()
     topics: dict[str, Any] = {}
+    admin: AdminSection = AdminSection()
 
     def registry(self) -> TopicRegistry:
         return TopicRegistry.from_config(self.topics)
@@ -106,6 +108,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         _check_policies(config.topics)
         config.registry()
         config.security.curve_server()
+        config.admin.token()
     except (msgspec.ValidationError, ValueError) as error:
         raise ConfigError(str(error)) from None
     return config
@@ -118,12 +121,16 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {error}") from None
 
 
+OVERRIDDEN_TABLES = {"security": SecuritySection.__struct_fields__, "admin": AdminSection.__struct_fields__}
+
+
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Set each override that is not ``None`` in ``[security]`` if it is one of its keys, else in
-    ``[router]`` (where an unknown key is an error)."""
+    """Set each override that is not ``None`` in the table of :data:`OVERRIDDEN_TABLES` that has
+    its key (``listen`` is ``[admin]``'s), else in ``[router]`` (where an unknown key is an error)."""
     for key, value in overrides.items():
         if value is not None:
-            table = "security" if key in SecuritySection.__struct_fields__ else "router"
+            tables = OVERRIDDEN_TABLES.items()
+            table = next((name for name, keys in tables if key in keys), "router")
             raw[table] = {**raw.get(table, {}), key: value}
 
 

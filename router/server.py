@@ -16,8 +16,8 @@ from collections.abc import Callable
 import zmq
 
 from router.config import RouterConfig
-from router.control import ControlPlane, Outbound, ToEdge, Upstream
-from router.core import ConnectionManager, RefusedError
+from router.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
+from router.core import ConnectionManager, DeliveryPolicy, RefusedError
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
@@ -147,6 +147,31 @@ class RouterServer:
         """Read the Curve allow-list again (on SIGHUP); nothing to do with Curve off."""
         if self._curve is not None:
             self._curve.reload()
+
+    # ------------------------------------------------------------ operator requests (while serving)
+
+    def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[str]:
+        """Change a topic's delivery policy now; returns the edges told, which apply it at once.
+        Raises :class:`RefusedError` for a bad or undeclared topic."""
+        out = self.control.set_delivery_policy(topic, policy)
+        self._send(out)
+        return [item.edge_id for item in out if isinstance(item, ToEdge)]
+
+    def kick_client(self, client_id: str, reason: str = KICKED) -> str:
+        """Forget a client and have its edge close it (4002); returns the edge's id. Raises
+        :class:`RefusedError` (``unknown_client``)."""
+        edge_id = self.manager.client_edge(client_id)
+        self._send(self.control.kick(client_id, reason))
+        assert edge_id is not None
+        return edge_id
+
+    def drain_edge(self, edge_id: str) -> list[str]:
+        """Forget every client of an edge and have the edge close each with 1001, so that they
+        connect again, to another edge; returns their ids. Raises :class:`RefusedError`
+        (``unknown_edge``)."""
+        clients = [info.client_id for info in self.manager.get_active_clients(edge_id)]
+        self._send(self.control.drain(edge_id))
+        return clients
 
     # ------------------------------------------------------------ data
 

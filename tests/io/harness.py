@@ -87,26 +87,33 @@ class AnnouncingProcess:
 
 
 class RouterProcess(AnnouncingProcess):
-    """``python -m router`` bound to ports it picks (or, after a restart, the same ones)."""
+    """``python -m router`` bound to ports it picks (or, after a restart, the same ones), its
+    admin API included."""
 
     name = "router"
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
         super().__init__(extra_args)
         self.wanted = dict.fromkeys(("pull", "xsub", "xpub", "control"), LOOPBACK_ANY_PORT)
+        self.wanted_admin = "127.0.0.1:0"
 
     @property
     def endpoints(self) -> dict[str, str]:
         return self.announced
 
+    @property
+    def admin_url(self) -> str:
+        return self.announced["admin"]
+
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "router", "--announce", "--heartbeat-interval", "0.2"]
         for name, endpoint in self.wanted.items():
             args += [f"--{name}", endpoint]
-        return args
+        return [*args, "--admin", self.wanted_admin]
 
     def restart_on_same_ports(self) -> None:
-        self.wanted = dict(self.announced)
+        self.wanted = {name: self.announced[name] for name in self.wanted}
+        self.wanted_admin = self.admin_url.removeprefix("http://")
         self.start()
 
 

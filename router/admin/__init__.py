@@ -1,0 +1,1 @@
+"""The router's admin API (HTTP and JSON) and its live dashboard (``docs/operations.md``)."""

@@ -1,0 +1,55 @@
+"""The ``[admin]`` table: where the admin API listens, and where its token comes from."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["DEFAULT_ADMIN", "DEFAULT_TOKEN_ENV", "AdminSection", "is_loopback", "parse_listen"]
+
+DEFAULT_ADMIN = "127.0.0.1:7760"
+DEFAULT_TOKEN_ENV = "SWITCHBOARD_ADMIN_TOKEN"
+
+
+class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``listen``: ``HOST:PORT`` (port 0 picks one), or ``""`` for no admin API. ``token_env``: the
+    environment variable that holds the token every API request must bear."""
+
+    listen: str = DEFAULT_ADMIN
+    token_env: str = DEFAULT_TOKEN_ENV
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen)
+
+    def token(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The token, ``None`` when the variable is unset or empty. Without one the API is open to
+        whoever reaches it, so it may only listen on loopback: raises ``ValueError`` otherwise."""
+        token = environ.get(self.token_env) or None
+        if token is None and self.listen and not is_loopback(parse_listen(self.listen)[0]):
+            raise ValueError(
+                f"[admin] listen = {self.listen!r} is not loopback: set a token in ${self.token_env}"
+            )
+        return token
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6). Raises ``ValueError``."""
+    host, colon, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"[admin] listen = {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
