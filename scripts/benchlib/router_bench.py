@@ -150,7 +150,7 @@ def server_command(kind: str) -> list[str]:
     if kind == "router":
         sockets = ("pull", "xsub", "xpub", "control")
         options = [word for name in sockets for word in (f"--{name}", LOOPBACK_ANY_PORT)]
-        return python_module("router", "--announce", *options)
+        return python_module("router", "--announce", "--admin", "127.0.0.1:0", *options)
     section = RouterSection()
     hwms = ("--rcvhwm", str(section.ingest_hwm), "--sndhwm", str(section.fanout_hwm))
     return python_module(forwarder.__name__, *hwms)
