@@ -18,12 +18,13 @@ from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
 from router.curve import CurveServer
 from router.metrics_http import parse_address
+from router.sessions_config import SessionsSection, sessions_relative_to
 
 DEFAULT_PULL = "tcp://127.0.0.1:7750"
 DEFAULT_XSUB = "tcp://127.0.0.1:7751"
 DEFAULT_XPUB = "tcp://127.0.0.1:7752"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7753"
-TABLES = {"router", "security", "limits", "admin", "topics"}
+TABLES = {"router", "security", "sessions", "limits", "admin", "topics"}
 
 
 class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +79,7 @@ class SecuritySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     router: RouterSection = RouterSection()
     security: SecuritySection = SecuritySection()
+    sessions: SessionsSection = SessionsSection()
     limits: Limits = Limits()
     topics: dict[str, Any] = {}
     admin: AdminSection = AdminSection()
@@ -97,11 +99,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     unknown = set(raw) - TABLES
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(sorted(unknown))}")
-    for table in ("router", "security"):
+    for table in ("router", "security", "sessions"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table} must be a table: [{table}]")
     if path is not None:
         raw["security"] = _relative_to(path.parent, raw.get("security", {}))
+        raw["sessions"] = sessions_relative_to(path.parent, raw.get("sessions", {}))
     _apply_overrides(raw, overrides or {})
     try:
         config = msgspec.convert(raw, RouterConfig)
@@ -109,6 +112,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         config.registry()
         config.security.curve_server()
         config.admin.token()
+        config.sessions.session_manager()
     except (msgspec.ValidationError, ValueError) as error:
         raise ConfigError(str(error)) from None
     return config

@@ -44,7 +44,9 @@ class RouterServer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.manager = manager or ConnectionManager(config.registry(), limits=config.limits)
+        self.manager = manager or ConnectionManager(
+            config.registry(), config.sessions.session_manager(), limits=config.limits
+        )
         self.control = ControlPlane(
             self.manager, config.router.heartbeat_interval, config.router.edge_timeout
         )
@@ -280,13 +282,13 @@ class RouterServer:
             self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
             return
         self._take_fanout_subscriptions()
-        self._send(self.control.handle(frames[0], frames[1], self._clock()))
+        self._send(self.control.handle(frames[0], frames[1], self._clock(), time.time()))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.router.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            self._send(self.control.tick(self._clock()))
+            self._send(self.control.tick(self._clock(), time.time()))
 
     def _send(self, outbound: list[Outbound]) -> None:
         for item in outbound:

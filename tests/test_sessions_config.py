@@ -11,6 +11,7 @@ import jwt
 import msgspec
 import pytest
 
+from router.config import ConfigError, load_config
 from router.core import AllowAllSessions, ClientInfo
 from router.core.jwt_sessions import JwtSessions
 from router.sessions_config import SessionsSection, sessions_relative_to
@@ -128,3 +129,28 @@ def test_paths_are_relative_to_the_file_only_where_they_are_paths(tmp_path: Path
         "keys": [{"alg": "RS256", "file": str(tmp_path / "k.pem")}, "junk"],
     }
     assert sessions_relative_to(tmp_path, "not a table") == "not a table"
+
+
+def test_the_router_configuration_reads_sessions(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "issuer.pem").write_bytes(public_pem("RS256"))
+    (tmp_path / "router.toml").write_text(
+        '[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "RS256"\nfile = "keys/issuer.pem"\n'
+    )
+    config = load_config(tmp_path / "router.toml")
+    assert isinstance(config.sessions.session_manager(), JwtSessions)
+    assert isinstance(load_config().sessions.session_manager(), AllowAllSessions)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[sessions]\nkind = "jwt"\n[[sessions.keys]]\nalg = "RS256"\nfile = "nowhere.pem"', "cannot read"),
+        ("sessions = 3", "sessions must be a table"),
+        ('[sessions]\nkeys = "k"', "Expected `array`"),
+    ],
+)
+def test_the_router_refuses_sessions_it_cannot_use(tmp_path: Path, text: str, reason: str) -> None:
+    (tmp_path / "router.toml").write_text(text)
+    with pytest.raises(ConfigError, match=reason):
+        load_config(tmp_path / "router.toml")
