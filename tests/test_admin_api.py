@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from edges.http_server import HttpRequest, HttpResponse
 from router.admin.api import AdminApi
 from router.admin.config import AdminSection, is_loopback, parse_listen
 from router.admin.rates import RateMeter
+from router.config import ConfigError, load_config
 from router.control import DRAINED, KICKED, ControlPlane, Outbound, ToEdge
 from router.core import (
     ClientFigures,
@@ -281,3 +283,20 @@ def test_admin_config_needs_a_token_beyond_loopback() -> None:
         False,
         False,
     ]
+
+
+def test_the_admin_table_and_its_command_line_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text('[admin]\nlisten = "127.0.0.1:9000"\ntoken_env = "MY_ADMIN_TOKEN"\n', encoding="utf-8")
+    monkeypatch.delenv("MY_ADMIN_TOKEN", raising=False)
+    assert load_config(path).admin == AdminSection(listen="127.0.0.1:9000", token_env="MY_ADMIN_TOKEN")
+    assert load_config(path, {"listen": ""}).admin.listen == ""
+    with pytest.raises(ConfigError, match="MY_ADMIN_TOKEN"):
+        load_config(path, {"listen": "0.0.0.0:9000"})
+    monkeypatch.setenv("MY_ADMIN_TOKEN", "t")
+    assert load_config(path, {"listen": "0.0.0.0:9000"}).admin.token() == "t"
+    path.write_text('[admin]\nlisten = "127.0.0.1:9000"\ntoken = "in-the-file"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="token"):
+        load_config(path)
