@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.core import DeliveryPolicy
+from router.core import ClientFigures, DeliveryPolicy, EdgeTotals
 from router.wire import (
     CONTROL_VERSION,
     DATA_META_SIZE,
@@ -21,6 +21,7 @@ from router.wire import (
     DataMeta,
     DropClient,
     EdgeMessage,
+    EdgeStatsReport,
     Error,
     Heartbeat,
     Hello,
@@ -109,6 +110,19 @@ EDGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         to_offset=st.none() | offsets,
     ),
     StatsRequest: st.builds(StatsRequest, request_id=request_ids),
+    EdgeStatsReport: st.builds(
+        EdgeStatsReport,
+        totals=st.builds(
+            EdgeTotals,
+            clients=offsets,
+            delivered=offsets,
+            queued_messages=offsets,
+            queued_bytes=offsets,
+            dropped=st.dictionaries(ids, offsets, max_size=4),
+        ),
+        topic_drops=st.dictionaries(texts, offsets, max_size=4),
+        clients=st.lists(st.builds(ClientFigures, ids, offsets, offsets, offsets), max_size=4),
+    ),
 }
 ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Welcome: st.builds(
@@ -152,7 +166,7 @@ ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Unsubscribed: st.builds(Unsubscribed, request_id=request_ids, client_id=ids, topic=texts),
     Error: st.builds(Error, request_id=request_ids, code=texts, message=texts, client_id=ids),
     PolicyUpdate: st.builds(PolicyUpdate, topic=texts, policy=policies),
-    DropClient: st.builds(DropClient, client_id=ids, reason=texts),
+    DropClient: st.builds(DropClient, client_id=ids, reason=texts, code=st.integers(0, 2**16)),
     Stats: st.builds(
         Stats, request_id=request_ids, stats=st.dictionaries(st.text(max_size=12), msgpack_values, max_size=6)
     ),
