@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 from aiortc.mediastreams import MediaStreamTrack
 
-from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket
+from tests.io.harness import ROOT, RouterProcess, TestEdge, eventually, push_socket
 from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
 
 pytestmark = pytest.mark.timeout(60)
@@ -309,3 +314,76 @@ async def receive_frames(track: MediaStreamTrack, count: int) -> None:
         for _ in range(count):
             frame = await track.recv()
             assert (frame.width, frame.height) == (64, 48)  # type: ignore[union-attr]
+
+
+class StalledClient:
+    """:mod:`tests.io.rtc_stalled_client` in a child process, frozen and thawed with signals."""
+
+    def __init__(self, edge: WebRtcEdgeProcess, topic: str) -> None:
+        command = [sys.executable, "-m", "tests.io.rtc_stalled_client", edge.base_url, topic]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    async def line(self, timeout: float = 15.0) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            text = await asyncio.to_thread(self.process.stdout.readline)
+        reply: dict[str, Any] = json.loads(text)
+        return reply
+
+    async def offsets(self) -> list[int]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"report\n")
+        self.process.stdin.flush()
+        offsets: list[int] = (await self.line())["offsets"]
+        return offsets
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+async def test_a_stalled_client_neither_slows_the_others_nor_gets_a_backlog(
+    router: RouterProcess, push: zmq.Socket[bytes]
+) -> None:
+    loopback_only()
+    edge = WebRtcEdgeProcess(router, ["--queue-messages", "64", "--consent-failures", "40"])
+    edge.start()
+    stalled = StalledClient(edge, "/rtc/flood")
+    fast = None
+    try:
+        assert (await stalled.line())["event"] == "ready"
+        fast = await open_client(edge)
+        await fast.request("subscribe", topic="/rtc/flood")
+        start = await flowing(fast, push, "/rtc/flood")
+        stalled.process.send_signal(signal.SIGSTOP)
+        for index in range(2000):
+            push.send_multipart([b"/rtc/flood", b"%06d" % index + b"x" * 1000])
+            if index % 50 == 49:
+                await asyncio.sleep(0.05)
+        offsets = await offsets_until(fast, start + 2000)
+        assert len(offsets) >= 1900, "the lossy channel may lose a few; the stalled client costs none"
+        assert offsets <= set(range(start + 1, start + 2001))
+
+        stalled.process.send_signal(signal.SIGCONT)
+        await eventually(lambda: _got(stalled, start + 2000), timeout=20, interval=0.5)
+        got = [offset for offset in await stalled.offsets() if offset > start]
+        assert len(got) < 1000, "a stalled client gets the newest frames, not a backlog"
+    finally:
+        stalled.stop()
+        if fast is not None:
+            await fast.close()
+        edge.stop()
+
+
+async def offsets_until(client: RtcClient, last: int) -> set[int]:
+    """Offsets of the data frames that arrive until ``last`` does or none comes for 2 s."""
+    offsets: set[int] = set()
+    with contextlib.suppress(TimeoutError):
+        while last not in offsets:
+            offsets.add((await client.data(timeout=2.0))[2])
+    return offsets
+
+
+async def _got(stalled: StalledClient, offset: int) -> bool:
+    return offset in await stalled.offsets()
