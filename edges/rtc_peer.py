@@ -23,7 +23,7 @@ from typing import Final, NamedTuple, Protocol
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
-from edges.rtc_video import ViewerVideo
+from edges.rtc_slots import ViewerVideo
 from edges.session import ClientSession
 from router.logs import ThrottledLog
 

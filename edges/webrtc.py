@@ -29,7 +29,8 @@ from edges.http_server import HttpServer
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.link import DataBatch, RouterLink
 from edges.rtc_peer import RtcPeer
-from edges.rtc_video import VideoSources, ViewerVideo
+from edges.rtc_slots import ViewerVideo
+from edges.rtc_video import VideoSources
 from edges.session import ClientSession, State
 from edges.webrtc_config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc_signaling import Answer, SignalingError, SignalingRoutes

@@ -9,7 +9,8 @@ import pytest
 
 from edges.client_wire import Pong, encode_data_frame
 from edges.rtc_peer import Channels, RtcPeer
-from edges.rtc_video import VideoSlot, VideoSources, ViewerVideo
+from edges.rtc_slots import ViewerVideo
+from edges.rtc_video import VideoSlot, VideoSources
 from edges.session import ClientSession
 from router.core.policy import DeliveryPolicy
 
