@@ -48,6 +48,10 @@ from router.logs import ThrottledLog
 from router.wire import Error, RouterMessage, WireError, parse_data_head
 
 log = logging.getLogger("switchboard.edge.websocket")
+frame_log = logging.getLogger("switchboard.edge.websocket.frames")
+"""The websockets protocol's own logger. At DEBUG it would log part of every client message, tokens
+included, so it stays at INFO whatever ``--log-level`` says."""
+frame_log.setLevel(logging.INFO)
 
 SUBPROTOCOLS = (Subprotocol(SUBPROTOCOL),)
 DEFAULT_PORT = 7780
@@ -228,6 +232,7 @@ class WebSocketEdge:
             origins=self._origins,
             subprotocols=SUBPROTOCOLS,
             max_size=2 * self.config.limits.max_message_bytes,
+            logger=frame_log,
         )
 
     def respond(self, request: Request) -> Response | None:
