@@ -262,3 +262,10 @@ def test_unusable_security_settings_are_config_errors(tmp_path: Path, text: str,
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=why):
         load_config(write(tmp_path, text))
+
+
+def test_the_example_config_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "router.toml"
+    config = load_config(example)
+    assert config.admin.listen == "127.0.0.1:7760"
+    assert config.registry().resolve("/demo/camera").policy.kind == "latest"
