@@ -153,6 +153,8 @@ class Model:
     clients: dict[str, str] = field(default_factory=dict)
     """client id -> edge id."""
     guests: set[str] = field(default_factory=set)
+    users: dict[str, str] = field(default_factory=dict)
+    """client id -> the user its token names (``guest``, else the client id)."""
     subscribers: dict[str, set[str]] = field(default_factory=dict)
     """Every topic the router holds state for (watched or idle) -> its subscribers."""
     positions: dict[str, tuple[int | None, int]] = field(default_factory=dict)
@@ -269,10 +271,15 @@ class Model:
             return ErrorCode.LIMIT_EXCEEDED
         if token == "bad":
             return ErrorCode.UNAUTHORIZED
+        most = self.limits.max_connections_per_user
+        user = _user(client_id, token)
+        if most is not None and list(self.users.values()).count(user) >= most:
+            return ErrorCode.LIMIT_EXCEEDED
         return None
 
     def apply_register(self, client_id: str, edge_id: str, token: str | None) -> None:
         self.clients[client_id] = edge_id
+        self.users[client_id] = _user(client_id, token)
         if token == "guest":
             self.guests.add(client_id)
 
@@ -287,6 +294,7 @@ class Model:
         for topic in sorted(self.topics_of(client_id)):
             actions += self._remove(client_id, topic)
         del self.clients[client_id]
+        del self.users[client_id]
         self.guests.discard(client_id)
         return actions
 
@@ -522,6 +530,10 @@ class Model:
             self._sync_bucket(topic)
         edges = frozenset(self.clients[c] for c in self.subscribers.get(topic, set()))
         return [PolicyChanged(topic, policy, edges)] if edges else []
+
+
+def _user(client_id: str, token: str | None) -> str:
+    return "guest" if token == "guest" else client_id
 
 
 def within_budget(entries: list[HistoryEntry], budget: int) -> list[HistoryEntry]:

@@ -57,6 +57,7 @@ LIMITS = Limits(
     max_clients=5,
     max_subscriptions_per_client=2,
     max_subscribers_per_topic=2,
+    max_connections_per_user=2,
     max_topics=3,
     max_payload_bytes=32,
     max_history_bytes=100,
@@ -648,6 +649,8 @@ class ManagerMachine(RuleBasedStateMachine):
             assert len(self.manager.get_client_topics(client)) <= limits.max_subscriptions_per_client
         for topic in DECLARED:
             assert len(self.manager.get_clients_for_topic(topic)) <= self.model.cap(topic)
+        users = Counter(view.user for view in self.manager.client_views())
+        assert max(users.values(), default=0) <= (limits.max_connections_per_user or math.inf)
 
     @invariant()
     def policies_match(self) -> None:
@@ -853,3 +856,14 @@ def test_a_policy_change_reconfigures_the_ingest_rate() -> None:
 def test_ingest_max_rate_must_be_positive_and_finite(rate: float) -> None:
     with pytest.raises(ValueError, match="ingest_max_rate"):
         DeliveryPolicy(ingest_max_rate=rate)
+
+
+def test_connections_per_user_are_capped_and_freed_by_unregister() -> None:
+    manager = _manager(max_connections_per_user=1)
+    manager.register_client(ClientInfo(client_id="a", edge_id="e", protocol="websocket"))
+    second = ClientInfo(client_id="b", edge_id="e", protocol="websocket")
+    with pytest.raises(RefusedError) as refused:
+        manager.register_client(second)
+    assert refused.value.code is ErrorCode.LIMIT_EXCEEDED
+    manager.unregister_client("a")
+    assert manager.register_client(second).user == "anonymous"

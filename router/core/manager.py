@@ -67,6 +67,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_clients: int = 100_000
     max_subscriptions_per_client: int = 256
     max_subscribers_per_topic: int = 100_000
+    max_connections_per_user: int | None = None
+    """Clients registered at once under one user name (``anonymous`` is one user); ``None``: no cap."""
     max_topics: int = 100_000
     max_payload_bytes: int = 16 * 1024 * 1024
     max_history_bytes: int = 256 * 1024 * 1024
@@ -81,6 +83,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             raise ValueError("history limits must be at least 1")
         if not self.default_history_age > 0:
             raise ValueError("default_history_age must be positive")
+        if self.max_connections_per_user is not None and self.max_connections_per_user < 0:
+            raise ValueError("max_connections_per_user must not be negative")
 
     def history_limits(self, policy: DeliveryPolicy) -> HistoryLimits | None:
         """The bounds of a topic's history under ``policy``: ``None`` unless it is reliable, and
@@ -355,6 +359,8 @@ class ConnectionManager:
         self._new_epoch = new_epoch
         self._edges: dict[str, _Edge] = {}
         self._clients: dict[str, _Client] = {}
+        self._users: Counter[str] = Counter()
+        """user -> how many of its clients are registered (never 0)."""
         self._expiries: list[tuple[float, int, _Client]] = []
         """A heap of sessions by ``expires_at``; an entry is stale once its client is gone or has
         another identity, and is then skipped."""
@@ -434,10 +440,17 @@ class ConnectionManager:
         if len(self._clients) >= self.limits.max_clients:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_clients} clients")
         identity = self.sessions.authenticate(info, token, unix_time)
+        self._check_user_limit(identity.user)
         client = self._clients[info.client_id] = _Client(info, identity)
+        self._users[identity.user] += 1
         edge.clients.add(info.client_id)
         self._schedule_expiry(client)
         return identity
+
+    def _check_user_limit(self, user: str) -> None:
+        most = self.limits.max_connections_per_user
+        if most is not None and self._users[user] >= most:
+            raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {most} connections per user")
 
     def refresh_client(self, client_id: str, token: str, unix_time: float) -> TokenRefresh:
         """Give a client the identity of a new token, which must name the same user (else
@@ -509,6 +522,10 @@ class ConnectionManager:
 
     def _drop_client(self, client_id: str) -> list[Action]:
         client = self._clients.pop(client_id)
+        user = client.identity.user
+        self._users[user] -= 1
+        if not self._users[user]:
+            del self._users[user]
         edge = self._edges.get(client.info.edge_id)
         if edge is not None:
             edge.figures.forget_client(client_id)
