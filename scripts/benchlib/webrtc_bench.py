@@ -123,7 +123,7 @@ def start_stack(children: Children, config: Path, plan: Plan) -> tuple[str, Chil
     ]
     router = children.start(
         "router",
-        python_module("router", "--announce", "--config", str(config), *sockets),
+        python_module("router", "--announce", "--admin", "127.0.0.1:0", "--config", str(config), *sockets),
         cpus=plan.other_cpus,
     )
     endpoints = router.expect("ready", START_TIMEOUT)
