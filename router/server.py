@@ -18,9 +18,12 @@ import zmq
 from router.config import RouterConfig
 from router.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
+from router.core.external_sessions import ExternalSessions
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
+from router.session_gate import SessionGate
+from router.session_link import SessionServiceLink
 from router.wire import (
     MAX_CONTROL_BYTES,
     WireError,
@@ -50,6 +53,12 @@ class RouterServer:
         self.control = ControlPlane(
             self.manager, config.router.heartbeat_interval, config.router.edge_timeout
         )
+        self.dispatch: ControlPlane | SessionGate = self.control
+        """Where control messages go: the control plane, behind a gate with an external session
+        service (``docs/session-service.md``)."""
+        if isinstance(self.manager.sessions, ExternalSessions):
+            self.dispatch = SessionGate(self.control, self.manager.sessions, config.sessions.timeout)
+        self._session_service: SessionServiceLink | None = None
         self.endpoints: dict[str, str] = {}
         self.metrics = RouterMetrics(
             RouterCollector(self.manager, self.control.refusals, self.control.router_id, clock)
@@ -114,6 +123,12 @@ class RouterServer:
             "heartbeat": self._heartbeat_loop(),
             **{f"handshakes-{name}": self._watch_handshakes(name) for name in self._monitors},
         }
+        if isinstance(self.dispatch, SessionGate):
+            endpoint = self.config.sessions.endpoint
+            assert endpoint is not None
+            link = SessionServiceLink(self._context, endpoint, self.dispatch, self._send, self._clock)
+            self._session_service = link
+            roles["session-service"] = link.run()
         tasks: list[asyncio.Task[object]] = [
             asyncio.create_task(role, name=name) for name, role in roles.items()
         ]
@@ -282,13 +297,19 @@ class RouterServer:
             self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
             return
         self._take_fanout_subscriptions()
-        self._send(self.control.handle(frames[0], frames[1], self._clock(), time.time()))
+        self._send(self.dispatch.handle(frames[0], frames[1], self._clock(), time.time()))
+        self._ask_session_service()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.router.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            self._send(self.control.tick(self._clock(), time.time()))
+            self._send(self.dispatch.tick(self._clock(), time.time()))
+            self._ask_session_service()
+
+    def _ask_session_service(self) -> None:
+        if self._session_service is not None:
+            self._session_service.flush()
 
     def _send(self, outbound: list[Outbound]) -> None:
         for item in outbound:

@@ -1,9 +1,10 @@
 """The ``[sessions]`` table of the router's configuration: which session manager checks clients.
 
 ``kind = "allow_all"`` (the default) lets every client in as ``anonymous``; ``kind = "jwt"`` checks
-JSON Web Tokens with :class:`~router.core.jwt_sessions.JwtSessions`. This module reads what the
-table names, key files and environment variables, when :meth:`SessionsSection.session_manager` is
-called. ``docs/tokens.md`` describes every key.
+JSON Web Tokens with :class:`~router.core.jwt_sessions.JwtSessions`; ``kind = "external"`` asks a
+session service (:class:`~router.core.external_sessions.ExternalSessions`). This module reads what
+the table names, key files and environment variables, when :meth:`SessionsSection.session_manager`
+is called. ``docs/tokens.md`` and ``docs/session-service.md`` describe every key.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import JwtSessions, VerificationKey, keys_from_jwks
 from router.core.sessions import AllowAllSessions, SessionManager
 
@@ -51,30 +53,48 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The ``[sessions]`` table. Relative paths in a file are relative to that file."""
 
-    kind: Literal["allow_all", "jwt"] = "allow_all"
+    kind: Literal["allow_all", "jwt", "external"] = "allow_all"
     keys: tuple[KeyConfig, ...] = ()
     jwks_file: str | None = None
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 5.0
     topics_claim: str = "topics"
+    endpoint: str | None = None
+    """``kind = "external"``: the session service's ZeroMQ endpoint, which the router connects to."""
+    timeout: float = 2.0
+    cache_ttl: float = 60.0
+    cache_size: int = 10_000
 
     def __post_init__(self) -> None:
         jwt_keys = bool(self.keys) or self.jwks_file is not None
         if self.kind == "jwt" and not jwt_keys:
             raise ValueError("[sessions] kind = 'jwt' needs keys or jwks_file")
-        if self.kind == "allow_all" and (jwt_keys or self.issuer or self.audience):
-            raise ValueError("[sessions] has JWT settings but kind is 'allow_all'; set kind = 'jwt'")
+        if self.kind != "jwt" and (jwt_keys or self.issuer or self.audience):
+            raise ValueError(f"[sessions] has JWT settings but kind is {self.kind!r}; set kind = 'jwt'")
+        if (self.kind == "external") != (self.endpoint is not None):
+            raise ValueError("[sessions] endpoint goes with kind = 'external', which needs it")
+        self._check_external()
         if not self.leeway >= 0:
             raise ValueError("[sessions] leeway must be 0 or more")
         if not self.topics_claim:
             raise ValueError("[sessions] topics_claim must not be empty")
+
+    def _check_external(self) -> None:
+        if not 0 < self.timeout <= 60:
+            raise ValueError("[sessions] timeout is more than 0 and at most 60 seconds")
+        if not 0 <= self.cache_ttl <= 86_400:
+            raise ValueError("[sessions] cache_ttl is from 0 to 86400 seconds")
+        if self.cache_size < 1:
+            raise ValueError("[sessions] cache_size is at least 1")
 
     def session_manager(self, environ: Mapping[str, str] | None = None) -> SessionManager:
         """The session manager this table asks for, with its keys read now (files, and secrets
         from ``environ``, by default the process environment). Raises ``ValueError``."""
         if self.kind == "allow_all":
             return AllowAllSessions()
+        if self.kind == "external":
+            return ExternalSessions(self.cache_ttl, self.cache_size)
         keys = [key.load(os.environ if environ is None else environ) for key in self.keys]
         if self.jwks_file is not None:
             keys += keys_from_jwks(_read(self.jwks_file).decode("utf-8", "replace"))
