@@ -82,6 +82,7 @@ CLIENT_ERROR_CODES: Final = frozenset(
         ErrorCode.LIMIT_EXCEEDED,
         ErrorCode.TOO_LARGE,
         ErrorCode.NOT_SUBSCRIBED,
+        ErrorCode.RATE_LIMITED,
         ErrorCode.INTERNAL,
     )
 )
@@ -105,6 +106,9 @@ class CloseCode(IntEnum):
     """The router ended the client's session (for example, its token expired)."""
     TOO_SLOW = 4003
     """A topic with ``slow_client = "disconnect"`` had no room left in the client's queue."""
+    RATE_LIMITED = 4004
+    """The client went on sending after ``request_burst`` of its messages were refused as
+    ``rate_limited`` in a row."""
 
 
 MAX_CLOSE_REASON_BYTES: Final = 123

@@ -130,6 +130,7 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     delivered: int
     dropped: dict[str, int]
     bad_client_messages: int
+    rate_limited_client_messages: int = 0
     unexpected_data: int
     unexpected_replies: int
     recovered: int = 0
@@ -244,6 +245,7 @@ class EdgeHub:
         self._with_output: dict[str, ClientSession] = {}
         self._retired_drops: Counter[str] = Counter()
         self._retired_bad = 0
+        self._retired_rate_limited = 0
         self._reported: dict[str, ClientFigures] = {}
         """What the last :meth:`report` said of each client."""
         self.delivered = 0
@@ -287,10 +289,11 @@ class EdgeHub:
         client = self._clients.get(client_id)
         return client.session if client is not None else None
 
-    def client_text(self, client_id: str, text: str) -> None:
-        """One text message from a client."""
+    def client_text(self, client_id: str, text: str, now: float | None = None) -> None:
+        """One text message from a client, received at ``now`` (seconds of a monotonic clock;
+        without it the client's request rate is not checked)."""
         client = self._client(client_id)
-        match client.session.receive_text(text):
+        match client.session.receive_text(text, now):
             case Connect() as connect:
                 self._register(client, connect)
             case Subscribe() as subscribe:
@@ -301,10 +304,10 @@ class EdgeHub:
                 self._refresh(client, refresh)
         self._settle(client)
 
-    def client_binary(self, client_id: str, data: bytes) -> None:
+    def client_binary(self, client_id: str, data: bytes, now: float | None = None) -> None:
         """One binary message from a client (always refused)."""
         client = self._client(client_id)
-        client.session.receive_binary(data)
+        client.session.receive_binary(data, now)
         self._settle(client)
 
     def close_client(self, client_id: str, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
@@ -326,6 +329,7 @@ class EdgeHub:
         self._reported.pop(client_id, None)
         self._retired_drops.update(client.session.dropped)
         self._retired_bad += client.session.bad_messages
+        self._retired_rate_limited += client.session.rate_limited
 
     def _client(self, client_id: str) -> _Client:
         client = self._clients.get(client_id)
@@ -921,15 +925,18 @@ class EdgeHub:
     def stats(self) -> EdgeStats:
         dropped = Counter(self._retired_drops)
         bad = self._retired_bad
+        rate_limited = self._retired_rate_limited
         for client in self._clients.values():
             dropped.update(client.session.dropped)
             bad += client.session.bad_messages
+            rate_limited += client.session.rate_limited
         return EdgeStats(
             clients=len(self._clients),
             topics=len(self._topics),
             delivered=self.delivered,
             dropped=dict(dropped),
             bad_client_messages=bad,
+            rate_limited_client_messages=rate_limited,
             unexpected_data=self.unexpected_data,
             unexpected_replies=self.unexpected_replies,
             recovered=self.refilled,

@@ -18,6 +18,7 @@ from edges.hub import EdgeHub, EdgeStats
 from edges.latency import LatencySampler
 from edges.link import RouterLink
 from edges.session import ClientSession
+from router.core.errors import ErrorCode
 from router.metric_families import counter, gauge
 
 __all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe"]
@@ -133,7 +134,11 @@ class EdgeCollector:
         )
 
     def _drops(self, stats: EdgeStats) -> Iterator[Metric]:
-        reasons = {**stats.dropped, BAD_INPUT: stats.bad_client_messages}
+        reasons = {
+            **stats.dropped,
+            BAD_INPUT: stats.bad_client_messages,
+            ErrorCode.RATE_LIMITED.value: stats.rate_limited_client_messages,
+        }
         rows = [((*self._labels, reason), count) for reason, count in sorted(reasons.items())]
         yield counter("switchboard_edge_drops", "Messages dropped, by reason.", [*LABELS, "reason"], rows)
 

@@ -11,6 +11,7 @@ everything it returns in one write; ``str`` items are text messages, ``bytes`` i
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -63,6 +64,11 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     queue_max_bytes: int = 8 * 1024 * 1024
     max_pending_replies: int = 1024
     """Control replies are never dropped; a client that lets more pile up unread is closed."""
+    max_requests_per_second: float | None = 100.0
+    """Messages a client may send per second, ``ack`` aside (a token bucket); ``None``: no cap."""
+    request_burst: int = 200
+    """The bucket's size: messages a client may send at once. After this many refused in a row,
+    the client is closed with :attr:`CloseCode.RATE_LIMITED`."""
 
     def __post_init__(self) -> None:
         fields = (
@@ -71,9 +77,13 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             self.queue_max_messages,
             self.queue_max_bytes,
             self.max_pending_replies,
+            self.request_burst,
         )
         if min(fields) < 1:
             raise ValueError("edge limits must be at least 1")
+        rate = self.max_requests_per_second
+        if rate is not None and not 0 < rate < math.inf:
+            raise ValueError("max_requests_per_second must be positive")
 
 
 # ---------------------------------------------------------------- the lifecycle table
@@ -145,6 +155,34 @@ _WHY_NOT: Final[Mapping[State, str]] = {
 }
 
 
+class RequestRate:
+    """A client's token bucket: ``rate`` messages a second, ``burst`` at once, full at the start.
+
+    ``refused_in_a_row`` counts the messages refused since the last one let through.
+    """
+
+    __slots__ = ("burst", "rate", "refused_in_a_row", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp: float | None = None
+        self.refused_in_a_row = 0
+
+    def take(self, now: float) -> bool:
+        """Take a token at time ``now`` (seconds, any monotonic clock) if there is one."""
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now if self.stamp is None else max(now, self.stamp)
+        if self.tokens < 1:
+            self.refused_in_a_row += 1
+            return False
+        self.tokens -= 1
+        self.refused_in_a_row = 0
+        return True
+
+
 class CloseRequest(NamedTuple):
     code: int
     reason: str
@@ -177,6 +215,8 @@ class ClientSession:
         "close_request",
         "dropped",
         "limits",
+        "rate",
+        "rate_limited",
         "remote",
         "state",
         "token",
@@ -205,6 +245,10 @@ class ClientSession:
         self.close_request: CloseRequest | None = None
         self.dropped: Counter[str] = Counter()
         self.bad_messages = 0
+        self.rate_limited = 0
+        """Messages refused for :attr:`EdgeLimits.max_requests_per_second`."""
+        most = self.limits.max_requests_per_second
+        self.rate = RequestRate(most, self.limits.request_burst) if most is not None else None
         self._control: list[bytes | str] = []
         self._queue: DeliveryQueue | None = None
         self._frame_encoder = frame_encoder
@@ -225,20 +269,25 @@ class ClientSession:
 
     # ------------------------------------------------------------ input from the client
 
-    def receive_text(self, text: str) -> ClientRequest | None:
+    def receive_text(self, text: str, now: float | None = None) -> ClientRequest | None:
         """Decode one text message. Returns the request the hub must act on, if any.
 
         Bad input is answered here with an ``error`` reply and changes nothing else; so is a
-        request the current state does not allow. Input after the edge started closing is ignored.
+        request the current state does not allow, and, when the shell gives the time ``now``, a
+        message over the client's rate (``rate_limited``; too many in a row close the client).
+        Input after the edge started closing is ignored.
         """
         if not self.is_open:
             return None
         try:
             message = decode_client_message(text, self.limits.max_message_bytes)
         except ClientProtocolError as error:
-            self._refuse(error.request_id, error.code, error.message)
+            if self._within_rate(now, error.request_id):
+                self._refuse(error.request_id, error.code, error.message)
             return None
         request_id = None if isinstance(message, Connect | Ack) else message.id
+        if not isinstance(message, Ack) and not self._within_rate(now, request_id):
+            return None
         event = Event.CONNECT if isinstance(message, Connect) else Event.REQUEST
         try:
             self._advance(event)
@@ -257,10 +306,23 @@ class ClientSession:
             self.token = message.token
         return message
 
-    def receive_binary(self, data: bytes) -> None:
-        """Clients send no binary messages: answer ``bad_request``."""
-        if self.is_open:
+    def receive_binary(self, data: bytes, now: float | None = None) -> None:
+        """Clients send no binary messages: answer ``bad_request`` (within the client's rate)."""
+        if self.is_open and self._within_rate(now, None):
             self._refuse(None, ErrorCode.BAD_REQUEST, "clients send text messages only")
+
+    def _within_rate(self, now: float | None, request_id: int | None) -> bool:
+        """Whether a message at ``now`` is within the client's rate; if not, it is answered
+        ``rate_limited``, or the client is closed once ``request_burst`` were refused in a row."""
+        rate = self.rate
+        if now is None or rate is None or rate.take(now):
+            return True
+        self.rate_limited += 1
+        if rate.refused_in_a_row > rate.burst:
+            self.close(CloseCode.RATE_LIMITED, "too many requests")
+        else:
+            self.send_error(request_id, ErrorCode.RATE_LIMITED, f"over {rate.rate:g} messages per second")
+        return False
 
     def _refuse(self, request_id: int | None, code: str, message: str) -> None:
         self.bad_messages += 1

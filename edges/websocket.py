@@ -266,11 +266,11 @@ class WebSocketEdge:
         return session
 
     def text_received(self, session: ClientSession, text: str) -> None:
-        self.hub.client_text(session.client_id, text)
+        self.hub.client_text(session.client_id, text, asyncio.get_running_loop().time())
         self._carry_out()
 
     def binary_received(self, session: ClientSession, data: bytes) -> None:
-        self.hub.client_binary(session.client_id, data)
+        self.hub.client_binary(session.client_id, data, asyncio.get_running_loop().time())
         self._carry_out()
 
     def closed(self, connection: WebSocketConnection) -> None:
@@ -395,6 +395,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-subscriptions", type=int, default=limits.max_subscriptions)
     parser.add_argument("--queue-messages", type=int, default=limits.queue_max_messages)
     parser.add_argument("--queue-bytes", type=int, default=limits.queue_max_bytes)
+    parser.add_argument(
+        "--max-requests-per-second",
+        type=float,
+        default=limits.max_requests_per_second,
+        help="messages per client per second, ack aside; 0: no cap",
+    )
+    parser.add_argument("--request-burst", type=int, default=limits.request_burst)
     parser.add_argument("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
@@ -424,6 +431,8 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         max_subscriptions=args.max_subscriptions,
         queue_max_messages=args.queue_messages,
         queue_max_bytes=args.queue_bytes,
+        max_requests_per_second=args.max_requests_per_second or None,
+        request_burst=args.request_burst,
     )
     return WebSocketEdgeConfig(
         host=args.host,

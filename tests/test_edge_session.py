@@ -574,3 +574,53 @@ def test_limits_are_validated() -> None:
     assert EdgeLimits().queue_max_bytes == 8 * 1024 * 1024
     with pytest.raises(ValueError, match="at least 1"):
         EdgeLimits(queue_max_messages=0)
+
+
+# ---------------------------------------------------------------- request rate
+
+
+RATED = EdgeLimits(max_requests_per_second=2.0, request_burst=3)
+
+
+def test_messages_over_the_rate_are_answered_rate_limited_and_counted() -> None:
+    session = ready_session(RATED)
+    for index in range(4):
+        session.receive_text(f'{{"op":"ping","id":{index}}}', now=10.0)
+    session.receive_binary(b"x", now=10.0)
+    assert [(r["op"], r.get("code"), r["id"]) for r in replies(session)] == [
+        ("pong", None, 0),
+        ("pong", None, 1),
+        ("pong", None, 2),
+        ("error", "rate_limited", 3),
+        ("error", "rate_limited", None),
+    ]
+    assert (session.rate_limited, session.bad_messages) == (2, 0)
+    session.receive_text('{"op":"ping","id":9}', now=10.5)
+    assert replies(session) == [{"op": "pong", "id": 9}]
+
+
+def test_acks_and_messages_without_a_clock_are_not_rated() -> None:
+    session = ready_session(RATED)
+    for _ in range(10):
+        session.receive_text('{"op":"ack","channel":0,"offset":1}', now=1.0)
+        session.receive_text('{"op":"ping","id":1}')
+    assert session.rate_limited == 0
+    assert len(replies(session)) == 10
+
+
+def test_a_client_that_goes_on_past_the_burst_of_refusals_is_closed_with_4004() -> None:
+    session = ready_session(RATED)
+    for index in range(3 + 3 + 1):
+        session.receive_text("not json", now=5.0 + index * 1e-3)
+    out = replies(session)
+    assert [r["code"] for r in out[:3]] == ["bad_request"] * 3
+    assert [r["code"] for r in out[3:6]] == ["rate_limited"] * 3
+    assert out[6] == {"op": "closing", "code": 4004, "reason": "too many requests"}
+    assert session.close_request == (CloseCode.RATE_LIMITED, "too many requests")
+    assert session.rate_limited == 4
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("inf"), float("nan")])
+def test_the_request_rate_must_be_positive_and_finite(rate: float) -> None:
+    with pytest.raises(ValueError):
+        EdgeLimits(max_requests_per_second=rate)

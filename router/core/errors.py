@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     HISTORY_EXCEEDED = "history_exceeded"
     EPOCH_CHANGED = "epoch_changed"
     NOT_RELIABLE = "not_reliable"
+    RATE_LIMITED = "rate_limited"
+    """A client's message over its rate at the edge (also a router drop reason: ``ingest_max_rate``)."""
 
 
 class RefusedError(Exception):
