@@ -40,6 +40,8 @@ class AnnouncingProcess:
     what it bound, which :meth:`start` waits for. Stopped by its pid."""
 
     name = "process"
+    log_path: Path | None = None
+    """Where the process's stderr (its log) goes, appended; ``None``: the test's own stderr."""
 
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
         self.extra_args = list(extra_args)
@@ -50,9 +52,18 @@ class AnnouncingProcess:
         raise NotImplementedError
 
     def start(self, timeout: float = 15.0) -> dict[str, str]:
-        self.process = subprocess.Popen(
-            [*self.command(), *self.extra_args], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ}
-        )
+        log = self.log_path.open("ab") if self.log_path is not None else None
+        try:
+            self.process = subprocess.Popen(
+                [*self.command(), *self.extra_args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env={**os.environ},
+            )
+        finally:
+            if log is not None:
+                log.close()
         self.announced = _read_ready_line(self.process, self.name, timeout)
         return self.announced
 
