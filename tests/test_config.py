@@ -268,4 +268,12 @@ def test_the_example_config_loads() -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "router.toml"
     config = load_config(example)
     assert config.admin.listen == "127.0.0.1:7760"
+    assert config.router.metrics == "127.0.0.1:7761"
     assert config.registry().resolve("/demo/camera").policy.kind == "latest"
+
+
+def test_the_metrics_address_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_config(write(tmp_path, '[router]\nmetrics = "7761"\n'))
+    assert load_config(None, {"metrics": "[::1]:0"}).router.metrics == "[::1]:0"
+    assert load_config().router.metrics is None
