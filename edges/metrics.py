@@ -7,7 +7,7 @@ Nothing here runs per message: the hub, the link and the connections keep plain 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +21,7 @@ from edges.session import ClientSession
 from router.core.errors import ErrorCode
 from router.metric_families import counter, gauge
 
-__all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe"]
+__all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe", "RefusedHandshakes"]
 
 BAD_INPUT: Final = "bad_input"
 """The drop reason of client messages the edge refused as malformed or out of place."""
@@ -158,6 +158,24 @@ class EdgeCollector:
             "Data frames queued for the client with the longest queue.",
             LABELS,
             self._one(largest),
+        )
+
+
+class RefusedHandshakes:
+    """A collector of the connections an edge refused at the handshake, by reason."""
+
+    def __init__(self, edge: EdgeProbe, counts: Mapping[str, int]) -> None:
+        self.edge = edge
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        labels = (self.edge.link.edge_id, self.edge.hub.protocol)
+        rows = [((*labels, reason), count) for reason, count in sorted(self.counts.items())]
+        yield counter(
+            "switchboard_edge_refused_connections",
+            "Connections refused at the handshake, by reason.",
+            [*LABELS, "reason"],
+            rows,
         )
 
 

@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from importlib import resources
@@ -37,7 +38,7 @@ from edges.drop_log import DropBursts
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.latency import LatencySampler
 from edges.link import DataBatch, RouterLink
-from edges.metrics import EdgeMetrics
+from edges.metrics import EdgeMetrics, RefusedHandshakes
 from edges.session import ClientSession, EdgeLimits
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
@@ -73,6 +74,8 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     xpub: str = DEFAULT_XPUB
     limits: EdgeLimits = EdgeLimits()
     max_connections: int = 10_000
+    max_connections_per_ip: int = 100
+    """Client connections from one IP address at once; further handshakes get HTTP 429."""
     allowed_origins: tuple[str, ...] | None = None
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -90,6 +93,8 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if min(self.ping_interval, self.ping_timeout) <= 0:
             raise ValueError("--ping-interval and --ping-timeout must be positive")
+        if min(self.max_connections, self.max_connections_per_ip) < 1:
+            raise ValueError("--max-connections and --max-connections-per-ip must be at least 1")
         if self.write_buffer_high < 1 or self.unsent_bytes < 0:
             raise ValueError("--write-buffer must be positive and --unsent-bytes not negative")
 
@@ -140,6 +145,11 @@ class WebSocketEdge:
         self._tick_timer: asyncio.TimerHandle | None = None
         self.latency = LatencySampler()
         self.metrics = EdgeMetrics(self)
+        self._per_ip: Counter[str] = Counter()
+        """Connections with a client session, by the client's IP address (never 0)."""
+        self.refused_handshakes: Counter[str] = Counter()
+        """WebSocket handshakes answered with an HTTP error instead, by reason."""
+        self.metrics.registry.register(RefusedHandshakes(self, self.refused_handshakes))
         self._written_by_closed = 0
         self._drop_bursts = DropBursts(log, self.link.edge_id, DROP_CHECK_INTERVAL)
 
@@ -235,12 +245,11 @@ class WebSocketEdge:
             logger=frame_log,
         )
 
-    def respond(self, request: Request) -> Response | None:
-        """The viewer's files, 404, or 503 past max_connections; ``None`` for a handshake."""
+    def respond(self, connection: WebSocketConnection, request: Request) -> Response | None:
+        """The viewer's files, 404, or for a handshake: 503 past max_connections, 429 past
+        max_connections_per_ip, ``None`` to attempt it."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if len(self._clients) >= self.config.max_connections:
-                return _response(HTTPStatus.SERVICE_UNAVAILABLE, PLAIN_TEXT, b"too many connections\n")
-            return None
+            return self._refuse_handshake(connection.peer_host)
         path = request.path.split("?", 1)[0]
         if path == "/metrics" and self.config.serve_metrics:
             return _response(HTTPStatus.OK, self.metrics.content_type, self.metrics.render())
@@ -251,6 +260,15 @@ class WebSocketEdge:
             HTTPStatus.OK, content_type, resources.files("edges").joinpath("static", name).read_bytes()
         )
 
+    def _refuse_handshake(self, ip: str) -> Response | None:
+        if len(self._clients) >= self.config.max_connections:
+            self.refused_handshakes["max_connections"] += 1
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, PLAIN_TEXT, b"too many connections\n")
+        if self._per_ip[ip] >= self.config.max_connections_per_ip:
+            self.refused_handshakes["max_connections_per_ip"] += 1
+            return _response(HTTPStatus.TOO_MANY_REQUESTS, PLAIN_TEXT, b"too many from your address\n")
+        return None
+
     def opened(self, connection: WebSocketConnection) -> ClientSession | None:
         if connection.subprotocol != SUBPROTOCOL:
             connection.close(WebSocketCloseCode.PROTOCOL_ERROR, f"use the {SUBPROTOCOL} subprotocol")
@@ -258,6 +276,7 @@ class WebSocketEdge:
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
         session = self.hub.open_client(client_id, connection.remote)
         self._clients[client_id] = connection
+        self._per_ip[connection.peer_host] += 1
         connection.set_write_buffer_high(self.config.write_buffer_high)
         connection.limit_unsent(self.config.unsent_bytes)
         self._keepalive.add(connection)
@@ -281,10 +300,16 @@ class WebSocketEdge:
             self._log_disconnect(connection, session)
             self._keepalive.discard(connection)
             del self._clients[session.client_id]
+            self._forget_ip(connection.peer_host)
             self.hub.client_closed(session.client_id)
             self._carry_out()
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()
+
+    def _forget_ip(self, ip: str) -> None:
+        self._per_ip[ip] -= 1
+        if not self._per_ip[ip]:
+            del self._per_ip[ip]
 
     def _log_disconnect(self, connection: WebSocketConnection, session: ClientSession) -> None:
         by, code, reason = connection.close_status
@@ -391,6 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", default=defaults.control, help="the router's control endpoint")
     parser.add_argument("--xpub", default=defaults.xpub, help="the router's XPUB endpoint")
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip)
     parser.add_argument("--max-message-bytes", type=int, default=limits.max_message_bytes)
     parser.add_argument("--max-subscriptions", type=int, default=limits.max_subscriptions)
     parser.add_argument("--queue-messages", type=int, default=limits.queue_max_messages)
@@ -441,6 +467,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         xpub=args.xpub,
         limits=limits,
         max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,

@@ -69,7 +69,7 @@ class ConnectionHost(Protocol):
         """A fresh sans-I/O protocol for a new TCP connection."""
         ...
 
-    def respond(self, request: Request) -> Response | None:
+    def respond(self, connection: WebSocketConnection, request: Request) -> Response | None:
         """An HTTP response to send instead of the WebSocket handshake, or ``None`` to attempt it."""
         ...
 
@@ -181,7 +181,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         protocol = self._protocol
-        response = self._host.respond(request)
+        response = self._host.respond(self, request)
         protocol.send_response(response or protocol.accept(request))
         request.headers.clear()  # the protocol's parser keeps the request for the connection's life
         self._send_protocol_data()
@@ -204,6 +204,12 @@ class WebSocketConnection(asyncio.Protocol):
         if received is not None:
             return "client", received.code, received.reason
         return "client", CloseCode.ABNORMAL_CLOSURE, "connection lost"
+
+    @property
+    def peer_host(self) -> str:
+        """The client's IP address, or ``""``."""
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return str(peer[0]) if peer else ""
 
     @property
     def remote(self) -> str:

@@ -1,0 +1,89 @@
+"""WebSocket edge hardening against the real processes: connections per IP, no compression, and
+the per-client request rate."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually
+from tests.io.test_websocket_edge import open_client
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _metric(edge: WebSocketEdgeProcess, name: str, reason: str) -> float:
+    with urllib.request.urlopen(edge.http_url + "metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name) and f'reason="{reason}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_connections_past_the_per_ip_limit_get_429_and_are_counted(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router, ["--max-connections-per-ip", "2"])
+    edge.start()
+    try:
+        first, second = await open_client(edge), await open_client(edge)
+        with pytest.raises(InvalidStatus) as refused:
+            await open_client(edge)
+        assert refused.value.response.status_code == 429
+        refusals = "switchboard_edge_refused_connections_total"
+        assert _metric(edge, refusals, "max_connections_per_ip") == 1
+        await first.ws.close()
+        await eventually(lambda: _opens(edge), timeout=5)
+        await second.ws.close()
+    finally:
+        edge.stop()
+
+
+async def _opens(edge: WebSocketEdgeProcess) -> bool:
+    try:
+        client = await open_client(edge)
+    except InvalidStatus:
+        return False
+    await client.ws.close()
+    return True
+
+
+async def test_a_client_offering_permessage_deflate_gets_no_extension(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router)
+    edge.start()
+    try:
+        subprotocols = [Subprotocol("switchboard.v1")]
+        async with connect(edge.url, subprotocols=subprotocols, compression="deflate", proxy=None) as ws:
+            assert ws.request is not None
+            assert ws.response is not None
+            assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+            await ws.send('{"op":"connect"}')
+            assert json.loads(await ws.recv())["op"] == "connected"
+    finally:
+        edge.stop()
+
+
+async def test_a_client_over_its_request_rate_gets_rate_limited_then_4004(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router, ["--max-requests-per-second", "1", "--request-burst", "5"])
+    edge.start()
+    try:
+        client = await open_client(edge)
+        for index in range(4 + 5 + 1):
+            await client.send({"op": "ping", "id": index})
+        replies = [await client.control() for _ in range(4 + 5)]
+        assert [r["op"] for r in replies[:4]] == ["pong"] * 4
+        assert [(r["code"], r["id"]) for r in replies[4:]] == [("rate_limited", i) for i in range(4, 9)]
+        assert await client.control() == {"op": "closing", "code": 4004, "reason": "too many requests"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.control()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4004
+        await eventually(lambda: _metric(edge, "switchboard_edge_drops_total", "rate_limited") == 6)
+        assert edge.alive
+    finally:
+        edge.stop()
