@@ -130,7 +130,7 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
     endpoints = server.bind()
     metrics = MetricsListener(server.metrics.render, server.metrics.content_type)
     if config.router.metrics is not None:
-        endpoints["metrics"] = await metrics.start(config.router.metrics)
+        endpoints["metrics"] = await _start_metrics(metrics, config.router.metrics)
     admin = AdminListener(AdminApi(server, config.admin.token(), config.router.heartbeat_interval))
     if config.admin.listen:
         endpoints["admin"] = await _start_admin(admin, config.admin.listen)
@@ -152,6 +152,14 @@ async def _start_admin(admin: AdminListener, listen: str) -> str:
         return await admin.start(listen)
     except OSError as error:
         print(f"switchboard router: [admin] listen = {listen!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _start_metrics(metrics: MetricsListener, address: str) -> str:
+    try:
+        return await metrics.start(address)
+    except OSError as error:
+        print(f"switchboard router: [router] metrics = {address!r}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
