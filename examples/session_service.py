@@ -1,0 +1,71 @@
+"""A session service for ``[sessions] kind = "external"`` (``docs/session-service.md``).
+
+It answers the router's ``authenticate`` requests from a table of tokens in a JSON file:
+
+    {"tokens": {"alice-secret": {"user": "alice", "topics": ["/demo/**"], "ttl": 60}}}
+
+An entry may also have ``"delay"`` (seconds to wait before answering, to try the router's timeout)
+and ``"expires_at"``. Other tokens are refused. Replies wait without blocking the others.
+
+    python examples/session_service.py --table tokens.json --bind tcp://127.0.0.1:7770
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+Reply = tuple[float, int, list[bytes]]
+
+
+def decide(table: dict[str, Any], request: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """The delay and the reply for one request."""
+    entry = table.get(request.get("token") or "")
+    if request.get("kind") != "authenticate" or entry is None:
+        return 0.0, {"id": request.get("id"), "allow": False, "reason": "unknown token", "ttl": 10}
+    reply = {"id": request["id"], "allow": True, "user": entry["user"], "topics": entry["topics"]}
+    reply |= {key: entry[key] for key in ("ttl", "expires_at") if key in entry}
+    return float(entry.get("delay", 0)), reply
+
+
+def serve(sock: zmq.Socket[bytes], table: dict[str, Any]) -> None:
+    """Answer forever; a delayed reply waits in a heap, not in a sleep."""
+    due: list[Reply] = []
+    count = 0
+    while True:
+        timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
+        if sock.poll(None if timeout is None else int(timeout * 1000) + 1):
+            *envelope, body = sock.recv_multipart()
+            delay, reply = decide(table, json.loads(body))
+            count += 1
+            heapq.heappush(due, (time.monotonic() + delay, count, [*envelope, json.dumps(reply).encode()]))
+        while due and due[0][0] <= time.monotonic():
+            sock.send_multipart(heapq.heappop(due)[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--table", type=Path, required=True, help="the JSON file of tokens")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:7770", help="a ZeroMQ endpoint; port 0: any")
+    parser.add_argument("--announce", action="store_true", help="print the bound endpoint as JSON")
+    args = parser.parse_args()
+    table = json.loads(args.table.read_text())["tokens"]
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(args.bind[:-2] + ":*" if args.bind.endswith(":0") else args.bind)
+    if args.announce:
+        print(
+            json.dumps({"event": "ready", "endpoint": sock.getsockopt_string(zmq.LAST_ENDPOINT)}), flush=True
+        )
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(sock, table)
+
+
+if __name__ == "__main__":
+    main()
