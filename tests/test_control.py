@@ -552,3 +552,35 @@ def test_a_topic_made_reliable_at_runtime_keeps_history_until_it_is_not() -> Non
     assert isinstance(error, Error)
     assert error.code == "not_reliable"
     assert plane.manager.get_connection_stats().history_bytes == 0
+
+
+CONTROL_TAGS = ["hello", "heartbeat", "register", "unregister", "subscribe", "unsubscribe", "recover"]
+_scalars = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=20)
+_values = st.recursive(
+    _scalars | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_fields = st.sampled_from(["request_id", "client_id", "topic", "edge_id", "version", "token", "from_offset"])
+
+
+@settings(max_examples=scaled_examples(200), deadline=None)
+@given(
+    tag=st.sampled_from(CONTROL_TAGS) | st.text(max_size=10),
+    fields=st.dictionaries(_fields, _values, max_size=4),
+)
+def test_msgpack_shaped_garbage_gets_a_reply_or_a_counted_drop(tag: str, fields: dict[str, Any]) -> None:
+    plane = make_plane()
+    hello(plane, "e1")
+    try:
+        body = msgspec.msgpack.encode({"type": tag, **fields})
+    except (OverflowError, TypeError):
+        return
+    out = handle(plane, "e1", body)
+    try:
+        decode_edge_message(body)
+    except WireError:
+        assert error_reply(out).code == "bad_request"
+        assert plane.manager.get_connection_stats().drops == {"bad_control": 1}
+    else:
+        assert plane.manager.get_connection_stats().drops == {}
