@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from router.control import ControlPlane, Outbound, ToEdge
@@ -13,6 +14,7 @@ from router.core import ClientInfo, ConnectionManager, ErrorCode, Identity, Refu
 from router.core.decision_cache import Decision, DecisionCache, token_key
 from router.core.external_sessions import DecisionPending, ExternalSessions
 from router.session_gate import TIMED_OUT, UNAVAILABLE, SessionGate
+from router.sessions_config import SessionsSection
 from router.wire import Error, Hello, RegisterClient, Registered, Subscribe, SubscribeOk, encode_control
 
 BAD = "the session service gave a bad answer: "
@@ -254,3 +256,28 @@ def test_a_late_answer_after_the_timeout_changes_nothing() -> None:
     [request_id] = g.asked()
     g.gate.tick(now=TIMEOUT, unix_time=1000 + TIMEOUT)
     assert g.gate.answered(allow(request_id), TIMEOUT + 1, 1000 + TIMEOUT + 1) == []
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_the_sessions_table_makes_external_sessions() -> None:
+    table = {"kind": "external", "endpoint": "tcp://127.0.0.1:7770", "cache_ttl": 5, "cache_size": 3}
+    sessions = msgspec.convert(table, SessionsSection).session_manager()
+    assert isinstance(sessions, ExternalSessions)
+    assert (sessions.cache.max_ttl, sessions.cache.size) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"kind": "external"}, "endpoint goes with kind = 'external'"),
+        ({"endpoint": "tcp://127.0.0.1:7770"}, "endpoint goes with kind = 'external'"),
+        ({"kind": "external", "endpoint": "tcp://h:1", "audience": "a"}, "has JWT settings"),
+        ({"kind": "external", "endpoint": "tcp://h:1", "timeout": 0}, "timeout is more than 0"),
+        ({"kind": "external", "endpoint": "tcp://h:1", "cache_size": 0}, "cache_size is at least 1"),
+    ],
+)
+def test_bad_external_settings_are_refused(table: dict[str, Any], error: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=error):
+        msgspec.convert(table, SessionsSection)
