@@ -20,6 +20,7 @@ from router.core import (
     ClientInfo,
     ConnectionManager,
     DeliveryPolicy,
+    DropIncrease,
     ErrorCode,
     PolicyChanged,
     Recovery,
@@ -28,6 +29,17 @@ from router.core import (
     UnwatchTopic,
     WatchTopic,
 )
+from router.events import (
+    CLIENT_CLOSED,
+    ClientConnected,
+    ClientDisconnected,
+    EdgeDown,
+    EdgeUp,
+    EventHooks,
+    SlowClientDrops,
+    SubscribeRefused,
+)
+from router.events import Subscribed as SubscribedEvent
 from router.logs import ThrottledLog
 from router.wire import (
     CLOSE_GOING_AWAY,
@@ -77,6 +89,8 @@ class Upstream(NamedTuple):
 Outbound = ToEdge | Upstream
 
 KICKED = "kicked by an operator"
+EDGE_TIMED_OUT = "edge heartbeat timeout"
+EDGE_RESTARTED = "edge restarted"
 DRAINED = "edge draining: reconnect to another edge"
 
 
@@ -94,6 +108,8 @@ class ControlPlane:
         self.refusals: Counter[tuple[str, str]] = Counter()
         """Refused requests by ``(message type, error code)``, for metrics."""
         self._refusal_log = ThrottledLog(log, burst=20)
+        self.events = EventHooks()
+        """Who hears of clients and edges coming and going (``router/events.py``)."""
 
     def handle(
         self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
@@ -119,13 +135,17 @@ class ControlPlane:
             return self._dispatch(edge_id, message, now, now if unix_time is None else unix_time)
         except RefusedError as refused:
             self._count_refusal(edge_id, message, refused)
+            if isinstance(message, Subscribe):
+                self._subscribe_refused(message, refused)
             return [ToEdge(edge_id, _refusal(message, refused))]
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
         """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
         clients whose session ended by ``unix_time`` (default: ``now``) dropped, and their edges
         told with ``drop_client``."""
+        known = self.manager.edge_ids()
         expired = self.manager.expire_edges(now, self.heartbeat_timeout)
+        self._edges_down([e for e in known if not self.manager.is_edge_known(e)], EDGE_TIMED_OUT)
         self.manager.expire_history(now)
         ended = self.manager.expire_sessions(now if unix_time is None else unix_time)
         out: list[Outbound] = [
@@ -150,6 +170,7 @@ class ControlPlane:
         if edge_id is None:
             raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"no client {client_id!r}")
         actions = self.manager.unregister_client(client_id)
+        self._client_gone(client_id, edge_id, reason)
         log.info("client %s of edge %s kicked: %s", client_id, edge_id, reason)
         return [*self._carry_out(actions), ToEdge(edge_id, DropClient(client_id=client_id, reason=reason))]
 
@@ -162,6 +183,7 @@ class ControlPlane:
         out: list[Outbound] = []
         for client_id in clients:
             out += self._carry_out(self.manager.unregister_client(client_id))
+            self._client_gone(client_id, edge_id, reason)
             drop = DropClient(client_id=client_id, reason=reason, code=CLOSE_GOING_AWAY)
             out.append(ToEdge(edge_id, drop))
         log.info("edge %s drained: %d clients told to reconnect", edge_id, len(clients))
@@ -187,6 +209,7 @@ class ControlPlane:
                     connected_at=now,
                 )
                 identity = self.manager.register_client(info, message.token, unix_time)
+                self._client_connected(info, identity.user)
                 reply = Registered(
                     request_id=message.request_id, client_id=message.client_id, user=identity.user
                 )
@@ -196,13 +219,16 @@ class ControlPlane:
                 return self._refresh(edge_id, message, unix_time)
             case UnregisterClient():
                 self._check_owner(edge_id, message.client_id)
-                return self._carry_out(self.manager.unregister_client(message.client_id))
+                actions = self.manager.unregister_client(message.client_id)
+                self._client_gone(message.client_id, edge_id, CLIENT_CLOSED)
+                return self._carry_out(actions)
             case Subscribe():
                 self._check_owner(edge_id, message.client_id)
                 granted = self.manager.subscribe(
                     message.client_id, message.topic, _resume_position(message), now
                 )
                 ok = _subscribe_ok(message, granted)
+                self._subscribed(message.client_id, granted.topic)
                 return [*self._carry_out(granted.actions), ToEdge(edge_id, ok)]
             case Unsubscribe():
                 self._check_owner(edge_id, message.client_id)
@@ -225,7 +251,8 @@ class ControlPlane:
                 stats = self.manager.get_connection_stats()
                 return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
             case EdgeStatsReport():
-                self.manager.edge_report(edge_id, message.totals, message.topic_drops, message.clients, now)
+                report = (message.totals, message.topic_drops, message.clients, now)
+                self._slow_client_drops(edge_id, self.manager.edge_report(edge_id, *report))
                 return []
         raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
 
@@ -237,7 +264,13 @@ class ControlPlane:
             )
         if hello.edge_id != edge_id:
             raise RefusedError(ErrorCode.BAD_REQUEST, "hello.edge_id must equal the socket identity")
+        again = self.manager.is_edge_known(edge_id)
         actions = self.manager.edge_hello(edge_id, hello.protocol, now)
+        if again:
+            self._edges_down([edge_id], EDGE_RESTARTED)
+        out = self._carry_out(actions)
+        if self.events:
+            self.events.emit(EdgeUp(time=self.events.clock(), edge_id=edge_id, protocol=hello.protocol))
         log.info("edge %s (%s) connected", edge_id, hello.protocol, extra={"edge_id": edge_id})
         welcome = Welcome(
             router_id=self.router_id,
@@ -245,7 +278,7 @@ class ControlPlane:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
         )
-        return [*self._carry_out(actions), ToEdge(edge_id, welcome)]
+        return [*out, ToEdge(edge_id, welcome)]
 
     def _refresh(self, edge_id: str, message: RefreshToken, unix_time: float) -> list[Outbound]:
         refresh = self.manager.refresh_client(message.client_id, message.token, unix_time)
@@ -285,11 +318,56 @@ class ControlPlane:
                     out.append(Upstream(topic, watched=False))
                 case PolicyChanged(topic, policy, edge_ids):
                     out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
-                case ClientDropped(client_id, edge_id, reason) if tell_edges:
-                    out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
-                case ClientDropped():
-                    pass
+                case ClientDropped(client_id, edge_id, reason):
+                    self._client_gone(client_id, edge_id, reason)
+                    if tell_edges:
+                        out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
         return out
+
+    # ------------------------------------------------------------ events
+
+    def _client_connected(self, info: ClientInfo, user: str) -> None:
+        if self.events:
+            self.events.emit(
+                ClientConnected(
+                    time=self.events.clock(),
+                    client_id=info.client_id,
+                    edge_id=info.edge_id,
+                    protocol=info.protocol,
+                    user=user,
+                    remote=info.remote,
+                )
+            )
+
+    def _client_gone(self, client_id: str, edge_id: str, reason: str) -> None:
+        if self.events:
+            now = self.events.clock()
+            self.events.emit(
+                ClientDisconnected(time=now, client_id=client_id, edge_id=edge_id, reason=reason)
+            )
+
+    def _subscribed(self, client_id: str, topic: str) -> None:
+        if self.events:
+            self.events.emit(SubscribedEvent(time=self.events.clock(), client_id=client_id, topic=topic))
+
+    def _subscribe_refused(self, message: Subscribe, refused: RefusedError) -> None:
+        if self.events:
+            code, now = refused.code.value, self.events.clock()
+            refusal = SubscribeRefused(time=now, client_id=message.client_id, topic=message.topic, code=code)
+            self.events.emit(refusal)
+
+    def _slow_client_drops(self, edge_id: str, increases: list[DropIncrease]) -> None:
+        if self.events:
+            now = self.events.clock()
+            for topic, count, window in increases:
+                drops = SlowClientDrops(time=now, edge_id=edge_id, topic=topic, count=count, window=window)
+                self.events.emit(drops)
+
+    def _edges_down(self, edge_ids: list[str], reason: str) -> None:
+        if self.events:
+            now = self.events.clock()
+            for edge_id in edge_ids:
+                self.events.emit(EdgeDown(time=now, edge_id=edge_id, reason=reason))
 
 
 def _resume_position(subscribe: Subscribe) -> tuple[int, int] | None:

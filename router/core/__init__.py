@@ -1,7 +1,7 @@
 """The sans-I/O core: plain objects with no sockets, no clock and no event loop."""
 
 from router.core.clients import ClientInfo, Connection
-from router.core.edge_reports import ClientFigures, EdgeFigures, EdgeTotals
+from router.core.edge_reports import ClientFigures, DropIncrease, EdgeFigures, EdgeTotals
 from router.core.errors import ErrorCode, RefusedError
 from router.core.history import HistoryEntry, HistoryLimits, Missing, TopicHistory, Window
 from router.core.manager import (
@@ -40,6 +40,7 @@ __all__ = [
     "ConnectionManager",
     "ConnectionStats",
     "DeliveryPolicy",
+    "DropIncrease",
     "EdgeFigures",
     "EdgeTotals",
     "EdgeView",

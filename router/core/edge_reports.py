@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping
+from typing import NamedTuple
 
 import msgspec
 
-__all__ = ["ClientFigures", "EdgeFigures", "EdgeTotals"]
+__all__ = ["ClientFigures", "DropIncrease", "EdgeFigures", "EdgeTotals", "drop_increases"]
 
 
 class ClientFigures(msgspec.Struct, frozen=True, array_like=True):
@@ -76,6 +77,29 @@ class EdgeFigures:
         wanted = set(topics)
         for name in [t for t in self.topic_drops if t not in wanted]:
             del self.topic_drops[name]
+
+
+class DropIncrease(NamedTuple):
+    """``dropped`` more messages of ``topic`` not delivered by one edge, over ``window`` seconds."""
+
+    topic: str
+    dropped: int
+    window: float
+
+
+def drop_increases(
+    before: Mapping[str, int], after: Mapping[str, int], reported: Iterable[str], window: float
+) -> list[DropIncrease]:
+    """How the drops of the ``reported`` topics grew from ``before`` to ``after``. A count lower
+    than before started again (the topic's last local client left in between), so all of it is
+    new; a topic missing from ``after`` is one the router does not keep."""
+    increases: list[DropIncrease] = []
+    for topic in reported:
+        now, then = after.get(topic, 0), before.get(topic, 0)
+        count = now - then if now >= then else now
+        if count > 0:
+            increases.append(DropIncrease(topic, count, window))
+    return increases
 
 
 def add_totals(all_totals: Iterable[EdgeTotals]) -> EdgeTotals:

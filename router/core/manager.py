@@ -19,7 +19,14 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from router.core.clients import ClientInfo
-from router.core.edge_reports import ClientFigures, EdgeFigures, EdgeTotals, add_totals
+from router.core.edge_reports import (
+    ClientFigures,
+    DropIncrease,
+    EdgeFigures,
+    EdgeTotals,
+    add_totals,
+    drop_increases,
+)
 from router.core.errors import ErrorCode, RefusedError
 from router.core.history import (
     RECOVER_BATCH_BYTES,
@@ -896,13 +903,18 @@ class ConnectionManager:
         topic_drops: dict[str, int],
         clients: Iterable[ClientFigures],
         now: float,
-    ) -> None:
+    ) -> list[DropIncrease]:
         """Keep what an edge reported (:class:`~router.core.edge_reports.EdgeFigures`). Figures
         of clients that are not this edge's, and drops of topics none of its clients holds, are
-        ignored."""
+        ignored. Returns how each topic's drops grew since the edge's previous report (nothing
+        for its first one, whose counts may be older)."""
         edge = self._edge(edge_id)
+        before, since = dict(edge.figures.topic_drops), edge.figures.reported_at
         edge.figures.update(totals, topic_drops, clients, edge.clients, now)
         edge.figures.keep_topics(edge.topics)
+        if since is None:
+            return []
+        return drop_increases(before, edge.figures.topic_drops, topic_drops, now - since)
 
     def edge_views(self) -> list[EdgeView]:
         return [
