@@ -20,6 +20,7 @@ from router.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
 from router.core.external_sessions import ExternalSessions
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
+from router.events import Event, EventListener, event_frames
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_gate import SessionGate
@@ -91,6 +92,9 @@ class RouterServer:
         self.router = self._socket(
             zmq.ROUTER, "control", section.control, router_handover=1, maxmsgsize=2 * MAX_CONTROL_BYTES
         )
+        if self.config.events.publish:
+            self.events = self._socket(zmq.PUB, "events", self.config.events.publish)
+            self.add_event_listener(self._publish_event)
         return dict(self.endpoints)
 
     def _socket(self, kind: int, name: str, endpoint: str, **options: int) -> zmq.Socket[bytes]:
@@ -153,6 +157,8 @@ class RouterServer:
             monitor.close(linger=0)
         for sock in self._sockets:
             sock.close(linger=0)
+        if self._session_service is not None:
+            self._session_service.close()
         if self._curve is not None:
             self._curve.stop()
         self._context.term()
@@ -164,6 +170,20 @@ class RouterServer:
         """Read the Curve allow-list again (on SIGHUP); nothing to do with Curve off."""
         if self._curve is not None:
             self._curve.reload()
+
+    # ------------------------------------------------------------ events
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call ``listener`` with every event (``router/events.py``), in the router's loop, as it
+        happens. It must not block; what it raises is logged and ignored."""
+        self.control.events.add(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        self.control.events.remove(listener)
+
+    def _publish_event(self, event: Event) -> None:
+        """Events go out as ``[name, JSON]``; a subscriber that cannot keep up loses them (PUB)."""
+        self.events.send_multipart(event_frames(event), NOBLOCK)
 
     # ------------------------------------------------------------ operator requests (while serving)
 

@@ -73,7 +73,10 @@ class SessionServiceLink:
                 self.flush()
         finally:
             self._readable.close()
-            self.sock.close(linger=0)
+
+    def close(self) -> None:
+        """Close the socket (after :meth:`run` ended, or if it never started)."""
+        self.sock.close(linger=0)
 
     async def _wait(self) -> None:
         """Until a reply arrives or the next deadline passes."""
