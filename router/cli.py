@@ -96,6 +96,12 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin", dest="listen", metavar="HOST:PORT", help="the admin API and dashboard ('' for none)"
     )
     parser.add_argument(
+        "--events",
+        dest="publish",
+        metavar="ENDPOINT",
+        help="publish events on a PUB socket here ('' for none)",
+    )
+    parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
 
@@ -111,6 +117,7 @@ ROUTER_OVERRIDES = (
     "curve_allowed_keys_dir",
     "metrics",
     "listen",
+    "publish",
 )
 """The ``switchboard router`` options that override the configuration file, by key."""
 

@@ -24,7 +24,9 @@ DEFAULT_PULL = "tcp://127.0.0.1:7750"
 DEFAULT_XSUB = "tcp://127.0.0.1:7751"
 DEFAULT_XPUB = "tcp://127.0.0.1:7752"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7753"
-TABLES = {"router", "security", "sessions", "limits", "admin", "topics"}
+DEFAULT_EVENTS = "tcp://127.0.0.1:7754"
+"""Where ``[events] publish`` usually goes; the events socket is off unless it is set."""
+TABLES = {"router", "security", "sessions", "limits", "admin", "topics", "events"}
 
 
 class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,13 @@ class SecuritySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         return CurveServer(Path(self.curve_secret_key_file), Path(self.curve_allowed_keys_dir))
 
 
+class EventsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``publish``: where the PUB socket of events binds (``docs/protocol.md``, section 5);
+    ``None`` or ``""``: no events socket."""
+
+    publish: str | None = None
+
+
 class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     router: RouterSection = RouterSection()
     security: SecuritySection = SecuritySection()
@@ -83,6 +92,7 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits = Limits()
     topics: dict[str, Any] = {}
     admin: AdminSection = AdminSection()
+    events: EventsSection = EventsSection()
 
     def registry(self) -> TopicRegistry:
         return TopicRegistry.from_config(self.topics)
@@ -99,7 +109,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     unknown = set(raw) - TABLES
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(sorted(unknown))}")
-    for table in ("router", "security", "sessions"):
+    for table in ("router", "security", "sessions", "events"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table} must be a table: [{table}]")
     if path is not None:
@@ -125,7 +135,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {error}") from None
 
 
-OVERRIDDEN_TABLES = {"security": SecuritySection.__struct_fields__, "admin": AdminSection.__struct_fields__}
+OVERRIDDEN_TABLES = {
+    "security": SecuritySection.__struct_fields__,
+    "admin": AdminSection.__struct_fields__,
+    "events": EventsSection.__struct_fields__,
+}
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:

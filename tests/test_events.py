@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
+from router.config import ConfigError, load_config
 from router.control import KICKED, ControlPlane
 from router.core import ClientInfo, ConnectionManager, EdgeTotals, TopicRegistry, TopicSpec
 from router.core.edge_reports import DropIncrease, drop_increases
@@ -201,3 +203,14 @@ def test_events_go_out_as_their_name_then_json() -> None:
         b'"time":1700000000.0}'
     )
     assert decode_event(body) == event
+
+
+def test_the_events_socket_is_off_unless_configured(tmp_path: Path) -> None:
+    assert load_config().events.publish is None
+    path = tmp_path / "router.toml"
+    path.write_text('[events]\npublish = "tcp://127.0.0.1:7754"\n', encoding="utf-8")
+    assert load_config(path).events.publish == "tcp://127.0.0.1:7754"
+    assert load_config(path, {"publish": ""}).events.publish == ""
+    path.write_text('[events]\npublsh = "tcp://127.0.0.1:7754"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="publsh"):
+        load_config(path)
