@@ -1,5 +1,5 @@
-"""The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``keys``, ``edge KIND``, and the
-admin commands ``clients``, ``topics``, ``edges``, ``stats``, ``policy``, ``kick`` and ``drain``."""
+"""The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``events``, ``keys``, ``edge KIND``,
+and the admin commands ``clients``, ``topics``, ``edges``, ``stats``, ``policy``, ``kick`` and ``drain``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from router.config import (
 )
 from router.core.topics import topic_error
 from router.curve import CurveKeyError, add_client_arguments, client_from_args, write_key_pair
+from router.event_watch import add_events_command, run_events
 from router.logfmt import add_log_arguments, configure_logging
 from router.metrics_http import MetricsListener
 from router.server import RouterServer
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     configure_logging(args.log_level, args.log_format)
     handlers = {"router": _run_router, "publish": _run_publish, "tap": _run_tap, "keys": _run_keys}
+    handlers["events"] = run_events
     handlers |= dict.fromkeys(ADMIN_COMMANDS, run_admin_command)
     return handlers[args.command](args)
 
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("name", help="the key's name, such as router or edge-1")
     keys.add_argument("--dir", type=Path, default=Path("."), help="where to write the files")
 
+    add_events_command(commands)
     add_admin_commands(commands)
     edge = commands.add_parser("edge", help="run an edge process", add_help=False)
     edge.add_argument("kind", choices=sorted(EDGE_KINDS))

@@ -12,6 +12,7 @@ from router.control import KICKED, ControlPlane
 from router.core import ClientInfo, ConnectionManager, EdgeTotals, TopicRegistry, TopicSpec
 from router.core.edge_reports import DropIncrease, drop_increases
 from router.core.sessions import Identity
+from router.event_watch import format_event
 from router.events import (
     CLIENT_CLOSED,
     ClientConnected,
@@ -214,3 +215,11 @@ def test_the_events_socket_is_off_unless_configured(tmp_path: Path) -> None:
     path.write_text('[events]\npublsh = "tcp://127.0.0.1:7754"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="publsh"):
         load_config(path)
+
+
+def test_switchboard_events_prints_one_line_per_event_for_people() -> None:
+    event = EdgeDown(time=0.25, edge_id="ws-1", reason="edge heartbeat timeout")
+    assert (
+        format_event(event)
+        == "1970-01-01T00:00:00.250+00:00 edge.down edge_id=ws-1 reason=edge heartbeat timeout"
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import zmq
 import zmq.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.io.harness import LOOPBACK_ANY_PORT, RouterProcess, WebSocketEdgeProcess, running_router
+from tests.io.harness import LOOPBACK_ANY_PORT, ROOT, RouterProcess, WebSocketEdgeProcess, running_router
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,3 +139,23 @@ async def test_a_connect_a_refused_subscribe_and_a_disconnect_as_they_happen(
         connected["edge_id"],
         "closed by its edge",
     )
+
+
+async def test_switchboard_events_prints_what_its_filter_lets_through(
+    router: RouterProcess, edge: WebSocketEdgeProcess
+) -> None:
+    command = [sys.executable, "-m", "router.cli", "events", "--events", router.endpoints["events"]]
+    watcher = subprocess.Popen(
+        [*command, "--filter", "client.conn", "--json", "--count", "1"], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(15):
+            while watcher.poll() is None:
+                ws, _ = await open_client(edge)
+                await ws.close()
+                await asyncio.sleep(0.1)
+    finally:
+        watcher.kill()
+        out, _ = watcher.communicate()
+    assert watcher.returncode == 0
+    assert json.loads(out)["event"] == "client.connected"
