@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config
+from router.config import ConfigError, RouterConfig, load_config
 from router.control import KICKED, ControlPlane
 from router.core import ClientInfo, ConnectionManager, EdgeTotals, TopicRegistry, TopicSpec
 from router.core.edge_reports import DropIncrease, drop_increases
@@ -26,6 +26,7 @@ from router.events import (
     decode_event,
     event_frames,
 )
+from router.server import RouterServer
 from router.wire import (
     EdgeMessage,
     EdgeStatsReport,
@@ -223,3 +224,13 @@ def test_switchboard_events_prints_one_line_per_event_for_people() -> None:
         format_event(event)
         == "1970-01-01T00:00:00.250+00:00 edge.down edge_id=ws-1 reason=edge heartbeat timeout"
     )
+
+
+def test_an_embedding_program_hears_the_events_of_its_router_server() -> None:
+    server = RouterServer(RouterConfig())
+    heard: list[Event] = []
+    server.add_event_listener(heard.append)
+    server.control.handle(b"e1", encode_control(Hello(edge_id="e1", protocol="test")), 0.0)
+    server.remove_event_listener(heard.append)
+    server.control.handle(b"e2", encode_control(Hello(edge_id="e2", protocol="test")), 0.0)
+    assert [(type(e), e.edge_id) for e in heard if isinstance(e, EdgeUp)] == [(EdgeUp, "e1")]
