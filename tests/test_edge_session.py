@@ -622,5 +622,5 @@ def test_a_client_that_goes_on_past_the_burst_of_refusals_is_closed_with_4004() 
 
 @pytest.mark.parametrize("rate", [0.0, -1.0, float("inf"), float("nan")])
 def test_the_request_rate_must_be_positive_and_finite(rate: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_requests_per_second"):
         EdgeLimits(max_requests_per_second=rate)
