@@ -218,12 +218,12 @@ class WebRtcEdge:
 
     def text_received(self, peer: RtcPeer, text: str) -> None:
         if self._peers.get(peer.session.client_id) is peer:
-            self.hub.client_text(peer.session.client_id, text)
+            self.hub.client_text(peer.session.client_id, text, asyncio.get_running_loop().time())
             self._carry_out()
 
     def binary_received(self, peer: RtcPeer, data: bytes) -> None:
         if self._peers.get(peer.session.client_id) is peer:
-            self.hub.client_binary(peer.session.client_id, data)
+            self.hub.client_binary(peer.session.client_id, data, asyncio.get_running_loop().time())
             self._carry_out()
 
     def drained(self, peer: RtcPeer) -> None:

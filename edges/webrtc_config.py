@@ -102,6 +102,13 @@ def parser() -> argparse.ArgumentParser:
     add("--max-subscriptions", type=int, default=limits.max_subscriptions)
     add("--queue-messages", type=int, default=limits.queue_max_messages)
     add("--queue-bytes", type=int, default=limits.queue_max_bytes)
+    add(
+        "--max-requests-per-second",
+        type=float,
+        default=limits.max_requests_per_second,
+        help="messages per client per second, ack aside; 0: no cap",
+    )
+    add("--request-burst", type=int, default=limits.request_burst)
     add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
     add_client_arguments(parser)
@@ -132,6 +139,8 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         max_subscriptions=args.max_subscriptions,
         queue_max_messages=args.queue_messages,
         queue_max_bytes=args.queue_bytes,
+        max_requests_per_second=args.max_requests_per_second or None,
+        request_burst=args.request_burst,
     )
     servers = tuple(
         IceServer(url=url, username=args.ice_username, credential=args.ice_credential)
