@@ -317,14 +317,15 @@ class EdgeHub:
             client.session.close(code, reason)
             self._settle(client)
 
-    def client_closed(self, client_id: str) -> None:
-        """The client's transport is closed; forget it. Unknown ids are ignored."""
+    def client_closed(self, client_id: str, reason: str = "connection closed") -> None:
+        """The client's transport is closed (``reason`` says how, for the router's events and
+        logs); forget it. Unknown ids are ignored."""
         client = self._clients.pop(client_id, None)
         if client is None:
             return
         client.session.connection_lost()
         if not client.close_sent:
-            self._forget(client)
+            self._forget(client, reason)
         self._with_output.pop(client_id, None)
         self._reported.pop(client_id, None)
         self._retired_drops.update(client.session.dropped)
@@ -344,10 +345,11 @@ class EdgeHub:
             self._with_output[session.client_id] = session
         if session.close_request is not None and not client.close_sent:
             client.close_sent = True
-            self._forget(client)
+            code, reason = session.close_request
+            self._forget(client, f"{reason or 'closed by the edge'} ({code})")
             self._actions.append(CloseClient(session.client_id, *session.close_request))
 
-    def _forget(self, client: _Client) -> None:
+    def _forget(self, client: _Client, reason: str) -> None:
         """Take a closing client out of every topic and request, and out of the router."""
         for name in list(client.subscriptions):
             self._leave(client, name)
@@ -356,7 +358,7 @@ class EdgeHub:
         client.requests.clear()
         if client.known_to_router:
             client.known_to_router = False
-            self._to_router(wire.UnregisterClient(client_id=client.session.client_id))
+            self._to_router(wire.UnregisterClient(client_id=client.session.client_id, reason=reason))
 
     # ------------------------------------------------------------ client requests
 

@@ -150,7 +150,7 @@ class WebRtcEdge:
             sdp = await peer.answer(offer)
         except Exception as error:
             self._forget_peer(peer)
-            self.hub.client_closed(client_id)
+            self.hub.client_closed(client_id, "unusable offer")
             self._carry_out()
             raise SignalingError(HTTPStatus.BAD_REQUEST, _json_error(f"unusable offer: {error}")) from None
         log.info("%s connected from %s", client_id, remote or "?")
@@ -172,7 +172,7 @@ class WebRtcEdge:
         if ok:
             return
         status, body = _refusal(session)
-        self.hub.client_closed(client_id)
+        self.hub.client_closed(client_id, "connect refused")
         self._carry_out()
         raise SignalingError(status, body)
 
@@ -233,7 +233,7 @@ class WebRtcEdge:
     def peer_gone(self, peer: RtcPeer) -> None:
         if self._forget_peer(peer):
             log.info("%s gone", peer.session.client_id)
-            self.hub.client_closed(peer.session.client_id)
+            self.hub.client_closed(peer.session.client_id, "peer gone")
             self._carry_out()
 
     def _forget_peer(self, peer: RtcPeer) -> bool:

@@ -297,11 +297,11 @@ class WebSocketEdge:
         self._written_by_closed += connection.bytes_written
         session = connection.session
         if session is not None:
-            self._log_disconnect(connection, session)
+            reason = self._log_disconnect(connection, session)
             self._keepalive.discard(connection)
             del self._clients[session.client_id]
             self._forget_ip(connection.peer_host)
-            self.hub.client_closed(session.client_id)
+            self.hub.client_closed(session.client_id, reason)
             self._carry_out()
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()
@@ -311,7 +311,8 @@ class WebSocketEdge:
         if not self._per_ip[ip]:
             del self._per_ip[ip]
 
-    def _log_disconnect(self, connection: WebSocketConnection, session: ClientSession) -> None:
+    def _log_disconnect(self, connection: WebSocketConnection, session: ClientSession) -> str:
+        """Log why the client left; returns it in a few words, with the close code."""
         by, code, reason = connection.close_status
         reason = reason or f"closed by the {by}"
         ids = {
@@ -323,6 +324,7 @@ class WebSocketEdge:
             "dropped": session.dropped.total(),
         }
         log.info("client %s disconnected (%s %d): %s", session.client_id, by, code, reason, extra=ids)
+        return f"{reason} ({code})"
 
     # ------------------------------------------------------------ the hub's output
 

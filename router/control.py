@@ -220,7 +220,7 @@ class ControlPlane:
             case UnregisterClient():
                 self._check_owner(edge_id, message.client_id)
                 actions = self.manager.unregister_client(message.client_id)
-                self._client_gone(message.client_id, edge_id, CLIENT_CLOSED)
+                self._client_gone(message.client_id, edge_id, message.reason or CLIENT_CLOSED)
                 return self._carry_out(actions)
             case Subscribe():
                 self._check_owner(edge_id, message.client_id)

@@ -54,8 +54,9 @@ class ClientConnected(_Event, frozen=True, tag="client.connected"):
 
 
 class ClientDisconnected(_Event, frozen=True, tag="client.disconnected"):
-    """A registered client is gone; ``reason`` says why (:data:`CLIENT_CLOSED` when its edge
-    unregistered it, otherwise what the router or an operator ended it for)."""
+    """A registered client is gone; ``reason`` says why: the edge's reason when it unregistered
+    the client (:data:`CLIENT_CLOSED` if it gave none), otherwise what the router or an operator
+    ended it for."""
 
     client_id: str
     edge_id: str
@@ -101,7 +102,7 @@ Event = (
 EventListener = Callable[[Event], None]
 
 CLIENT_CLOSED = "closed by its edge"
-"""The reason of a :class:`ClientDisconnected` when the edge unregistered its client."""
+"""The reason of a :class:`ClientDisconnected` when the edge unregistered its client without one."""
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

@@ -230,9 +230,11 @@ class Refreshed(_Control, tag="refreshed"):
 
 
 class UnregisterClient(_Control, tag="unregister"):
-    """No reply: the client is gone either way."""
+    """No reply: the client is gone either way. ``reason`` says why, in words for people (empty
+    from an edge that does not say)."""
 
     client_id: str
+    reason: str = ""
 
 
 class Subscribe(_Control, tag="subscribe"):

@@ -40,6 +40,10 @@ BEST_EFFORT = DeliveryPolicy()
 # ---------------------------------------------------------------- helpers
 
 
+GONE = "connection closed"
+"""The reason a hub gives the router when a transport closes without saying why."""
+
+
 def to_router(actions: list[EdgeAction]) -> list[Any]:
     """The messages for the router among ``actions`` (typed loosely: tests know which they sent)."""
     return [action.message for action in actions if isinstance(action, ToRouter)]
@@ -440,7 +444,10 @@ def test_client_closed_unregisters_and_unwatches() -> None:
     subscribe(hub, "c1", "/a")
     hub.deliver(b"/a", 5, 11, b"x")
     hub.client_closed("c1")
-    assert hub.drain_actions() == [UnwatchData("/a"), ToRouter(wire.UnregisterClient(client_id="c1"))]
+    assert hub.drain_actions() == [
+        UnwatchData("/a"),
+        ToRouter(wire.UnregisterClient(client_id="c1", reason=GONE)),
+    ]
     assert session.state is State.CLOSED
     assert hub.stats().dropped == {"closed": 1}
     assert hub.stats().clients == 0
@@ -458,8 +465,10 @@ def test_closed_while_registering_unregisters_and_late_reply_is_ignored() -> Non
     hub.open_client("c1")
     hub.client_text("c1", '{"op":"connect"}')
     register = only_request(hub)
-    hub.client_closed("c1")
-    assert to_router(hub.drain_actions()) == [wire.UnregisterClient(client_id="c1")]
+    hub.client_closed("c1", "closed by the client (1000)")
+    assert to_router(hub.drain_actions()) == [
+        wire.UnregisterClient(client_id="c1", reason="closed by the client (1000)")
+    ]
     hub.router_message(wire.Registered(request_id=register.request_id, client_id="c1", user="alice"))
     assert hub.stats().unexpected_replies == 1
     assert hub.drain_actions() == []
@@ -471,7 +480,10 @@ def test_closed_with_a_subscribe_in_flight() -> None:
     hub.client_text("c1", '{"op":"subscribe","id":1,"topic":"/a"}')
     [request] = to_router(hub.drain_actions())
     hub.client_closed("c1")
-    assert hub.drain_actions() == [UnwatchData("/a"), ToRouter(wire.UnregisterClient(client_id="c1"))]
+    assert hub.drain_actions() == [
+        UnwatchData("/a"),
+        ToRouter(wire.UnregisterClient(client_id="c1", reason=GONE)),
+    ]
     hub.router_message(ok_for(request))
     assert hub.stats().unexpected_replies == 1
 
@@ -496,7 +508,7 @@ def test_close_client_at_shutdown() -> None:
     hub.close_client("c1", reason="edge stopping")
     hub.close_client("c1", reason="twice")
     assert hub.drain_actions() == [
-        ToRouter(wire.UnregisterClient(client_id="c1")),
+        ToRouter(wire.UnregisterClient(client_id="c1", reason="edge stopping (1001)")),
         CloseClient("c1", CloseCode.GOING_AWAY, "edge stopping"),
     ]
     assert parsed(session) == [{"op": "closing", "code": 1001, "reason": "edge stopping"}]
@@ -510,7 +522,7 @@ def test_unread_replies_close_the_client_through_the_hub() -> None:
     for request_id in range(3):
         hub.client_text("c1", f'{{"op":"ping","id":{request_id}}}')
     assert hub.drain_actions() == [
-        ToRouter(wire.UnregisterClient(client_id="c1")),
+        ToRouter(wire.UnregisterClient(client_id="c1", reason="too many unread replies (1008)")),
         CloseClient("c1", CloseCode.POLICY_VIOLATION, "too many unread replies"),
     ]
 

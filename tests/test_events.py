@@ -107,10 +107,18 @@ def test_a_refused_register_is_no_event() -> None:
     assert plane.take() == []
 
 
-def test_unregister_is_client_disconnected_closed_by_its_edge() -> None:
+def test_unregister_without_a_reason_is_closed_by_its_edge() -> None:
     plane = connected_plane()
     plane.send(UnregisterClient(client_id="e1/c1"))
     assert plane.take() == [ClientDisconnected(time=T, client_id="e1/c1", edge_id="e1", reason=CLIENT_CLOSED)]
+
+
+def test_unregister_with_the_edge_s_reason() -> None:
+    plane = connected_plane()
+    plane.send(UnregisterClient(client_id="e1/c1", reason="too slow (4003)"))
+    assert plane.take() == [
+        ClientDisconnected(time=T, client_id="e1/c1", edge_id="e1", reason="too slow (4003)")
+    ]
 
 
 def test_subscribe_is_subscribed_or_subscribe_refused_with_the_code() -> None:

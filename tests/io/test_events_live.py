@@ -137,7 +137,7 @@ async def test_a_connect_a_refused_subscribe_and_a_disconnect_as_they_happen(
     assert (gone["client_id"], gone["edge_id"], gone["reason"]) == (
         client_id,
         connected["edge_id"],
-        "closed by its edge",
+        "closed by the client (1000)",
     )
 
 
