@@ -232,10 +232,14 @@ def cases(clients: int, plan: Plan) -> list[tuple[str, int, float]]:
 # ---------------------------------------------------------------- processes
 
 
+ONE_HOST_EDGE_ARGS = ("--max-connections-per-ip", "100000")
+"""Every load client connects from 127.0.0.1, so the edge's per-address limit must not apply."""
+
+
 def start_edge(children: Children, place: Placement) -> Stack:
     router = children.start("router", server_command("router"), cpus=place.others)
     endpoints = router.expect("ready", START_TIMEOUT)
-    args = ["--announce", "--port", "0", "--log-level", "warning"]
+    args = ["--announce", "--port", "0", "--log-level", "warning", *ONE_HOST_EDGE_ARGS]
     args += ["--control", endpoints["control"], "--xpub", endpoints["xpub"]]
     edge = children.start("edge", python_module("edges.websocket", *args), cpus=place.server)
     port = edge.expect("ready", START_TIMEOUT)["port"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import zmq
 
 from benchlib import stamped_producer, ws_raw
-from benchlib.edge_bench import TOPIC, Stack
+from benchlib.edge_bench import ONE_HOST_EDGE_ARGS, TOPIC, Stack
 from benchlib.procs import Child, ChildError, Children, python_module
 from benchlib.report import Figure
 from benchlib.router_bench import server_command
@@ -62,7 +62,7 @@ def start_stack(children: Children, config: Path, *edge_args: str) -> Stack:
     """The router with ``config`` and one WebSocket edge given ``edge_args``, on ports picked now."""
     router = children.start("router", [*server_command("router"), "--config", str(config)])
     endpoints = router.expect("ready", START_TIMEOUT)
-    args = ["--announce", "--port", "0", "--log-level", "warning", *edge_args]
+    args = ["--announce", "--port", "0", "--log-level", "warning", *ONE_HOST_EDGE_ARGS, *edge_args]
     args += ["--control", endpoints["control"], "--xpub", endpoints["xpub"]]
     edge = children.start("edge", python_module("edges.websocket", *args))
     port = edge.expect("ready", START_TIMEOUT)["port"]
