@@ -86,6 +86,9 @@ class RtcPeer:
         self.channels: Channels | None = None
         self.gone = False
         self.oversize = 0
+        self.bytes_written = 0
+        """Bytes of the messages handed to the data channels: control text as UTF-8, data frames
+        as they are (SCTP and DTLS framing aside)."""
         self.video = video
         """The peer's video slots; data frames of the topics they carry are not sent as data."""
         self._early: list[str] = []
@@ -205,6 +208,7 @@ class RtcPeer:
     def _send(self, channel: RTCDataChannel, data: str | bytes) -> None:
         try:
             channel.send(data)
+            self.bytes_written += len(data) if isinstance(data, bytes) else len(data.encode())
         except InvalidStateError:
             pass  # the connection is ending; the host hears of it
         except ValueError as error:

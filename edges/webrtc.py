@@ -18,7 +18,8 @@ import logging
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from typing import Final
 
@@ -27,7 +28,9 @@ import msgspec
 from edges.client_wire import CloseCode, Connect
 from edges.http_server import HttpServer
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.latency import LatencySampler
 from edges.link import DataBatch, RouterLink
+from edges.metrics import EdgeMetrics
 from edges.rtc_peer import RtcPeer
 from edges.rtc_slots import ViewerVideo
 from edges.rtc_video import VideoSources
@@ -73,7 +76,10 @@ class WebRtcEdge:
         self.link.on_message = self._on_router_message
         self.link.resync = self.hub.resync
         self.link.report = self.hub.report
-        routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer)
+        self.latency = LatencySampler()
+        self.metrics = EdgeMetrics(self)
+        metrics = self.metrics if config.serve_metrics else None
+        routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer, metrics)
         self.http = HttpServer(routes.handle, config.max_connections)
         self._rtc_configuration = config.rtc_configuration()
         self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
@@ -87,10 +93,20 @@ class WebRtcEdge:
         self._all_gone = asyncio.Event()
         self._bad_data = ThrottledLog(log)
         self._tick_timer: asyncio.TimerHandle | None = None
+        self._written_by_gone = 0
+        """Bytes written by the peers no longer in :attr:`_peers` (gone, or replaced at a restart)."""
 
     @property
     def port(self) -> int:
         return self.http.port
+
+    # ------------------------------------------------------------ what the metrics read (EdgeProbe)
+
+    def client_sessions(self) -> Iterator[ClientSession]:
+        return (peer.session for peer in self._peers.values())
+
+    def bytes_written(self) -> int:
+        return self._written_by_gone + sum(peer.bytes_written for peer in self._peers.values())
 
     # ------------------------------------------------------------ running
 
@@ -193,6 +209,7 @@ class WebRtcEdge:
         if old.video is not None:
             peer.adopt_video(old.video.bindings())
         old.detach()
+        self._written_by_gone += old.bytes_written
         self._peers[old.session.client_id] = peer
         log.info("%s restarted its connection", old.session.client_id)
         return sdp
@@ -242,6 +259,7 @@ class WebRtcEdge:
         if self._peers.get(client_id) is not peer:
             return False
         del self._peers[client_id]
+        self._written_by_gone += peer.bytes_written
         self._resources.pop(peer.resource, None)
         if not self._peers:
             self._all_gone.set()
@@ -290,8 +308,11 @@ class WebRtcEdge:
     # ------------------------------------------------------------ router
 
     def _on_data(self, batch: DataBatch) -> None:
+        """Fan the batch out and hand it to the data channels; the latency sampler sees each
+        message that has a producer header, and the wall clock once the batch is handed over."""
         deliver = self.hub.deliver
         videos = self.videos
+        sample = self.latency.offer
         now = asyncio.get_running_loop().time()
         for head, payload in batch:
             try:
@@ -302,7 +323,11 @@ class WebRtcEdge:
             if videos.by_wire:
                 videos.feed(meta.topic, payload)
             deliver(meta.topic, meta.epoch, meta.offset, payload, now)
+            if meta.header:
+                sample(meta.header)
         self._tick()
+        if self.latency.waiting:
+            self.latency.written(time.time_ns())
 
     def _tick(self) -> None:
         """Let the hub release rate-limited frames whose time came; wake again when it asks."""

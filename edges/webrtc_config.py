@@ -60,6 +60,8 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Frames a second a video topic is encoded at, at most (and at most its ``max_rate``)."""
     video_bitrate: int = 1_000_000
     serve_viewer: bool = True
+    serve_metrics: bool = True
+    """Answer ``GET /metrics`` on the HTTP port (Prometheus text format)."""
 
     def __post_init__(self) -> None:
         if self.consent_interval <= 0 or self.consent_failures < 1:
@@ -128,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     add("--video-max-fps", type=float, default=defaults.video_max_fps)
     add("--video-bitrate", type=int, default=defaults.video_bitrate, help="bits per second per video topic")
     add("--no-viewer", action="store_true", help="do not serve the viewer page")
+    add("--no-metrics", action="store_true", help="do not answer GET /metrics")
     add("--announce", action="store_true", help="print the bound port as JSON on stdout")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -166,4 +169,5 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         video_max_fps=args.video_max_fps,
         video_bitrate=args.video_bitrate,
         serve_viewer=not args.no_viewer,
+        serve_metrics=not args.no_metrics,
     )

@@ -4,7 +4,8 @@
 <token>`` when the router wants one) answers ``201 Created`` with the SDP answer and the client's
 resource in ``Location``. ``PATCH`` of that resource with a new offer moves the client's session to
 a new peer connection (the ICE restart aiortc can do); ``DELETE`` ends the session. ``GET /`` serves
-the viewer page. Cross-origin pages are answered with CORS headers for the allowed origins.
+the viewer page, and ``GET /metrics`` the edge's Prometheus metrics. Cross-origin pages are answered
+with CORS headers for the allowed origins.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ from typing import Final, NamedTuple, Protocol
 
 from edges.http_server import HttpRequest, HttpResponse
 
-__all__ = ["SIGNALING_PATH", "Answer", "SignalingError", "SignalingHost", "SignalingRoutes"]
+__all__ = [
+    "METRICS_PATH",
+    "SIGNALING_PATH",
+    "Answer",
+    "MetricsPage",
+    "SignalingError",
+    "SignalingHost",
+    "SignalingRoutes",
+]
 
 SIGNALING_PATH: Final = "/whep"
+METRICS_PATH: Final = "/metrics"
 SDP: Final = "application/sdp"
 STATIC_FILES: Final = {
     "/": ("viewer.html", "text/html; charset=utf-8"),
@@ -57,15 +67,30 @@ class SignalingHost(Protocol):
         ...
 
 
+class MetricsPage(Protocol):
+    """The body of a ``GET /metrics`` response (:class:`edges.metrics.EdgeMetrics`)."""
+
+    @property
+    def content_type(self) -> str: ...
+
+    def render(self) -> bytes: ...
+
+
 class SignalingRoutes:
-    """Turns HTTP requests into calls on the edge. ``allowed_origins``: ``None`` allows any."""
+    """Turns HTTP requests into calls on the edge. ``allowed_origins``: ``None`` allows any;
+    ``metrics``: ``None`` answers ``GET /metrics`` with 404."""
 
     def __init__(
-        self, host: SignalingHost, allowed_origins: tuple[str, ...] | None = None, serve_viewer: bool = True
+        self,
+        host: SignalingHost,
+        allowed_origins: tuple[str, ...] | None = None,
+        serve_viewer: bool = True,
+        metrics: MetricsPage | None = None,
     ) -> None:
         self.host = host
         self.allowed_origins = allowed_origins
         self.serve_viewer = serve_viewer
+        self.metrics = metrics
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         origin = request.headers.get("origin")
@@ -92,6 +117,8 @@ class SignalingRoutes:
             if path == "/" and "mode=" not in request.query:
                 return _see_other(f"/?mode=webrtc&{request.query}".rstrip("&"))
             return _static(path)
+        if method == "GET" and path == METRICS_PATH and self.metrics is not None:
+            return HttpResponse(HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
         if path == SIGNALING_PATH:
             return await self._offer(request) if method == "POST" else _status(HTTPStatus.METHOD_NOT_ALLOWED)
         prefix = SIGNALING_PATH + "/"

@@ -118,3 +118,17 @@ async def test_cors_and_the_viewer() -> None:
     assert (await routes.handle(request("GET", "/rtc-client.js"))).content_type == "text/javascript"
     hidden = SignalingRoutes(Edge(), serve_viewer=False)
     assert (await hidden.handle(request("GET", "/?mode=webrtc"))).status == 404
+
+
+class Metrics:
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def render(self) -> bytes:
+        return b"switchboard_edge_clients 0\n"
+
+
+async def test_metrics_only_when_given() -> None:
+    scraped = await SignalingRoutes(Edge(), metrics=Metrics()).handle(request("GET", "/metrics"))
+    assert (scraped.status, scraped.body) == (200, b"switchboard_edge_clients 0\n")
+    assert scraped.content_type == Metrics.content_type
+    assert (await SignalingRoutes(Edge()).handle(request("GET", "/metrics"))).status == 404

@@ -1,9 +1,10 @@
-"""Metrics and logs of the real router and WebSocket edge: the values match the traffic sent.
+"""Metrics and logs of the real router and edges: the values match the traffic sent.
 
 K websocket clients subscribe to one topic; N messages of a known size go through; the router's
 and the edge's ``/metrics`` (parsed with ``prometheus_client.parser``) must show N and N*size in,
 N*K out, K clients, and drops under the right reason after bad input. Both processes log JSON
-lines, which must parse and carry the ids.
+lines, which must parse and carry the ids. The WebRTC edge's ``/metrics``, with aiortc clients,
+shows the same series under ``protocol="webrtc"``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from edges.latency import SAMPLE_EVERY
 from router.metrics_http import parse_address
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually, push_socket
+from tests.io.rtc_client import DATA_HEADER as RTC_DATA_HEADER
+from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
 from tests.io.test_websocket_edge import DATA_HEADER, Client, open_client
 
 pytestmark = pytest.mark.timeout(90)
@@ -62,6 +65,15 @@ class Scrape:
         """The one sample of ``name`` whose labels include ``labels``."""
         [found] = [v for (n, ls), v in self.samples.items() if n == name and set(labels.items()) <= ls]
         return found
+
+
+@pytest.fixture
+def rtc_edge(router: RouterProcess) -> Iterator[WebRtcEdgeProcess]:
+    loopback_only()
+    process = WebRtcEdgeProcess(router)
+    process.start()
+    yield process
+    process.stop()
 
 
 async def scrape(address: str) -> Scrape:
@@ -235,3 +247,68 @@ def check_router_log(lines: list[dict[str, Any]], edge_id: str) -> None:
     }
     [dropped] = [line for line in lines if line["message"].startswith("dropped a producer message")]
     assert (dropped["level"], dropped["reason"]) == ("warning", "bad_topic")
+
+
+async def open_rtc_client(edge: WebRtcEdgeProcess) -> RtcClient:
+    client = RtcClient(edge.base_url)
+    status, body = await client.connect("any token")
+    assert status == 201, body
+    assert (await client.control_message())["op"] == "connected"
+    return client
+
+
+async def until_every_rtc_client_has(clients: list[RtcClient], push: zmq.Socket[bytes]) -> None:
+    """As :func:`until_every_client_has`, for WebRTC clients."""
+    for _ in range(200):
+        push.send_multipart([TOPIC.encode(), b"probe"])
+        try:
+            await clients[0].data(timeout=0.05)
+            break
+        except TimeoutError:
+            continue
+    push.send_multipart([TOPIC.encode(), b"probe-last"])
+    for client in clients:
+        while (await client.data())[3] != b"probe-last":
+            pass
+
+
+async def test_webrtc_edge_metrics_match_the_traffic(
+    router: RouterProcess, rtc_edge: WebRtcEdgeProcess, push: zmq.Socket[bytes]
+) -> None:
+    clients = [await open_rtc_client(rtc_edge) for _ in range(K)]
+    for client in clients:
+        assert (await client.request("subscribe", topic=TOPIC))["op"] == "subscribed"
+    await until_every_rtc_client_has(clients, push)
+    address = f"127.0.0.1:{rtc_edge.announced['port']}"
+    before = await scrape(address)
+
+    for index in range(N):
+        push.send_multipart(stamped(index))
+    for client in clients:
+        assert [len((await client.data())[3]) for _ in range(N)] == [SIZE] * N
+
+    after = await scrape(address)
+
+    def grew(name: str) -> float:
+        return after.labelled(name) - before.labelled(name)
+
+    edge_id = rtc_edge.announced["edge_id"]
+    assert after.labelled("switchboard_edge_clients", edge=edge_id, protocol="webrtc") == K
+    assert grew("switchboard_edge_messages_in_total") == N
+    assert grew("switchboard_edge_deliveries_total") == N * K
+    assert grew("switchboard_edge_bytes_out_total") == N * K * (RTC_DATA_HEADER.size + SIZE)
+    assert grew("switchboard_edge_latency_seconds_count") == len(range(0, N, SAMPLE_EVERY))
+    assert after.labelled("switchboard_edge_router_connected") == 1
+    for client in clients:
+        await client.close()
+
+
+async def test_webrtc_edge_without_metrics(router: RouterProcess) -> None:
+    loopback_only()
+    edge = WebRtcEdgeProcess(router, ["--no-metrics"])
+    edge.start()
+    try:
+        status, _, _ = await http("GET", f"{edge.base_url}/metrics")
+    finally:
+        edge.stop()
+    assert status == 404
