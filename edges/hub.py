@@ -19,11 +19,16 @@ that never reached the edge (a gap in the topic's sequence).
 A topic is watched (the SUB socket subscribed to ``topic + b"\\0"``) from the moment its first
 local client asks for it until its last one leaves, and has a channel number for that long. A
 subscriber receives data once the router confirmed its subscription and it was told so.
+
+The hub logs one thing itself, through a :class:`~router.logs.ThrottledLog`: the subscribes it
+refuses without asking the router (bad topic, the per-client limit, a repeated subscribe), which
+:attr:`EdgeStats.refused_requests` also counts.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -52,6 +57,7 @@ from router.core.edge_reports import ClientFigures, EdgeTotals
 from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
 from router.core.topics import topic_error
+from router.logs import ThrottledLog
 
 __all__ = [
     "Behind",
@@ -64,6 +70,11 @@ __all__ = [
     "UnwatchData",
     "WatchData",
 ]
+
+log = logging.getLogger("switchboard.edge")
+
+REFUSAL_LOG_BURST: Final = 20
+"""Lines logged per error code of refused subscribes every 5 seconds; the rest are counted."""
 
 
 # ---------------------------------------------------------------- actions
@@ -137,6 +148,8 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     """Frames queued from the router's history for clients that were behind."""
     gaps: int = 0
     """Messages of ``reliable`` topics the edge never received from the router (offset gaps)."""
+    refused_requests: dict[str, int] = msgspec.field(default_factory=dict)
+    """Subscribes the edge refused by itself, without asking the router, by error code."""
 
 
 # ---------------------------------------------------------------- internal state
@@ -251,6 +264,9 @@ class EdgeHub:
         self.delivered = 0
         self.unexpected_data = 0
         self.unexpected_replies = 0
+        self.refused: Counter[str] = Counter()
+        """Subscribes refused by the hub itself, by error code."""
+        self._refusal_log = ThrottledLog(log, burst=REFUSAL_LOG_BURST)
 
     # ------------------------------------------------------------ output
 
@@ -382,7 +398,7 @@ class EdgeHub:
     def _subscribe(self, client: _Client, request: Subscribe) -> None:
         refusal = self._subscribe_refusal(client, request.topic)
         if refusal is not None:
-            client.session.send_error(request.id, *refusal)
+            self._refuse_subscribe(client, request, *refusal)
             return
         name = request.topic
         topic = self._topics.get(name) or self._watch(name)
@@ -413,6 +429,16 @@ class EdgeHub:
         if len(client.subscriptions) >= most:
             return ErrorCode.LIMIT_EXCEEDED, f"at most {most} subscriptions per client"
         return None
+
+    def _refuse_subscribe(self, client: _Client, request: Subscribe, code: str, message: str) -> None:
+        """Answer ``error``; count and log the refusal, at most :data:`REFUSAL_LOG_BURST` lines
+        per code every 5 seconds."""
+        client_id = client.session.client_id
+        self.refused[code] += 1
+        ids = {"client_id": client_id, "topic": request.topic[:80], "reason": code}
+        kind = f"subscribe-{code}"
+        self._refusal_log.info(kind, "refused subscribe of %s: %s", client_id, message, extra=ids)
+        client.session.send_error(request.id, code, message)
 
     def _unsubscribe(self, client: _Client, request: Unsubscribe) -> None:
         name = request.topic
@@ -943,6 +969,7 @@ class EdgeHub:
             unexpected_replies=self.unexpected_replies,
             recovered=self.refilled,
             gaps=self.gaps,
+            refused_requests=dict(self.refused),
         )
 
 

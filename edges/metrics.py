@@ -60,6 +60,7 @@ class EdgeCollector:
         yield from self._router()
         yield from self._traffic(stats)
         yield from self._drops(stats)
+        yield from self._refusals(stats)
         yield from self._queues()
         labels = dict(zip(LABELS, self._labels, strict=True))
         yield self.edge.latency.family(
@@ -141,6 +142,15 @@ class EdgeCollector:
         }
         rows = [((*self._labels, reason), count) for reason, count in sorted(reasons.items())]
         yield counter("switchboard_edge_drops", "Messages dropped, by reason.", [*LABELS, "reason"], rows)
+
+    def _refusals(self, stats: EdgeStats) -> Iterator[Metric]:
+        rows = [((*self._labels, code), count) for code, count in sorted(stats.refused_requests.items())]
+        yield counter(
+            "switchboard_edge_refused_requests",
+            "Subscribes the edge refused by itself, without asking the router, by error code.",
+            [*LABELS, "code"],
+            rows,
+        )
 
     def _queues(self) -> Iterator[Metric]:
         messages = bytes_ = largest = 0

@@ -8,6 +8,7 @@ router's position. After every step the hub must agree with it.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -27,7 +28,16 @@ from edges.client_wire import (
     parse_data_frame,
     parse_skipped_frame,
 )
-from edges.hub import CloseClient, EdgeAction, EdgeHub, EdgeLimits, ToRouter, UnwatchData, WatchData
+from edges.hub import (
+    REFUSAL_LOG_BURST,
+    CloseClient,
+    EdgeAction,
+    EdgeHub,
+    EdgeLimits,
+    ToRouter,
+    UnwatchData,
+    WatchData,
+)
 from edges.session import ClientSession, State
 from router import wire
 from router.core.policy import DeliveryPolicy, PolicyKind
@@ -271,6 +281,36 @@ def test_subscription_limit_counts_pending_ones() -> None:
     assert len(to_router(hub.drain_actions())) == 1
     reply = parsed(session)[-1]
     assert (reply["id"], reply["code"]) == (3, "limit_exceeded")
+
+
+def test_local_refusals_are_counted_by_code_and_logged_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    hub = EdgeHub(EdgeLimits(max_subscriptions=1))
+    connect(hub, "c1")
+    subscribe(hub, "c1", "/a")
+    caplog.set_level(logging.INFO, logger="switchboard.edge")
+    hub.client_text("c1", '{"op":"subscribe","id":2,"topic":"/a"}')
+    hub.client_text("c1", '{"op":"subscribe","id":3,"topic":"/b"}')
+    for request_id in range(4, 4 + REFUSAL_LOG_BURST + 10):
+        hub.client_text("c1", json.dumps({"op": "subscribe", "id": request_id, "topic": "no-slash"}))
+    assert hub.drain_actions() == []
+    assert hub.stats().refused_requests == {
+        "bad_request": 1,
+        "limit_exceeded": 1,
+        "bad_topic": REFUSAL_LOG_BURST + 10,
+    }
+    lines = [record for record in caplog.records if record.message.startswith("refused subscribe")]
+    expected = ["bad_request", "limit_exceeded"] + ["bad_topic"] * REFUSAL_LOG_BURST
+    assert [vars(line)["reason"] for line in lines] == expected
+    assert (vars(lines[0])["client_id"], vars(lines[0])["topic"]) == ("c1", "/a")
+
+
+def test_refusals_by_the_router_are_not_counted_by_the_edge() -> None:
+    hub = EdgeHub()
+    connect(hub, "c1")
+    hub.client_text("c1", '{"op":"subscribe","id":4,"topic":"/secret"}')
+    [request] = to_router(hub.drain_actions())
+    hub.router_message(error_for(request, "forbidden"))
+    assert hub.stats().refused_requests == {}
 
 
 def test_subscribe_refused_by_the_router_frees_the_topic() -> None:

@@ -276,6 +276,7 @@ async def test_webrtc_edge_metrics_match_the_traffic(
     router: RouterProcess, rtc_edge: WebRtcEdgeProcess, push: zmq.Socket[bytes]
 ) -> None:
     clients = [await open_rtc_client(rtc_edge) for _ in range(K)]
+    assert (await clients[0].request("subscribe", topic="no-slash"))["code"] == "bad_topic"
     for client in clients:
         assert (await client.request("subscribe", topic=TOPIC))["op"] == "subscribed"
     await until_every_rtc_client_has(clients, push)
@@ -299,6 +300,7 @@ async def test_webrtc_edge_metrics_match_the_traffic(
     assert grew("switchboard_edge_bytes_out_total") == N * K * (RTC_DATA_HEADER.size + SIZE)
     assert grew("switchboard_edge_latency_seconds_count") == len(range(0, N, SAMPLE_EVERY))
     assert after.labelled("switchboard_edge_router_connected") == 1
+    assert after.labelled("switchboard_edge_refused_requests_total", code="bad_topic") == 1
     for client in clients:
         await client.close()
 
