@@ -33,6 +33,7 @@ from router.events import (
     CLIENT_CLOSED,
     ClientConnected,
     ClientDisconnected,
+    ClientRefused,
     EdgeDown,
     EdgeUp,
     EventHooks,
@@ -137,6 +138,8 @@ class ControlPlane:
             self._count_refusal(edge_id, message, refused)
             if isinstance(message, Subscribe):
                 self._subscribe_refused(message, refused)
+            elif isinstance(message, RegisterClient):
+                self._client_refused(edge_id, message, refused)
             return [ToEdge(edge_id, _refusal(message, refused))]
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
@@ -338,6 +341,17 @@ class ControlPlane:
                     remote=info.remote,
                 )
             )
+
+    def _client_refused(self, edge_id: str, message: RegisterClient, refused: RefusedError) -> None:
+        if self.events:
+            refusal = ClientRefused(
+                time=self.events.clock(),
+                client_id=message.client_id,
+                edge_id=edge_id,
+                code=refused.code.value,
+                reason=refused.detail,
+            )
+            self.events.emit(refusal)
 
     def _client_gone(self, client_id: str, edge_id: str, reason: str) -> None:
         if self.events:

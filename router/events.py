@@ -23,6 +23,7 @@ from router.logs import ThrottledLog
 __all__ = [
     "ClientConnected",
     "ClientDisconnected",
+    "ClientRefused",
     "EdgeDown",
     "EdgeUp",
     "Event",
@@ -51,6 +52,16 @@ class ClientConnected(_Event, frozen=True, tag="client.connected"):
     protocol: str
     user: str
     remote: str
+
+
+class ClientRefused(_Event, frozen=True, tag="client.refused"):
+    """The router refused a client's ``register``: ``code`` is the error code its edge got
+    (``unauthorized``, ``limit_exceeded``, ...), ``reason`` the error's words."""
+
+    client_id: str
+    edge_id: str
+    code: str
+    reason: str
 
 
 class ClientDisconnected(_Event, frozen=True, tag="client.disconnected"):
@@ -97,7 +108,14 @@ class EdgeDown(_Event, frozen=True, tag="edge.down"):
 
 
 Event = (
-    ClientConnected | ClientDisconnected | Subscribed | SubscribeRefused | SlowClientDrops | EdgeUp | EdgeDown
+    ClientConnected
+    | ClientRefused
+    | ClientDisconnected
+    | Subscribed
+    | SubscribeRefused
+    | SlowClientDrops
+    | EdgeUp
+    | EdgeDown
 )
 EventListener = Callable[[Event], None]
 

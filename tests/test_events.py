@@ -9,14 +9,16 @@ import pytest
 
 from router.config import ConfigError, RouterConfig, load_config
 from router.control import KICKED, ControlPlane
-from router.core import ClientInfo, ConnectionManager, EdgeTotals, TopicRegistry, TopicSpec
+from router.core import ClientInfo, ConnectionManager, EdgeTotals, Limits, TopicRegistry, TopicSpec
 from router.core.edge_reports import DropIncrease, drop_increases
+from router.core.errors import ErrorCode, RefusedError
 from router.core.sessions import Identity
 from router.event_watch import format_event
 from router.events import (
     CLIENT_CLOSED,
     ClientConnected,
     ClientDisconnected,
+    ClientRefused,
     EdgeDown,
     EdgeUp,
     Event,
@@ -101,10 +103,37 @@ def test_register_is_client_connected_with_who_and_where() -> None:
     ]
 
 
-def test_a_refused_register_is_no_event() -> None:
-    plane = Plane()
+class NoTokens:
+    """Refuses every token, in its own words."""
+
+    def authenticate(self, client: ClientInfo, token: str | None, now: float) -> Identity:
+        raise RefusedError(ErrorCode.UNAUTHORIZED, "token expired")
+
+    def authorize(self, identity: Identity, topic: str) -> bool:
+        return True
+
+
+def test_a_refused_register_is_client_refused_with_the_code_and_reason() -> None:
+    plane = Plane(ConnectionManager(sessions=NoTokens()))
+    plane.hello()
+    plane.take()
+    plane.send(RegisterClient(request_id=1, client_id="e1/c1", token="old"))
+    assert plane.take() == [
+        ClientRefused(time=T, client_id="e1/c1", edge_id="e1", code="unauthorized", reason="token expired")
+    ]
+
+
+def test_a_register_past_the_limit_and_from_an_unknown_edge_are_client_refused() -> None:
+    plane = Plane(ConnectionManager(limits=Limits(max_clients=1)))
+    plane.hello()
     plane.send(RegisterClient(request_id=1, client_id="e1/c1"))
-    assert plane.take() == []
+    plane.take()
+    plane.send(RegisterClient(request_id=2, client_id="e1/c2"))
+    plane.send(RegisterClient(request_id=3, client_id="e2/c1"), edge="e2")
+    assert [(e.client_id, e.edge_id, e.code) for e in plane.take() if isinstance(e, ClientRefused)] == [
+        ("e1/c2", "e1", "limit_exceeded"),
+        ("e2/c1", "e2", "unknown_edge"),
+    ]
 
 
 def test_unregister_without_a_reason_is_closed_by_its_edge() -> None:
