@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import zmq
+from websockets.asyncio.client import ClientConnection, connect
 
 from edges.link import DataBatch, RouterLink
 from router.curve import CurveClient
@@ -286,6 +288,17 @@ async def eventually(check: object, timeout: float = 10.0, interval: float = 0.0
 
 
 @contextlib.contextmanager
+def configured_router(
+    directory: Path, config: str, extra_args: Sequence[str] = ()
+) -> Iterator[RouterProcess]:
+    """A router process reading ``config`` (TOML text, written to ``directory``) for the block."""
+    path = directory / "router.toml"
+    path.write_text(config, encoding="utf-8")
+    with running_router(["--config", str(path), *extra_args]) as process:
+        yield process
+
+
+@contextlib.contextmanager
 def running_router(extra_args: Sequence[str] = ()) -> Iterator[RouterProcess]:
     """A router process for the length of the block."""
     process = RouterProcess(extra_args)
@@ -310,3 +323,25 @@ def push_socket(endpoint: str, curve: CurveClient | None = None) -> Iterator[zmq
     finally:
         sock.close()
         context.term()
+
+
+async def connected_client(url: str, receive_buffer: int | None = None) -> ClientConnection:
+    """A ``switchboard.v1`` WebSocket client that said ``connect`` and got ``connected``.
+
+    ``receive_buffer`` shrinks the socket's kernel buffer, so a client that stops reading pushes
+    back on the edge at once. The client's own queue holds 4 messages (``max_queue``).
+    """
+    sock = None
+    if receive_buffer is not None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        host, port = url.removeprefix("ws://").rstrip("/").split(":")
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    ws = await connect(url, subprotocols=["switchboard.v1"], proxy=None, sock=sock, max_queue=4)  # type: ignore[list-item]
+    await ws.send('{"op":"connect"}')
+    async with asyncio.timeout(10):
+        reply = await ws.recv()
+    assert isinstance(reply, str)
+    assert json.loads(reply)["op"] == "connected", reply
+    return ws

@@ -16,7 +16,13 @@ import zmq
 import zmq.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.io.harness import LOOPBACK_ANY_PORT, ROOT, RouterProcess, WebSocketEdgeProcess, running_router
+from tests.io.harness import (
+    LOOPBACK_ANY_PORT,
+    ROOT,
+    RouterProcess,
+    WebSocketEdgeProcess,
+    configured_router,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,9 +37,7 @@ pattern = "/demo/**"
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    with running_router(["--config", str(config), "--events", LOOPBACK_ANY_PORT]) as process:
+    with configured_router(tmp_path, CONFIG, ["--events", LOOPBACK_ANY_PORT]) as process:
         yield process
 
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from router.wire import Recover, Recovered, SubscribeOk
-from tests.io.harness import RouterProcess, TestEdge, running_router
+from tests.io.harness import RouterProcess, TestEdge, configured_router
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,9 +35,7 @@ ingest_max_rate = {RATE}
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    with running_router(["--config", str(config)]) as process:
+    with configured_router(tmp_path, CONFIG) as process:
         yield process
 
 

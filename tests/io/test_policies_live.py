@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -14,9 +13,9 @@ from typing import Any
 
 import pytest
 import zmq
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, configured_router, connected_client
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,12 +46,8 @@ RATE_LIMITED = 0x02
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    process = RouterProcess(["--config", str(config)])
-    process.start()
-    yield process
-    process.stop()
+    with configured_router(tmp_path, CONFIG) as process:
+        yield process
 
 
 @pytest.fixture
@@ -61,20 +56,6 @@ def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
     process.start()
     yield process
     process.stop()
-
-
-async def open_client(url: str, receive_buffer: int | None = None) -> ClientConnection:
-    sock = None
-    if receive_buffer is not None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.setblocking(False)
-        host, port = url.removeprefix("ws://").rstrip("/").split(":")
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    ws = await connect(url, subprotocols=["switchboard.v1"], proxy=None, sock=sock, max_queue=4)  # type: ignore[list-item]
-    await ws.send('{"op":"connect"}')
-    assert json.loads(await ws.recv())["op"] == "connected"
-    return ws
 
 
 async def subscribe(ws: ClientConnection, request_id: int, topic: str) -> dict[str, Any]:
@@ -101,7 +82,7 @@ async def test_max_rate_caps_each_client_and_accounts_for_every_message(
     edge: WebSocketEdgeProcess, push: zmq.Socket[bytes]
 ) -> None:
     topic = "/limited/telemetry"
-    ws = await open_client(edge.url)
+    ws = await connected_client(edge.url)
     await subscribe(ws, 1, topic)
     await asyncio.sleep(1.0)
     start_offset = await first_frame(ws, push, topic)
@@ -139,7 +120,7 @@ async def test_max_rate_caps_each_client_and_accounts_for_every_message(
 async def test_a_higher_priority_topic_overtakes_a_backlog(
     edge: WebSocketEdgeProcess, push: zmq.Socket[bytes]
 ) -> None:
-    ws = await open_client(edge.url, receive_buffer=8192)
+    ws = await connected_client(edge.url, receive_buffer=8192)
     channels = {}
     for request_id, topic in enumerate(("/bulk/points", "/urgent/events"), start=1):
         channels[(await subscribe(ws, request_id, topic))["channel"]] = topic

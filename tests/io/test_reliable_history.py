@@ -20,7 +20,7 @@ from router.wire import (
     Subscribe,
     SubscribeOk,
 )
-from tests.io.harness import RouterProcess, TestEdge, eventually
+from tests.io.harness import RouterProcess, TestEdge, configured_router, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,12 +42,8 @@ history_max_messages = {HISTORY}
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    process = RouterProcess(["--config", str(config)])
-    process.start()
-    yield process
-    process.stop()
+    with configured_router(tmp_path, CONFIG) as process:
+        yield process
 
 
 def message(index: int) -> tuple[bytes, bytes]:

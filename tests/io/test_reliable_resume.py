@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import struct
 import sys
 import time
@@ -18,10 +17,10 @@ from typing import Any
 
 import pytest
 import zmq
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess
+from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess, configured_router, connected_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,12 +53,8 @@ SKIPPED = 0x02
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    process = RouterProcess(["--config", str(config)])
-    process.start()
-    yield process
-    process.stop()
+    with configured_router(tmp_path, CONFIG) as process:
+        yield process
 
 
 @pytest.fixture
@@ -83,22 +78,6 @@ async def produce(push: zmq.Socket[bytes], count: int, per_tick: int = 25) -> No
         for index in range(first, min(first + per_tick, count + 1)):
             push.send_multipart([TOPIC.encode(), payload(index)])
         await asyncio.sleep(0.01)
-
-
-async def open_connection(url: str, receive_buffer: int | None = None) -> ClientConnection:
-    """A ``switchboard.v1`` connection that said ``connect``. ``receive_buffer`` shrinks the
-    socket's kernel buffer, so not reading pushes back on the edge at once."""
-    sock = None
-    if receive_buffer is not None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        host, port = url.removeprefix("ws://").rstrip("/").split(":")
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    ws = await connect(url, subprotocols=["switchboard.v1"], proxy=None, sock=sock, max_queue=4)  # type: ignore[list-item]
-    await ws.send('{"op":"connect"}')
-    assert (await next_control(ws))["op"] == "connected"
-    return ws
 
 
 async def next_control(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
@@ -136,7 +115,7 @@ class ResumingClient:
     async def session(self, url: str, frames: int, pause_after: int | None = None) -> None:
         """Connect, subscribe (resuming), read up to ``frames`` frames, then drop the connection
         without a word. With ``pause_after``, stop reading for a while after that many frames."""
-        ws = await open_connection(url, receive_buffer=8192)
+        ws = await connected_client(url, receive_buffer=8192)
         try:
             reply = await subscribe(ws, TOPIC, self.position)
             self.resumes.append(reply["resume"])
@@ -196,7 +175,7 @@ async def test_every_message_once_in_order_across_reconnects_and_a_killed_edge(
 async def test_resume_beyond_the_history_and_after_a_router_restart(
     router: RouterProcess, edges: list[WebSocketEdgeProcess], push: zmq.Socket[bytes]
 ) -> None:
-    ws = await open_connection(edges[0].url)
+    ws = await connected_client(edges[0].url)
     first = await subscribe(ws, SMALL_TOPIC, None)
     epoch = first["epoch"]
     push.send_multipart([SMALL_TOPIC.encode(), b"1"])
@@ -208,7 +187,7 @@ async def test_resume_beyond_the_history_and_after_a_router_restart(
     for index in range(2, 52):
         push.send_multipart([SMALL_TOPIC.encode(), b"%d" % index])
     newest = seen + 50
-    ws = await open_connection(edges[1].url)
+    ws = await connected_client(edges[1].url)
     reply = await position_reached(ws, (epoch, seen), newest)
     assert (reply["resume"], reply["resume_from"]) == ("history_exceeded", newest - SMALL_HISTORY)
     offsets = [DATA.unpack_from(await asyncio.wait_for(ws.recv(decode=False), 10))[3] for _ in range(10)]
@@ -217,7 +196,7 @@ async def test_resume_beyond_the_history_and_after_a_router_restart(
 
     router.stop()
     router.restart_on_same_ports()
-    ws = await open_connection(edges[1].url)
+    ws = await connected_client(edges[1].url)
     restarted = await subscribe(ws, SMALL_TOPIC, (epoch, newest))
     assert restarted["resume"] == "epoch_changed"
     assert restarted["epoch"] != epoch

@@ -16,7 +16,7 @@ import pytest
 import zmq
 from aiortc.mediastreams import MediaStreamTrack
 
-from tests.io.harness import ROOT, RouterProcess, TestEdge, eventually, push_socket
+from tests.io.harness import ROOT, RouterProcess, TestEdge, configured_router, eventually, push_socket
 from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,12 +44,8 @@ RAW_FRAME = bytes(range(256)) * (64 * 48 * 3 // 256)
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    process = RouterProcess(["--config", str(config)])
-    process.start()
-    yield process
-    process.stop()
+    with configured_router(tmp_path, CONFIG) as process:
+        yield process
 
 
 @pytest.fixture
