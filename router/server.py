@@ -218,8 +218,8 @@ class RouterServer:
         Payloads are received as zero-copy frames and forwarded as they are; only the topic and
         header frames become ``bytes``, and the payload too on topics that keep a history.
 
-        The clock is read once per batch for ``ingest_max_rate``: a batch's messages count as
-        received when it started, which can only make a rate cap stricter, never looser. A
+        The clock is read once per batch, for ``ingest_max_rate`` and history ages: a batch's
+        messages count as received when it started, which can only make a rate cap stricter. A
         message over the rate comes back with no clients, so nothing is sent and nothing logged.
         """
         readable = self._readable[sock]
@@ -248,7 +248,7 @@ class RouterServer:
                     self._count_bad_input(error)
                     continue
                 if where.keeps_history:
-                    record(where.topic, where.offset, header, payload.bytes, self._clock())
+                    record(where.topic, where.offset, header, payload.bytes, now)
                 if where.clients:
                     send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
                     send(payload, NOBLOCK, copy=False)
