@@ -16,9 +16,7 @@ import itertools
 import json
 import logging
 import secrets
-import signal
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from typing import Final
@@ -27,19 +25,16 @@ import msgspec
 
 from edges.client_wire import CloseCode, Connect
 from edges.http_server import HttpServer
-from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
-from edges.latency import LatencySampler
-from edges.link import DataBatch, RouterLink
+from edges.hub import EdgeHub
 from edges.metrics import EdgeMetrics
 from edges.rtc_peer import RtcPeer
 from edges.rtc_slots import ViewerVideo
 from edges.rtc_video import VideoSources
 from edges.session import ClientSession, State
+from edges.shell import EdgeShell, run_edge
 from edges.webrtc_config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc_signaling import Answer, SignalingError, SignalingRoutes
 from router.core.errors import ErrorCode
-from router.logs import ThrottledLog
-from router.wire import Error, RouterMessage, WireError, parse_data_head
 
 __all__ = ["WebRtcEdge", "main"]
 
@@ -55,7 +50,7 @@ REFUSALS: Final = {
 """HTTP status of an offer whose ``connect`` the router refused, by error code (else 503)."""
 
 
-class WebRtcEdge:
+class WebRtcEdge(EdgeShell[RtcPeer]):
     """One edge process: the signaling server, a router link, and the hub between them.
 
     It is the :class:`~edges.rtc_peer.PeerHost` of every peer and the
@@ -63,36 +58,29 @@ class WebRtcEdge:
     """
 
     def __init__(self, config: WebRtcEdgeConfig) -> None:
-        self.config = config
-        self.hub = EdgeHub(config.limits, protocol="webrtc")
-        self.link = RouterLink(
-            protocol="webrtc",
+        super().__init__(
+            EdgeHub(config.limits, protocol="webrtc"),
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,
             curve=config.curve,
+            log=log,
         )
-        self.link.on_data = self._on_data
-        self.link.on_message = self._on_router_message
-        self.link.resync = self.hub.resync
-        self.link.report = self.hub.report
-        self.latency = LatencySampler()
+        self.config = config
         self.metrics = EdgeMetrics(self)
         metrics = self.metrics if config.serve_metrics else None
         routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer, metrics)
         self.http = HttpServer(routes.handle, config.max_connections)
         self._rtc_configuration = config.rtc_configuration()
         self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
-        self._peers: dict[str, RtcPeer] = {}
-        """The current peer of each client, by client id."""
+        self._data_feed = self.videos
+        self._peers = self._transports
+        """The current peer of each client, by client id (the shell's transports)."""
         self._resources: dict[str, str] = {}
         """Client ids by signaling resource."""
         self._registering: dict[str, asyncio.Future[bool]] = {}
         self._client_ids = itertools.count(1)
-        self._stopped = asyncio.Event()
         self._all_gone = asyncio.Event()
-        self._bad_data = ThrottledLog(log)
-        self._tick_timer: asyncio.TimerHandle | None = None
         self._written_by_gone = 0
         """Bytes written by the peers no longer in :attr:`_peers` (gone, or replaced at a restart)."""
 
@@ -119,9 +107,7 @@ class WebRtcEdge:
         stopped = asyncio.create_task(self._stopped.wait())
         try:
             if ready is not None:
-                welcomed = asyncio.create_task(self.link.welcomed.wait())
-                await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
-                welcomed.cancel()
+                await self._when_welcomed(link)
                 ready.set()
             log.info("webrtc edge %s on http://%s:%d/", self.link.edge_id, self.config.host, self.port)
             await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -134,9 +120,6 @@ class WebRtcEdge:
             link.cancel()
             stopped.cancel()
             await asyncio.gather(link, stopped, return_exceptions=True)
-
-    def stop(self) -> None:
-        self._stopped.set()
 
     async def _close_all(self) -> None:
         """Close every client with 1001 (after ``closing``) while the router link is still up, so
@@ -243,10 +226,6 @@ class WebRtcEdge:
             self.hub.client_binary(peer.session.client_id, data, asyncio.get_running_loop().time())
             self._carry_out()
 
-    def drained(self, peer: RtcPeer) -> None:
-        if self.hub.catching_up:
-            self._act(self.hub.drain_actions())
-
     def peer_gone(self, peer: RtcPeer) -> None:
         if self._forget_peer(peer):
             log.info("%s gone", peer.session.client_id)
@@ -265,35 +244,16 @@ class WebRtcEdge:
             self._all_gone.set()
         return True
 
-    # ------------------------------------------------------------ the hub's output
+    # ------------------------------------------------------------ the hub's output (EdgeShell)
 
     def _carry_out(self) -> None:
-        """Do what the hub asks, then write every session that has output; a write that empties
-        a ``reliable`` lane behind lets it ask the router for what it misses."""
-        self._act(self.hub.drain_actions())
-        peers = self._peers
-        for session in self.hub.sessions_with_output():
-            peer = peers.get(session.client_id)
-            if peer is not None:
-                peer.write()
-        if self.hub.catching_up:
-            self._act(self.hub.drain_actions())
+        """The shell's, then settle the offers waiting for the router to accept their client."""
+        super()._carry_out()
         if self._registering:
             self._settle_registrations()
 
-    def _act(self, actions: list[EdgeAction]) -> None:
-        for action in actions:
-            match action:
-                case ToRouter(message):
-                    self.link.send(message)
-                case WatchData(topic):
-                    self.link.watch(topic)
-                case UnwatchData(topic):
-                    self.link.unwatch(topic)
-                case CloseClient(client_id):
-                    peer = self._peers.get(client_id)
-                    if peer is not None:
-                        peer.close()
+    def _close_transport(self, transport: RtcPeer, code: int, reason: str) -> None:
+        transport.close()
 
     def _settle_registrations(self) -> None:
         for client_id, accepted in self._registering.items():
@@ -304,47 +264,6 @@ class WebRtcEdge:
                 accepted.set_result(True)
             elif not session.is_open:
                 accepted.set_result(False)
-
-    # ------------------------------------------------------------ router
-
-    def _on_data(self, batch: DataBatch) -> None:
-        """Fan the batch out and hand it to the data channels; the latency sampler sees each
-        message that has a producer header, and the wall clock once the batch is handed over."""
-        deliver = self.hub.deliver
-        videos = self.videos
-        sample = self.latency.offer
-        now = asyncio.get_running_loop().time()
-        for head, payload in batch:
-            try:
-                meta = parse_data_head(head)
-            except WireError as error:
-                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
-                continue
-            if videos.by_wire:
-                videos.feed(meta.topic, payload)
-            deliver(meta.topic, meta.epoch, meta.offset, payload, now)
-            if meta.header:
-                sample(meta.header)
-        self._tick()
-        if self.latency.waiting:
-            self.latency.written(time.time_ns())
-
-    def _tick(self) -> None:
-        """Let the hub release rate-limited frames whose time came; wake again when it asks."""
-        loop = asyncio.get_running_loop()
-        if self._tick_timer is not None:
-            self._tick_timer.cancel()
-            self._tick_timer = None
-        due = self.hub.tick(loop.time())
-        if due is not None:
-            self._tick_timer = loop.call_at(due, self._tick)
-        self._carry_out()
-
-    def _on_router_message(self, message: RouterMessage) -> None:
-        if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
-            return  # the link says hello again, and the hub's resync repeats what was lost
-        self.hub.router_message(message)
-        self._carry_out()
 
 
 def _refusal(session: ClientSession) -> tuple[HTTPStatus, str]:
@@ -365,18 +284,7 @@ def _json_error(message: str, code: str = "bad_request") -> str:
 
 
 async def run(config: WebRtcEdgeConfig, announce: bool) -> None:
-    edge = WebRtcEdge(config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, edge.stop)
-    ready = asyncio.Event()
-    serving = asyncio.create_task(edge.serve(ready))
-    waiting = asyncio.create_task(ready.wait())
-    await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
-    if ready.is_set() and announce:
-        print(json.dumps({"event": "ready", "port": edge.port, "edge_id": edge.link.edge_id}), flush=True)
-    waiting.cancel()
-    await serving
+    await run_edge(WebRtcEdge(config), announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

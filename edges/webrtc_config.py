@@ -9,6 +9,7 @@ import msgspec
 from aiortc import RTCConfiguration, RTCIceServer
 
 from edges.session import EdgeLimits
+from edges.shell import add_limit_arguments, limits_from_args
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
 
@@ -93,24 +94,13 @@ def parser() -> argparse.ArgumentParser:
         "video topics as tracks (docs/protocol.md, 4.9).",
     )
     defaults = WebRtcEdgeConfig()
-    limits = defaults.limits
     add = parser.add_argument
     add("--host", default=defaults.host, help="address of the HTTP signaling server")
     add("--port", type=int, default=defaults.port, help="0 picks a free port")
     add("--control", default=defaults.control, help="the router's control endpoint")
     add("--xpub", default=defaults.xpub, help="the router's XPUB endpoint")
     add("--max-connections", type=int, default=defaults.max_connections)
-    add("--max-message-bytes", type=int, default=limits.max_message_bytes)
-    add("--max-subscriptions", type=int, default=limits.max_subscriptions)
-    add("--queue-messages", type=int, default=limits.queue_max_messages)
-    add("--queue-bytes", type=int, default=limits.queue_max_bytes)
-    add(
-        "--max-requests-per-second",
-        type=float,
-        default=limits.max_requests_per_second,
-        help="messages per client per second, ack aside; 0: no cap",
-    )
-    add("--request-burst", type=int, default=limits.request_burst)
+    add_limit_arguments(parser)
     add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
     add_client_arguments(parser)
@@ -137,14 +127,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
-    limits = EdgeLimits(
-        max_message_bytes=args.max_message_bytes,
-        max_subscriptions=args.max_subscriptions,
-        queue_max_messages=args.queue_messages,
-        queue_max_bytes=args.queue_bytes,
-        max_requests_per_second=args.max_requests_per_second or None,
-        request_burst=args.request_burst,
-    )
     servers = tuple(
         IceServer(url=url, username=args.ice_username, credential=args.ice_credential)
         for url in args.ice_server
@@ -155,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         port=args.port,
         control=args.control,
         xpub=args.xpub,
-        limits=limits,
+        limits=limits_from_args(args),
         max_connections=args.max_connections,
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
         heartbeat_interval=args.heartbeat_interval,

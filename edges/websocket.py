@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
@@ -35,18 +32,14 @@ from websockets.typing import Origin, Subprotocol
 
 from edges.client_wire import SUBPROTOCOL, CloseCode
 from edges.drop_log import DropBursts
-from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
-from edges.latency import LatencySampler
-from edges.link import DataBatch, RouterLink
+from edges.hub import EdgeHub
 from edges.metrics import EdgeMetrics, RefusedHandshakes
 from edges.session import ClientSession, EdgeLimits
+from edges.shell import EdgeShell, add_limit_arguments, limits_from_args, run_edge
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
-from router.core.errors import ErrorCode
 from router.curve import CurveClient, add_client_arguments, client_from_args
 from router.logfmt import add_log_arguments, configure_logging
-from router.logs import ThrottledLog
-from router.wire import Error, RouterMessage, WireError, parse_data_head
 
 log = logging.getLogger("switchboard.edge.websocket")
 frame_log = logging.getLogger("switchboard.edge.websocket.frames")
@@ -109,41 +102,33 @@ def binary_frame(data: bytes) -> bytes:
     return bytes((0x82, 127)) + size.to_bytes(8, "big") + data
 
 
-class WebSocketEdge:
+class WebSocketEdge(EdgeShell[WebSocketConnection]):
     """One edge process: a WebSocket server, a router link, and the hub between them.
 
     It is the :class:`~edges.ws_connection.ConnectionHost` of every client connection.
     """
 
     def __init__(self, config: WebSocketEdgeConfig) -> None:
-        self.config = config
-        self.hub = EdgeHub(config.limits, protocol="websocket", frame_encoder=binary_frame)
-        self.link = RouterLink(
-            protocol="websocket",
+        super().__init__(
+            EdgeHub(config.limits, protocol="websocket", frame_encoder=binary_frame),
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,
             curve=config.curve,
+            log=log,
         )
-        self.link.on_data = self._on_data
-        self.link.on_message = self._on_router_message
-        self.link.resync = self.hub.resync
-        self.link.report = self.hub.report
+        self.config = config
         self.port = config.port
         self._origins: list[Origin | None] | None = (
             [*map(Origin, config.allowed_origins), None] if config.allowed_origins else None
         )
         self._connections: set[WebSocketConnection] = set()
         """Every TCP connection, in any state."""
-        self._clients: dict[str, WebSocketConnection] = {}
-        """Connections with a client session, by client id."""
+        self._clients = self._transports
+        """Connections with a client session, by client id (the shell's transports)."""
         self._keepalive = Keepalive(config.ping_interval, config.ping_timeout)
         self._client_ids = itertools.count(1)
-        self._stopped = asyncio.Event()
         self._all_closed: asyncio.Event | None = None
-        self._bad_data = ThrottledLog(log)
-        self._tick_timer: asyncio.TimerHandle | None = None
-        self.latency = LatencySampler()
         self.metrics = EdgeMetrics(self)
         self._per_ip: Counter[str] = Counter()
         """Connections with a client session, by the client's IP address (never 0)."""
@@ -182,9 +167,6 @@ class WebSocketEdge:
                 task.cancel()
             await asyncio.gather(link, stopped, drops, return_exceptions=True)
 
-    def stop(self) -> None:
-        self._stopped.set()
-
     async def _watch_drops(self) -> None:
         while True:
             await asyncio.sleep(DROP_CHECK_INTERVAL)
@@ -197,11 +179,6 @@ class WebSocketEdge:
 
     def bytes_written(self) -> int:
         return self._written_by_closed + sum(c.bytes_written for c in self._connections)
-
-    async def _when_welcomed(self, link: asyncio.Task[None]) -> None:
-        welcomed = asyncio.create_task(self.link.welcomed.wait())
-        await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
-        welcomed.cancel()
 
     async def _close_all(self) -> None:
         """Close every client with 1001 (after ``closing``), then wait for their connections to end;
@@ -326,76 +303,10 @@ class WebSocketEdge:
         log.info("client %s disconnected (%s %d): %s", session.client_id, by, code, reason, extra=ids)
         return f"{reason} ({code})"
 
-    # ------------------------------------------------------------ the hub's output
+    # ------------------------------------------------------------ the hub's output (EdgeShell)
 
-    def _carry_out(self) -> None:
-        """Do what the hub asks, then write every session that has output. A write that empties a
-        ``reliable`` lane behind lets it ask the router for what it misses: carried out at once."""
-        self._act(self.hub.drain_actions())
-        clients = self._clients
-        for session in self.hub.sessions_with_output():
-            connection = clients.get(session.client_id)
-            if connection is not None:
-                connection.write()
-        if self.hub.catching_up:
-            self._act(self.hub.drain_actions())
-
-    def _act(self, actions: list[EdgeAction]) -> None:
-        for action in actions:
-            match action:
-                case ToRouter(message):
-                    self.link.send(message)
-                case WatchData(topic):
-                    self.link.watch(topic)
-                case UnwatchData(topic):
-                    self.link.unwatch(topic)
-                case CloseClient(client_id, code, reason):
-                    connection = self._clients.get(client_id)
-                    if connection is not None:
-                        connection.close(code, reason)
-
-    def drained(self, session: ClientSession) -> None:
-        """A client's transport took all it was given after a pause: a lane behind may ask now."""
-        if self.hub.catching_up:
-            self._act(self.hub.drain_actions())
-
-    # ------------------------------------------------------------ router
-
-    def _on_data(self, batch: DataBatch) -> None:
-        """Fan the batch out and write it; the latency sampler sees each message that has a
-        producer header, and the wall clock once the batch is written."""
-        deliver = self.hub.deliver
-        sample = self.latency.offer
-        now = asyncio.get_running_loop().time()
-        for head, payload in batch:
-            try:
-                meta = parse_data_head(head)
-            except WireError as error:
-                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
-                continue
-            deliver(meta.topic, meta.epoch, meta.offset, payload, now)
-            if meta.header:
-                sample(meta.header)
-        self._tick()
-        if self.latency.waiting:
-            self.latency.written(time.time_ns())
-
-    def _tick(self) -> None:
-        """Let the hub release rate-limited frames whose time came; wake again when it asks."""
-        loop = asyncio.get_running_loop()
-        if self._tick_timer is not None:
-            self._tick_timer.cancel()
-            self._tick_timer = None
-        due = self.hub.tick(loop.time())
-        if due is not None:
-            self._tick_timer = loop.call_at(due, self._tick)
-        self._carry_out()
-
-    def _on_router_message(self, message: RouterMessage) -> None:
-        if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
-            return  # the link says hello again, and the hub's resync repeats what was lost
-        self.hub.router_message(message)
-        self._carry_out()
+    def _close_transport(self, transport: WebSocketConnection, code: int, reason: str) -> None:
+        transport.close(code, reason)
 
 
 def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
@@ -412,24 +323,13 @@ def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard edge websocket", description=__doc__)
     defaults = WebSocketEdgeConfig()
-    limits = defaults.limits
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
     parser.add_argument("--control", default=defaults.control, help="the router's control endpoint")
     parser.add_argument("--xpub", default=defaults.xpub, help="the router's XPUB endpoint")
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
     parser.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip)
-    parser.add_argument("--max-message-bytes", type=int, default=limits.max_message_bytes)
-    parser.add_argument("--max-subscriptions", type=int, default=limits.max_subscriptions)
-    parser.add_argument("--queue-messages", type=int, default=limits.queue_max_messages)
-    parser.add_argument("--queue-bytes", type=int, default=limits.queue_max_bytes)
-    parser.add_argument(
-        "--max-requests-per-second",
-        type=float,
-        default=limits.max_requests_per_second,
-        help="messages per client per second, ack aside; 0: no cap",
-    )
-    parser.add_argument("--request-burst", type=int, default=limits.request_burst)
+    add_limit_arguments(parser)
     parser.add_argument("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
@@ -454,20 +354,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
-    limits = EdgeLimits(
-        max_message_bytes=args.max_message_bytes,
-        max_subscriptions=args.max_subscriptions,
-        queue_max_messages=args.queue_messages,
-        queue_max_bytes=args.queue_bytes,
-        max_requests_per_second=args.max_requests_per_second or None,
-        request_burst=args.request_burst,
-    )
     return WebSocketEdgeConfig(
         host=args.host,
         port=args.port,
         control=args.control,
         xpub=args.xpub,
-        limits=limits,
+        limits=limits_from_args(args),
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
@@ -482,18 +374,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
 
 
 async def run(config: WebSocketEdgeConfig, announce: bool) -> None:
-    edge = WebSocketEdge(config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, edge.stop)
-    ready = asyncio.Event()
-    serving = asyncio.create_task(edge.serve(ready))
-    waiting = asyncio.create_task(ready.wait())
-    await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
-    if ready.is_set() and announce:
-        print(json.dumps({"event": "ready", "port": edge.port, "edge_id": edge.link.edge_id}), flush=True)
-    waiting.cancel()
-    await serving
+    await run_edge(WebSocketEdge(config), announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,248 @@
+"""What every edge process does between its clients and the router, whatever the client protocol.
+
+An edge is a thin shell around two I/O-free objects: the :class:`~edges.hub.EdgeHub` (every
+client's session) and the :class:`~edges.link.RouterLink` (the DEALER and SUB sockets). The
+:class:`EdgeShell` feeds the hub what the link receives, carries out the hub's actions, writes each
+session that has output to its client's transport, and runs the hub's tick timer. A subclass
+(``edges/websocket.py``, ``edges/webrtc.py``) accepts clients, keeps their transports in
+:attr:`EdgeShell._transports`, and says how one is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from abc import ABC, abstractmethod
+from typing import Generic, Protocol, TypeVar
+
+from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.latency import LatencySampler
+from edges.link import DataBatch, RouterLink
+from edges.session import EdgeLimits
+from router.core.errors import ErrorCode
+from router.curve import CurveClient
+from router.logs import ThrottledLog
+from router.wire import Error, RouterMessage, WireError, parse_data_head
+
+__all__ = [
+    "DataFeed",
+    "EdgeShell",
+    "Transport",
+    "add_limit_arguments",
+    "limits_from_args",
+    "run_edge",
+]
+
+
+class Transport(Protocol):
+    """A client's connection as the shell sees it: something it can write the session's output to."""
+
+    def write(self) -> None:
+        """Write what the client's session has to send, as much as the transport takes."""
+        ...
+
+
+class DataFeed(Protocol):
+    """Something that sees data messages before the hub does (the WebRTC edge's video sources)."""
+
+    @property
+    def by_wire(self) -> object:
+        """Truthy while the feed wants messages at all."""
+        ...
+
+    def feed(self, topic: bytes, payload: bytes) -> None: ...
+
+
+T = TypeVar("T", bound=Transport)
+
+
+class EdgeShell(ABC, Generic[T]):
+    """The hub, the router link and the loop between them; one subclass per client protocol.
+
+    The subclass keeps each client's transport in :attr:`_transports` by client id while it has a
+    session, and implements :meth:`_close_transport`.
+    """
+
+    def __init__(
+        self,
+        hub: EdgeHub,
+        *,
+        control: str,
+        xpub: str,
+        heartbeat_interval: float,
+        curve: CurveClient | None,
+        log: logging.Logger,
+    ) -> None:
+        self.hub = hub
+        self.link = RouterLink(
+            protocol=hub.protocol,
+            control=control,
+            xpub=xpub,
+            heartbeat_interval=heartbeat_interval,
+            curve=curve,
+        )
+        self.link.on_data = self._on_data
+        self.link.on_message = self._on_router_message
+        self.link.resync = hub.resync
+        self.link.report = hub.report
+        self.latency = LatencySampler()
+        self._transports: dict[str, T] = {}
+        """The transport of each client with a session, by client id."""
+        self._data_feed: DataFeed | None = None
+        """Sees each data message before the hub; ``None``: nothing does."""
+        self._stopped = asyncio.Event()
+        self._bad_data = ThrottledLog(log)
+        self._tick_timer: asyncio.TimerHandle | None = None
+
+    @abstractmethod
+    def _close_transport(self, transport: T, code: int, reason: str) -> None:
+        """Close a client's transport, as the hub asked (``CloseClient``)."""
+
+    # ------------------------------------------------------------ running
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return, once every client is closed."""
+        self._stopped.set()
+
+    async def _when_welcomed(self, link: asyncio.Task[None]) -> None:
+        """Return once the router welcomed this edge, or the link ended."""
+        welcomed = asyncio.create_task(self.link.welcomed.wait())
+        await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
+        welcomed.cancel()
+
+    # ------------------------------------------------------------ the hub's output
+
+    def _carry_out(self) -> None:
+        """Do what the hub asks, then write every session that has output. A write that empties a
+        ``reliable`` lane behind lets it ask the router for what it misses: carried out at once."""
+        self._act(self.hub.drain_actions())
+        transports = self._transports
+        for session in self.hub.sessions_with_output():
+            transport = transports.get(session.client_id)
+            if transport is not None:
+                transport.write()
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
+
+    def _act(self, actions: list[EdgeAction]) -> None:
+        for action in actions:
+            match action:
+                case ToRouter(message):
+                    self.link.send(message)
+                case WatchData(topic):
+                    self.link.watch(topic)
+                case UnwatchData(topic):
+                    self.link.unwatch(topic)
+                case CloseClient(client_id, code, reason):
+                    transport = self._transports.get(client_id)
+                    if transport is not None:
+                        self._close_transport(transport, code, reason)
+
+    def drained(self, transport: object) -> None:
+        """A client's transport took all it was given after a pause: a lane behind may ask now."""
+        if self.hub.catching_up:
+            self._act(self.hub.drain_actions())
+
+    # ------------------------------------------------------------ router
+
+    def _on_data(self, batch: DataBatch) -> None:
+        """Fan the batch out and write it; the latency sampler sees each message that has a
+        producer header, and the wall clock once the batch is written."""
+        deliver = self.hub.deliver
+        feed = self._data_feed
+        sample = self.latency.offer
+        now = asyncio.get_running_loop().time()
+        for head, payload in batch:
+            try:
+                meta = parse_data_head(head)
+            except WireError as error:
+                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
+                continue
+            if feed is not None and feed.by_wire:
+                feed.feed(meta.topic, payload)
+            deliver(meta.topic, meta.epoch, meta.offset, payload, now)
+            if meta.header:
+                sample(meta.header)
+        self._tick()
+        if self.latency.waiting:
+            self.latency.written(time.time_ns())
+
+    def _tick(self) -> None:
+        """Let the hub release rate-limited frames whose time came; wake again when it asks."""
+        loop = asyncio.get_running_loop()
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        due = self.hub.tick(loop.time())
+        if due is not None:
+            self._tick_timer = loop.call_at(due, self._tick)
+        self._carry_out()
+
+    def _on_router_message(self, message: RouterMessage) -> None:
+        if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
+            return  # the link says hello again, and the hub's resync repeats what was lost
+        self.hub.router_message(message)
+        self._carry_out()
+
+
+class _Serving(Protocol):
+    link: RouterLink
+
+    @property
+    def port(self) -> int: ...
+
+    def stop(self) -> None: ...
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None: ...
+
+
+async def run_edge(edge: _Serving, announce: bool) -> None:
+    """Serve until SIGINT or SIGTERM; with ``announce``, print the bound port as JSON on stdout once
+    the router welcomed the edge."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, edge.stop)
+    ready = asyncio.Event()
+    serving = asyncio.create_task(edge.serve(ready))
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set() and announce:
+        print(json.dumps({"event": "ready", "port": edge.port, "edge_id": edge.link.edge_id}), flush=True)
+    waiting.cancel()
+    await serving
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the per-client bounds; :func:`limits_from_args` reads them back."""
+    defaults = EdgeLimits()
+    add = parser.add_argument
+    add("--max-message-bytes", type=int, default=defaults.max_message_bytes)
+    add("--max-subscriptions", type=int, default=defaults.max_subscriptions)
+    add("--queue-messages", type=int, default=defaults.queue_max_messages)
+    add("--queue-bytes", type=int, default=defaults.queue_max_bytes)
+    add(
+        "--max-requests-per-second",
+        type=float,
+        default=defaults.max_requests_per_second,
+        help="messages per client per second, ack aside; 0: no cap",
+    )
+    add("--request-burst", type=int, default=defaults.request_burst)
+
+
+def limits_from_args(args: argparse.Namespace) -> EdgeLimits:
+    """The per-client bounds of :func:`add_limit_arguments`' options."""
+    return EdgeLimits(
+        max_message_bytes=args.max_message_bytes,
+        max_subscriptions=args.max_subscriptions,
+        queue_max_messages=args.queue_messages,
+        queue_max_bytes=args.queue_bytes,
+        max_requests_per_second=args.max_requests_per_second or None,
+        request_burst=args.request_burst,
+    )
