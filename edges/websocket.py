@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from importlib import resources
+from typing import Final
 
 import msgspec
 from websockets.datastructures import Headers
@@ -56,6 +57,11 @@ STATIC_FILES = {
     "/": ("viewer.html", "text/html; charset=utf-8"),
     "/viewer.js": ("viewer.js", "text/javascript"),
 }
+
+
+_HANDSHAKE_REFUSALS: Final[dict[int, str]] = {HTTPStatus.FORBIDDEN: "origin"}
+"""Reasons of the handshakes the WebSocket library refuses, by HTTP status; others are
+``bad_handshake``."""
 
 
 class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -236,6 +242,9 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         return _response(
             HTTPStatus.OK, content_type, resources.files("edges").joinpath("static", name).read_bytes()
         )
+
+    def handshake_refused(self, status: int) -> None:
+        self.refused_handshakes[_HANDSHAKE_REFUSALS.get(status, "bad_handshake")] += 1
 
     def _refuse_handshake(self, ip: str) -> Response | None:
         if len(self._clients) >= self.config.max_connections:

@@ -73,6 +73,11 @@ class ConnectionHost(Protocol):
         """An HTTP response to send instead of the WebSocket handshake, or ``None`` to attempt it."""
         ...
 
+    def handshake_refused(self, status: int) -> None:
+        """The WebSocket library refused a handshake with HTTP ``status`` (403: its ``Origin`` is
+        not allowed; 400 or 426: not a valid WebSocket handshake)."""
+        ...
+
     def opened(self, connection: WebSocketConnection) -> ClientSession | None:
         """The handshake succeeded. Returns the client's session, or ``None`` if the host closed
         the connection instead."""
@@ -182,7 +187,11 @@ class WebSocketConnection(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         protocol = self._protocol
         response = self._host.respond(self, request)
-        protocol.send_response(response or protocol.accept(request))
+        if response is None:
+            response = protocol.accept(request)
+            if response.status_code != 101:
+                self._host.handshake_refused(response.status_code)
+        protocol.send_response(response)
         request.headers.clear()  # the protocol's parser keeps the request for the connection's life
         self._send_protocol_data()
         if protocol.state is not OPEN:

@@ -9,7 +9,6 @@ shows the same series under ``protocol="webrtc"``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from edges.latency import SAMPLE_EVERY
-from router.metrics_http import parse_address
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually, push_socket
+from tests.io.metrics_scrape import Scrape, scrape
 from tests.io.rtc_client import DATA_HEADER as RTC_DATA_HEADER
 from tests.io.rtc_client import RtcClient, WebRtcEdgeProcess, http, loopback_only
 from tests.io.test_websocket_edge import DATA_HEADER, Client, open_client
@@ -45,27 +43,6 @@ allow_undeclared = false
 pattern = "{TOPIC}"
 """
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class Scrape:
-    """One ``/metrics`` response, parsed."""
-
-    def __init__(self, text: str) -> None:
-        self.samples: Samples = {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def __call__(self, name: str, **labels: str) -> float:
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-    def labelled(self, name: str, **labels: str) -> float:
-        """The one sample of ``name`` whose labels include ``labels``."""
-        [found] = [v for (n, ls), v in self.samples.items() if n == name and set(labels.items()) <= ls]
-        return found
-
 
 @pytest.fixture
 def rtc_edge(router: RouterProcess) -> Iterator[WebRtcEdgeProcess]:
@@ -74,19 +51,6 @@ def rtc_edge(router: RouterProcess) -> Iterator[WebRtcEdgeProcess]:
     process.start()
     yield process
     process.stop()
-
-
-async def scrape(address: str) -> Scrape:
-    host, port = parse_address(address)
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
-    async with asyncio.timeout(5):
-        response = await reader.read()
-    writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    assert b"text/plain; version=0.0.4" in head
-    return Scrape(body.decode())
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from tests.io.harness import RouterProcess, TestEdge, WebSocketEdgeProcess, eventually
+from tests.io.metrics_scrape import scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -293,6 +294,12 @@ async def test_handshake_limits(router: RouterProcess) -> None:
         assert refused.value.response.status_code == 503
         await first.ws.close()
         await eventually(lambda: _opens(edge), timeout=5)
+        metrics = await scrape(f"127.0.0.1:{edge.announced['port']}")
+        refusals = {
+            reason: metrics.labelled("switchboard_edge_refused_connections_total", reason=reason)
+            for reason in ("origin", "max_connections")
+        }
+        assert refusals == {"origin": 1.0, "max_connections": 1.0}
     finally:
         edge.stop()
 
