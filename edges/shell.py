@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
+
+import msgspec
 
 from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.latency import LatencySampler
@@ -25,6 +30,7 @@ from edges.link import DataBatch, RouterLink
 from edges.session import EdgeLimits
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
+from router.logfmt import configure_logging
 from router.logs import ThrottledLog
 from router.wire import Error, RouterMessage, WireError, parse_data_head
 
@@ -214,6 +220,33 @@ async def run_edge(edge: _Serving, announce: bool) -> None:
         print(json.dumps({"event": "ready", "port": edge.port, "edge_id": edge.link.edge_id}), flush=True)
     waiting.cancel()
     await serving
+
+
+Config = TypeVar("Config")
+
+
+def edge_main(
+    kind: str,
+    args: argparse.Namespace,
+    config_from_args: Callable[[argparse.Namespace], Config],
+    make_edge: Callable[[Config], _Serving],
+) -> int:
+    """An edge process from its parsed command line: logging, then its config (status 2 with the
+    reason when unusable), then serving until SIGINT or SIGTERM."""
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = config_from_args(args)
+    except (ValueError, msgspec.ValidationError) as error:
+        print(f"switchboard edge {kind}: {error}", file=sys.stderr)
+        return 2
+    from router.cli import run_async
+
+    async def serve() -> None:
+        await run_edge(make_edge(config), args.announce)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(serve())
+    return 0
 
 
 # ---------------------------------------------------------------- command line

@@ -31,7 +31,7 @@ from edges.rtc_peer import RtcPeer
 from edges.rtc_slots import ViewerVideo
 from edges.rtc_video import VideoSources
 from edges.session import ClientSession, State
-from edges.shell import EdgeShell, run_edge
+from edges.shell import EdgeShell, edge_main
 from edges.webrtc_config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc_signaling import Answer, SignalingError, SignalingRoutes
 from router.core.errors import ErrorCode
@@ -40,7 +40,6 @@ __all__ = ["WebRtcEdge", "main"]
 
 log = logging.getLogger("switchboard.edge.webrtc")
 
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SHUTDOWN_TIMEOUT: Final = 3.0
 REFUSALS: Final = {
     ErrorCode.UNAUTHORIZED.value: HTTPStatus.UNAUTHORIZED,
@@ -283,24 +282,9 @@ def _json_error(message: str, code: str = "bad_request") -> str:
 # ---------------------------------------------------------------- command line
 
 
-async def run(config: WebRtcEdgeConfig, announce: bool) -> None:
-    await run_edge(WebRtcEdge(config), announce)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("aioice").setLevel(logging.WARNING)
-    try:
-        config = config_from_args(args)
-    except (ValueError, msgspec.ValidationError) as error:
-        print(f"switchboard edge webrtc: {error}", file=sys.stderr)
-        return 2
-    from router.cli import run_async
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(run(config, args.announce))
-    return 0
+    return edge_main("webrtc", parser().parse_args(argv), config_from_args, WebRtcEdge)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from edges.session import EdgeLimits
 from edges.shell import add_limit_arguments, limits_from_args
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.logfmt import add_log_arguments
 
 __all__ = [
     "DEFAULT_PORT",
@@ -122,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     add("--no-viewer", action="store_true", help="do not serve the viewer page")
     add("--no-metrics", action="store_true", help="do not answer GET /metrics")
     add("--announce", action="store_true", help="print the bound port as JSON on stdout")
-    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_arguments(parser)
     return parser
 
 

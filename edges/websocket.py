@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import logging
 import sys
@@ -36,11 +35,11 @@ from edges.drop_log import DropBursts
 from edges.hub import EdgeHub
 from edges.metrics import EdgeMetrics, RefusedHandshakes
 from edges.session import ClientSession, EdgeLimits
-from edges.shell import EdgeShell, add_limit_arguments, limits_from_args, run_edge
+from edges.shell import EdgeShell, add_limit_arguments, edge_main, limits_from_args
 from edges.ws_connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
-from router.logfmt import add_log_arguments, configure_logging
+from router.logfmt import add_log_arguments
 
 log = logging.getLogger("switchboard.edge.websocket")
 frame_log = logging.getLogger("switchboard.edge.websocket.frames")
@@ -382,23 +381,8 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
     )
 
 
-async def run(config: WebSocketEdgeConfig, announce: bool) -> None:
-    await run_edge(WebSocketEdge(config), announce)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
-    try:
-        config = config_from_args(args)
-    except (ValueError, msgspec.ValidationError) as error:
-        print(f"switchboard edge websocket: {error}", file=sys.stderr)
-        return 2
-    from router.cli import run_async
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(run(config, args.announce))
-    return 0
+    return edge_main("websocket", _parser().parse_args(argv), config_from_args, WebSocketEdge)
 
 
 if __name__ == "__main__":

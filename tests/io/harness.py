@@ -130,10 +130,10 @@ class RouterProcess(AnnouncingProcess):
         self.start()
 
 
-class WebSocketEdgeProcess(AnnouncingProcess):
-    """``python -m edges.websocket`` on a free port, linked to ``router``."""
+class EdgeProcess(AnnouncingProcess):
+    """``python -m MODULE`` of one edge kind, on a free port, linked to ``router``."""
 
-    name = "websocket edge"
+    module = ""
 
     def __init__(self, router: RouterProcess, extra_args: Sequence[str] = ()) -> None:
         super().__init__(extra_args)
@@ -142,9 +142,21 @@ class WebSocketEdgeProcess(AnnouncingProcess):
     def command(self) -> list[str]:
         endpoints = self.router.endpoints
         return [
-            sys.executable, "-m", "edges.websocket", "--announce", "--port", "0",
+            sys.executable, "-m", self.module, "--announce", "--port", "0",
             "--control", endpoints["control"], "--xpub", endpoints["xpub"], "--heartbeat-interval", "0.2",
         ]  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` of its HTTP port (the viewer, ``/metrics``)."""
+        return f"127.0.0.1:{self.announced['port']}"
+
+
+class WebSocketEdgeProcess(EdgeProcess):
+    """``python -m edges.websocket`` on a free port, linked to ``router``."""
+
+    name = "websocket edge"
+    module = "edges.websocket"
 
     @property
     def url(self) -> str:

@@ -24,6 +24,10 @@ class Scrape:
     def __call__(self, name: str, **labels: str) -> float:
         return self.samples.get((name, frozenset(labels.items())), 0.0)
 
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
+        return sum(v for (n, ls), v in self.samples.items() if n == name and set(labels.items()) <= ls)
+
     def labelled(self, name: str, **labels: str) -> float:
         """The one sample of ``name`` whose labels include ``labels``."""
         [found] = [v for (n, ls), v in self.samples.items() if n == name and set(labels.items()) <= ls]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import sys
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +12,7 @@ import aioice.ice
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from tests.io.harness import AnnouncingProcess, RouterProcess
+from tests.io.harness import EdgeProcess
 
 DATA_HEADER = struct.Struct("!BBIQ")
 SKIPPED = struct.Struct("!BBIQQI")
@@ -25,21 +23,11 @@ def loopback_only() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-class WebRtcEdgeProcess(AnnouncingProcess):
+class WebRtcEdgeProcess(EdgeProcess):
     """``python -m edges.webrtc`` on a free port, linked to ``router``."""
 
     name = "webrtc edge"
-
-    def __init__(self, router: RouterProcess, extra_args: Sequence[str] = ()) -> None:
-        super().__init__(extra_args)
-        self.router = router
-
-    def command(self) -> list[str]:
-        endpoints = self.router.endpoints
-        return [
-            sys.executable, "-m", "edges.webrtc", "--announce", "--port", "0",
-            "--control", endpoints["control"], "--xpub", endpoints["xpub"], "--heartbeat-interval", "0.2",
-        ]  # fmt: skip
+    module = "edges.webrtc"
 
     @property
     def base_url(self) -> str:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import random
 import struct
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ import zmq
 from websockets.exceptions import ConnectionClosed
 
 from tests.io.harness import RouterProcess, TestEdge, WebSocketEdgeProcess, eventually, push_socket
+from tests.io.metrics_scrape import scrape
 from tests.io.test_websocket_edge import Client, open_client
 from tests.strategies import scaled_examples
 
@@ -164,17 +164,6 @@ class HostileClient:
                     self.replies[reply.get("code") or reply["op"]] += 1
 
 
-def _edge_drops(edge: WebSocketEdgeProcess) -> dict[str, float]:
-    with urllib.request.urlopen(edge.http_url + "metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    drops = {}
-    for line in text.splitlines():
-        if line.startswith("switchboard_edge_drops_total{"):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            drops[reason] = float(line.rsplit(" ", 1)[1])
-    return drops
-
-
 async def test_hostile_input_leaves_processes_up_and_other_streams_intact(
     router: RouterProcess, push: zmq.Socket[bytes]
 ) -> None:
@@ -205,7 +194,11 @@ async def test_hostile_input_leaves_processes_up_and_other_streams_intact(
         assert edge.alive
         async with TestEdge(router.endpoints) as probe:
             router_drops = (await probe.stats())["drops"]
-        edge_drops = _edge_drops(edge)
+        edge_drops = {
+            dict(labels)["reason"]: value
+            for (name, labels), value in (await scrape(edge.address)).samples.items()
+            if name == "switchboard_edge_drops_total"
+        }
         print(f"\n{ROUNDS} rounds: router drops {router_drops}, edge drops {edge_drops}, "
               f"hostile client replies {dict(hostile.replies)}, closes {dict(hostile.closes)}")  # fmt: skip
         assert isinstance(router_drops, dict)

@@ -117,7 +117,7 @@ async def test_metric_values_match_the_traffic(
     for client in clients:
         assert (await client.request("subscribe", topic=TOPIC))["op"] == "subscribed"
     await until_every_client_has(clients, push, b"probe")
-    edge_address = f"127.0.0.1:{edge.announced['port']}"
+    edge_address = edge.address
     router_before, edge_before = await scrape(router.endpoints["metrics"]), await scrape(edge_address)
 
     for index in range(N):
@@ -161,7 +161,7 @@ async def test_drops_show_their_reason_and_logs_carry_the_ids(
     refused = await clients[1].request("subscribe", topic="/metrics/undeclared")
     assert refused["code"] == "unknown_topic"
     push.send_multipart([b"no-slash", b"x"])
-    edge_address = f"127.0.0.1:{edge.announced['port']}"
+    edge_address = edge.address
 
     async def router_counted() -> bool:
         return (await scrape(router.endpoints["metrics"]))(
@@ -244,7 +244,7 @@ async def test_webrtc_edge_metrics_match_the_traffic(
     for client in clients:
         assert (await client.request("subscribe", topic=TOPIC))["op"] == "subscribed"
     await until_every_rtc_client_has(clients, push)
-    address = f"127.0.0.1:{rtc_edge.announced['port']}"
+    address = rtc_edge.address
     before = await scrape(address)
 
     for index in range(N):

@@ -293,8 +293,8 @@ async def test_handshake_limits(router: RouterProcess) -> None:
             await open_client(edge)
         assert refused.value.response.status_code == 503
         await first.ws.close()
-        await eventually(lambda: _opens(edge), timeout=5)
-        metrics = await scrape(f"127.0.0.1:{edge.announced['port']}")
+        await eventually(lambda: accepts_a_client(edge), timeout=5)
+        metrics = await scrape(edge.address)
         refusals = {
             reason: metrics.labelled("switchboard_edge_refused_connections_total", reason=reason)
             for reason in ("origin", "max_connections")
@@ -304,7 +304,7 @@ async def test_handshake_limits(router: RouterProcess) -> None:
         edge.stop()
 
 
-async def _opens(edge: WebSocketEdgeProcess) -> bool:
+async def accepts_a_client(edge: WebSocketEdgeProcess) -> bool:
     try:
         client = await open_client(edge)
     except InvalidStatus:

@@ -4,7 +4,6 @@ the per-client request rate."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
@@ -12,18 +11,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually
-from tests.io.test_websocket_edge import open_client
+from tests.io.metrics_scrape import scrape
+from tests.io.test_websocket_edge import accepts_a_client, open_client
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _metric(edge: WebSocketEdgeProcess, name: str, reason: str) -> float:
-    with urllib.request.urlopen(edge.http_url + "metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name) and f'reason="{reason}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_connections_past_the_per_ip_limit_get_429_and_are_counted(router: RouterProcess) -> None:
@@ -34,22 +25,16 @@ async def test_connections_past_the_per_ip_limit_get_429_and_are_counted(router:
         with pytest.raises(InvalidStatus) as refused:
             await open_client(edge)
         assert refused.value.response.status_code == 429
-        refusals = "switchboard_edge_refused_connections_total"
-        assert _metric(edge, refusals, "max_connections_per_ip") == 1
+        metrics = await scrape(edge.address)
+        assert (
+            metrics.labelled("switchboard_edge_refused_connections_total", reason="max_connections_per_ip")
+            == 1
+        )
         await first.ws.close()
-        await eventually(lambda: _opens(edge), timeout=5)
+        await eventually(lambda: accepts_a_client(edge), timeout=5)
         await second.ws.close()
     finally:
         edge.stop()
-
-
-async def _opens(edge: WebSocketEdgeProcess) -> bool:
-    try:
-        client = await open_client(edge)
-    except InvalidStatus:
-        return False
-    await client.ws.close()
-    return True
 
 
 async def test_a_client_offering_permessage_deflate_gets_no_extension(router: RouterProcess) -> None:
@@ -83,7 +68,12 @@ async def test_a_client_over_its_request_rate_gets_rate_limited_then_4004(router
             await client.control()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4004
-        await eventually(lambda: _metric(edge, "switchboard_edge_drops_total", "rate_limited") == 6)
+
+        async def six_rate_limited() -> bool:
+            metrics = await scrape(edge.address)
+            return metrics.total("switchboard_edge_drops_total", reason="rate_limited") == 6
+
+        await eventually(six_rate_limited)
         assert edge.alive
     finally:
         edge.stop()
