@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import zmq
 from websockets.asyncio.client import ClientConnection, connect
@@ -297,6 +298,30 @@ async def eventually(check: object, timeout: float = 10.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+Started = TypeVar("Started", bound=AnnouncingProcess)
+
+
+@contextlib.contextmanager
+def running(process: Started) -> Iterator[Started]:
+    """``process`` started (ready) for the length of the block, then stopped by its pid."""
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def demo_producer(pull: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``examples/demo_producer.py`` publishing the demo camera and telemetry to ``pull``."""
+    producer = subprocess.Popen([sys.executable, "examples/demo_producer.py", "--pull", pull], cwd=ROOT)
+    try:
+        yield producer
+    finally:
+        producer.terminate()
+        producer.wait(timeout=10)
 
 
 @contextlib.contextmanager

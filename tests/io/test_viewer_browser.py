@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.io.browser import Chromium
-from tests.io.harness import ROOT, RouterProcess, WebSocketEdgeProcess
+from tests.io.harness import WebSocketEdgeProcess, demo_producer, running, running_router
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def stack() -> Iterator[WebSocketEdgeProcess]:
-    router = RouterProcess()
-    router.start()
-    edge = WebSocketEdgeProcess(router)
-    producer: subprocess.Popen[bytes] | None = None
-    try:
-        edge.start()
-        producer = subprocess.Popen(
-            [sys.executable, "examples/demo_producer.py", "--pull", router.endpoints["pull"]], cwd=ROOT
-        )
+    with (
+        running_router() as router,
+        running(WebSocketEdgeProcess(router)) as edge,
+        demo_producer(router.endpoints["pull"]),
+    ):
         yield edge
-    finally:
-        if producer is not None:
-            producer.terminate()
-            producer.wait(timeout=10)
-        edge.stop()
-        router.stop()
 
 
 def count(element_id: str) -> str:

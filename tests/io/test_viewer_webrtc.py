@@ -3,15 +3,13 @@ and the demo producer: the camera as a video track, telemetry from the data chan
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.io.browser import Chromium
-from tests.io.harness import ROOT, RouterProcess
+from tests.io.harness import configured_router, demo_producer, running
 from tests.io.rtc_client import WebRtcEdgeProcess, loopback_only
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,24 +34,13 @@ CAMERA_ROW = '#subscriptions tr[data-topic="/demo/camera"]'
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[WebRtcEdgeProcess]:
-    config = tmp_path / "router.toml"
-    config.write_text(CONFIG, encoding="utf-8")
     loopback_only()
-    router = RouterProcess(["--config", str(config)])
-    router.start()
-    edge = WebRtcEdgeProcess(router)
-    producer: subprocess.Popen[bytes] | None = None
-    try:
-        edge.start()
-        command = [sys.executable, "examples/demo_producer.py", "--pull", router.endpoints["pull"]]
-        producer = subprocess.Popen(command, cwd=ROOT)
+    with (
+        configured_router(tmp_path, CONFIG) as router,
+        running(WebRtcEdgeProcess(router)) as edge,
+        demo_producer(router.endpoints["pull"]),
+    ):
         yield edge
-    finally:
-        if producer is not None:
-            producer.terminate()
-            producer.wait(timeout=10)
-        edge.stop()
-        router.stop()
 
 
 def count(element_id: str) -> str:
