@@ -1,6 +1,6 @@
 """Log lines for bursts of messages lost to slow clients, a bounded number per interval.
 
-The delivery queues count every drop (``edges/delivery.py``) and log nothing, so a flood costs no
+The delivery queues count every drop (``edges/core/delivery.py``) and log nothing, so a flood costs no
 log lines per message. Every ``interval`` the edge calls :meth:`DropBursts.check` with its
 sessions: each client that lost messages since the last check is a burst, and the :data:`MOST`
 that lost the most get a line each, with the client's id and the main reason; one more line says
@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Final
 
-from edges.session import ClientSession
+from edges.core.session import ClientSession
 
 __all__ = ["LOSS_REASONS", "MOST", "DropBursts"]
 

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
-from edges.hub import EdgeHub, EdgeStats
+from edges.core.hub import EdgeHub, EdgeStats
+from edges.core.session import ClientSession
 from edges.latency import LatencySampler
 from edges.link import RouterLink
-from edges.session import ClientSession
 from router.core.errors import ErrorCode
 from router.metric_families import counter, gauge
 

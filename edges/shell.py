@@ -1,10 +1,10 @@
 """What every edge process does between its clients and the router, whatever the client protocol.
 
-An edge is a thin shell around two I/O-free objects: the :class:`~edges.hub.EdgeHub` (every
+An edge is a thin shell around two I/O-free objects: the :class:`~edges.core.hub.EdgeHub` (every
 client's session) and the :class:`~edges.link.RouterLink` (the DEALER and SUB sockets). The
 :class:`EdgeShell` feeds the hub what the link receives, carries out the hub's actions, writes each
 session that has output to its client's transport, and runs the hub's tick timer. A subclass
-(``edges/websocket.py``, ``edges/webrtc.py``) accepts clients, keeps their transports in
+(``edges/websocket/edge.py``, ``edges/webrtc/edge.py``) accepts clients, keeps their transports in
 :attr:`EdgeShell._transports`, and says how one is closed.
 """
 
@@ -24,10 +24,10 @@ from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
-from edges.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.core.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
+from edges.core.session import EdgeLimits
 from edges.latency import LatencySampler
 from edges.link import DataBatch, RouterLink
-from edges.session import EdgeLimits
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
 from router.logfmt import configure_logging
@@ -239,7 +239,7 @@ def edge_main(
     except (ValueError, msgspec.ValidationError) as error:
         print(f"switchboard edge {kind}: {error}", file=sys.stderr)
         return 2
-    from router.cli import run_async
+    from router.loop import run_async
 
     async def serve() -> None:
         await run_edge(make_edge(config), args.announce)

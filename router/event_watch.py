@@ -11,8 +11,8 @@ import msgspec
 import zmq
 
 from router.config import DEFAULT_EVENTS
+from router.core.events import Event, decode_event
 from router.curve import CurveKeyError, add_client_arguments, client_from_args
-from router.events import Event, decode_event
 
 __all__ = ["add_events_command", "format_event", "run_events"]
 

@@ -1,7 +1,7 @@
 """The router's Prometheus metrics, read from the core's own counters when scraped.
 
 Nothing here runs per message: :class:`RouterCollector` asks the
-:class:`~router.core.ConnectionManager` and the :class:`~router.control.ControlPlane` for their
+:class:`~router.core.ConnectionManager` and the :class:`~router.core.control.ControlPlane` for their
 figures at scrape time. :meth:`RouterMetrics.render` returns the text exposition format, for the
 metrics listener (``router/metrics_http.py``) or any other HTTP server of the router.
 

@@ -16,14 +16,14 @@ from collections.abc import Callable
 import zmq
 
 from router.config import RouterConfig
-from router.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
+from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
+from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
+from router.core.session_gate import SessionGate
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
-from router.events import Event, EventListener, event_frames
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
-from router.session_gate import SessionGate
 from router.session_link import SessionServiceLink
 from router.wire import (
     MAX_CONTROL_BYTES,
@@ -174,7 +174,7 @@ class RouterServer:
     # ------------------------------------------------------------ events
 
     def add_event_listener(self, listener: EventListener) -> None:
-        """Call ``listener`` with every event (``router/events.py``), in the router's loop, as it
+        """Call ``listener`` with every event (``router/core/events.py``), in the router's loop, as it
         happens. It must not block; what it raises is logged and ignored."""
         self.control.events.add(listener)
 

@@ -1,6 +1,6 @@
 """The router's DEALER socket to an external session service (``docs/session-service.md``).
 
-:class:`SessionServiceLink` sends what the :class:`~router.session_gate.SessionGate` asks, feeds it
+:class:`SessionServiceLink` sends what the :class:`~router.core.session_gate.SessionGate` asks, feeds it
 the replies and the deadlines, and hands whatever the gate decides to the router's ``send``. It
 never waits for the service: a request that cannot be sent at once (no connection) is refused.
 """
@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import zmq
 
-from router.control import Outbound
+from router.core.control import Outbound
+from router.core.session_gate import SessionGate
 from router.logs import ThrottledLog
-from router.session_gate import SessionGate
 from router.zmqio import NOBLOCK, RECHECK_EVERY, Readable
 
 log = logging.getLogger("switchboard.router")

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from edges.client_wire import CloseCode
-from edges.hub import CloseClient, EdgeHub, ToRouter, UnwatchData
-from edges.session import ClientSession, State
+from edges.core.client_wire import CloseCode
+from edges.core.hub import CloseClient, EdgeHub, ToRouter, UnwatchData
+from edges.core.session import ClientSession, State
 from router import wire
-from router.control import ControlPlane, Outbound, ToEdge, Upstream
 from router.core import ConnectionManager, ErrorCode, TopicRegistry
+from router.core.control import ControlPlane, Outbound, ToEdge, Upstream
 from router.core.jwt_sessions import JwtSessions
-from tests.test_edge_hub import connect, error_for, only_request, parsed, subscribe
+from tests.edges.core.test_hub import connect, error_for, only_request, parsed, subscribe
 from tests.tokens import NOW, token, verification_key
 
 EDGE = "ws-1"

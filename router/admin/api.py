@@ -34,8 +34,8 @@ from router.admin.shapes import (
     PolicyReply,
     TopicList,
 )
-from router.control import KICKED
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
+from router.core.control import KICKED
 
 __all__ = ["AdminApi", "AdminTarget", "ApiError"]
 

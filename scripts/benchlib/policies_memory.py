@@ -30,7 +30,7 @@ from benchlib.policies_setup import (
 )
 from benchlib.procs import Child, Children, rss_bytes
 from benchlib.report import Figure
-from edges.websocket import WebSocketEdgeConfig
+from edges.websocket.edge import WebSocketEdgeConfig
 
 QUEUE_BYTES = 256 * 1024
 SIZE = 16 * 1024

@@ -28,8 +28,8 @@ from collections import Counter
 from typing import Any, cast
 
 from benchlib.procs import raise_open_files_limit
-from edges.client_wire import DATA_HEADER, SUBPROTOCOL
-from router.cli import run_async
+from edges.core.client_wire import DATA_HEADER, SUBPROTOCOL
+from router.loop import run_async
 
 STAMP_BYTES = 8
 CONNECTING_AT_ONCE = 64

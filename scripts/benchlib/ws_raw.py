@@ -35,7 +35,7 @@ from typing import Any
 
 from benchlib.stamped_producer import STAMP_BYTES
 from benchlib.ws_load import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame, histogram
-from edges.client_wire import DATA_HEADER, FRAME_DATA, FRAME_SKIPPED, SKIPPED_FRAME, SUBPROTOCOL
+from edges.core.client_wire import DATA_HEADER, FRAME_DATA, FRAME_SKIPPED, SKIPPED_FRAME, SUBPROTOCOL
 
 CLOSED_MASK = select.POLLHUP | select.POLLERR | select.POLLRDHUP
 DATA_TYPE = bytes((FRAME_DATA,))

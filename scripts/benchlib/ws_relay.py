@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 from websockets.asyncio.server import ServerConnection, serve
 
-from router.cli import run_async
+from router.loop import run_async
 
 BATCH = 1_000
 

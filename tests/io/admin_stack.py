@@ -15,7 +15,7 @@ import zmq
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from edges.client_wire import FRAME_SKIPPED, SkippedFrame, frame_type, parse_skipped_frame
+from edges.core.client_wire import FRAME_SKIPPED, SkippedFrame, frame_type, parse_skipped_frame
 from router.admin.client import AdminClient
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, push_socket
 

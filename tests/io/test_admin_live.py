@@ -126,7 +126,7 @@ async def test_a_policy_change_reaches_the_edge_within_a_second(stack: Stack) ->
 
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args, "--admin", stack.router.admin_url],
+        [sys.executable, "-m", "switchboard", *args, "--admin", stack.router.admin_url],
         cwd=ROOT,
         env={**os.environ, "SWITCHBOARD_ADMIN_TOKEN": TOKEN},
         capture_output=True,

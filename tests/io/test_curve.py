@@ -200,7 +200,7 @@ async def test_an_allowed_producer_reaches_a_websocket_client_through_an_allowed
             await ws.send(json.dumps({"op": "subscribe", "id": 1, "topic": TOPIC}))
             assert json.loads(await ws.recv())["op"] == "subscribed"
             publish = subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "publish", TOPIC, "hello", "--count", "400",
+                [sys.executable, "-m", "switchboard", "publish", TOPIC, "hello", "--count", "400",
                  "--rate", "40", "--pull", router.endpoints["pull"], *keys.client_args("producer")],
                 cwd=ROOT,
             )  # fmt: skip

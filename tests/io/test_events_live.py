@@ -148,7 +148,7 @@ async def test_a_connect_a_refused_subscribe_and_a_disconnect_as_they_happen(
 async def test_switchboard_events_prints_what_its_filter_lets_through(
     router: RouterProcess, edge: WebSocketEdgeProcess
 ) -> None:
-    command = [sys.executable, "-m", "router.cli", "events", "--events", router.endpoints["events"]]
+    command = [sys.executable, "-m", "switchboard", "events", "--events", router.endpoints["events"]]
     watcher = subprocess.Popen(
         [*command, "--filter", "client.conn", "--json", "--count", "1"], cwd=ROOT, stdout=subprocess.PIPE
     )

@@ -1,0 +1,7 @@
+"""``python -m edges.websocket [options]``, like ``switchboard edge websocket [options]``."""
+
+import sys
+
+from edges.websocket.edge import main
+
+sys.exit(main())

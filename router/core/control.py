@@ -1,0 +1,440 @@
+"""The router's side of the edge control protocol, with no I/O.
+
+:class:`ControlPlane` turns each control message from an edge into calls on the
+:class:`~router.core.ConnectionManager` and returns what the router process must send: replies to
+edges and subscription changes for producers upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from typing import NamedTuple
+
+import msgspec
+
+from router.core import (
+    Action,
+    ClientDropped,
+    ClientInfo,
+    ConnectionManager,
+    DeliveryPolicy,
+    DropIncrease,
+    ErrorCode,
+    PolicyChanged,
+    Recovery,
+    RefusedError,
+    Subscribed,
+    UnwatchTopic,
+    WatchTopic,
+)
+from router.core.events import (
+    CLIENT_CLOSED,
+    ClientConnected,
+    ClientDisconnected,
+    ClientRefused,
+    EdgeDown,
+    EdgeUp,
+    EventHooks,
+    SlowClientDrops,
+    SubscribeRefused,
+)
+from router.core.events import Subscribed as SubscribedEvent
+from router.logs import ThrottledLog
+from router.wire import (
+    CLOSE_GOING_AWAY,
+    CONTROL_VERSION,
+    RESUME_NONE,
+    DropClient,
+    EdgeMessage,
+    EdgeStatsReport,
+    Error,
+    Heartbeat,
+    Hello,
+    PolicyUpdate,
+    Recover,
+    Recovered,
+    Refreshed,
+    RefreshToken,
+    RegisterClient,
+    Registered,
+    RouterMessage,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    SubscribeOk,
+    UnregisterClient,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    WireError,
+    decode_edge_message,
+)
+
+log = logging.getLogger("switchboard.router")
+
+
+class ToEdge(NamedTuple):
+    edge_id: str
+    message: RouterMessage
+
+
+class Upstream(NamedTuple):
+    """Tell PUB producers (through XSUB) that ``topic`` is now watched, or no longer."""
+
+    topic: str
+    watched: bool
+
+
+Outbound = ToEdge | Upstream
+
+KICKED = "kicked by an operator"
+EDGE_TIMED_OUT = "edge heartbeat timeout"
+EDGE_RESTARTED = "edge restarted"
+DRAINED = "edge draining: reconnect to another edge"
+
+
+class ControlPlane:
+    """Edge control messages in, replies and upstream subscription changes out."""
+
+    def __init__(
+        self, manager: ConnectionManager, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> None:
+        self.manager = manager
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.router_id = secrets.token_hex(8)
+        self._log = ThrottledLog(log)
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        """Refused requests by ``(message type, error code)``, for metrics."""
+        self._refusal_log = ThrottledLog(log, burst=20)
+        self.events = EventHooks()
+        """Who hears of clients and edges coming and going (``router/core/events.py``)."""
+
+    def handle(
+        self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
+    ) -> list[Outbound]:
+        """One message from the edge whose ROUTER identity is ``identity``.
+
+        ``now`` is a monotonic time in seconds. ``unix_time`` (seconds since the Unix epoch, what
+        token lifetimes are measured in) defaults to ``now``, for callers with one clock.
+        """
+        try:
+            edge_id = identity.decode("utf-8")
+        except UnicodeDecodeError:
+            self.manager.count_drop("bad_control")
+            self._log.warning("bad_identity", "dropped control from a non-UTF-8 identity")
+            return []
+        try:
+            message = decode_edge_message(body)
+        except WireError as error:
+            self.manager.count_drop("bad_control")
+            self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error)
+            return [ToEdge(edge_id, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
+        try:
+            return self._dispatch(edge_id, message, now, now if unix_time is None else unix_time)
+        except RefusedError as refused:
+            self._count_refusal(edge_id, message, refused)
+            if isinstance(message, Subscribe):
+                self._subscribe_refused(message, refused)
+            elif isinstance(message, RegisterClient):
+                self._client_refused(edge_id, message, refused)
+            return [ToEdge(edge_id, _refusal(message, refused))]
+
+    def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
+        """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
+        clients whose session ended by ``unix_time`` (default: ``now``) dropped, and their edges
+        told with ``drop_client``."""
+        known = self.manager.edge_ids()
+        expired = self.manager.expire_edges(now, self.heartbeat_timeout)
+        self._edges_down([e for e in known if not self.manager.is_edge_known(e)], EDGE_TIMED_OUT)
+        self.manager.expire_history(now)
+        ended = self.manager.expire_sessions(now if unix_time is None else unix_time)
+        out: list[Outbound] = [
+            ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
+        ]
+        for action in [*expired, *ended]:
+            if isinstance(action, ClientDropped):
+                client_id, edge_id, reason = action
+                ids = {"client_id": client_id, "edge_id": edge_id, "reason": reason}
+                log.info("client %s of edge %s dropped: %s", *action, extra=ids)
+        return out + self._carry_out(expired) + self._carry_out(ended, tell_edges=True)
+
+    # ------------------------------------------------------------ operator requests
+
+    def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[Outbound]:
+        """Change a topic's policy now: its edges get ``policy`` at once."""
+        return self._carry_out(self.manager.set_delivery_policy(topic, policy))
+
+    def kick(self, client_id: str, reason: str = KICKED) -> list[Outbound]:
+        """Forget a client, and tell its edge to close it (4002). Raises ``unknown_client``."""
+        edge_id = self.manager.client_edge(client_id)
+        if edge_id is None:
+            raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"no client {client_id!r}")
+        actions = self.manager.unregister_client(client_id)
+        self._client_gone(client_id, edge_id, reason)
+        log.info("client %s of edge %s kicked: %s", client_id, edge_id, reason)
+        return [*self._carry_out(actions), ToEdge(edge_id, DropClient(client_id=client_id, reason=reason))]
+
+    def drain(self, edge_id: str, reason: str = DRAINED) -> list[Outbound]:
+        """Forget every client of an edge, and tell the edge to close each with 1001 (connect
+        again, elsewhere). Raises ``unknown_edge``."""
+        if not self.manager.is_edge_known(edge_id):
+            raise RefusedError(ErrorCode.UNKNOWN_EDGE, f"no edge {edge_id!r}")
+        clients = [info.client_id for info in self.manager.get_active_clients(edge_id)]
+        out: list[Outbound] = []
+        for client_id in clients:
+            out += self._carry_out(self.manager.unregister_client(client_id))
+            self._client_gone(client_id, edge_id, reason)
+            drop = DropClient(client_id=client_id, reason=reason, code=CLOSE_GOING_AWAY)
+            out.append(ToEdge(edge_id, drop))
+        log.info("edge %s drained: %d clients told to reconnect", edge_id, len(clients))
+        return out
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, edge_id: str, message: EdgeMessage, now: float, unix_time: float) -> list[Outbound]:
+        match message:
+            case Hello():
+                return self._hello(edge_id, message, now)
+            case Heartbeat():
+                self.manager.edge_heartbeat(edge_id, now)
+                return []
+        self.manager.edge_heartbeat(edge_id, now)
+        match message:
+            case RegisterClient():
+                info = ClientInfo(
+                    client_id=message.client_id,
+                    edge_id=edge_id,
+                    protocol=message.protocol,
+                    remote=message.remote,
+                    connected_at=now,
+                )
+                identity = self.manager.register_client(info, message.token, unix_time)
+                self._client_connected(info, identity.user)
+                reply = Registered(
+                    request_id=message.request_id, client_id=message.client_id, user=identity.user
+                )
+                return [ToEdge(edge_id, reply)]
+            case RefreshToken():
+                self._check_owner(edge_id, message.client_id)
+                return self._refresh(edge_id, message, unix_time)
+            case UnregisterClient():
+                self._check_owner(edge_id, message.client_id)
+                actions = self.manager.unregister_client(message.client_id)
+                self._client_gone(message.client_id, edge_id, message.reason or CLIENT_CLOSED)
+                return self._carry_out(actions)
+            case Subscribe():
+                self._check_owner(edge_id, message.client_id)
+                granted = self.manager.subscribe(
+                    message.client_id, message.topic, _resume_position(message), now
+                )
+                ok = _subscribe_ok(message, granted)
+                self._subscribed(message.client_id, granted.topic)
+                return [*self._carry_out(granted.actions), ToEdge(edge_id, ok)]
+            case Unsubscribe():
+                self._check_owner(edge_id, message.client_id)
+                actions = self.manager.unsubscribe(message.client_id, message.topic)
+                done = Unsubscribed(
+                    request_id=message.request_id, client_id=message.client_id, topic=message.topic
+                )
+                return [*self._carry_out(actions), ToEdge(edge_id, done)]
+            case Recover():
+                recovery = self.manager.recover(
+                    message.topic,
+                    message.from_offset,
+                    message.epoch,
+                    now,
+                    to_offset=message.to_offset,
+                    edge_id=edge_id,
+                )
+                return [ToEdge(edge_id, _recovered(message, recovery))]
+            case StatsRequest():
+                stats = self.manager.get_connection_stats()
+                return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
+            case EdgeStatsReport():
+                report = (message.totals, message.topic_drops, message.clients, now)
+                self._slow_client_drops(edge_id, self.manager.edge_report(edge_id, *report))
+                return []
+        raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
+
+    def _hello(self, edge_id: str, hello: Hello, now: float) -> list[Outbound]:
+        if hello.version != CONTROL_VERSION:
+            raise RefusedError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"control version {hello.version} is not supported; this router speaks {CONTROL_VERSION}",
+            )
+        if hello.edge_id != edge_id:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "hello.edge_id must equal the socket identity")
+        again = self.manager.is_edge_known(edge_id)
+        actions = self.manager.edge_hello(edge_id, hello.protocol, now)
+        if again:
+            self._edges_down([edge_id], EDGE_RESTARTED)
+        out = self._carry_out(actions)
+        if self.events:
+            self.events.emit(EdgeUp(time=self.events.clock(), edge_id=edge_id, protocol=hello.protocol))
+        log.info("edge %s (%s) connected", edge_id, hello.protocol, extra={"edge_id": edge_id})
+        welcome = Welcome(
+            router_id=self.router_id,
+            version=CONTROL_VERSION,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+        return [*out, ToEdge(edge_id, welcome)]
+
+    def _refresh(self, edge_id: str, message: RefreshToken, unix_time: float) -> list[Outbound]:
+        refresh = self.manager.refresh_client(message.client_id, message.token, unix_time)
+        reply = Refreshed(
+            request_id=message.request_id,
+            client_id=message.client_id,
+            user=refresh.identity.user,
+            expires_at=refresh.identity.expires_at,
+            revoked=list(refresh.revoked),
+        )
+        return [*self._carry_out(refresh.actions), ToEdge(edge_id, reply)]
+
+    def _count_refusal(self, edge_id: str, message: EdgeMessage, refused: RefusedError) -> None:
+        """Count a refused request, and log it: 20 lines per kind and code every 5 s at most."""
+        request = str(type(message).__struct_config__.tag)
+        code = refused.code.value
+        self.refusals[request, code] += 1
+        ids = {"edge_id": edge_id, "reason": code}
+        for key in ("client_id", "topic"):
+            if hasattr(message, key):
+                ids[key] = getattr(message, key)
+        self._refusal_log.info(f"{request}-{code}", "refused %s: %s", request, refused, extra=ids)
+
+    def _check_owner(self, edge_id: str, client_id: str) -> None:
+        if self.manager.client_edge(client_id) != edge_id:
+            raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"edge {edge_id!r} has no client {client_id!r}")
+
+    def _carry_out(self, actions: list[Action], *, tell_edges: bool = False) -> list[Outbound]:
+        """What the router sends for ``actions``. With ``tell_edges``, a dropped client's edge
+        gets ``drop_client`` (not when the edge itself was lost)."""
+        out: list[Outbound] = []
+        for action in actions:
+            match action:
+                case WatchTopic(topic):
+                    out.append(Upstream(topic, watched=True))
+                case UnwatchTopic(topic):
+                    out.append(Upstream(topic, watched=False))
+                case PolicyChanged(topic, policy, edge_ids):
+                    out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
+                case ClientDropped(client_id, edge_id, reason):
+                    self._client_gone(client_id, edge_id, reason)
+                    if tell_edges:
+                        out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
+        return out
+
+    # ------------------------------------------------------------ events
+
+    def _client_connected(self, info: ClientInfo, user: str) -> None:
+        if self.events:
+            self.events.emit(
+                ClientConnected(
+                    time=self.events.clock(),
+                    client_id=info.client_id,
+                    edge_id=info.edge_id,
+                    protocol=info.protocol,
+                    user=user,
+                    remote=info.remote,
+                )
+            )
+
+    def _client_refused(self, edge_id: str, message: RegisterClient, refused: RefusedError) -> None:
+        if self.events:
+            refusal = ClientRefused(
+                time=self.events.clock(),
+                client_id=message.client_id,
+                edge_id=edge_id,
+                code=refused.code.value,
+                reason=refused.detail,
+            )
+            self.events.emit(refusal)
+
+    def _client_gone(self, client_id: str, edge_id: str, reason: str) -> None:
+        if self.events:
+            now = self.events.clock()
+            self.events.emit(
+                ClientDisconnected(time=now, client_id=client_id, edge_id=edge_id, reason=reason)
+            )
+
+    def _subscribed(self, client_id: str, topic: str) -> None:
+        if self.events:
+            self.events.emit(SubscribedEvent(time=self.events.clock(), client_id=client_id, topic=topic))
+
+    def _subscribe_refused(self, message: Subscribe, refused: RefusedError) -> None:
+        if self.events:
+            code, now = refused.code.value, self.events.clock()
+            refusal = SubscribeRefused(time=now, client_id=message.client_id, topic=message.topic, code=code)
+            self.events.emit(refusal)
+
+    def _slow_client_drops(self, edge_id: str, increases: list[DropIncrease]) -> None:
+        if self.events:
+            now = self.events.clock()
+            for topic, count, window in increases:
+                drops = SlowClientDrops(time=now, edge_id=edge_id, topic=topic, count=count, window=window)
+                self.events.emit(drops)
+
+    def _edges_down(self, edge_ids: list[str], reason: str) -> None:
+        if self.events:
+            now = self.events.clock()
+            for edge_id in edge_ids:
+                self.events.emit(EdgeDown(time=now, edge_id=edge_id, reason=reason))
+
+
+def _resume_position(subscribe: Subscribe) -> tuple[int, int] | None:
+    epoch, offset = subscribe.resume_epoch, subscribe.resume_offset
+    if epoch is None and offset is None:
+        return None
+    if epoch is None or offset is None:
+        raise RefusedError(ErrorCode.BAD_REQUEST, "resume_epoch and resume_offset go together")
+    return epoch, offset
+
+
+def _subscribe_ok(request: Subscribe, granted: Subscribed) -> SubscribeOk:
+    status, after, upto = granted.resume or (RESUME_NONE, 0, 0)
+    return SubscribeOk(
+        request_id=request.request_id,
+        client_id=request.client_id,
+        topic=granted.topic,
+        epoch=granted.epoch,
+        offset=granted.offset,
+        content_type=granted.content_type,
+        policy=granted.policy,
+        resume=status,
+        resume_from=after,
+        resume_to=upto,
+    )
+
+
+def _recovered(request: Recover, recovery: Recovery) -> Recovered | Error:
+    if recovery.status != "ok":
+        detail = f"cannot recover {request.topic!r} after offset {request.from_offset}"
+        if recovery.status == "history_exceeded":
+            detail += f": the history starts after offset {recovery.start}"
+        return _error(request.request_id, ErrorCode(recovery.status), detail)
+    return Recovered(
+        request_id=request.request_id,
+        topic=request.topic,
+        epoch=recovery.epoch,
+        messages=[(entry.offset, entry.header, entry.payload) for entry in recovery.messages],
+        more=recovery.more,
+    )
+
+
+def _refusal(message: EdgeMessage, refused: RefusedError) -> Error:
+    request_id = getattr(message, "request_id", 0)
+    client_id = getattr(message, "client_id", "")
+    return _error(request_id, refused.code, refused.detail, client_id)
+
+
+def _error(request_id: int, code: ErrorCode, detail: str, client_id: str = "") -> Error:
+    return Error(request_id=request_id, code=code.value, message=detail, client_id=client_id)
+
+
+def _as_dict(stats: object) -> dict[str, object]:
+    result = msgspec.to_builtins(stats)
+    assert isinstance(result, dict)
+    return result

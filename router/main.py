@@ -1,0 +1,106 @@
+"""The router process from its command line: ``switchboard router`` and ``python -m router``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from router.admin.api import AdminApi
+from router.admin.listener import AdminListener
+from router.config import ConfigError, RouterConfig, load_config
+from router.loop import run_async
+from router.metrics_http import MetricsListener
+from router.server import RouterServer
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    for name in ("pull", "xsub", "xpub", "control"):
+        parser.add_argument(f"--{name}", help=f"endpoint of the {name} socket (overrides the config)")
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    parser.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before an edge is lost")
+    parser.add_argument(
+        "--curve-secret-key-file", help="the router's key pair (NAME.key_secret); turns Curve on"
+    )
+    parser.add_argument("--curve-allowed-keys-dir", help="the directory of allowed public keys (*.key)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
+    parser.add_argument(
+        "--admin", dest="listen", metavar="HOST:PORT", help="the admin API and dashboard ('' for none)"
+    )
+    parser.add_argument(
+        "--events",
+        dest="publish",
+        metavar="ENDPOINT",
+        help="publish events on a PUB socket here ('' for none)",
+    )
+    parser.add_argument(
+        "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
+    )
+
+
+ROUTER_OVERRIDES = (
+    "pull",
+    "xsub",
+    "xpub",
+    "control",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "curve_secret_key_file",
+    "curve_allowed_keys_dir",
+    "metrics",
+    "listen",
+    "publish",
+)
+"""The ``switchboard router`` options that override the configuration file, by key."""
+
+
+def run_router(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in ROUTER_OVERRIDES}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"switchboard router: {error}", file=sys.stderr)
+        return 2
+    return run_async(_serve_router(config, args.announce))
+
+
+async def _serve_router(config: RouterConfig, announce: bool) -> None:
+    server = RouterServer(config)
+    endpoints = server.bind()
+    metrics = MetricsListener(server.metrics.render, server.metrics.content_type)
+    if config.router.metrics is not None:
+        endpoints["metrics"] = await _start_metrics(metrics, config.router.metrics)
+    admin = AdminListener(AdminApi(server, config.admin.token(), config.router.heartbeat_interval))
+    if config.admin.listen:
+        endpoints["admin"] = await _start_admin(admin, config.admin.listen)
+    if announce:
+        print(json.dumps({"event": "ready", **endpoints}), flush=True)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_allowed_keys)
+    try:
+        await server.serve()
+    finally:
+        await metrics.close()
+        await admin.close()
+
+
+async def _start_admin(admin: AdminListener, listen: str) -> str:
+    try:
+        return await admin.start(listen)
+    except OSError as error:
+        print(f"switchboard router: [admin] listen = {listen!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _start_metrics(metrics: MetricsListener, address: str) -> str:
+    try:
+        return await metrics.start(address)
+    except OSError as error:
+        print(f"switchboard router: [router] metrics = {address!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,7 @@
+"""``python -m switchboard ...``: the ``switchboard`` command."""
+
+import sys
+
+from switchboard.cli import main
+
+sys.exit(main())
