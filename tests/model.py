@@ -480,13 +480,13 @@ class Model:
 
     def _status(self, topic: str, epoch: int, after: int, now: float) -> RecoveryStatus:
         if topic not in self.subscribers:
-            return "not_reliable" if self.history_limits(topic) is None else "epoch_changed"
+            return RecoveryStatus("not_reliable" if self.history_limits(topic) is None else "epoch_changed")
         if topic not in self.histories:
-            return "not_reliable"
+            return RecoveryStatus("not_reliable")
         if epoch != self.positions[topic][0]:
-            return "epoch_changed"
+            return RecoveryStatus("epoch_changed")
         self.histories[topic].expire(now)
-        return "ok" if after >= self.history_start(topic) else "history_exceeded"
+        return RecoveryStatus("ok" if after >= self.history_start(topic) else "history_exceeded")
 
     def apply_recover(
         self, topic: str, epoch: int, after: int, upto: int | None, now: float, budget: int

@@ -54,7 +54,7 @@ from edges.core.delivery import Lane
 from edges.core.session import ClientSession, EdgeLimits, State
 from router import wire
 from router.core.edge_reports import ClientFigures, EdgeTotals
-from router.core.errors import ErrorCode
+from router.core.errors import ErrorCode, RecoveryStatus
 from router.core.policy import DeliveryPolicy
 from router.core.topics import topic_error
 from router.logs import ThrottledLog
@@ -1007,7 +1007,7 @@ def _split_report(
     return reports
 
 
-_REPLAYED = frozenset({ErrorCode.HISTORY_EXCEEDED.value, "ok"})
+_REPLAYED = frozenset({RecoveryStatus.HISTORY_EXCEEDED, RecoveryStatus.OK})
 """``SubscribeOk.resume`` values after which the history holds the messages from ``resume_from + 1``."""
 
 _Reply = wire.Registered | wire.Refreshed | wire.SubscribeOk | wire.Unsubscribed | wire.Recovered | wire.Error

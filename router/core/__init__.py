@@ -2,7 +2,7 @@
 
 from router.core.clients import ClientInfo, Connection
 from router.core.edge_reports import ClientFigures, DropIncrease, EdgeFigures, EdgeTotals
-from router.core.errors import ErrorCode, RefusedError
+from router.core.errors import ErrorCode, RecoveryStatus, RefusedError
 from router.core.history import HistoryEntry, HistoryLimits, Missing, TopicHistory, Window
 from router.core.manager import (
     SESSION_EXPIRED,
@@ -14,7 +14,6 @@ from router.core.manager import (
     Limits,
     PolicyChanged,
     Recovery,
-    RecoveryStatus,
     Resume,
     Route,
     Subscribed,

@@ -24,6 +24,7 @@ from router.core import (
     ErrorCode,
     PolicyChanged,
     Recovery,
+    RecoveryStatus,
     RefusedError,
     Subscribed,
     UnwatchTopic,
@@ -410,11 +411,11 @@ def _subscribe_ok(request: Subscribe, granted: Subscribed) -> SubscribeOk:
 
 
 def _recovered(request: Recover, recovery: Recovery) -> Recovered | Error:
-    if recovery.status != "ok":
+    if recovery.status is not RecoveryStatus.OK:
         detail = f"cannot recover {request.topic!r} after offset {request.from_offset}"
-        if recovery.status == "history_exceeded":
+        if recovery.status is RecoveryStatus.HISTORY_EXCEEDED:
             detail += f": the history starts after offset {recovery.start}"
-        return _error(request.request_id, ErrorCode(recovery.status), detail)
+        return _error(request.request_id, recovery.status, detail)
     return Recovered(
         request_id=request.request_id,
         topic=request.topic,
@@ -430,7 +431,7 @@ def _refusal(message: EdgeMessage, refused: RefusedError) -> Error:
     return _error(request_id, refused.code, refused.detail, client_id)
 
 
-def _error(request_id: int, code: ErrorCode, detail: str, client_id: str = "") -> Error:
+def _error(request_id: int, code: ErrorCode | RecoveryStatus, detail: str, client_id: str = "") -> Error:
     return Error(request_id=request_id, code=code.value, message=detail, client_id=client_id)
 
 

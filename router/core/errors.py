@@ -21,11 +21,22 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"
-    HISTORY_EXCEEDED = "history_exceeded"
-    EPOCH_CHANGED = "epoch_changed"
-    NOT_RELIABLE = "not_reliable"
     RATE_LIMITED = "rate_limited"
     """A client's message over its rate at the edge (also a router drop reason: ``ingest_max_rate``)."""
+
+
+class RecoveryStatus(StrEnum):
+    """Whether a position in a topic's sequence can be recovered from its history: ``ok``, or why
+    not. A ``subscribe`` with ``resume`` answers it in ``resume``; a refused ``recover`` carries it
+    as its error code. Stable strings, like :class:`ErrorCode`'s."""
+
+    OK = "ok"
+    HISTORY_EXCEEDED = "history_exceeded"
+    """The history no longer reaches back to the position."""
+    EPOCH_CHANGED = "epoch_changed"
+    """The topic's sequence started again (a router restart): the position means nothing now."""
+    NOT_RELIABLE = "not_reliable"
+    """The topic keeps no history."""
 
 
 class RefusedError(Exception):

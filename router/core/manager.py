@@ -14,7 +14,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
@@ -27,7 +27,7 @@ from router.core.edge_reports import (
     add_totals,
     drop_increases,
 )
-from router.core.errors import ErrorCode, RefusedError
+from router.core.errors import ErrorCode, RecoveryStatus, RefusedError
 from router.core.history import (
     RECOVER_BATCH_BYTES,
     HistoryEntry,
@@ -135,10 +135,6 @@ class PolicyChanged(NamedTuple):
 
 
 Action = WatchTopic | UnwatchTopic | ClientDropped | PolicyChanged
-
-
-RecoveryStatus = Literal["ok", "history_exceeded", "epoch_changed", "not_reliable"]
-"""``ok``, or why a position cannot be recovered; each refusal is also an ``ErrorCode`` value."""
 
 
 class Resume(NamedTuple):
@@ -574,10 +570,10 @@ class ConnectionManager:
         epoch, after = resume
         _check_range(after, None)
         status = self._position_status(topic, state, epoch, after, now)
-        if state is None or status in ("epoch_changed", "not_reliable"):
+        if state is None or status in (RecoveryStatus.EPOCH_CHANGED, RecoveryStatus.NOT_RELIABLE):
             return Resume(status, 0, 0)
         start = self._history_start(state)
-        return Resume(status, after if status == "ok" else start, state.offset)
+        return Resume(status, after if status is RecoveryStatus.OK else start, state.offset)
 
     def unsubscribe(self, client_id: str, topic: str) -> list[Action]:
         """End one subscription of a client."""
@@ -762,7 +758,7 @@ class ConnectionManager:
         if state is None or state.history is None:
             return Recovery(status, state.epoch if state is not None else 0, 0, [], False)
         start = self._history_start(state)
-        if status != "ok" or from_offset == state.offset:
+        if status is not RecoveryStatus.OK or from_offset == state.offset:
             return Recovery(status, state.epoch, start, [], False)
         window = state.history.read(from_offset, to_offset, max_bytes)
         assert not isinstance(window, Missing)
@@ -785,15 +781,17 @@ class ConnectionManager:
     ) -> RecoveryStatus:
         if state is None:
             reliable = self.limits.history_limits(self.get_delivery_policy(topic)) is not None
-            return "epoch_changed" if reliable else "not_reliable"
+            return RecoveryStatus.EPOCH_CHANGED if reliable else RecoveryStatus.NOT_RELIABLE
         if state.history is None:
-            return "not_reliable"
+            return RecoveryStatus.NOT_RELIABLE
         if state.epoch != epoch:
-            return "epoch_changed"
+            return RecoveryStatus.EPOCH_CHANGED
         if after > state.offset:
             raise RefusedError(ErrorCode.BAD_REQUEST, f"offset {after} is beyond {topic!r}'s {state.offset}")
         state.history.expire(now)
-        return "ok" if after >= self._history_start(state) else "history_exceeded"
+        if after >= self._history_start(state):
+            return RecoveryStatus.OK
+        return RecoveryStatus.HISTORY_EXCEEDED
 
     @staticmethod
     def _history_start(state: _Topic) -> int:

@@ -34,7 +34,7 @@ from edges.core.delivery import QUANTUM, DeliveryQueue, Lane, Skip
 from edges.core.hub import Behind, CloseClient, EdgeHub, ToRouter, UnwatchData
 from edges.core.session import ClientSession, EdgeLimits
 from router import wire
-from router.core.errors import ErrorCode
+from router.core.errors import RecoveryStatus
 from router.core.policy import DeliveryPolicy, PolicyKind, SlowClientAction
 from tests.strategies import scaled_examples
 
@@ -625,7 +625,7 @@ def answer(hub: EdgeHub, request: wire.Recover, history: dict[int, bytes], *, ep
     )
 
 
-def refuse(hub: EdgeHub, request: wire.Recover, code: ErrorCode = ErrorCode.HISTORY_EXCEEDED) -> None:
+def refuse(hub: EdgeHub, request: wire.Recover, code: str = RecoveryStatus.HISTORY_EXCEEDED) -> None:
     hub.router_message(wire.Error(request_id=request.request_id, code=code, message="no"))
 
 
