@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from enum import StrEnum
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -97,8 +97,8 @@ class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
 class Refusal(StrEnum):
     """Why a listener refused or closed a connection (the ``reason`` label of its metrics)."""
 
-    PER_ADDRESS = "per_address_limit"
-    TOTAL = "connection_limit"
+    PER_ADDRESS = "max_connections_per_address"
+    TOTAL = "max_connections"
     HEADER_TIMEOUT = "header_timeout"
     BODY_TIMEOUT = "body_timeout"
     SEND_TIMEOUT = "send_timeout"
@@ -338,9 +338,9 @@ class _Connection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._key, refusal = self._listener._admit(transport.get_extra_info("peername"))
         if self._key is None:
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(refusal)
-            transport.close()
+            writable = cast(asyncio.WriteTransport, transport)
+            writable.write(refusal)
+            writable.close()
             return
         super().connection_made(transport)
         self.arm(self._listener.limits.header_timeout, Refusal.HEADER_TIMEOUT)
