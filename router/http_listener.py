@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from enum import StrEnum
@@ -208,6 +209,7 @@ class HttpListener:
         self.open_by_address: Counter[str] = Counter()
         """Open connections, by :func:`address_key`."""
         self._server = web.Server(self._serve)
+        self._socket: socket.socket | None = None
         self._listening: asyncio.Server | None = None
         self.host = ""
         self.port = 0
@@ -221,15 +223,29 @@ class HttpListener:
         """``HOST:PORT`` as bound (``[HOST]:PORT`` for IPv6)."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    async def start(self, host: str, port: int) -> str:
-        """Bind ``host:port`` (0 picks a free port); returns :attr:`address`. Raises ``OSError``."""
+    def bind(self, host: str, port: int) -> str:
+        """Bind ``host:port`` now, without serving yet (0 picks a free port); returns
+        :attr:`address`. Raises ``OSError``."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        self.host, self.port = self._socket.getsockname()[:2]
+        return self.address
+
+    async def start(self, host: str | None = None, port: int = 0) -> str:
+        """Serve on the address :meth:`bind` bound, or bind ``host:port`` first; returns
+        :attr:`address`. Raises ``OSError``."""
+        if self._socket is None:
+            assert host is not None, "bind() first, or give the address"
+            self.bind(host, port)
+        assert self._socket is not None
         loop = asyncio.get_running_loop()
-        self._listening = await loop.create_server(self._connection, host, port, backlog=BACKLOG)
-        self.host, self.port = self._listening.sockets[0].getsockname()[:2]
+        self._listening = await loop.create_server(self._connection, sock=self._socket, backlog=BACKLOG)
         return self.address
 
     async def close(self) -> None:
         if self._listening is None:
+            if self._socket is not None:
+                self._socket.close()
             return
         self._listening.close()
         await self._server.shutdown(1.0)

@@ -70,6 +70,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         metrics = self.metrics if config.serve_metrics else None
         routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer, metrics)
         self.http = HttpListener("signaling", routes.handle, config.http_limits())
+        self._bind_http()
         self.metrics.registry.register(RefusedHandshakes(self, self.http.refusals))
         self._rtc_configuration = config.rtc_configuration()
         self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
@@ -102,7 +103,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         """Serve until :meth:`stop`; ``ready`` is set once the port is bound and the router has
         welcomed this edge."""
         apply_ice_settings(self.config)
-        await self._start_http()
+        await self.http.start()
         link = asyncio.create_task(self.link.run(), name="router-link")
         stopped = asyncio.create_task(self._stopped.wait())
         try:
@@ -121,12 +122,12 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
             stopped.cancel()
             await asyncio.gather(link, stopped, return_exceptions=True)
 
-    async def _start_http(self) -> None:
+    def _bind_http(self) -> None:
         """Bind the HTTP port; a port that cannot be bound stops the process with status 2 and
         one line naming the address."""
         host, port = self.config.host, self.config.port
         try:
-            await self.http.start(host, port)
+            self.http.bind(host, port)
         except OSError as error:
             print(f"switchboard edge webrtc: --host {host} --port {port}: {error}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import pytest
 
 from router.http_listener import HttpLimits
-from tests.io.harness import RouterProcess
+from tests.io.harness import ROOT, RouterProcess
 from tests.io.metrics_scrape import Scrape
 from tests.io.rtc_client import WebRtcEdgeProcess, loopback_only
 
@@ -279,3 +279,28 @@ def test_the_environment_selects_the_parser() -> None:
     native = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert python.stdout.strip() == "aiohttp.http_parser"
     assert native.stdout.strip() == "aiohttp._http_parser"
+
+
+# ---------------------------------------------------------------- a busy port
+
+ROUTER_SOCKETS = [f"--{name}=tcp://127.0.0.1:0" for name in ("pull", "xsub", "xpub", "control")]
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("router", ["--admin", "ADDRESS", *ROUTER_SOCKETS]),
+        ("router", ["--admin", "", "--metrics", "ADDRESS", *ROUTER_SOCKETS]),
+        ("edges.webrtc", ["--port", "PORT"]),
+    ],
+)
+def test_a_port_that_cannot_be_bound_stops_the_process_with_status_2(module: str, args: list[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = [arg.replace("ADDRESS", f"127.0.0.1:{port}").replace("PORT", str(port)) for arg in args]
+        done = subprocess.run(
+            [sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert str(port) in line
