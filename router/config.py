@@ -17,7 +17,7 @@ from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
 from router.curve import CurveServer
-from router.http_listener import HttpLimits, parse_address
+from router.http_limits import HttpLimits, parse_address
 from router.sessions_config import SessionsSection, sessions_relative_to
 
 DEFAULT_PULL = "tcp://127.0.0.1:7750"

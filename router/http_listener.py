@@ -4,7 +4,7 @@ Every HTTP port of Switchboard (the router's admin API and ``/metrics``, the Web
 signaling) is an :class:`HttpListener` around a route: a coroutine from
 :class:`~router.http_messages.HttpRequest` to :class:`~router.http_messages.HttpResponse`.
 
-Rules of this module (the bounds come from :class:`HttpLimits`):
+Rules of this module (the bounds come from :class:`~router.http_limits.HttpLimits`):
 
 - One request per connection: every response closes its connection, so every request's head is
   read under the same deadline and no idle connection is kept.
@@ -42,24 +42,22 @@ from http import HTTPStatus
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
-import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client.metrics_core import Metric
 
+from router.http_limits import HttpLimits
 from router.http_messages import PLAIN_TEXT, HttpRequest, HttpResponse
 from router.metric_families import counter, gauge
 
 __all__ = [
     "MAX_HEADERS",
     "Handler",
-    "HttpLimits",
     "HttpListener",
     "ListenerCollector",
     "Refusal",
     "address_key",
-    "parse_address",
     "request_fault",
     "serve_metrics",
 ]
@@ -76,23 +74,6 @@ parts (or proxies), so the request is refused."""
 BACKLOG: Final = 512
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-
-
-class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """The bounds of one listener (module docstring); defaults suit the admin API."""
-
-    max_connections: int = 256
-    max_connections_per_address: int = 32
-    header_timeout: float = 5.0
-    body_timeout: float = 10.0
-    max_header_bytes: int = 8 * 1024
-    max_body_bytes: int = 64 * 1024
-
-    def __post_init__(self) -> None:
-        if min(self.max_connections, self.max_connections_per_address, self.max_header_bytes) < 1:
-            raise ValueError("connection caps and max_header_bytes must be positive")
-        if self.header_timeout <= 0 or self.body_timeout <= 0 or self.max_body_bytes < 0:
-            raise ValueError("timeouts must be positive and max_body_bytes not negative")
 
 
 class Refusal(StrEnum):
@@ -166,16 +147,6 @@ def _raw_response(status: HTTPStatus, text: str) -> bytes:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
-
-
-def parse_address(address: str, what: str = "address") -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; port 0 picks a free one). Raises ``ValueError``
-    naming ``what`` (the setting it came from)."""
-    host, colon, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{what} {address!r} is not HOST:PORT")
-    return host, int(port)
 
 
 def serve_metrics(render: Callable[[], bytes], content_type: str) -> Handler:

@@ -12,7 +12,8 @@ from pathlib import Path
 from router.admin.api import AdminApi
 from router.admin.listener import AdminListener
 from router.config import ConfigError, RouterConfig, load_config
-from router.http_listener import HttpListener, ListenerCollector, parse_address, serve_metrics
+from router.http_limits import parse_address
+from router.http_listener import HttpListener, ListenerCollector, serve_metrics
 from router.loop import run_async
 from router.server import RouterServer
 

@@ -12,7 +12,7 @@ from edges.core.session import EdgeLimits
 from edges.shell import add_limit_arguments, limits_from_args
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
-from router.http_listener import HttpLimits
+from router.http_limits import HttpLimits
 from router.logfmt import add_log_arguments
 
 __all__ = [

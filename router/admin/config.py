@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from router.http_listener import HttpLimits
+from router.http_limits import HttpLimits
 
 __all__ = ["DEFAULT_ADMIN", "DEFAULT_TOKEN_ENV", "AdminSection", "is_loopback", "parse_listen"]
 

@@ -7,7 +7,8 @@ import contextlib
 
 from router.admin.api import AdminApi
 from router.admin.config import parse_listen
-from router.http_listener import HttpLimits, HttpListener
+from router.http_limits import HttpLimits
+from router.http_listener import HttpListener
 
 __all__ = ["SAMPLE_INTERVAL", "AdminListener"]
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pytest
 
-from router.http_listener import HttpLimits
+from router.http_limits import HttpLimits
 from tests.io.harness import ROOT, RouterProcess
 from tests.io.metrics_scrape import Scrape
 from tests.io.rtc_client import WebRtcEdgeProcess, loopback_only

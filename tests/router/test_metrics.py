@@ -16,7 +16,8 @@ from edges.latency import LatencySampler
 from router import ClientInfo, ConnectionManager
 from router.core.control import ControlPlane
 from router.core.topics import TopicRegistry
-from router.http_listener import HttpLimits, HttpListener, parse_address, serve_metrics
+from router.http_limits import HttpLimits, parse_address
+from router.http_listener import HttpListener, serve_metrics
 from router.metrics import OTHER_TOPICS, RouterCollector, RouterMetrics
 from router.wire import StatsRequest, Subscribe, encode_control
 
