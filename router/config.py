@@ -17,7 +17,7 @@ from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
 from router.curve import CurveServer
-from router.metrics_http import parse_address
+from router.http_limits import HttpLimits, parse_address
 from router.sessions_config import SessionsSection, sessions_relative_to
 
 DEFAULT_PULL = "tcp://127.0.0.1:7750"
@@ -26,6 +26,8 @@ DEFAULT_XPUB = "tcp://127.0.0.1:7752"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7753"
 DEFAULT_EVENTS = "tcp://127.0.0.1:7754"
 """Where ``[events] publish`` usually goes; the events socket is off unless it is set."""
+METRICS_LIMITS = HttpLimits(max_connections=64, max_connections_per_address=8, max_body_bytes=0)
+"""The bounds of the ``/metrics`` listener; ``[router]`` sets its connection caps and header deadline."""
 TABLES = {"router", "security", "sessions", "limits", "admin", "topics", "events"}
 
 
@@ -43,6 +45,9 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_batch: int = 1_000
     metrics: str | None = None
     """``HOST:PORT`` of the Prometheus ``/metrics`` listener; ``None``: no listener."""
+    metrics_max_connections: int = METRICS_LIMITS.max_connections
+    metrics_max_connections_per_address: int = METRICS_LIMITS.max_connections_per_address
+    metrics_header_timeout: float = METRICS_LIMITS.header_timeout
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -52,7 +57,19 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         if min(self.ingest_hwm, self.fanout_hwm, self.max_batch) < 1:
             raise ValueError("ingest_hwm, fanout_hwm and max_batch must be at least 1")
         if self.metrics is not None:
-            parse_address(self.metrics)
+            parse_address(self.metrics, "[router] metrics =")
+        self.metrics_limits()
+
+    def metrics_limits(self) -> HttpLimits:
+        """The bounds of the ``/metrics`` listener. Raises ``ValueError``."""
+        return HttpLimits(
+            max_connections=self.metrics_max_connections,
+            max_connections_per_address=self.metrics_max_connections_per_address,
+            header_timeout=self.metrics_header_timeout,
+            body_timeout=METRICS_LIMITS.body_timeout,
+            max_header_bytes=METRICS_LIMITS.max_header_bytes,
+            max_body_bytes=METRICS_LIMITS.max_body_bytes,
+        )
 
     @property
     def edge_timeout(self) -> float:

@@ -12,8 +12,9 @@ from pathlib import Path
 from router.admin.api import AdminApi
 from router.admin.listener import AdminListener
 from router.config import ConfigError, RouterConfig, load_config
+from router.http_limits import parse_address
+from router.http_listener import HttpListener, ListenerCollector, serve_metrics
 from router.loop import run_async
-from router.metrics_http import MetricsListener
 from router.server import RouterServer
 
 
@@ -71,12 +72,18 @@ def run_router(args: argparse.Namespace) -> int:
 async def _serve_router(config: RouterConfig, announce: bool) -> None:
     server = RouterServer(config)
     endpoints = server.bind()
-    metrics = MetricsListener(server.metrics.render, server.metrics.content_type)
+    listeners: dict[str, HttpListener] = {}
+    server.metrics.registry.register(ListenerCollector("switchboard_router", listeners))
+    route = serve_metrics(server.metrics.render, server.metrics.content_type)
+    metrics = HttpListener("metrics", route, config.router.metrics_limits())
     if config.router.metrics is not None:
         endpoints["metrics"] = await _start_metrics(metrics, config.router.metrics)
-    admin = AdminListener(AdminApi(server, config.admin.token(), config.router.heartbeat_interval))
+        listeners["metrics"] = metrics
+    api = AdminApi(server, config.admin.token(), config.router.heartbeat_interval)
+    admin = AdminListener(api, config.admin.http_limits())
     if config.admin.listen:
         endpoints["admin"] = await _start_admin(admin, config.admin.listen)
+        listeners["admin"] = admin.http
     if announce:
         print(json.dumps({"event": "ready", **endpoints}), flush=True)
     loop = asyncio.get_running_loop()
@@ -98,9 +105,9 @@ async def _start_admin(admin: AdminListener, listen: str) -> str:
         raise SystemExit(2) from None
 
 
-async def _start_metrics(metrics: MetricsListener, address: str) -> str:
+async def _start_metrics(metrics: HttpListener, address: str) -> str:
     try:
-        return await metrics.start(address)
+        return await metrics.start(*parse_address(address))
     except OSError as error:
         print(f"switchboard router: [router] metrics = {address!r}: {error}", file=sys.stderr)
         raise SystemExit(2) from None

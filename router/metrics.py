@@ -3,7 +3,7 @@
 Nothing here runs per message: :class:`RouterCollector` asks the
 :class:`~router.core.ConnectionManager` and the :class:`~router.core.control.ControlPlane` for their
 figures at scrape time. :meth:`RouterMetrics.render` returns the text exposition format, for the
-metrics listener (``router/metrics_http.py``) or any other HTTP server of the router.
+metrics listener (``router/http_listener.py``, ``serve_metrics``).
 
 Per-topic series are bounded by :class:`TopicSeries`; ``docs/operations.md`` ("Metrics") lists
 every series.

@@ -12,6 +12,7 @@ from edges.core.session import EdgeLimits
 from edges.shell import add_limit_arguments, limits_from_args
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.http_limits import HttpLimits
 from router.logfmt import add_log_arguments
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7790
+HTTP_LIMITS = HttpLimits(max_connections=1000, max_header_bytes=16 * 1024, max_body_bytes=256 * 1024)
+"""The signaling port's bounds (``router/http_listener.py``); ``--max-connections`` sets the total."""
 
 
 class IceServer(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,7 +45,10 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     control: str = DEFAULT_CONTROL
     xpub: str = DEFAULT_XPUB
     limits: EdgeLimits = EdgeLimits()
-    max_connections: int = 1000
+    max_connections: int = HTTP_LIMITS.max_connections
+    """Clients, and open HTTP connections, at most."""
+    http: HttpLimits = HTTP_LIMITS
+    """The other bounds of the signaling port (its ``max_connections`` is this one's)."""
     allowed_origins: tuple[str, ...] | None = None
     """Origins whose pages may signal from another origin (CORS); ``None``: any."""
     heartbeat_interval: float = 1.0
@@ -73,6 +79,12 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.write_buffer_high < 1 or self.register_timeout <= 0 or self.max_connections < 1:
             raise ValueError("--write-buffer, --register-timeout and --max-connections must be positive")
 
+    def http_limits(self) -> HttpLimits:
+        """The signaling port's bounds. Raises ``ValueError``."""
+        return msgspec.convert(
+            {**msgspec.to_builtins(self.http), "max_connections": self.max_connections}, HttpLimits
+        )
+
     def rtc_configuration(self) -> RTCConfiguration:
         servers = [RTCIceServer(s.url, s.username, s.credential) for s in self.ice_servers]
         return RTCConfiguration(iceServers=servers)
@@ -101,6 +113,27 @@ def parser() -> argparse.ArgumentParser:
     add("--control", default=defaults.control, help="the router's control endpoint")
     add("--xpub", default=defaults.xpub, help="the router's XPUB endpoint")
     add("--max-connections", type=int, default=defaults.max_connections)
+    http = defaults.http
+    add(
+        "--http-max-connections-per-address",
+        type=int,
+        default=http.max_connections_per_address,
+        help="open HTTP connections from one address (an IPv6 /64), at most",
+    )
+    add(
+        "--http-header-timeout",
+        type=float,
+        default=http.header_timeout,
+        help="seconds to send a request head",
+    )
+    add("--http-body-timeout", type=float, default=http.body_timeout, help="seconds to send a request body")
+    add(
+        "--http-max-header-bytes",
+        type=int,
+        default=http.max_header_bytes,
+        help="bytes in a request head line",
+    )
+    add("--http-max-body-bytes", type=int, default=http.max_body_bytes, help="bytes in a request body")
     add_limit_arguments(parser)
     add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
@@ -140,6 +173,14 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         xpub=args.xpub,
         limits=limits_from_args(args),
         max_connections=args.max_connections,
+        http=HttpLimits(
+            max_connections=args.max_connections,
+            max_connections_per_address=args.http_max_connections_per_address,
+            header_timeout=args.http_header_timeout,
+            body_timeout=args.http_body_timeout,
+            max_header_bytes=args.http_max_header_bytes,
+            max_body_bytes=args.http_max_body_bytes,
+        ),
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
         heartbeat_interval=args.heartbeat_interval,
         curve=client_from_args(args),

@@ -26,8 +26,7 @@ import msgspec
 from edges.core.client_wire import CloseCode, Connect
 from edges.core.hub import EdgeHub
 from edges.core.session import ClientSession, State
-from edges.http_server import HttpServer
-from edges.metrics import EdgeMetrics
+from edges.metrics import EdgeMetrics, RefusedHandshakes
 from edges.shell import EdgeShell, edge_main
 from edges.webrtc.config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc.peer import RtcPeer
@@ -35,6 +34,7 @@ from edges.webrtc.signaling import Answer, SignalingError, SignalingRoutes
 from edges.webrtc.slots import ViewerVideo
 from edges.webrtc.video import VideoSources
 from router.core.errors import ErrorCode
+from router.http_listener import HttpListener
 
 __all__ = ["WebRtcEdge", "main"]
 
@@ -69,7 +69,9 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         self.metrics = EdgeMetrics(self)
         metrics = self.metrics if config.serve_metrics else None
         routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer, metrics)
-        self.http = HttpServer(routes.handle, config.max_connections)
+        self.http = HttpListener("signaling", routes.handle, config.http_limits())
+        self._bind_http()
+        self.metrics.registry.register(RefusedHandshakes(self, self.http.refusals))
         self._rtc_configuration = config.rtc_configuration()
         self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
         self._data_feed = self.videos
@@ -101,7 +103,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         """Serve until :meth:`stop`; ``ready`` is set once the port is bound and the router has
         welcomed this edge."""
         apply_ice_settings(self.config)
-        await self.http.start(self.config.host, self.config.port)
+        await self.http.start()
         link = asyncio.create_task(self.link.run(), name="router-link")
         stopped = asyncio.create_task(self._stopped.wait())
         try:
@@ -119,6 +121,16 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
             link.cancel()
             stopped.cancel()
             await asyncio.gather(link, stopped, return_exceptions=True)
+
+    def _bind_http(self) -> None:
+        """Bind the HTTP port; a port that cannot be bound stops the process with status 2 and
+        one line naming the address."""
+        host, port = self.config.host, self.config.port
+        try:
+            self.http.bind(host, port)
+        except OSError as error:
+            print(f"switchboard edge webrtc: --host {host} --port {port}: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     async def _close_all(self) -> None:
         """Close every client with 1001 (after ``closing``) while the router link is still up, so

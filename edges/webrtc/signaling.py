@@ -13,8 +13,9 @@ from __future__ import annotations
 from http import HTTPStatus
 from importlib import resources
 from typing import Final, NamedTuple, Protocol
+from urllib.parse import quote
 
-from edges.http_server import HttpRequest, HttpResponse
+from router.http_messages import HttpRequest, HttpResponse
 
 __all__ = [
     "METRICS_PATH",
@@ -37,6 +38,8 @@ STATIC_FILES: Final = {
 CORS_METHODS: Final = "POST, PATCH, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 EXPOSED_HEADERS: Final = "Location"
+URL_CHARACTERS: Final = "/?&=%:@!$'()*+,;-._~"
+"""The characters a redirect keeps as they are (RFC 3986's, less ``#``, ``[`` and ``]``)."""
 
 
 class Answer(NamedTuple):
@@ -190,8 +193,11 @@ def _static(path: str) -> HttpResponse:
 
 
 def _see_other(location: str) -> HttpResponse:
-    """The viewer page served by this edge starts in its WebRTC mode."""
-    return HttpResponse(HTTPStatus.SEE_OTHER, b"", headers=(("Location", location),))
+    """The viewer page served by this edge starts in its WebRTC mode. ``location`` comes from the
+    request: whatever is not a URL character (CR, LF, spaces, non-ASCII) is percent-encoded."""
+    return HttpResponse(
+        HTTPStatus.SEE_OTHER, b"", headers=(("Location", quote(location, safe=URL_CHARACTERS)),)
+    )
 
 
 def _status(status: HTTPStatus) -> HttpResponse:

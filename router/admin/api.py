@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
-from edges.http_server import HttpRequest, HttpResponse
 from router.admin.config import is_loopback
 from router.admin.rates import RateMeter
 from router.admin.rows import Clocks, client_rows, edge_rows, topic_rows
@@ -36,6 +35,7 @@ from router.admin.shapes import (
 )
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED
+from router.http_messages import HttpRequest, HttpResponse
 
 __all__ = ["AdminApi", "AdminTarget", "ApiError"]
 

@@ -1,4 +1,5 @@
-"""The ``[admin]`` table: where the admin API listens, and where its token comes from."""
+"""The ``[admin]`` table: where the admin API listens, where its token comes from, and the bounds of
+its HTTP listener (``router/http_listener.py``)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,44 @@ from collections.abc import Mapping
 
 import msgspec
 
+from router.http_limits import HttpLimits
+
 __all__ = ["DEFAULT_ADMIN", "DEFAULT_TOKEN_ENV", "AdminSection", "is_loopback", "parse_listen"]
 
 DEFAULT_ADMIN = "127.0.0.1:7760"
 DEFAULT_TOKEN_ENV = "SWITCHBOARD_ADMIN_TOKEN"
+_LIMITS = HttpLimits()
 
 
 class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``listen``: ``HOST:PORT`` (port 0 picks one), or ``""`` for no admin API. ``token_env``: the
-    environment variable that holds the token every API request must bear."""
+    environment variable that holds the token every API request must bear. The other keys bound
+    the listener (:class:`~router.http_listener.HttpLimits`, ``docs/operations.md``)."""
 
     listen: str = DEFAULT_ADMIN
     token_env: str = DEFAULT_TOKEN_ENV
+    max_connections: int = _LIMITS.max_connections
+    max_connections_per_address: int = _LIMITS.max_connections_per_address
+    header_timeout: float = _LIMITS.header_timeout
+    body_timeout: float = _LIMITS.body_timeout
+    max_header_bytes: int = _LIMITS.max_header_bytes
+    max_body_bytes: int = _LIMITS.max_body_bytes
 
     def __post_init__(self) -> None:
         if self.listen:
             parse_listen(self.listen)
+        self.http_limits()
+
+    def http_limits(self) -> HttpLimits:
+        """The listener's bounds. Raises ``ValueError``."""
+        return HttpLimits(
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            max_header_bytes=self.max_header_bytes,
+            max_body_bytes=self.max_body_bytes,
+        )
 
     def token(self, environ: Mapping[str, str] = os.environ) -> str | None:
         """The token, ``None`` when the variable is unset or empty. Without one the API is open to

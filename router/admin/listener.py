@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from edges.http_server import HttpServer
 from router.admin.api import AdminApi
 from router.admin.config import parse_listen
+from router.http_limits import HttpLimits
+from router.http_listener import HttpListener
 
 __all__ = ["SAMPLE_INTERVAL", "AdminListener"]
 
@@ -18,17 +19,17 @@ SAMPLE_INTERVAL = 1.0
 class AdminListener:
     """Serves ``api`` once :meth:`start` has bound its address, until :meth:`close`."""
 
-    def __init__(self, api: AdminApi, max_connections: int = 64) -> None:
+    def __init__(self, api: AdminApi, limits: HttpLimits | None = None) -> None:
         self.api = api
-        self._http = HttpServer(api.handle, max_connections)
+        self.http = HttpListener("admin", api.handle, limits or HttpLimits())
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self, listen: str) -> str:
         """Bind ``HOST:PORT`` (port 0 picks one); returns the URL it serves, ``http://HOST:PORT``."""
         host, port = parse_listen(listen)
-        await self._http.start(host, port)
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self._http.port}"
+        await self.http.start(host, port)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.http.port}"
         self._sampler = asyncio.create_task(self._sample(), name="admin-sampler")
         return self.url
 
@@ -37,7 +38,7 @@ class AdminListener:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
-        await self._http.close()
+        await self.http.close()
 
     async def _sample(self) -> None:
         while True:

@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.metrics_http import parse_address
+from router.http_limits import parse_address
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -277,3 +277,26 @@ def test_the_metrics_address_is_checked(tmp_path: Path) -> None:
         load_config(write(tmp_path, '[router]\nmetrics = "7761"\n'))
     assert load_config(None, {"metrics": "[::1]:0"}).router.metrics == "[::1]:0"
     assert load_config().router.metrics is None
+
+
+def test_the_http_listeners_bounds(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "[router]\nmetrics_max_connections = 10\nmetrics_max_connections_per_address = 2\n"
+            "metrics_header_timeout = 1.5\n"
+            "[admin]\nmax_connections_per_address = 4\nheader_timeout = 2.0\nmax_body_bytes = 100\n",
+        )
+    )
+    metrics = config.router.metrics_limits()
+    assert (metrics.max_connections, metrics.max_connections_per_address, metrics.header_timeout) == (
+        10,
+        2,
+        1.5,
+    )
+    admin = config.admin.http_limits()
+    assert (admin.max_connections_per_address, admin.header_timeout, admin.max_body_bytes) == (4, 2.0, 100)
+    assert admin.max_connections == load_config().admin.http_limits().max_connections
+    for bad in ("[admin]\nheader_timeout = 0\n", "[router]\nmetrics_max_connections_per_address = 0\n"):
+        with pytest.raises(ConfigError, match="must be"):
+            load_config(write(tmp_path, bad))

@@ -16,8 +16,9 @@ from edges.latency import LatencySampler
 from router import ClientInfo, ConnectionManager
 from router.core.control import ControlPlane
 from router.core.topics import TopicRegistry
+from router.http_limits import HttpLimits, parse_address
+from router.http_listener import HttpListener, serve_metrics
 from router.metrics import OTHER_TOPICS, RouterCollector, RouterMetrics
-from router.metrics_http import MetricsListener, parse_address
 from router.wire import StatsRequest, Subscribe, encode_control
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -188,15 +189,20 @@ async def fetch(address: str, request: bytes) -> bytes:
 
 
 async def test_the_listener_serves_metrics_only() -> None:
-    listener = MetricsListener(lambda: b"m 1\n", "text/plain; version=0.0.4")
-    address = await listener.start("127.0.0.1:0")
+    listener = HttpListener(
+        "metrics", serve_metrics(lambda: b"m 1\n", "text/plain; version=0.0.4"), HttpLimits()
+    )
+    address = await listener.start("127.0.0.1", 0)
     try:
         ok = await fetch(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
         assert ok.endswith(b"\r\n\r\nm 1\n")
         assert b"Content-Type: text/plain; version=0.0.4\r\n" in ok
-        assert (await fetch(address, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
-        assert (await fetch(address, b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+        assert (await fetch(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")
+        assert (await fetch(address, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 405"
+        )
+        assert (await fetch(address, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.0 400")
         assert await fetch(address, b"GET /metr") == b""
     finally:
         await listener.close()

@@ -35,3 +35,17 @@ def test_an_unusable_edge_config_exits_2_with_the_reason(
 ) -> None:
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+def test_http_bounds_options() -> None:
+    argv = [
+        "--max-connections",
+        "50",
+        "--http-max-connections-per-address",
+        "3",
+        "--http-header-timeout",
+        "2",
+    ]
+    limits = config_from_args(parser().parse_args(argv)).http_limits()
+    assert (limits.max_connections, limits.max_connections_per_address, limits.header_timeout) == (50, 3, 2.0)
+    assert limits.max_body_bytes == config_from_args(parser().parse_args([])).http.max_body_bytes

@@ -1,14 +1,12 @@
-"""The WebRTC edge's HTTP layer without sockets: request heads, bearer tokens, and the WHEP-style
-routes against a stand-in edge."""
+"""The WebRTC edge's HTTP routes without sockets: bearer tokens, and the WHEP-style routes against a
+stand-in edge. The listener under them is tested in tests/router/test_http_listener.py."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-import pytest
-
-from edges.http_server import HttpError, HttpRequest, HttpResponse, body_length, encode_response, parse_head
 from edges.webrtc.signaling import Answer, SignalingError, SignalingRoutes
+from router.http_messages import HttpRequest
 
 SDP = {"content-type": "application/sdp"}
 
@@ -40,39 +38,12 @@ class Edge:
         return resource == "r1"
 
 
-def test_request_heads() -> None:
-    method, target, headers = parse_head(
-        b"POST /whep?x=1 HTTP/1.1\r\nContent-Type: application/sdp\r\nA:  b "
-    )
-    assert (method, target, headers) == ("POST", "/whep?x=1", {"content-type": "application/sdp", "a": "b"})
-    for bad in (b"GET /", b"GET / HTTP/2", b"GET / HTTP/1.1\r\nno colon", b"GET / HTTP/1.1\r\n bad: x"):
-        with pytest.raises(HttpError):
-            parse_head(bad)
-    assert body_length({"content-length": "12"}) == 12
-    for bad_headers in ({"content-length": "-1"}, {"content-length": "x"}, {"content-length": str(1 << 30)}):
-        with pytest.raises(HttpError):
-            body_length(bad_headers)
-    with pytest.raises(HttpError, match="Content-Length"):
-        body_length({"transfer-encoding": "chunked"})
-
-
 def test_bearer_tokens() -> None:
     assert request("POST", "/", {"authorization": "Bearer abc.def"}).bearer_token() == "abc.def"
     assert request("POST", "/", {"authorization": "bearer  t "}).bearer_token() == "t"
     assert request("POST", "/", {"authorization": "Basic abc"}).bearer_token() is None
     assert request("POST", "/", {"authorization": "Bearer "}).bearer_token() is None
     assert request("POST", "/").bearer_token() is None
-
-
-def test_responses_close_the_connection() -> None:
-    encoded = encode_response(
-        HttpResponse(HTTPStatus.CREATED, b"v=0", "application/sdp", (("Location", "/x"),))
-    )
-    head, body = encoded.split(b"\r\n\r\n")
-    assert head.split(b"\r\n")[0] == b"HTTP/1.1 201 Created"
-    assert b"Connection: close" in head
-    assert b"Location: /x" in head
-    assert body == b"v=0"
 
 
 async def test_offer_restart_and_leave() -> None:
@@ -112,6 +83,8 @@ async def test_cors_and_the_viewer() -> None:
     assert (await routes.handle(request("OPTIONS", "/whep", {"origin": "http://evil"}))).status == 403
     redirect = await routes.handle(request("GET", "/?camera=/c"))
     assert (redirect.status, redirect.headers) == (303, (("Location", "/?mode=webrtc&camera=/c"),))
+    injected = await routes.handle(request("GET", "/?camera=/c\r\nSet-Cookie: a=b%0d%0a"))
+    assert injected.headers == (("Location", "/?mode=webrtc&camera=/c%0D%0ASet-Cookie:%20a=b%0d%0a"),)
     page = await routes.handle(request("GET", "/?mode=webrtc"))
     assert page.status == 200
     assert page.content_type.startswith("text/html")

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from edges.http_server import HttpRequest, HttpResponse
 from router.admin.api import AdminApi
 from router.admin.config import AdminSection, is_loopback, parse_listen
 from router.admin.rates import RateMeter
@@ -25,6 +24,7 @@ from router.core import (
     TopicSpec,
 )
 from router.core.control import DRAINED, KICKED, ControlPlane, Outbound, ToEdge
+from router.http_messages import HttpRequest, HttpResponse
 from router.wire import CLOSE_GOING_AWAY, DropClient, PolicyUpdate
 
 TOKEN = "s3cret-token"

@@ -1,0 +1,44 @@
+"""One HTTP exchange as plain values: what a route receives and what it answers.
+
+Routes (the admin API, the WebRTC edge's signaling, ``/metrics``) take an :class:`HttpRequest` and
+return an :class:`HttpResponse`; they never see a socket, so tests call them directly.
+:mod:`router.http_listener` moves them to and from the wire.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Final, NamedTuple
+
+__all__ = ["PLAIN_TEXT", "HttpRequest", "HttpResponse"]
+
+PLAIN_TEXT: Final = "text/plain; charset=utf-8"
+
+
+class HttpRequest(NamedTuple):
+    method: str
+    path: str
+    """The target's path, still percent-encoded, without its query string."""
+    headers: dict[str, str]
+    """Header names in lower case (the listener refuses a repeated header that matters)."""
+    body: bytes
+    remote: str = ""
+    """``HOST:PORT`` of the client."""
+    query: str = ""
+    """The target's query string, still percent-encoded, without the ``?``."""
+
+    def bearer_token(self) -> str | None:
+        """The token of an ``Authorization: Bearer`` header, or ``None``."""
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return token.strip() or None
+
+
+class HttpResponse(NamedTuple):
+    status: HTTPStatus
+    body: bytes = b""
+    content_type: str = PLAIN_TEXT
+    headers: tuple[tuple[str, str], ...] = ()
+    """More headers; a value with a control character is refused by the listener (500), so text
+    from a request must be percent-encoded before it goes here."""
