@@ -204,7 +204,7 @@ class RouterLink:
                 with contextlib.suppress(zmq.Again):
                     while True:
                         reason, _ = handshake_failure(monitor.recv_multipart(NOBLOCK))
-                        refusals.warning(reason, CLIENT_HINTS[reason])
+                        refusals.warning(reason, CLIENT_HINTS[reason], now=time.monotonic())
         finally:
             readable.close()
 
