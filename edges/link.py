@@ -1,16 +1,16 @@
 """An edge's link to the router: a DEALER for control and a SUB for data.
 
-The link says hello, keeps heartbeats going both ways and notices when the router is gone or has
-restarted (silence past the timeout, a new ``router_id``, or an ``unknown_edge`` error). It then
-says hello again and sends what :attr:`RouterLink.resync` returns — every client and subscription
-the edge still has — so delivery resumes without anyone's help.
+The protocol (hello, heartbeats both ways, noticing that the router is gone or has restarted, and
+sending what :attr:`RouterLink.resync` returns after each welcome, so delivery resumes without
+anyone's help) is :class:`~edges.core.link_state.LinkProtocol`'s. :class:`RouterLink` only moves
+bytes: it feeds that object what the DEALER receives and the time, sends what it returns, and
+drains the SUB socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 import time
@@ -18,21 +18,11 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
+from edges.core.link_state import LinkProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
-from router.core.errors import ErrorCode
 from router.curve import CLIENT_HINTS, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.logs import ThrottledLog
-from router.wire import (
-    EdgeMessage,
-    Error,
-    Heartbeat,
-    Hello,
-    RouterMessage,
-    Welcome,
-    WireError,
-    decode_router_message,
-    encode_control,
-)
+from router.wire import EdgeMessage, RouterMessage, encode_control
 from router.zmqio import NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.edge")
@@ -67,26 +57,20 @@ class RouterLink:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveClient | None = None,
     ) -> None:
+        self._link = LinkProtocol(edge_id or new_edge_id(protocol), protocol, heartbeat_interval)
         self.protocol = protocol
-        self.edge_id = edge_id or new_edge_id(protocol)
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = 5 * heartbeat_interval
+        self.edge_id = self._link.edge_id
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
-        self.router_id = ""
         self.on_message: Callable[[RouterMessage], None] = lambda message: None
         self.on_data: Callable[[DataBatch], None] = lambda batch: None
-        self.resync: Callable[[], list[EdgeMessage]] = list
-        self.report: Callable[[], Sequence[EdgeMessage]] = list
         self.welcomed = asyncio.Event()
-        self.welcomes = 0
+        """Set while the router has welcomed this edge and is not known to be lost."""
         self.data_messages = 0
         """Data messages received on the SUB socket, and their payload bytes."""
         self.data_bytes = 0
         self._context = context or zmq.Context.instance()
-        self._request_ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
-        self._last_heard = time.monotonic()
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.linger = 0
         self._dealer.setsockopt(zmq.ROUTING_ID, self.edge_id.encode())
@@ -102,10 +86,51 @@ class RouterLink:
         self._sub.connect(xpub)
         self._readable: dict[zmq.Socket[bytes], Readable] = {}
 
-    # ------------------------------------------------------------ outgoing
+    # ------------------------------------------------------------ the protocol's state
+
+    @property
+    def resync(self) -> Callable[[], Sequence[EdgeMessage]]:
+        """What to send after each welcome (see :attr:`LinkProtocol.resync`)."""
+        return self._link.resync
+
+    @resync.setter
+    def resync(self, resync: Callable[[], Sequence[EdgeMessage]]) -> None:
+        self._link.resync = resync
+
+    @property
+    def report(self) -> Callable[[], Sequence[EdgeMessage]]:
+        """What to send after each heartbeat (see :attr:`LinkProtocol.report`)."""
+        return self._link.report
+
+    @report.setter
+    def report(self, report: Callable[[], Sequence[EdgeMessage]]) -> None:
+        self._link.report = report
+
+    @property
+    def router_id(self) -> str:
+        return self._link.router_id
+
+    @property
+    def welcomes(self) -> int:
+        return self._link.welcomes
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._link.heartbeat_interval
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self._link.heartbeat_timeout
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the router was last heard (any control message counts)."""
+        return self._link.silent_for(time.monotonic())
 
     def next_request_id(self) -> int:
-        return next(self._request_ids)
+        return self._link.next_request_id()
+
+    # ------------------------------------------------------------ outgoing
 
     def send(self, message: EdgeMessage) -> bool:
         """Send now, or return ``False`` if the router is unreachable (the message is dropped)."""
@@ -146,11 +171,6 @@ class RouterLink:
         if readable is not None:
             readable.recheck()
 
-    @property
-    def silent_for(self) -> float:
-        """Seconds since the router was last heard (any control message counts)."""
-        return time.monotonic() - self._last_heard
-
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
@@ -166,6 +186,7 @@ class RouterLink:
             self.close()
 
     def close(self) -> None:
+        self._link.close()
         for waiter in self._waiters.values():
             waiter.cancel()
         if self._handshakes is not None:
@@ -183,27 +204,23 @@ class RouterLink:
                 with contextlib.suppress(zmq.Again):
                     while True:
                         reason, _ = handshake_failure(monitor.recv_multipart(NOBLOCK))
-                        refusals.warning(reason, CLIENT_HINTS[reason])
+                        refusals.warning(reason, CLIENT_HINTS[reason], now=time.monotonic())
         finally:
             readable.close()
 
-    def _hello(self) -> None:
-        self.welcomed.clear()
-        self.send(Hello(edge_id=self.edge_id, protocol=self.protocol))
-
     async def _heartbeat_loop(self) -> None:
-        self._hello()
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            silent_for = time.monotonic() - self._last_heard
-            if not self.welcomed.is_set() or silent_for > self.heartbeat_timeout:
-                if self.welcomed.is_set():
-                    log.warning("router silent for %.1f s; saying hello again", silent_for)
-                self._hello()
-            else:
-                self.send(Heartbeat())
-                for message in self.report():
-                    self.send(message)
+        while (due := self._link.tick(time.monotonic())) is not None:
+            self._flush()
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def _flush(self) -> None:
+        """Send what the protocol has for the router, then show its state in :attr:`welcomed`."""
+        for message in self._link.data_to_send():
+            self.send(message)
+        if self._link.connected:
+            self.welcomed.set()
+        else:
+            self.welcomed.clear()
 
     async def _control_loop(self) -> None:
         readable = self._readable[self._dealer] = Readable(self._dealer)
@@ -217,29 +234,10 @@ class RouterLink:
             readable.close()
 
     def _on_control(self, body: bytes) -> None:
-        self._last_heard = time.monotonic()
-        try:
-            message = decode_router_message(body)
-        except WireError as error:
-            log.warning("bad control message from the router: %s", error)
-            return
-        match message:
-            case Welcome():
-                self._welcome(message)
-            case Heartbeat(router_id=router_id) if router_id and router_id != self.router_id:
-                log.warning("the router restarted (%s -> %s)", self.router_id, router_id)
-                self._hello()
-            case Heartbeat():
-                pass
-            case _:
-                if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
-                    self._router_forgot_us()
-                self._dispatch(message)
-
-    def _router_forgot_us(self) -> None:
-        if self.welcomed.is_set():
-            log.warning("the router does not know this edge; saying hello again")
-            self._hello()
+        message = self._link.receive(body, time.monotonic())
+        self._flush()
+        if message is not None:
+            self._dispatch(message)
 
     def _dispatch(self, message: RouterMessage) -> None:
         waiter = self._waiters.get(getattr(message, "request_id", 0))
@@ -247,16 +245,6 @@ class RouterLink:
             waiter.set_result(message)
         else:
             self.on_message(message)
-
-    def _welcome(self, welcome: Welcome) -> None:
-        self.router_id = welcome.router_id
-        self.heartbeat_interval = welcome.heartbeat_interval
-        self.heartbeat_timeout = welcome.heartbeat_timeout
-        self.welcomes += 1
-        log.info("welcomed by router %s", welcome.router_id)
-        for message in self.resync():
-            self.send(message)
-        self.welcomed.set()
 
     async def _data_loop(self) -> None:
         readable = self._readable[self._sub] = Readable(self._sub)

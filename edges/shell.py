@@ -166,7 +166,7 @@ class EdgeShell(ABC, Generic[T]):
             try:
                 meta = parse_data_head(head)
             except WireError as error:
-                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error)
+                self._bad_data.warning("bad_data", "bad data frame from the router: %s", error, now=now)
                 continue
             if feed is not None and feed.by_wire:
                 feed.feed(meta.topic, payload)

@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -264,7 +265,8 @@ class CurveServer:
             kind = key.decode()
         else:
             kind = "more refused keys"
-        self._refusals.warning(kind, "refused a Curve key not in the allow-list: %s", key.decode())
+        refused, now = key.decode(), time.monotonic()
+        self._refusals.warning(kind, "refused a Curve key not in the allow-list: %s", refused, now=now)
         return False
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,11 @@ from router.zmqio import NOBLOCK, SNDMORE_NOBLOCK, Readable
 log = logging.getLogger("switchboard.router")
 
 
+def random_epoch() -> int:
+    """A topic's epoch: random, so that a restarted router starts every sequence anew."""
+    return secrets.randbits(32) or 1
+
+
 class RouterServer:
     """Binds the router's four sockets and runs until :meth:`stop`."""
 
@@ -49,10 +55,13 @@ class RouterServer:
     ) -> None:
         self.config = config
         self.manager = manager or ConnectionManager(
-            config.registry(), config.sessions.session_manager(), limits=config.limits
+            config.registry(), config.sessions.session_manager(), limits=config.limits, new_epoch=random_epoch
         )
         self.control = ControlPlane(
-            self.manager, config.router.heartbeat_interval, config.router.edge_timeout
+            self.manager,
+            config.router.heartbeat_interval,
+            config.router.edge_timeout,
+            router_id=secrets.token_hex(8),
         )
         self.dispatch: ControlPlane | SessionGate = self.control
         """Where control messages go: the control plane, behind a gate with an external session
@@ -198,7 +207,7 @@ class RouterServer:
         """Forget a client and have its edge close it (4002); returns the edge's id. Raises
         :class:`RefusedError` (``unknown_client``)."""
         edge_id = self.manager.client_edge(client_id)
-        self._send(self.control.kick(client_id, reason))
+        self._send(self.control.kick(client_id, reason, unix_time=time.time()))
         assert edge_id is not None
         return edge_id
 
@@ -207,7 +216,7 @@ class RouterServer:
         connect again, to another edge; returns their ids. Raises :class:`RefusedError`
         (``unknown_edge``)."""
         clients = [info.client_id for info in self.manager.get_active_clients(edge_id)]
-        self._send(self.control.drain(edge_id))
+        self._send(self.control.drain(edge_id, unix_time=time.time()))
         return clients
 
     # ------------------------------------------------------------ data
@@ -261,7 +270,10 @@ class RouterServer:
             reason = error.reason
         else:
             reason = error.code.value
-        self._drop_log.warning(reason, "dropped a producer message: %s", error, extra={"reason": reason})
+        extra = {"reason": reason}
+        self._drop_log.warning(
+            reason, "dropped a producer message: %s", error, now=self._clock(), extra=extra
+        )
 
     async def _drain_fanout_subscriptions(self) -> None:
         """Edges' SUB subscriptions reach XPUB as messages; read them so they never pile up."""
@@ -292,8 +304,9 @@ class RouterServer:
                     reason, why = handshake_failure(monitor.recv_multipart(NOBLOCK))
                     self.manager.count_drop(reason)
                     if reason != CURVE_REFUSED:
+                        kind, now = f"{reason}-{name}", self._clock()
                         self._drop_log.warning(
-                            f"{reason}-{name}", "%s: a peer failed the Curve handshake: %s", name, why
+                            kind, "%s: a peer failed the Curve handshake: %s", name, why, now=now
                         )
 
     # ------------------------------------------------------------ control
@@ -314,7 +327,9 @@ class RouterServer:
     def _on_control(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             self.manager.count_drop("bad_control")
-            self._drop_log.warning("bad_control", "control message of %d frames", len(frames))
+            self._drop_log.warning(
+                "bad_control", "control message of %d frames", len(frames), now=self._clock()
+            )
             return
         self._take_fanout_subscriptions()
         self._send(self.dispatch.handle(frames[0], frames[1], self._clock(), time.time()))
@@ -343,4 +358,5 @@ class RouterServer:
                         self._readable[self.xsub].recheck()
             except zmq.ZMQError as error:
                 self.manager.count_drop("control_send_failed")
-                self._drop_log.warning("control_send", "could not send %s: %s", type(item).__name__, error)
+                what, now = type(item).__name__, self._clock()
+                self._drop_log.warning("control_send", "could not send %s: %s", what, error, now=now)

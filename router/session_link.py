@@ -57,8 +57,9 @@ class SessionServiceLink:
             try:
                 self.sock.send_multipart([b"", body], NOBLOCK)
             except zmq.ZMQError as error:
-                self._log.warning("session_service_send", "session service: cannot send: %s", error)
-                out += self.gate.unavailable(key, self._clock(), time.time())
+                now = self._clock()
+                self._log.warning("session_service_send", "session service: cannot send: %s", error, now=now)
+                out += self.gate.unavailable(key, now, time.time())
         if self._readable is not None:
             self._readable.recheck()
         self._send_out(out)

@@ -309,6 +309,7 @@ class EdgeHub:
         """One text message from a client, received at ``now`` (seconds of a monotonic clock;
         without it the client's request rate is not checked)."""
         client = self._client(client_id)
+        self._now = self._now if now is None else now
         match client.session.receive_text(text, now):
             case Connect() as connect:
                 self._register(client, connect)
@@ -437,7 +438,9 @@ class EdgeHub:
         self.refused[code] += 1
         ids = {"client_id": client_id, "topic": request.topic[:80], "reason": code}
         kind = f"subscribe-{code}"
-        self._refusal_log.info(kind, "refused subscribe of %s: %s", client_id, message, extra=ids)
+        self._refusal_log.info(
+            kind, "refused subscribe of %s: %s", client_id, message, now=self._now or 0.0, extra=ids
+        )
         client.session.send_error(request.id, code, message)
 
     def _unsubscribe(self, client: _Client, request: Unsubscribe) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Final, NamedTuple, Protocol
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -214,7 +215,9 @@ class RtcPeer:
         except ValueError as error:
             self.oversize += 1
             self.session.dropped["oversize"] += 1
-            self._oversize_log.warning("oversize", "%s: %s", self.session.client_id, error)
+            self._oversize_log.warning(
+                "oversize", "%s: %s", self.session.client_id, error, now=time.monotonic()
+            )
 
     def _drained(self) -> None:
         if self.is_open and self.buffered() < self.write_buffer_high:

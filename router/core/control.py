@@ -3,12 +3,14 @@
 :class:`ControlPlane` turns each control message from an edge into calls on the
 :class:`~router.core.ConnectionManager` and returns what the router process must send: replies to
 edges and subscription changes for producers upstream.
+
+The router process gives the plane its ``router_id`` and, on every call, the time: ``now`` (a
+monotonic clock) and ``unix_time`` (what token lifetimes and event times are measured in).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
 from typing import NamedTuple
 
@@ -100,12 +102,19 @@ class ControlPlane:
     """Edge control messages in, replies and upstream subscription changes out."""
 
     def __init__(
-        self, manager: ConnectionManager, heartbeat_interval: float, heartbeat_timeout: float
+        self,
+        manager: ConnectionManager,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        *,
+        router_id: str,
     ) -> None:
+        """``router_id`` names this router process in ``welcome`` and heartbeats: a new one at
+        every start (``docs/protocol.md``, 3.3 rule 6: 16 random hex digits)."""
         self.manager = manager
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
-        self.router_id = secrets.token_hex(8)
+        self.router_id = router_id
         self._log = ThrottledLog(log)
         self.refusals: Counter[tuple[str, str]] = Counter()
         """Refused requests by ``(message type, error code)``, for metrics."""
@@ -125,33 +134,35 @@ class ControlPlane:
             edge_id = identity.decode("utf-8")
         except UnicodeDecodeError:
             self.manager.count_drop("bad_control")
-            self._log.warning("bad_identity", "dropped control from a non-UTF-8 identity")
+            self._log.warning("bad_identity", "dropped control from a non-UTF-8 identity", now=now)
             return []
         try:
             message = decode_edge_message(body)
         except WireError as error:
             self.manager.count_drop("bad_control")
-            self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error)
+            self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error, now=now)
             return [ToEdge(edge_id, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
+        unix = now if unix_time is None else unix_time
         try:
-            return self._dispatch(edge_id, message, now, now if unix_time is None else unix_time)
+            return self._dispatch(edge_id, message, now, unix)
         except RefusedError as refused:
-            self._count_refusal(edge_id, message, refused)
+            self._count_refusal(edge_id, message, refused, now)
             if isinstance(message, Subscribe):
-                self._subscribe_refused(message, refused)
+                self._subscribe_refused(message, refused, unix)
             elif isinstance(message, RegisterClient):
-                self._client_refused(edge_id, message, refused)
+                self._client_refused(edge_id, message, refused, unix)
             return [ToEdge(edge_id, _refusal(message, refused))]
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
         """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
         clients whose session ended by ``unix_time`` (default: ``now``) dropped, and their edges
         told with ``drop_client``."""
+        unix = now if unix_time is None else unix_time
         known = self.manager.edge_ids()
         expired = self.manager.expire_edges(now, self.heartbeat_timeout)
-        self._edges_down([e for e in known if not self.manager.is_edge_known(e)], EDGE_TIMED_OUT)
+        self._edges_down([e for e in known if not self.manager.is_edge_known(e)], EDGE_TIMED_OUT, unix)
         self.manager.expire_history(now)
-        ended = self.manager.expire_sessions(now if unix_time is None else unix_time)
+        ended = self.manager.expire_sessions(unix)
         out: list[Outbound] = [
             ToEdge(edge_id, Heartbeat(router_id=self.router_id)) for edge_id in self.manager.edge_ids()
         ]
@@ -160,34 +171,36 @@ class ControlPlane:
                 client_id, edge_id, reason = action
                 ids = {"client_id": client_id, "edge_id": edge_id, "reason": reason}
                 log.info("client %s of edge %s dropped: %s", *action, extra=ids)
-        return out + self._carry_out(expired) + self._carry_out(ended, tell_edges=True)
+        return out + self._carry_out(expired, unix) + self._carry_out(ended, unix, tell_edges=True)
 
     # ------------------------------------------------------------ operator requests
 
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[Outbound]:
         """Change a topic's policy now: its edges get ``policy`` at once."""
-        return self._carry_out(self.manager.set_delivery_policy(topic, policy))
+        return self._outbound(self.manager.set_delivery_policy(topic, policy))
 
-    def kick(self, client_id: str, reason: str = KICKED) -> list[Outbound]:
-        """Forget a client, and tell its edge to close it (4002). Raises ``unknown_client``."""
+    def kick(self, client_id: str, reason: str = KICKED, *, unix_time: float) -> list[Outbound]:
+        """Forget a client, and tell its edge to close it (4002). Raises ``unknown_client``.
+        ``unix_time`` stamps the events."""
         edge_id = self.manager.client_edge(client_id)
         if edge_id is None:
             raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"no client {client_id!r}")
         actions = self.manager.unregister_client(client_id)
-        self._client_gone(client_id, edge_id, reason)
+        self._client_gone(client_id, edge_id, reason, unix_time)
         log.info("client %s of edge %s kicked: %s", client_id, edge_id, reason)
-        return [*self._carry_out(actions), ToEdge(edge_id, DropClient(client_id=client_id, reason=reason))]
+        drop = DropClient(client_id=client_id, reason=reason)
+        return [*self._carry_out(actions, unix_time), ToEdge(edge_id, drop)]
 
-    def drain(self, edge_id: str, reason: str = DRAINED) -> list[Outbound]:
+    def drain(self, edge_id: str, reason: str = DRAINED, *, unix_time: float) -> list[Outbound]:
         """Forget every client of an edge, and tell the edge to close each with 1001 (connect
-        again, elsewhere). Raises ``unknown_edge``."""
+        again, elsewhere). Raises ``unknown_edge``. ``unix_time`` stamps the events."""
         if not self.manager.is_edge_known(edge_id):
             raise RefusedError(ErrorCode.UNKNOWN_EDGE, f"no edge {edge_id!r}")
         clients = [info.client_id for info in self.manager.get_active_clients(edge_id)]
         out: list[Outbound] = []
         for client_id in clients:
-            out += self._carry_out(self.manager.unregister_client(client_id))
-            self._client_gone(client_id, edge_id, reason)
+            out += self._carry_out(self.manager.unregister_client(client_id), unix_time)
+            self._client_gone(client_id, edge_id, reason, unix_time)
             drop = DropClient(client_id=client_id, reason=reason, code=CLOSE_GOING_AWAY)
             out.append(ToEdge(edge_id, drop))
         log.info("edge %s drained: %d clients told to reconnect", edge_id, len(clients))
@@ -198,7 +211,7 @@ class ControlPlane:
     def _dispatch(self, edge_id: str, message: EdgeMessage, now: float, unix_time: float) -> list[Outbound]:
         match message:
             case Hello():
-                return self._hello(edge_id, message, now)
+                return self._hello(edge_id, message, now, unix_time)
             case Heartbeat():
                 self.manager.edge_heartbeat(edge_id, now)
                 return []
@@ -213,7 +226,7 @@ class ControlPlane:
                     connected_at=now,
                 )
                 identity = self.manager.register_client(info, message.token, unix_time)
-                self._client_connected(info, identity.user)
+                self._client_connected(info, identity.user, unix_time)
                 reply = Registered(
                     request_id=message.request_id, client_id=message.client_id, user=identity.user
                 )
@@ -224,23 +237,23 @@ class ControlPlane:
             case UnregisterClient():
                 self._check_owner(edge_id, message.client_id)
                 actions = self.manager.unregister_client(message.client_id)
-                self._client_gone(message.client_id, edge_id, message.reason or CLIENT_CLOSED)
-                return self._carry_out(actions)
+                self._client_gone(message.client_id, edge_id, message.reason or CLIENT_CLOSED, unix_time)
+                return self._carry_out(actions, unix_time)
             case Subscribe():
                 self._check_owner(edge_id, message.client_id)
                 granted = self.manager.subscribe(
                     message.client_id, message.topic, _resume_position(message), now
                 )
                 ok = _subscribe_ok(message, granted)
-                self._subscribed(message.client_id, granted.topic)
-                return [*self._carry_out(granted.actions), ToEdge(edge_id, ok)]
+                self._subscribed(message.client_id, granted.topic, unix_time)
+                return [*self._carry_out(granted.actions, unix_time), ToEdge(edge_id, ok)]
             case Unsubscribe():
                 self._check_owner(edge_id, message.client_id)
                 actions = self.manager.unsubscribe(message.client_id, message.topic)
                 done = Unsubscribed(
                     request_id=message.request_id, client_id=message.client_id, topic=message.topic
                 )
-                return [*self._carry_out(actions), ToEdge(edge_id, done)]
+                return [*self._carry_out(actions, unix_time), ToEdge(edge_id, done)]
             case Recover():
                 recovery = self.manager.recover(
                     message.topic,
@@ -256,11 +269,11 @@ class ControlPlane:
                 return [ToEdge(edge_id, Stats(request_id=message.request_id, stats=_as_dict(stats)))]
             case EdgeStatsReport():
                 report = (message.totals, message.topic_drops, message.clients, now)
-                self._slow_client_drops(edge_id, self.manager.edge_report(edge_id, *report))
+                self._slow_client_drops(edge_id, self.manager.edge_report(edge_id, *report), unix_time)
                 return []
         raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
 
-    def _hello(self, edge_id: str, hello: Hello, now: float) -> list[Outbound]:
+    def _hello(self, edge_id: str, hello: Hello, now: float, unix_time: float) -> list[Outbound]:
         if hello.version != CONTROL_VERSION:
             raise RefusedError(
                 ErrorCode.UNSUPPORTED_VERSION,
@@ -271,10 +284,10 @@ class ControlPlane:
         again = self.manager.is_edge_known(edge_id)
         actions = self.manager.edge_hello(edge_id, hello.protocol, now)
         if again:
-            self._edges_down([edge_id], EDGE_RESTARTED)
-        out = self._carry_out(actions)
+            self._edges_down([edge_id], EDGE_RESTARTED, unix_time)
+        out = self._carry_out(actions, unix_time)
         if self.events:
-            self.events.emit(EdgeUp(time=self.events.clock(), edge_id=edge_id, protocol=hello.protocol))
+            self.events.emit(EdgeUp(time=unix_time, edge_id=edge_id, protocol=hello.protocol))
         log.info("edge %s (%s) connected", edge_id, hello.protocol, extra={"edge_id": edge_id})
         welcome = Welcome(
             router_id=self.router_id,
@@ -293,9 +306,9 @@ class ControlPlane:
             expires_at=refresh.identity.expires_at,
             revoked=list(refresh.revoked),
         )
-        return [*self._carry_out(refresh.actions), ToEdge(edge_id, reply)]
+        return [*self._carry_out(refresh.actions, unix_time), ToEdge(edge_id, reply)]
 
-    def _count_refusal(self, edge_id: str, message: EdgeMessage, refused: RefusedError) -> None:
+    def _count_refusal(self, edge_id: str, message: EdgeMessage, refused: RefusedError, now: float) -> None:
         """Count a refused request, and log it: 20 lines per kind and code every 5 s at most."""
         request = str(type(message).__struct_config__.tag)
         code = refused.code.value
@@ -304,15 +317,24 @@ class ControlPlane:
         for key in ("client_id", "topic"):
             if hasattr(message, key):
                 ids[key] = getattr(message, key)
-        self._refusal_log.info(f"{request}-{code}", "refused %s: %s", request, refused, extra=ids)
+        self._refusal_log.info(f"{request}-{code}", "refused %s: %s", request, refused, now=now, extra=ids)
 
     def _check_owner(self, edge_id: str, client_id: str) -> None:
         if self.manager.client_edge(client_id) != edge_id:
             raise RefusedError(ErrorCode.UNKNOWN_CLIENT, f"edge {edge_id!r} has no client {client_id!r}")
 
-    def _carry_out(self, actions: list[Action], *, tell_edges: bool = False) -> list[Outbound]:
-        """What the router sends for ``actions``. With ``tell_edges``, a dropped client's edge
-        gets ``drop_client`` (not when the edge itself was lost)."""
+    def _carry_out(
+        self, actions: list[Action], unix_time: float, *, tell_edges: bool = False
+    ) -> list[Outbound]:
+        """What the router sends for ``actions``, and the events of the clients they drop, at
+        ``unix_time``. With ``tell_edges``, a dropped client's edge gets ``drop_client`` (not when
+        the edge itself was lost)."""
+        for action in actions:
+            if isinstance(action, ClientDropped):
+                self._client_gone(*action, unix_time)
+        return self._outbound(actions, tell_edges=tell_edges)
+
+    def _outbound(self, actions: list[Action], *, tell_edges: bool = False) -> list[Outbound]:
         out: list[Outbound] = []
         for action in actions:
             match action:
@@ -322,19 +344,17 @@ class ControlPlane:
                     out.append(Upstream(topic, watched=False))
                 case PolicyChanged(topic, policy, edge_ids):
                     out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
-                case ClientDropped(client_id, edge_id, reason):
-                    self._client_gone(client_id, edge_id, reason)
-                    if tell_edges:
-                        out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
+                case ClientDropped(client_id, edge_id, reason) if tell_edges:
+                    out.append(ToEdge(edge_id, DropClient(client_id=client_id, reason=reason)))
         return out
 
     # ------------------------------------------------------------ events
 
-    def _client_connected(self, info: ClientInfo, user: str) -> None:
+    def _client_connected(self, info: ClientInfo, user: str, unix_time: float) -> None:
         if self.events:
             self.events.emit(
                 ClientConnected(
-                    time=self.events.clock(),
+                    time=unix_time,
                     client_id=info.client_id,
                     edge_id=info.edge_id,
                     protocol=info.protocol,
@@ -343,10 +363,12 @@ class ControlPlane:
                 )
             )
 
-    def _client_refused(self, edge_id: str, message: RegisterClient, refused: RefusedError) -> None:
+    def _client_refused(
+        self, edge_id: str, message: RegisterClient, refused: RefusedError, unix_time: float
+    ) -> None:
         if self.events:
             refusal = ClientRefused(
-                time=self.events.clock(),
+                time=unix_time,
                 client_id=message.client_id,
                 edge_id=edge_id,
                 code=refused.code.value,
@@ -354,35 +376,33 @@ class ControlPlane:
             )
             self.events.emit(refusal)
 
-    def _client_gone(self, client_id: str, edge_id: str, reason: str) -> None:
+    def _client_gone(self, client_id: str, edge_id: str, reason: str, unix_time: float) -> None:
         if self.events:
-            now = self.events.clock()
             self.events.emit(
-                ClientDisconnected(time=now, client_id=client_id, edge_id=edge_id, reason=reason)
+                ClientDisconnected(time=unix_time, client_id=client_id, edge_id=edge_id, reason=reason)
             )
 
-    def _subscribed(self, client_id: str, topic: str) -> None:
+    def _subscribed(self, client_id: str, topic: str, unix_time: float) -> None:
         if self.events:
-            self.events.emit(SubscribedEvent(time=self.events.clock(), client_id=client_id, topic=topic))
+            self.events.emit(SubscribedEvent(time=unix_time, client_id=client_id, topic=topic))
 
-    def _subscribe_refused(self, message: Subscribe, refused: RefusedError) -> None:
+    def _subscribe_refused(self, message: Subscribe, refused: RefusedError, unix_time: float) -> None:
         if self.events:
-            code, now = refused.code.value, self.events.clock()
-            refusal = SubscribeRefused(time=now, client_id=message.client_id, topic=message.topic, code=code)
-            self.events.emit(refusal)
+            client_id, topic, code = message.client_id, message.topic, refused.code.value
+            self.events.emit(SubscribeRefused(time=unix_time, client_id=client_id, topic=topic, code=code))
 
-    def _slow_client_drops(self, edge_id: str, increases: list[DropIncrease]) -> None:
+    def _slow_client_drops(self, edge_id: str, increases: list[DropIncrease], unix_time: float) -> None:
         if self.events:
-            now = self.events.clock()
             for topic, count, window in increases:
-                drops = SlowClientDrops(time=now, edge_id=edge_id, topic=topic, count=count, window=window)
+                drops = SlowClientDrops(
+                    time=unix_time, edge_id=edge_id, topic=topic, count=count, window=window
+                )
                 self.events.emit(drops)
 
-    def _edges_down(self, edge_ids: list[str], reason: str) -> None:
+    def _edges_down(self, edge_ids: list[str], reason: str, unix_time: float) -> None:
         if self.events:
-            now = self.events.clock()
             for edge_id in edge_ids:
-                self.events.emit(EdgeDown(time=now, edge_id=edge_id, reason=reason))
+                self.events.emit(EdgeDown(time=unix_time, edge_id=edge_id, reason=reason))
 
 
 def _resume_position(subscribe: Subscribe) -> tuple[int, int] | None:

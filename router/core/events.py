@@ -13,7 +13,6 @@ prefix (``client.``, ``edge.``), and carries ``time``, the Unix time it happened
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -140,9 +139,7 @@ class EventHooks:
     """The listeners of one control plane. A listener is called synchronously, in the router's
     loop, so it must not block; what it raises is logged and never reaches the router."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        """Where event times come from (Unix seconds); read only when someone listens."""
+    def __init__(self) -> None:
         self._listeners: list[EventListener] = []
         self._log = ThrottledLog(log)
 
@@ -157,7 +154,7 @@ class EventHooks:
 
     def emit(self, event: Event) -> None:
         """Give every listener ``event``. Callers check ``if hooks:`` first, so that nothing is
-        built when no one listens, and stamp the event with :attr:`clock`."""
+        built when no one listens, and stamp the event with the Unix time their caller gave."""
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -165,10 +162,10 @@ class EventHooks:
                 self._failed(listener, event, error)
 
     def _failed(self, listener: EventListener, event: Event, error: Exception) -> None:
-        """Log a listener's failure (one line per listener every 5 s; the traceback at debug)."""
+        """Log a listener's failure (one line per listener every 5 s of event time; the traceback
+        at debug)."""
         name = getattr(listener, "__qualname__", repr(listener))
         kind = event.__struct_config__.tag
-        self._log.log(
-            logging.ERROR, f"listener-{name}", "event listener %s failed on %s: %r", name, kind, error
-        )
+        line = "event listener %s failed on %s: %r"
+        self._log.log(logging.ERROR, f"listener-{name}", line, name, kind, error, now=event.time)
         log.debug("event listener %s failed", name, exc_info=error)

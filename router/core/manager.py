@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -331,10 +330,6 @@ def _too_large(topic: str, most: int) -> RefusedError:
     return RefusedError(ErrorCode.TOO_LARGE, f"payload over {most} bytes on {topic!r}")
 
 
-def _random_epoch() -> int:
-    return secrets.randbits(32) or 1
-
-
 def _check_range(after: int, upto: int | None) -> None:
     if after < 0:
         raise RefusedError(ErrorCode.BAD_REQUEST, f"offset {after} is negative")
@@ -354,12 +349,15 @@ class ConnectionManager:
         sessions: SessionManager | None = None,
         limits: Limits | None = None,
         *,
-        new_epoch: Callable[[], int] = _random_epoch,
+        new_epoch: Callable[[], int] | None = None,
     ) -> None:
+        """``new_epoch`` gives each new topic state its epoch (1 to 2**32 - 1). The router process
+        passes a random one, so that a restart shows as a new epoch; by default epochs count from
+        1, which only suits a manager that lives as long as its clients."""
         self.registry = registry or TopicRegistry.open()
         self.sessions: SessionManager = sessions or AllowAllSessions()
         self.limits = limits or Limits()
-        self._new_epoch = new_epoch
+        self._new_epoch = new_epoch or itertools.count(1).__next__
         self._edges: dict[str, _Edge] = {}
         self._clients: dict[str, _Client] = {}
         self._users: Counter[str] = Counter()

@@ -12,37 +12,26 @@ from router.logfmt import JsonFormatter, TextFormatter
 from router.logs import ThrottledLog
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records]
 
 
 def test_a_flood_gives_one_line_then_a_count(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    throttled = ThrottledLog(logging.getLogger("test.throttle"), interval=5.0, clock=clock)
+    throttled = ThrottledLog(logging.getLogger("test.throttle"), interval=5.0)
     with caplog.at_level(logging.INFO, logger="test.throttle"):
-        for _ in range(1000):
-            throttled.warning("bad_topic", "dropped %s", "x")
-        clock.now += 5.0
-        throttled.warning("bad_topic", "dropped %s", "y")
+        for n in range(1000):
+            throttled.warning("bad_topic", "dropped %s", "x", now=100.0 + n / 1000)
+        throttled.warning("bad_topic", "dropped %s", "y", now=105.0)
     assert messages(caplog) == ["dropped x", "dropped y (and 999 more like it since the last report)"]
     assert caplog.records[-1].__dict__["suppressed"] == 999
 
 
 def test_kinds_are_throttled_apart_and_burst_allows_several(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    throttled = ThrottledLog(logging.getLogger("test.throttle"), interval=5.0, burst=3, clock=clock)
+    throttled = ThrottledLog(logging.getLogger("test.throttle"), interval=5.0, burst=3)
     with caplog.at_level(logging.INFO, logger="test.throttle"):
         for n in range(10):
-            throttled.info("a", "a%d", n)
-            throttled.info("b", "b%d", n)
+            throttled.info("a", "a%d", n, now=100.0)
+            throttled.info("b", "b%d", n, now=100.0)
     assert messages(caplog) == ["a0", "b0", "a1", "b1", "a2", "b2"]
     assert {record.levelno for record in caplog.records} == {logging.INFO}
 
@@ -50,9 +39,21 @@ def test_kinds_are_throttled_apart_and_burst_allows_several(caplog: pytest.LogCa
 def test_extra_reaches_the_record(caplog: pytest.LogCaptureFixture) -> None:
     throttled = ThrottledLog(logging.getLogger("test.throttle"))
     with caplog.at_level(logging.INFO, logger="test.throttle"):
-        throttled.warning("k", "refused", extra={"client_id": "c1", "topic": "/t"})
+        throttled.warning("k", "refused", now=0.0, extra={"client_id": "c1", "topic": "/t"})
     record = caplog.records[0]
     assert (record.__dict__["client_id"], record.__dict__["topic"]) == ("c1", "/t")
+
+
+def test_a_clock_that_goes_back_starts_a_new_window(caplog: pytest.LogCaptureFixture) -> None:
+    throttled = ThrottledLog(logging.getLogger("test.throttle"), interval=5.0)
+    with caplog.at_level(logging.INFO, logger="test.throttle"):
+        for now in (100.0, 101.0, 50.0, 51.0, 55.0):
+            throttled.info("k", "at %s", now, now=now)
+    assert messages(caplog) == [
+        "at 100.0",
+        "at 50.0 (and 1 more like it since the last report)",
+        "at 55.0 (and 1 more like it since the last report)",
+    ]
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:

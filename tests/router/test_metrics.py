@@ -93,7 +93,7 @@ def test_topic_series_are_bounded_and_other_only_grows() -> None:
 def test_refused_requests_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     registry = TopicRegistry.from_config({"allow_undeclared": False})
     manager = manager_with_client(registry)
-    control = ControlPlane(manager, 1.0, 5.0)
+    control = ControlPlane(manager, 1.0, 5.0, router_id="r1")
     metrics = RouterMetrics(RouterCollector(manager, control.refusals))
     subscribe = Subscribe(request_id=7, client_id="c1", topic="/nope")
     with caplog.at_level(logging.INFO, logger="switchboard.router"):

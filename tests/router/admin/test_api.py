@@ -37,7 +37,9 @@ class Router:
     def __init__(self) -> None:
         registry = TopicRegistry([TopicSpec(pattern="/video/*", policy=DeliveryPolicy(kind="latest"))])
         self.manager = ConnectionManager(registry)
-        self.control = ControlPlane(self.manager, heartbeat_interval=1.0, heartbeat_timeout=5.0)
+        self.control = ControlPlane(
+            self.manager, heartbeat_interval=1.0, heartbeat_timeout=5.0, router_id="r1"
+        )
         self.sent: list[Outbound] = []
 
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[str]:
@@ -47,13 +49,13 @@ class Router:
 
     def kick_client(self, client_id: str, reason: str = KICKED) -> str:
         edge_id = self.manager.client_edge(client_id)
-        self.sent += self.control.kick(client_id, reason)
+        self.sent += self.control.kick(client_id, reason, unix_time=0.0)
         assert edge_id is not None
         return edge_id
 
     def drain_edge(self, edge_id: str) -> list[str]:
         clients = [c.client_id for c in self.manager.get_active_clients(edge_id)]
-        self.sent += self.control.drain(edge_id)
+        self.sent += self.control.drain(edge_id, unix_time=0.0)
         return clients
 
 

@@ -47,7 +47,7 @@ EVENTS = TopicSpec(pattern="/events/**", content_type="application/json", policy
 
 def make_plane(limits: Limits | None = None) -> ControlPlane:
     manager = ConnectionManager(TopicRegistry([VIDEO, EVENTS]), limits=limits)
-    return ControlPlane(manager, heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT)
+    return ControlPlane(manager, heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT, router_id="r1")
 
 
 def handle(plane: ControlPlane, edge: str, body: bytes, now: float = 0.0) -> list[Outbound]:

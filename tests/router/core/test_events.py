@@ -40,7 +40,7 @@ from router.wire import (
 )
 
 T = 1_700_000_000.0
-"""The Unix time every event is stamped with."""
+"""The Unix time of every message the control plane handles, so the time of its events."""
 
 
 class Plane:
@@ -48,13 +48,12 @@ class Plane:
 
     def __init__(self, manager: ConnectionManager | None = None) -> None:
         registry = TopicRegistry([TopicSpec(pattern="/video/**")], allow_undeclared=False)
-        self.plane = ControlPlane(manager or ConnectionManager(registry), 1.0, 3.0)
-        self.plane.events.clock = lambda: T
+        self.plane = ControlPlane(manager or ConnectionManager(registry), 1.0, 3.0, router_id="r1")
         self.events: list[Event] = []
         self.plane.events.add(self.events.append)
 
     def send(self, message: EdgeMessage, now: float = 0.0, edge: str = "e1") -> None:
-        self.plane.handle(edge.encode(), encode_control(message), now)
+        self.plane.handle(edge.encode(), encode_control(message), now, T)
 
     def hello(self, now: float = 0.0) -> None:
         self.send(Hello(edge_id="e1", protocol="websocket"), now)
@@ -182,9 +181,9 @@ def test_an_expired_session_is_client_disconnected() -> None:
     plane.hello()
     plane.send(RegisterClient(request_id=1, client_id="e1/c1"))
     plane.take()
-    plane.plane.tick(0.5, 1000.0)
+    plane.plane.tick(0.5, T + 60.0)
     assert plane.take() == [
-        ClientDisconnected(time=T, client_id="e1/c1", edge_id="e1", reason="token expired")
+        ClientDisconnected(time=T + 60.0, client_id="e1/c1", edge_id="e1", reason="token expired")
     ]
 
 
@@ -192,11 +191,11 @@ def test_kick_and_drain_say_why() -> None:
     plane = connected_plane()
     plane.send(RegisterClient(request_id=2, client_id="e1/c2"))
     plane.take()
-    plane.plane.kick("e1/c1")
-    plane.plane.drain("e1", "maintenance")
-    assert [(e.client_id, e.reason) for e in plane.take() if isinstance(e, ClientDisconnected)] == [
-        ("e1/c1", KICKED),
-        ("e1/c2", "maintenance"),
+    plane.plane.kick("e1/c1", unix_time=T + 1)
+    plane.plane.drain("e1", "maintenance", unix_time=T + 2)
+    assert [(e.time, e.client_id, e.reason) for e in plane.take() if isinstance(e, ClientDisconnected)] == [
+        (T + 1, "e1/c1", KICKED),
+        (T + 2, "e1/c2", "maintenance"),
     ]
 
 

@@ -18,6 +18,9 @@ from router.wire import (
 )
 from tests.router.core.test_control import hello, make_plane, register, send, subscribe
 
+T = 1_700_000_000.0
+"""The Unix time of the operator's requests."""
+
 
 @pytest.fixture
 def plane() -> ControlPlane:
@@ -40,25 +43,27 @@ def test_a_policy_change_goes_to_every_edge_holding_the_topic(plane: ControlPlan
 
 
 def test_a_kicked_client_is_forgotten_and_its_edge_told_to_close_it(plane: ControlPlane) -> None:
-    assert plane.kick("a") == [ToEdge("e1", DropClient(client_id="a", reason=KICKED, code=CLOSE_DROPPED))]
+    assert plane.kick("a", unix_time=T) == [
+        ToEdge("e1", DropClient(client_id="a", reason=KICKED, code=CLOSE_DROPPED))
+    ]
     assert plane.manager.client_edge("a") is None
-    assert plane.kick("c", "bye") == [ToEdge("e2", DropClient(client_id="c", reason="bye"))]
+    assert plane.kick("c", "bye", unix_time=T) == [ToEdge("e2", DropClient(client_id="c", reason="bye"))]
     with pytest.raises(RefusedError) as refused:
-        plane.kick("a")
+        plane.kick("a", unix_time=T)
     assert refused.value.code is ErrorCode.UNKNOWN_CLIENT
 
 
 def test_the_last_subscriber_kicked_unwatches_the_topic(plane: ControlPlane) -> None:
-    plane.kick("a")
-    plane.kick("c")
-    assert plane.kick("b") == [
+    plane.kick("a", unix_time=T)
+    plane.kick("c", unix_time=T)
+    assert plane.kick("b", unix_time=T) == [
         Upstream("/t", watched=False),
         ToEdge("e1", DropClient(client_id="b", reason=KICKED)),
     ]
 
 
 def test_a_drained_edge_closes_every_client_with_going_away(plane: ControlPlane) -> None:
-    out = plane.drain("e1")
+    out = plane.drain("e1", unix_time=T)
     drop = [DropClient(client_id=c, reason=DRAINED, code=CLOSE_GOING_AWAY) for c in ("a", "b")]
     assert out == [ToEdge("e1", message) for message in drop]
     assert [c.client_id for c in plane.manager.get_active_clients()] == ["c"]
@@ -67,7 +72,7 @@ def test_a_drained_edge_closes_every_client_with_going_away(plane: ControlPlane)
         assert isinstance(item, ToEdge)
         assert decode_router_message(encode_control(item.message)) == item.message
     with pytest.raises(RefusedError) as refused:
-        plane.drain("nobody")
+        plane.drain("nobody", unix_time=T)
     assert refused.value.code is ErrorCode.UNKNOWN_EDGE
 
 
