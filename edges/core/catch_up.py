@@ -86,27 +86,29 @@ class CatchUp:
 
     # ------------------------------------------------------------ asking
 
-    def requests(self) -> list[wire.Recover]:
-        """A ``recover`` for each subscription behind whose queue is empty and that has none out."""
+    def ask(self) -> None:
+        """Send a ``recover`` for each subscription behind whose queue is empty and that has none out."""
         for sub in list(self._behind):
             if not sub.notice_caught_up():
                 del self._behind[sub]
-        if not self.enabled:
-            return []
-        return [self._ask(sub) for sub in self._behind if sub.state is SubState.BEHIND and not sub.queued]
+        if self.enabled:
+            for sub in self._behind:
+                if sub.state is SubState.BEHIND and not sub.queued:
+                    self._ask(sub)
 
-    def _ask(self, sub: Subscription) -> wire.Recover:
-        request = RouterRequest(RequestKind.RECOVER, sub.client_id, sub.topic, subscription=sub)
-        request_id = self._requests.add(request)
-        sub.ask(request_id)
+    def _ask(self, sub: Subscription) -> None:
         first, last = sub.owed
-        return wire.Recover(
-            request_id=request_id,
-            topic=sub.topic,
-            epoch=sub.behind_epoch,
-            from_offset=first - 1,
-            to_offset=last,
+        request_id = self._requests.send(
+            RouterRequest(RequestKind.RECOVER, sub.client_id, sub.topic, subscription=sub),
+            lambda request_id: wire.Recover(
+                request_id=request_id,
+                topic=sub.topic,
+                epoch=sub.behind_epoch,
+                from_offset=first - 1,
+                to_offset=last,
+            ),
         )
+        sub.ask(request_id)
 
     # ------------------------------------------------------------ answers
 

@@ -2,13 +2,17 @@
 
 Each request gets an id of its own (the router echoes it); a reply whose id is unknown, or whose
 kind does not answer the request's (an ``error`` answers any), is unexpected and changes nothing.
+Messages for the router go to the hub's actions (:class:`~edges.core.actions.ToRouter`) in the
+order they are sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
 
+from edges.core.actions import EdgeAction, ToRouter
 from edges.core.subscription import Subscription
 from router import wire
 
@@ -57,9 +61,10 @@ _ANSWERS: dict[type, RequestKind] = {
 
 
 class RouterRequests:
-    """Requests in flight, by id and by client."""
+    """Requests in flight, by id and by client; ``actions``: where messages for the router go."""
 
-    def __init__(self) -> None:
+    def __init__(self, actions: list[EdgeAction]) -> None:
+        self._actions = actions
         self._pending: dict[int, RouterRequest] = {}
         self._by_client: dict[str, set[int]] = {}
         self._next_id = 1
@@ -71,6 +76,16 @@ class RouterRequests:
         self._pending[request_id] = request
         self._by_client.setdefault(request.client_id, set()).add(request_id)
         return request_id
+
+    def send(self, request: RouterRequest, message: Callable[[int], wire.EdgeMessage]) -> int:
+        """Record ``request`` and send the router ``message(request_id)``; returns the id."""
+        request_id = self.add(request)
+        self.tell(message(request_id))
+        return request_id
+
+    def tell(self, message: wire.EdgeMessage) -> None:
+        """Send the router a message that has no reply."""
+        self._actions.append(ToRouter(message))
 
     def take(self, reply: Reply) -> RouterRequest | None:
         """The request ``reply`` answers, no longer in flight; ``None`` if it answers none."""

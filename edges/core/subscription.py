@@ -52,8 +52,8 @@ class SubState(StrEnum):
 
 
 class SubEvent(StrEnum):
-    RESEND = "resend"
-    """The subscribe went to the router again (a new router after a restart)."""
+    SEND = "send"
+    """The subscribe went to the router (again, to a new router after a restart)."""
     CONFIRM = "confirm"
     """The router accepted the client's subscribe."""
     RECONFIRM = "reconfirm"
@@ -77,7 +77,7 @@ _CONFIRMED_EVENTS: Final[Mapping[SubEvent, SubState]] = {
 
 TRANSITIONS: Final[Mapping[SubState, Mapping[SubEvent, SubState]]] = {
     SubState.REQUESTED: {
-        SubEvent.RESEND: SubState.REQUESTED,
+        SubEvent.SEND: SubState.REQUESTED,
         SubEvent.CONFIRM: SubState.ACTIVE,
         SubEvent.LEAVE: SubState.CLOSED,
     },
@@ -152,7 +152,6 @@ class Subscription:
         topic: str,
         channel: int,
         client_request: int,
-        request_id: int,
         resume: Resume | None = None,
         window: int | None = None,
     ) -> None:
@@ -161,8 +160,8 @@ class Subscription:
         self.topic = topic
         self.channel = channel
         self.client_request = client_request
-        self.request_id = request_id
-        """The router request the client waits for, while ``requested``."""
+        self.request_id = 0
+        """The router request the client waits for, while ``requested`` (see :meth:`sent`)."""
         self.resume = resume
         self.window = window
         self.state = SubState.REQUESTED
@@ -187,9 +186,9 @@ class Subscription:
 
     # ------------------------------------------------------------ lifecycle
 
-    def resend(self, request_id: int) -> None:
-        """The subscribe went to a new router as ``request_id``; the client still waits."""
-        self._advance(SubEvent.RESEND)
+    def sent(self, request_id: int) -> None:
+        """The subscribe went to the router as ``request_id``; the client waits for the reply."""
+        self._advance(SubEvent.SEND)
         self.request_id = request_id
 
     def awaits(self, request_id: int) -> bool:
