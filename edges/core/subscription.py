@@ -122,8 +122,10 @@ _LIVE: Final = frozenset({SubState.BEHIND, SubState.ASKING})
 class Subscription:
     """One client's subscription to one topic, on the topic's channel.
 
-    Data operations (:meth:`push`, :meth:`owe`, :meth:`set_policy`, :meth:`release`) need the lane:
-    they are for confirmed subscriptions (``active``, ``behind``, ``asking``) only.
+    Data operations (:meth:`owe`, :meth:`set_policy`, :meth:`release`) need the lane: they are
+    for confirmed subscriptions (``active``, ``behind``, ``asking``) only. Fan-out hands each
+    message to :attr:`lane` itself (:meth:`~edges.core.delivery.Lane.push`): a method of ours
+    around it would cost every message a call per subscriber.
     """
 
     __slots__ = (
@@ -221,10 +223,6 @@ class Subscription:
         return drops
 
     # ------------------------------------------------------------ data
-
-    def push(self, offset: int, frame: bytes, now: float | None) -> bool:
-        """Hand the lane one message. True when the hub must look at it (:meth:`needs`)."""
-        return self.lane.push(offset, frame, now)
 
     def set_policy(self, policy: DeliveryPolicy) -> bool:
         """Apply the topic's new policy at once. True as :meth:`push` says."""
