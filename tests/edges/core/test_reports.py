@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from edges.core.client_wire import CloseCode, encode_data_frame
-from edges.core.hub import REPORT_BUDGET, CloseClient, EdgeHub, EdgeLimits
+from edges.core.hub import CloseClient, EdgeHub, EdgeLimits
+from edges.core.reports import REPORT_BUDGET
 from router import wire
 from router.core import ClientFigures
 from router.core.policy import DeliveryPolicy
