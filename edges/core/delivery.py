@@ -48,6 +48,7 @@ from typing import Final
 
 from edges.core.client_wire import SkipReason, encode_skipped_frame
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
+from router.core.token_bucket import TokenBucket
 
 __all__ = ["QUANTUM", "DeliveryQueue", "Lane", "Skip"]
 
@@ -109,7 +110,7 @@ class Lane:
 
     __slots__ = (
         "behind",
-        "burst",
+        "bucket",
         "bytes",
         "channel",
         "count",
@@ -128,8 +129,6 @@ class Lane:
         "rate",
         "shed",
         "slow_client",
-        "stamp",
-        "tokens",
         "unacked",
         "window",
     )
@@ -170,9 +169,8 @@ class Lane:
         self.max_messages = min(most, queue.max_messages)
         self.max_bytes = min(policy.queue_max_bytes, queue.max_bytes)
         self.rate = None if policy.kind == "reliable" else policy.max_rate
-        self.burst = max(1.0, self.rate or 1.0)
-        self.tokens = self.burst
-        self.stamp = -math.inf
+        self.bucket = TokenBucket(self.rate) if self.rate is not None else None
+        """The ``max_rate`` bucket, full at every policy change; ``None`` without a rate."""
         self._refresh()
 
     def _refresh(self) -> None:
@@ -294,14 +292,7 @@ class Lane:
         self.held = (offset, frame)
 
     def _take_token(self, now: float) -> bool:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * (self.rate or 0.0))
-            self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        return self.bucket is None or self.bucket.take(now)
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -407,9 +398,9 @@ class Lane:
         """When the held frame can go (``-inf``: now), or ``None`` when none is held."""
         if self.held is None:
             return None
-        if self.rate is None or self.tokens >= 1:
+        if self.bucket is None:
             return -math.inf
-        return self.stamp + (1 - self.tokens) / self.rate
+        return self.bucket.next_token_at()
 
     def set_policy(self, policy: DeliveryPolicy) -> bool:
         """Apply a new policy at once. True as :meth:`push` says.

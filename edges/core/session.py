@@ -41,6 +41,7 @@ from edges.core.client_wire import (
 from edges.core.delivery import DeliveryQueue, Lane
 from router.core.errors import ErrorCode
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
+from router.core.token_bucket import TokenBucket
 
 __all__ = [
     "TRANSITIONS",
@@ -155,32 +156,24 @@ _WHY_NOT: Final[Mapping[State, str]] = {
 }
 
 
-class RequestRate:
-    """A client's token bucket: ``rate`` messages a second, ``burst`` at once, full at the start.
+class RequestRate(TokenBucket):
+    """A client's request bucket: ``rate`` messages a second, ``burst`` at once, full at the start.
 
     ``refused_in_a_row`` counts the messages refused since the last one let through.
     """
 
-    __slots__ = ("burst", "rate", "refused_in_a_row", "stamp", "tokens")
+    __slots__ = ("refused_in_a_row",)
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp: float | None = None
+        super().__init__(rate, burst)
         self.refused_in_a_row = 0
 
     def take(self, now: float) -> bool:
-        """Take a token at time ``now`` (seconds, any monotonic clock) if there is one."""
-        if self.stamp is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now if self.stamp is None else max(now, self.stamp)
-        if self.tokens < 1:
-            self.refused_in_a_row += 1
-            return False
-        self.tokens -= 1
-        self.refused_in_a_row = 0
-        return True
+        if super().take(now):
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
 
 
 class CloseRequest(NamedTuple):

@@ -1222,8 +1222,8 @@ class QueueMachine(RuleBasedStateMachine):
     def rate_limits_hold(self) -> None:
         for channel, model in self.channels.items():
             lane = self.lane(channel)
-            if lane.rate is not None:
-                allowed = lane.rate * (self.now - model.paid_since) + lane.burst
+            if lane.bucket is not None:
+                allowed = lane.bucket.rate * (self.now - model.paid_since) + lane.bucket.burst
                 assert model.delivered_since <= allowed + 1e-9
 
 
