@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from edges.core.client_wire import SkipReason, encode_skipped_frame
+from edges.core.drops import DropReason
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 from router.core.token_bucket import TokenBucket
 
@@ -109,7 +110,7 @@ class Lane:
     """
 
     __slots__ = (
-        "behind",
+        DropReason.BEHIND,
         "bucket",
         "bytes",
         "channel",
@@ -227,12 +228,12 @@ class Lane:
         if size > self.max_bytes:
             if self.held is not None:
                 self._conflate_held()
-            self._skip(QUEUE_FULL, offset, "oversize")
+            self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             return False
         if self.kind == "latest":
             return self._push_latest(offset, frame, size, now)
         if self.rate is not None and now is not None and not self._take_token(now):
-            self._skip(RATE_LIMITED, offset, "rate_limited")
+            self._skip(RATE_LIMITED, offset, DropReason.RATE_LIMITED)
             return False
         return self._enqueue(offset, frame, size)
 
@@ -275,7 +276,7 @@ class Lane:
     def _full(self, offset: int) -> bool:
         if self.slow_client == "disconnect":
             self.queue.too_slow = True
-            self.queue.dropped["too_slow"] += 1
+            self.queue.dropped[DropReason.TOO_SLOW] += 1
             self.drops += 1
             return True
         if self.kind == "reliable":
@@ -283,7 +284,7 @@ class Lane:
             self.queue.behind_lanes += 1
             self._refresh()
             return True
-        self._skip(QUEUE_FULL, offset, "queue_full")
+        self._skip(QUEUE_FULL, offset, DropReason.QUEUE_FULL)
         return False
 
     def _hold(self, offset: int, frame: bytes) -> None:
@@ -320,7 +321,7 @@ class Lane:
         if not self.items:
             self.items = None
 
-    def _skip(self, reason: int, offset: int, counter: str) -> None:
+    def _skip(self, reason: int, offset: int, counter: DropReason) -> None:
         self.queue.dropped[counter] += 1
         self.drops += 1
         items = self._deque()
@@ -330,7 +331,7 @@ class Lane:
         else:
             items.append(Skip(reason, offset))
 
-    def _drop_oldest(self, reason: int = QUEUE_FULL, counter: str = "queue_full") -> None:
+    def _drop_oldest(self, reason: int = QUEUE_FULL, counter: DropReason = DropReason.QUEUE_FULL) -> None:
         """Drop the oldest frame; it joins the skips around it, which stay before the next frame."""
         items = self.items or self._deque()
         head = items.popleft()
@@ -370,7 +371,7 @@ class Lane:
                 skip = item
             else:
                 self._forget(item[1])
-                self.queue.dropped["conflated"] += 1
+                self.queue.dropped[DropReason.CONFLATED] += 1
                 self.drops += 1
                 skip = Skip(CONFLATED, item[0])
             merged = skip if merged is None else merged.absorb(skip)
@@ -382,7 +383,7 @@ class Lane:
         assert self.held is not None
         offset = self.held[0]
         self.held = None
-        self._skip(CONFLATED, offset, "conflated")
+        self._skip(CONFLATED, offset, DropReason.CONFLATED)
 
     # ------------------------------------------------------------ timed release and policy changes
 
@@ -417,7 +418,7 @@ class Lane:
             self.give_up()
         if self.kind == "latest":
             while self.count > 1:
-                self._drop_oldest(CONFLATED, "conflated")
+                self._drop_oldest(CONFLATED, DropReason.CONFLATED)
         if self.kind != "reliable":
             while self.count and (self.count > self.max_messages or self.bytes > self.max_bytes):
                 self._drop_oldest()
@@ -447,7 +448,7 @@ class Lane:
                 break
             size = len(frame)
             if size > self.max_bytes:
-                self._skip(QUEUE_FULL, offset, "oversize")
+                self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             elif self._make_room(size):
                 self._append(offset, frame, size)
                 queued += 1
@@ -494,7 +495,7 @@ class Lane:
         self._stop_behind()
         if not behind.count:
             return
-        self.queue.dropped["behind"] += behind.count
+        self.queue.dropped[DropReason.BEHIND] += behind.count
         self.drops += behind.count
         items = self._deque()
         tail = items[-1] if items else None
@@ -587,7 +588,7 @@ class Lane:
             sent += self.pop_frame(out)
         return sent
 
-    def discard(self, reason: str) -> int:
+    def discard(self, reason: DropReason) -> int:
         """Drop everything (the client left the topic or is gone); returns how many frames were queued."""
         frames = self.count
         pending = self.pending
@@ -649,7 +650,7 @@ class DeliveryQueue:
         "recoverable",
         "recovered",
         "solo",
-        "too_slow",
+        DropReason.TOO_SLOW,
     )
 
     def __init__(
@@ -657,14 +658,14 @@ class DeliveryQueue:
         max_messages: int,
         max_bytes: int,
         *,
-        dropped: Counter[str] | None = None,
+        dropped: Counter[DropReason] | None = None,
         frame_encoder: Callable[[bytes], bytes] | None = None,
         recoverable: bool = False,
         quantum: int = QUANTUM,
     ) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self.dropped: Counter[str] = dropped if dropped is not None else Counter()
+        self.dropped: Counter[DropReason] = dropped if dropped is not None else Counter()
         self.recoverable = recoverable
         """Whether someone refills lanes that are behind; if not, a lane behind gives up as soon as
         it has nothing queued after a drain."""
@@ -702,7 +703,7 @@ class DeliveryQueue:
     def lanes(self) -> list[Lane]:
         return list(self._lanes.values())
 
-    def close(self, channel: int, reason: str = "unsubscribed") -> int:
+    def close(self, channel: int, reason: DropReason = DropReason.UNSUBSCRIBED) -> int:
         """Remove a lane and what it holds; returns how many frames were queued in it."""
         lane = self._lanes.pop(channel, None)
         if lane is None:
@@ -712,7 +713,7 @@ class DeliveryQueue:
         self._update_solo()
         return lane.discard(reason)
 
-    def clear(self, reason: str) -> int:
+    def clear(self, reason: DropReason) -> int:
         """Drop what every lane holds (the client is closing); returns how many frames were queued."""
         for lane in self._lanes.values():
             lane.open = False

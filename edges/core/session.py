@@ -39,6 +39,7 @@ from edges.core.client_wire import (
     encode_server_message,
 )
 from edges.core.delivery import DeliveryQueue, Lane
+from edges.core.drops import DropReason
 from router.core.errors import ErrorCode
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 from router.core.token_bucket import TokenBucket
@@ -236,7 +237,7 @@ class ClientSession:
         """What the hub registers the client with after a router restart: ``connect``'s token,
         then that of each ``refresh`` the router accepted."""
         self.close_request: CloseRequest | None = None
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         self.bad_messages = 0
         self.rate_limited = 0
         """Messages refused for :attr:`EdgeLimits.max_requests_per_second`."""
@@ -386,7 +387,7 @@ class ClientSession:
 
     def _discard_data(self) -> None:
         if self._queue is not None:
-            self._queue.clear("closed")
+            self._queue.clear(DropReason.CLOSED)
             self._queue = None
 
     # ------------------------------------------------------------ output

@@ -23,6 +23,7 @@ from typing import Final, NamedTuple, Protocol
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
+from edges.core.drops import DropReason
 from edges.core.session import ClientSession
 from edges.webrtc.slots import ViewerVideo
 from router.logs import ThrottledLog
@@ -213,7 +214,7 @@ class RtcPeer:
             pass  # the connection is ending; the host hears of it
         except ValueError as error:
             self.oversize += 1
-            self.session.dropped["oversize"] += 1
+            self.session.dropped[DropReason.OVERSIZE] += 1
             self._oversize_log.warning("oversize", "%s: %s", self.session.client_id, error)
 
     def _drained(self) -> None:

@@ -31,6 +31,7 @@ from edges.core.client_wire import (
     parse_skipped_frame,
 )
 from edges.core.delivery import QUANTUM, DeliveryQueue, Lane, Skip
+from edges.core.drops import DropReason
 from edges.core.hub import Behind, CloseClient, EdgeHub, ToRouter, UnwatchData
 from edges.core.session import ClientSession, EdgeLimits
 from router import wire
@@ -1000,7 +1001,7 @@ class QueueMachine(RuleBasedStateMachine):
         if not self.queue.too_slow:
             return False
         event("too slow")
-        self.queue.clear("closed")
+        self.queue.clear(DropReason.CLOSED)
         pushed = sum(len(model.frames) for model in self.channels.values())
         read = sum(len(model.delivered) for model in self.channels.values())
         assert pushed == read + self.queue.dropped.total()

@@ -8,6 +8,7 @@ from typing import Any, cast
 import pytest
 
 from edges.core.client_wire import Pong, encode_data_frame
+from edges.core.drops import DropReason
 from edges.core.session import ClientSession
 from edges.webrtc.peer import Channels, RtcPeer
 from edges.webrtc.slots import ViewerVideo
@@ -110,7 +111,7 @@ async def test_a_frame_too_large_for_the_remote_party_is_counted(peer: RtcPeer) 
     small = push(peer, BEST_EFFORT, 2)
     peer.write()
     assert channels(peer).lossy.sent == [small]
-    assert peer.session.dropped["oversize"] == 1
+    assert peer.session.dropped[DropReason.OVERSIZE] == 1
 
 
 class _Fakes:
