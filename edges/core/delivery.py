@@ -8,7 +8,7 @@ Rules of this module:
 - Every message handed to a lane ends in exactly one place: sent, still queued, pending (held for a
   rate-limit token, or owed to a ``reliable`` client that is behind), or skipped on purpose and
   counted once in :attr:`DeliveryQueue.dropped` under its reason. A message skipped while the client
-  stays subscribed is also covered by a skipped frame (:func:`~edges.core.client_wire.encode_skipped_frame`)
+  stays subscribed is also covered by a skipped frame (:class:`~edges.core.output.Skipped`)
   written just before the channel's next data frame, so the client can tell it from real loss.
 - No clock: time comes from the caller as ``now`` (seconds). ``None`` means no time is known, and
   rate limits are not applied.
@@ -42,12 +42,13 @@ import bisect
 import math
 import operator
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from edges.core.client_wire import SkipReason, encode_skipped_frame
 from edges.core.drops import DropReason
+from edges.core.output import ClientOutput, Data, Framing, Skipped
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 from router.core.token_bucket import TokenBucket
 
@@ -56,7 +57,7 @@ __all__ = ["QUANTUM", "DeliveryQueue", "Lane", "Skip"]
 QUANTUM: Final = 16 * 1024
 """Bytes a lane may send per round-robin turn among lanes of the same priority."""
 
-Frame = tuple[int, bytes]
+Frame = tuple[int, Data]
 """A queued message: its offset and its frame, as shared with the topic's other clients."""
 
 CONFLATED: Final = int(SkipReason.CONFLATED)
@@ -187,7 +188,7 @@ class Lane:
 
     # ------------------------------------------------------------ input
 
-    def push(self, offset: int, frame: bytes, now: float | None = None) -> bool:
+    def push(self, offset: int, frame: Data, now: float | None = None) -> bool:
         """Hand the lane one message. True when the caller must look at it: it now holds a frame
         for later (:attr:`held`), fell behind (:attr:`behind`), or the client is too slow."""
         queue = self.queue
@@ -213,7 +214,7 @@ class Lane:
                 return False
         return self._push(offset, frame, size, now)
 
-    def _shed(self, offset: int, frame: bytes, size: int) -> None:
+    def _shed(self, offset: int, frame: Data, size: int) -> None:
         """The client's bound is full, no lane has a lower priority, and dropping this lane's
         oldest frames makes room: the common overflow, kept short."""
         queue = self.queue
@@ -221,7 +222,7 @@ class Lane:
             self._drop_oldest()
         self._append(offset, frame, size)
 
-    def _push(self, offset: int, frame: bytes, size: int, now: float | None) -> bool:
+    def _push(self, offset: int, frame: Data, size: int, now: float | None) -> bool:
         if self.behind is not None:
             self.behind.add(BEHIND, offset)
             return False
@@ -237,7 +238,7 @@ class Lane:
             return False
         return self._enqueue(offset, frame, size)
 
-    def _push_latest(self, offset: int, frame: bytes, size: int, now: float | None) -> bool:
+    def _push_latest(self, offset: int, frame: Data, size: int, now: float | None) -> bool:
         """The waiting frame, paid for already, gives its place to the newer one."""
         if self.count:
             self._conflate_queued()
@@ -248,7 +249,7 @@ class Lane:
             self._conflate_held()
         return self._enqueue(offset, frame, size)
 
-    def _enqueue(self, offset: int, frame: bytes, size: int) -> bool:
+    def _enqueue(self, offset: int, frame: Data, size: int) -> bool:
         if self._make_room(size):
             self._append(offset, frame, size)
             return False
@@ -287,7 +288,7 @@ class Lane:
         self._skip(QUEUE_FULL, offset, DropReason.QUEUE_FULL)
         return False
 
-    def _hold(self, offset: int, frame: bytes) -> None:
+    def _hold(self, offset: int, frame: Data) -> None:
         if self.held is not None:
             self._conflate_held()
         self.held = (offset, frame)
@@ -303,14 +304,14 @@ class Lane:
             items = self.items = deque()
         return items
 
-    def _append(self, offset: int, frame: bytes, size: int) -> None:
+    def _append(self, offset: int, frame: Data, size: int) -> None:
         self._deque().append((offset, frame))
         self.count += 1
         self.bytes += size
         self.queue.count += 1
         self.queue.bytes += size
 
-    def _forget(self, frame: bytes) -> None:
+    def _forget(self, frame: Data) -> None:
         size = len(frame)
         self.count -= 1
         self.bytes -= size
@@ -550,7 +551,7 @@ class Lane:
         assert not isinstance(item, Skip)
         return len(item[1])
 
-    def pop_frame(self, out: list[bytes | str]) -> int:
+    def pop_frame(self, out: list[ClientOutput]) -> int:
         """Move the next frame to ``out``, after its skipped frame if any; returns its size."""
         items = self._deque()
         item = items.popleft()
@@ -566,7 +567,7 @@ class Lane:
         self._tidy()
         return len(frame)
 
-    def emit(self, out: list[bytes | str], limit: int | None) -> int:
+    def emit(self, out: list[ClientOutput], limit: int | None) -> int:
         """Move frames to ``out`` until ``limit`` bytes are out (the last one may go over)."""
         items = self.items
         if items is None:
@@ -632,12 +633,12 @@ class DeliveryQueue:
     """Every lane of one client: the bounds they share, the order of a drain, and the counters.
 
     ``max_messages`` and ``max_bytes`` bound the frames of all lanes together; each lane's policy
-    may bound its own frames more tightly. Skipped frames are built by ``frame_encoder`` like data
+    may bound its own frames more tightly. Skipped frames get the transport's ``framing`` like data
     frames, so the shell writes them the same way.
     """
 
     __slots__ = (
-        "_encoder",
+        "_framing",
         "_lanes",
         "behind_lanes",
         "bytes",
@@ -659,7 +660,7 @@ class DeliveryQueue:
         max_bytes: int,
         *,
         dropped: Counter[DropReason] | None = None,
-        frame_encoder: Callable[[bytes], bytes] | None = None,
+        framing: Framing | None = None,
         recoverable: bool = False,
         quantum: int = QUANTUM,
     ) -> None:
@@ -676,7 +677,7 @@ class DeliveryQueue:
         self.behind_lanes = 0
         self.too_slow = False
         """A ``disconnect`` lane had no room: close the client (code 4003)."""
-        self._encoder = frame_encoder
+        self._framing = framing
         self._lanes: dict[int, Lane] = {}
         self.levels: list[_Level] = []
         """By priority, highest first."""
@@ -780,7 +781,7 @@ class DeliveryQueue:
 
     # ------------------------------------------------------------ output
 
-    def drain(self, out: list[bytes | str], limit: int | None = None) -> None:
+    def drain(self, out: list[ClientOutput], limit: int | None = None) -> None:
         """Move frames to ``out``: higher priorities first, equal ones by deficit round-robin.
 
         With ``limit``, stop once that many bytes of data frames are out (the last frame may go
@@ -801,7 +802,7 @@ class DeliveryQueue:
                 if lane.behind is not None and not lane.count:
                     lane.give_up()
 
-    def _drain_level(self, level: _Level, out: list[bytes | str], limit: int | None) -> int:
+    def _drain_level(self, level: _Level, out: list[ClientOutput], limit: int | None) -> int:
         lanes = level.lanes
         if len(lanes) == 1:
             return lanes[0].emit(out, limit)
@@ -826,6 +827,8 @@ class DeliveryQueue:
             level.next_turn()
         return sent
 
-    def skipped_frame(self, channel: int, skip: Skip) -> bytes:
+    def skipped_frame(self, channel: int, skip: Skip) -> Skipped:
         frame = encode_skipped_frame(channel, skip.reasons, skip.first, skip.last, skip.count)
-        return self._encoder(frame) if self._encoder is not None else frame
+        if self._framing is not None:
+            frame = self._framing(len(frame)) + frame
+        return Skipped(channel, frame)

@@ -31,7 +31,7 @@ import heapq
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
@@ -48,9 +48,9 @@ from edges.core.client_wire import (
     Unsubscribe,
     Unsubscribed,
     client_error_code,
-    encode_data_frame,
 )
 from edges.core.delivery import Lane
+from edges.core.output import Data, Framing, data_frame
 from edges.core.session import ClientSession, EdgeLimits, State
 from router import wire
 from router.core.edge_reports import ClientFigures, EdgeTotals
@@ -229,17 +229,17 @@ class EdgeHub:
         limits: EdgeLimits | None = None,
         *,
         protocol: str = "websocket",
-        frame_encoder: Callable[[bytes], bytes] | None = None,
+        framing: Framing | None = None,
         recovery: bool = True,
     ) -> None:
-        """``frame_encoder`` wraps each data frame for the transport, once per message (the
-        WebSocket edge frames it as a WebSocket binary message), and each skipped frame; by default
+        """``framing`` heads each data frame for the transport, once per message (the WebSocket
+        edge frames it as a WebSocket binary message), and each skipped frame; by default
         frames go as they are. Without ``recovery`` the hub never asks the router's history: a
         ``reliable`` client that fell behind skips what it missed once its queue is drained."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
         self.recovery = recovery
-        self._frame_encoder = frame_encoder
+        self._framing = framing
         self._now: float | None = None
         self._waiting: dict[tuple[str, int], tuple[ClientSession, Lane]] = {}
         """Lanes holding a rate-limited ``latest`` frame, for :meth:`tick`."""
@@ -296,7 +296,7 @@ class EdgeHub:
         if client_id in self._clients:
             raise ValueError(f"client {client_id!r} is already open")
         session = ClientSession(
-            client_id, remote, self.limits, frame_encoder=self._frame_encoder, recoverable=self.recovery
+            client_id, remote, self.limits, framing=self._framing, recoverable=self.recovery
         )
         self._clients[client_id] = _Client(session)
         return session
@@ -318,6 +318,13 @@ class EdgeHub:
                 self._unsubscribe(client, unsubscribe)
             case Refresh() as refresh:
                 self._refresh(client, refresh)
+        self._settle(client)
+
+    def client_connect(self, client_id: str, connect: Connect) -> None:
+        """A ``connect`` that came from elsewhere than a text message (a WebRTC offer's token)."""
+        client = self._client(client_id)
+        if client.session.receive(connect) is not None:
+            self._register(client, connect)
         self._settle(client)
 
     def client_binary(self, client_id: str, data: bytes, now: float | None = None) -> None:
@@ -564,9 +571,8 @@ class EdgeHub:
             self._close_too_slow()
         return count
 
-    def _frame(self, channel: int, offset: int, payload: bytes) -> bytes:
-        frame = encode_data_frame(channel, offset, payload)
-        return self._frame_encoder(frame) if self._frame_encoder is not None else frame
+    def _frame(self, channel: int, offset: int, payload: bytes) -> Data:
+        return data_frame(channel, offset, payload, self._framing)
 
     def _owe_gap(self, topic: _Topic, first: int, last: int) -> None:
         """Messages ``first`` to ``last`` of a ``reliable`` topic never reached this edge: each

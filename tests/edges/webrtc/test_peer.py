@@ -7,8 +7,9 @@ from typing import Any, cast
 
 import pytest
 
-from edges.core.client_wire import Pong, encode_data_frame
+from edges.core.client_wire import Pong
 from edges.core.drops import DropReason
+from edges.core.output import data_frame
 from edges.core.session import ClientSession
 from edges.webrtc.peer import Channels, RtcPeer
 from edges.webrtc.slots import ViewerVideo
@@ -62,9 +63,10 @@ async def peer() -> RtcPeer:
 
 
 def push(peer: RtcPeer, channel: int, offset: int, size: int = 100) -> bytes:
-    frame = encode_data_frame(channel, offset, b"x" * size)
+    """Queue a data frame; returns its bytes as the data channel gets them."""
+    frame = data_frame(channel, offset, b"x" * size)
     peer.session.push_data(channel, frame, offset)
-    return frame
+    return frame.frame()
 
 
 async def test_each_frame_takes_the_channel_of_its_topics_policy(peer: RtcPeer) -> None:
