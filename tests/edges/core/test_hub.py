@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from edges.core.client_wire import (
     FRAME_SKIPPED,
     CloseCode,
+    Connect,
     SkipReason,
     encode_data_frame,
     frame_type,
@@ -145,6 +146,20 @@ def test_connect_registers_with_the_router() -> None:
     ready = hub.session("c1")
     assert ready is session
     assert ready.state is State.READY
+
+
+def test_a_decoded_connect_registers_like_its_text() -> None:
+    hub = EdgeHub(protocol="webrtc")
+    session = hub.open_client("c1", "10.0.0.1:4000")
+    hub.client_connect("c1", Connect(token="tok"))
+    register = only_request(hub)
+    assert register == wire.RegisterClient(
+        request_id=register.request_id, client_id="c1", protocol="webrtc", remote="10.0.0.1:4000", token="tok"
+    )
+    assert session.state is State.REGISTERING
+    hub.client_connect("c1", Connect(token="again"))
+    assert to_router(hub.drain_actions()) == []
+    assert parsed(session)[0]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(

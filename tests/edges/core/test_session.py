@@ -35,7 +35,7 @@ from edges.core.client_wire import (
     encode_skipped_frame,
     parse_data_frame,
 )
-from edges.core.output import Data
+from edges.core.output import Data, Reply, SubscriptionClosed, SubscriptionOpened
 from edges.core.session import (
     TRANSITIONS,
     ClientSession,
@@ -570,6 +570,39 @@ def test_queue_bounds_and_accounting(
         assert all(any(frame is candidate for candidate in iterator) for frame in mine), (
             "order kept per channel"
         )
+
+
+def test_replies_are_typed_and_subscriptions_are_announced() -> None:
+    session = ready_session()
+    subscribed = Subscribed(
+        id=1, topic="/t", channel=3, epoch=1, offset=0, content_type="image/jpeg", policy="latest"
+    )
+    session.send(subscribed)
+    session.send(ErrorReply(id=None, code="forbidden", message="no", topic="/t"))
+    session.send(Unsubscribed(id=2, topic="/u"))
+    session.send(ErrorReply(id=3, code="bad_request", message="no"))
+    out = session.data_to_send()
+    assert [type(item) for item in out] == [
+        Reply,
+        SubscriptionOpened,
+        Reply,
+        SubscriptionClosed,
+        Reply,
+        SubscriptionClosed,
+        Reply,
+    ]
+    assert out[0] == Reply(subscribed, encode_server_message(subscribed))
+    assert out[1] == SubscriptionOpened(3, "/t", "image/jpeg", "latest")
+    assert (out[3], out[5]) == (SubscriptionClosed("/t"), SubscriptionClosed("/u"))
+    assert session.pending_replies == 0
+
+
+def test_a_decoded_connect_is_received_like_its_text() -> None:
+    session = ClientSession("c1")
+    assert session.receive(Connect(token="tok")) == Connect(token="tok")
+    assert (session.state, session.token) == (State.REGISTERING, "tok")
+    assert session.receive(Connect()) is None
+    assert replies(session)[0]["code"] == "bad_request"
 
 
 def test_limits_are_validated() -> None:
