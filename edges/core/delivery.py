@@ -192,7 +192,7 @@ class Lane:
         """Hand the lane one message. True when the caller must look at it: it now holds a frame
         for later (:attr:`held`), fell behind (:attr:`behind`), or the client is too slow."""
         queue = self.queue
-        size = len(frame)
+        size = frame.size
         if self.fast:
             if queue.count < queue.max_messages and queue.bytes + size <= queue.max_bytes:
                 items = self.items
@@ -312,7 +312,7 @@ class Lane:
         self.queue.bytes += size
 
     def _forget(self, frame: Data) -> None:
-        size = len(frame)
+        size = frame.size
         self.count -= 1
         self.bytes -= size
         self.queue.count -= 1
@@ -341,7 +341,7 @@ class Lane:
             before = head
             head = items.popleft()
         offset, frame = head  # type: ignore[misc]
-        size = len(frame)
+        size = frame.size
         self.count -= 1
         self.bytes -= size
         queue = self.queue
@@ -394,7 +394,7 @@ class Lane:
             return self.held is not None
         offset, frame = self.held
         self.held = None
-        return self._enqueue(offset, frame, len(frame))
+        return self._enqueue(offset, frame, frame.size)
 
     def next_release(self) -> float | None:
         """When the held frame can go (``-inf``: now), or ``None`` when none is held."""
@@ -447,7 +447,7 @@ class Lane:
                 continue
             if offset > behind.first:
                 break
-            size = len(frame)
+            size = frame.size
             if size > self.max_bytes:
                 self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             elif self._make_room(size):
@@ -549,7 +549,7 @@ class Lane:
         if isinstance(item, Skip):
             item = items[1]
         assert not isinstance(item, Skip)
-        return len(item[1])
+        return item[1].size
 
     def pop_frame(self, out: list[ClientOutput]) -> int:
         """Move the next frame to ``out``, after its skipped frame if any; returns its size."""
@@ -565,7 +565,7 @@ class Lane:
             self.unacked.append(item[0])
         self._forget(frame)
         self._tidy()
-        return len(frame)
+        return frame.size
 
     def emit(self, out: list[ClientOutput], limit: int | None) -> int:
         """Move frames to ``out`` until ``limit`` bytes are out (the last one may go over)."""

@@ -290,7 +290,10 @@ class WebSocketConnection(asyncio.Protocol):
         size = 0
         for item in session.data_to_send():
             if type(item) is Data:
-                chunks += (item.head, item.payload)
+                if item.payload:
+                    chunks += (item.head, item.payload)
+                else:
+                    chunks.append(item.head)
                 size += item.size
             elif type(item) is Reply:
                 protocol.send_text(item.text.encode())
