@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Final
 
+from edges.core.drops import LOSS_REASONS, DropReason
 from edges.core.session import ClientSession
 
 __all__ = ["LOSS_REASONS", "MOST", "DropBursts"]
 
-LOSS_REASONS: Final = ("queue_full", "oversize", "too_slow", "behind")
 MOST: Final = 5
 
 
@@ -35,7 +35,7 @@ class DropBursts:
         self._last: dict[str, int] = {}
 
     def check(self, sessions: Iterable[ClientSession]) -> None:
-        bursts: list[tuple[int, str, Counter[str]]] = []
+        bursts: list[tuple[int, str, Counter[DropReason]]] = []
         seen: dict[str, int] = {}
         for session in sessions:
             lost = sum(session.dropped[reason] for reason in LOSS_REASONS)
@@ -56,7 +56,7 @@ class DropBursts:
                 extra={"edge_id": self.edge_id, "clients": others},
             )
 
-    def _log_client(self, client_id: str, grew: int, dropped: Counter[str]) -> None:
+    def _log_client(self, client_id: str, grew: int, dropped: Counter[DropReason]) -> None:
         reason = max(LOSS_REASONS, key=lambda r: dropped[r])
         self.logger.warning(
             "client %s lost %d messages in the last %.0f s (mostly %s)",

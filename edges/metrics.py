@@ -7,6 +7,7 @@ Nothing here runs per message: the hub, the link and the connections keep plain 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, Protocol
 
@@ -14,16 +15,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
+from edges.core.drops import DropReason
 from edges.core.hub import EdgeHub, EdgeStats
 from edges.core.session import ClientSession
 from edges.latency import LatencySampler
 from edges.link import RouterLink
-from router.core.errors import ErrorCode
 from router.metric_families import counter, gauge
 
 __all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe", "RefusedHandshakes"]
 
-BAD_INPUT: Final = "bad_input"
+BAD_INPUT: Final = DropReason.BAD_INPUT
 """The drop reason of client messages the edge refused as malformed or out of place."""
 LABELS: Final = ("edge", "protocol")
 
@@ -135,11 +136,9 @@ class EdgeCollector:
         )
 
     def _drops(self, stats: EdgeStats) -> Iterator[Metric]:
-        reasons = {
-            **stats.dropped,
-            BAD_INPUT: stats.bad_client_messages,
-            ErrorCode.RATE_LIMITED.value: stats.rate_limited_client_messages,
-        }
+        reasons = Counter(stats.dropped)
+        reasons[BAD_INPUT] += stats.bad_client_messages
+        reasons[DropReason.RATE_LIMITED] += stats.rate_limited_client_messages
         rows = [((*self._labels, reason), count) for reason, count in sorted(reasons.items())]
         yield counter("switchboard_edge_drops", "Messages dropped, by reason.", [*LABELS, "reason"], rows)
 

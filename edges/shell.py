@@ -28,6 +28,7 @@ from edges.core.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchDa
 from edges.core.session import EdgeLimits
 from edges.latency import LatencySampler
 from edges.link import DataBatch, RouterLink
+from router.core.clients import Connection
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
 from router.logfmt import configure_logging
@@ -37,19 +38,10 @@ from router.wire import Error, RouterMessage, WireError, parse_data_head
 __all__ = [
     "DataFeed",
     "EdgeShell",
-    "Transport",
     "add_limit_arguments",
     "limits_from_args",
     "run_edge",
 ]
-
-
-class Transport(Protocol):
-    """A client's connection as the shell sees it: something it can write the session's output to."""
-
-    def write(self) -> None:
-        """Write what the client's session has to send, as much as the transport takes."""
-        ...
 
 
 class DataFeed(Protocol):
@@ -63,7 +55,7 @@ class DataFeed(Protocol):
     def feed(self, topic: bytes, payload: bytes) -> None: ...
 
 
-T = TypeVar("T", bound=Transport)
+T = TypeVar("T", bound=Connection)
 
 
 class EdgeShell(ABC, Generic[T]):

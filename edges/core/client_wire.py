@@ -46,6 +46,7 @@ __all__ = [
     "SkippedFrame",
     "Subscribe",
     "Subscribed",
+    "Track",
     "Unsubscribe",
     "Unsubscribed",
     "client_error_code",
@@ -289,6 +290,15 @@ class ErrorReply(_ServerOp, tag="error", omit_defaults=True):
     topic: str | None = None
 
 
+class Track(_ServerOp, tag="track"):
+    """WebRTC only: the video transceiver ``mid`` of the client's offer now carries ``topic``
+    (``channel``), whose data frames no longer come on the data channels (section 4.9.3)."""
+
+    topic: str
+    channel: int
+    mid: str
+
+
 class Closing(_ServerOp, tag="closing"):
     """Sent just before the edge closes the connection; ``code`` is a :class:`CloseCode`."""
 
@@ -296,7 +306,7 @@ class Closing(_ServerOp, tag="closing"):
     reason: str
 
 
-ServerMessage = Connected | Subscribed | Unsubscribed | Pong | Refreshed | ErrorReply | Closing
+ServerMessage = Connected | Subscribed | Unsubscribed | Pong | Refreshed | ErrorReply | Track | Closing
 
 _encoder: Final = msgspec.json.Encoder()
 

@@ -8,7 +8,7 @@ Rules of this module:
 - Every message handed to a lane ends in exactly one place: sent, still queued, pending (held for a
   rate-limit token, or owed to a ``reliable`` client that is behind), or skipped on purpose and
   counted once in :attr:`DeliveryQueue.dropped` under its reason. A message skipped while the client
-  stays subscribed is also covered by a skipped frame (:func:`~edges.core.client_wire.encode_skipped_frame`)
+  stays subscribed is also covered by a skipped frame (:class:`~edges.core.output.Skipped`)
   written just before the channel's next data frame, so the client can tell it from real loss.
 - No clock: time comes from the caller as ``now`` (seconds). ``None`` means no time is known, and
   rate limits are not applied.
@@ -42,19 +42,22 @@ import bisect
 import math
 import operator
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from edges.core.client_wire import SkipReason, encode_skipped_frame
+from edges.core.drops import DropReason
+from edges.core.output import ClientOutput, Data, Framing, Skipped
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
+from router.core.token_bucket import TokenBucket
 
 __all__ = ["QUANTUM", "DeliveryQueue", "Lane", "Skip"]
 
 QUANTUM: Final = 16 * 1024
 """Bytes a lane may send per round-robin turn among lanes of the same priority."""
 
-Frame = tuple[int, bytes]
+Frame = tuple[int, Data]
 """A queued message: its offset and its frame, as shared with the topic's other clients."""
 
 CONFLATED: Final = int(SkipReason.CONFLATED)
@@ -108,8 +111,8 @@ class Lane:
     """
 
     __slots__ = (
-        "behind",
-        "burst",
+        DropReason.BEHIND,
+        "bucket",
         "bytes",
         "channel",
         "count",
@@ -128,8 +131,6 @@ class Lane:
         "rate",
         "shed",
         "slow_client",
-        "stamp",
-        "tokens",
         "unacked",
         "window",
     )
@@ -170,9 +171,8 @@ class Lane:
         self.max_messages = min(most, queue.max_messages)
         self.max_bytes = min(policy.queue_max_bytes, queue.max_bytes)
         self.rate = None if policy.kind == "reliable" else policy.max_rate
-        self.burst = max(1.0, self.rate or 1.0)
-        self.tokens = self.burst
-        self.stamp = -math.inf
+        self.bucket = TokenBucket(self.rate) if self.rate is not None else None
+        """The ``max_rate`` bucket, full at every policy change; ``None`` without a rate."""
         self._refresh()
 
     def _refresh(self) -> None:
@@ -188,11 +188,11 @@ class Lane:
 
     # ------------------------------------------------------------ input
 
-    def push(self, offset: int, frame: bytes, now: float | None = None) -> bool:
+    def push(self, offset: int, frame: Data, now: float | None = None) -> bool:
         """Hand the lane one message. True when the caller must look at it: it now holds a frame
         for later (:attr:`held`), fell behind (:attr:`behind`), or the client is too slow."""
         queue = self.queue
-        size = len(frame)
+        size = frame.size
         if self.fast:
             if queue.count < queue.max_messages and queue.bytes + size <= queue.max_bytes:
                 items = self.items
@@ -214,7 +214,7 @@ class Lane:
                 return False
         return self._push(offset, frame, size, now)
 
-    def _shed(self, offset: int, frame: bytes, size: int) -> None:
+    def _shed(self, offset: int, frame: Data, size: int) -> None:
         """The client's bound is full, no lane has a lower priority, and dropping this lane's
         oldest frames makes room: the common overflow, kept short."""
         queue = self.queue
@@ -222,23 +222,23 @@ class Lane:
             self._drop_oldest()
         self._append(offset, frame, size)
 
-    def _push(self, offset: int, frame: bytes, size: int, now: float | None) -> bool:
+    def _push(self, offset: int, frame: Data, size: int, now: float | None) -> bool:
         if self.behind is not None:
             self.behind.add(BEHIND, offset)
             return False
         if size > self.max_bytes:
             if self.held is not None:
                 self._conflate_held()
-            self._skip(QUEUE_FULL, offset, "oversize")
+            self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             return False
         if self.kind == "latest":
             return self._push_latest(offset, frame, size, now)
         if self.rate is not None and now is not None and not self._take_token(now):
-            self._skip(RATE_LIMITED, offset, "rate_limited")
+            self._skip(RATE_LIMITED, offset, DropReason.RATE_LIMITED)
             return False
         return self._enqueue(offset, frame, size)
 
-    def _push_latest(self, offset: int, frame: bytes, size: int, now: float | None) -> bool:
+    def _push_latest(self, offset: int, frame: Data, size: int, now: float | None) -> bool:
         """The waiting frame, paid for already, gives its place to the newer one."""
         if self.count:
             self._conflate_queued()
@@ -249,7 +249,7 @@ class Lane:
             self._conflate_held()
         return self._enqueue(offset, frame, size)
 
-    def _enqueue(self, offset: int, frame: bytes, size: int) -> bool:
+    def _enqueue(self, offset: int, frame: Data, size: int) -> bool:
         if self._make_room(size):
             self._append(offset, frame, size)
             return False
@@ -277,7 +277,7 @@ class Lane:
     def _full(self, offset: int) -> bool:
         if self.slow_client == "disconnect":
             self.queue.too_slow = True
-            self.queue.dropped["too_slow"] += 1
+            self.queue.dropped[DropReason.TOO_SLOW] += 1
             self.drops += 1
             return True
         if self.kind == "reliable":
@@ -285,23 +285,16 @@ class Lane:
             self.queue.behind_lanes += 1
             self._refresh()
             return True
-        self._skip(QUEUE_FULL, offset, "queue_full")
+        self._skip(QUEUE_FULL, offset, DropReason.QUEUE_FULL)
         return False
 
-    def _hold(self, offset: int, frame: bytes) -> None:
+    def _hold(self, offset: int, frame: Data) -> None:
         if self.held is not None:
             self._conflate_held()
         self.held = (offset, frame)
 
     def _take_token(self, now: float) -> bool:
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * (self.rate or 0.0))
-            self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        return self.bucket is None or self.bucket.take(now)
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -311,15 +304,15 @@ class Lane:
             items = self.items = deque()
         return items
 
-    def _append(self, offset: int, frame: bytes, size: int) -> None:
+    def _append(self, offset: int, frame: Data, size: int) -> None:
         self._deque().append((offset, frame))
         self.count += 1
         self.bytes += size
         self.queue.count += 1
         self.queue.bytes += size
 
-    def _forget(self, frame: bytes) -> None:
-        size = len(frame)
+    def _forget(self, frame: Data) -> None:
+        size = frame.size
         self.count -= 1
         self.bytes -= size
         self.queue.count -= 1
@@ -329,7 +322,7 @@ class Lane:
         if not self.items:
             self.items = None
 
-    def _skip(self, reason: int, offset: int, counter: str) -> None:
+    def _skip(self, reason: int, offset: int, counter: DropReason) -> None:
         self.queue.dropped[counter] += 1
         self.drops += 1
         items = self._deque()
@@ -339,7 +332,7 @@ class Lane:
         else:
             items.append(Skip(reason, offset))
 
-    def _drop_oldest(self, reason: int = QUEUE_FULL, counter: str = "queue_full") -> None:
+    def _drop_oldest(self, reason: int = QUEUE_FULL, counter: DropReason = DropReason.QUEUE_FULL) -> None:
         """Drop the oldest frame; it joins the skips around it, which stay before the next frame."""
         items = self.items or self._deque()
         head = items.popleft()
@@ -348,7 +341,7 @@ class Lane:
             before = head
             head = items.popleft()
         offset, frame = head  # type: ignore[misc]
-        size = len(frame)
+        size = frame.size
         self.count -= 1
         self.bytes -= size
         queue = self.queue
@@ -379,7 +372,7 @@ class Lane:
                 skip = item
             else:
                 self._forget(item[1])
-                self.queue.dropped["conflated"] += 1
+                self.queue.dropped[DropReason.CONFLATED] += 1
                 self.drops += 1
                 skip = Skip(CONFLATED, item[0])
             merged = skip if merged is None else merged.absorb(skip)
@@ -391,7 +384,7 @@ class Lane:
         assert self.held is not None
         offset = self.held[0]
         self.held = None
-        self._skip(CONFLATED, offset, "conflated")
+        self._skip(CONFLATED, offset, DropReason.CONFLATED)
 
     # ------------------------------------------------------------ timed release and policy changes
 
@@ -401,15 +394,15 @@ class Lane:
             return self.held is not None
         offset, frame = self.held
         self.held = None
-        return self._enqueue(offset, frame, len(frame))
+        return self._enqueue(offset, frame, frame.size)
 
     def next_release(self) -> float | None:
         """When the held frame can go (``-inf``: now), or ``None`` when none is held."""
         if self.held is None:
             return None
-        if self.rate is None or self.tokens >= 1:
+        if self.bucket is None:
             return -math.inf
-        return self.stamp + (1 - self.tokens) / self.rate
+        return self.bucket.next_token_at()
 
     def set_policy(self, policy: DeliveryPolicy) -> bool:
         """Apply a new policy at once. True as :meth:`push` says.
@@ -426,7 +419,7 @@ class Lane:
             self.give_up()
         if self.kind == "latest":
             while self.count > 1:
-                self._drop_oldest(CONFLATED, "conflated")
+                self._drop_oldest(CONFLATED, DropReason.CONFLATED)
         if self.kind != "reliable":
             while self.count and (self.count > self.max_messages or self.bytes > self.max_bytes):
                 self._drop_oldest()
@@ -454,9 +447,9 @@ class Lane:
                 continue
             if offset > behind.first:
                 break
-            size = len(frame)
+            size = frame.size
             if size > self.max_bytes:
-                self._skip(QUEUE_FULL, offset, "oversize")
+                self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             elif self._make_room(size):
                 self._append(offset, frame, size)
                 queued += 1
@@ -503,7 +496,7 @@ class Lane:
         self._stop_behind()
         if not behind.count:
             return
-        self.queue.dropped["behind"] += behind.count
+        self.queue.dropped[DropReason.BEHIND] += behind.count
         self.drops += behind.count
         items = self._deque()
         tail = items[-1] if items else None
@@ -556,9 +549,9 @@ class Lane:
         if isinstance(item, Skip):
             item = items[1]
         assert not isinstance(item, Skip)
-        return len(item[1])
+        return item[1].size
 
-    def pop_frame(self, out: list[bytes | str]) -> int:
+    def pop_frame(self, out: list[ClientOutput]) -> int:
         """Move the next frame to ``out``, after its skipped frame if any; returns its size."""
         items = self._deque()
         item = items.popleft()
@@ -572,9 +565,9 @@ class Lane:
             self.unacked.append(item[0])
         self._forget(frame)
         self._tidy()
-        return len(frame)
+        return frame.size
 
-    def emit(self, out: list[bytes | str], limit: int | None) -> int:
+    def emit(self, out: list[ClientOutput], limit: int | None) -> int:
         """Move frames to ``out`` until ``limit`` bytes are out (the last one may go over)."""
         items = self.items
         if items is None:
@@ -596,7 +589,7 @@ class Lane:
             sent += self.pop_frame(out)
         return sent
 
-    def discard(self, reason: str) -> int:
+    def discard(self, reason: DropReason) -> int:
         """Drop everything (the client left the topic or is gone); returns how many frames were queued."""
         frames = self.count
         pending = self.pending
@@ -640,12 +633,12 @@ class DeliveryQueue:
     """Every lane of one client: the bounds they share, the order of a drain, and the counters.
 
     ``max_messages`` and ``max_bytes`` bound the frames of all lanes together; each lane's policy
-    may bound its own frames more tightly. Skipped frames are built by ``frame_encoder`` like data
+    may bound its own frames more tightly. Skipped frames get the transport's ``framing`` like data
     frames, so the shell writes them the same way.
     """
 
     __slots__ = (
-        "_encoder",
+        "_framing",
         "_lanes",
         "behind_lanes",
         "bytes",
@@ -658,7 +651,7 @@ class DeliveryQueue:
         "recoverable",
         "recovered",
         "solo",
-        "too_slow",
+        DropReason.TOO_SLOW,
     )
 
     def __init__(
@@ -666,14 +659,14 @@ class DeliveryQueue:
         max_messages: int,
         max_bytes: int,
         *,
-        dropped: Counter[str] | None = None,
-        frame_encoder: Callable[[bytes], bytes] | None = None,
+        dropped: Counter[DropReason] | None = None,
+        framing: Framing | None = None,
         recoverable: bool = False,
         quantum: int = QUANTUM,
     ) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self.dropped: Counter[str] = dropped if dropped is not None else Counter()
+        self.dropped: Counter[DropReason] = dropped if dropped is not None else Counter()
         self.recoverable = recoverable
         """Whether someone refills lanes that are behind; if not, a lane behind gives up as soon as
         it has nothing queued after a drain."""
@@ -684,7 +677,7 @@ class DeliveryQueue:
         self.behind_lanes = 0
         self.too_slow = False
         """A ``disconnect`` lane had no room: close the client (code 4003)."""
-        self._encoder = frame_encoder
+        self._framing = framing
         self._lanes: dict[int, Lane] = {}
         self.levels: list[_Level] = []
         """By priority, highest first."""
@@ -711,7 +704,7 @@ class DeliveryQueue:
     def lanes(self) -> list[Lane]:
         return list(self._lanes.values())
 
-    def close(self, channel: int, reason: str = "unsubscribed") -> int:
+    def close(self, channel: int, reason: DropReason = DropReason.UNSUBSCRIBED) -> int:
         """Remove a lane and what it holds; returns how many frames were queued in it."""
         lane = self._lanes.pop(channel, None)
         if lane is None:
@@ -721,7 +714,7 @@ class DeliveryQueue:
         self._update_solo()
         return lane.discard(reason)
 
-    def clear(self, reason: str) -> int:
+    def clear(self, reason: DropReason) -> int:
         """Drop what every lane holds (the client is closing); returns how many frames were queued."""
         for lane in self._lanes.values():
             lane.open = False
@@ -788,7 +781,7 @@ class DeliveryQueue:
 
     # ------------------------------------------------------------ output
 
-    def drain(self, out: list[bytes | str], limit: int | None = None) -> None:
+    def drain(self, out: list[ClientOutput], limit: int | None = None) -> None:
         """Move frames to ``out``: higher priorities first, equal ones by deficit round-robin.
 
         With ``limit``, stop once that many bytes of data frames are out (the last frame may go
@@ -809,7 +802,7 @@ class DeliveryQueue:
                 if lane.behind is not None and not lane.count:
                     lane.give_up()
 
-    def _drain_level(self, level: _Level, out: list[bytes | str], limit: int | None) -> int:
+    def _drain_level(self, level: _Level, out: list[ClientOutput], limit: int | None) -> int:
         lanes = level.lanes
         if len(lanes) == 1:
             return lanes[0].emit(out, limit)
@@ -834,6 +827,8 @@ class DeliveryQueue:
             level.next_turn()
         return sent
 
-    def skipped_frame(self, channel: int, skip: Skip) -> bytes:
+    def skipped_frame(self, channel: int, skip: Skip) -> Skipped:
         frame = encode_skipped_frame(channel, skip.reasons, skip.first, skip.last, skip.count)
-        return self._encoder(frame) if self._encoder is not None else frame
+        if self._framing is not None:
+            frame = self._framing(len(frame)) + frame
+        return Skipped(channel, frame)

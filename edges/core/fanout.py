@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from edges.core.actions import EdgeAction, UnwatchData, WatchData
 from edges.core.catch_up import CatchUp
 from edges.core.client_wire import Resume
+from edges.core.output import Data
 from edges.core.reports import EdgeCounters
 from edges.core.session import ClientSession
 from edges.core.subscription import Subscription
@@ -76,7 +77,7 @@ class Fanout:
     def __init__(
         self,
         catch_up: CatchUp,
-        frame: Callable[[int, int, bytes], bytes],
+        frame: Callable[[int, int, bytes], Data],
         actions: list[EdgeAction],
         with_output: dict[str, ClientSession],
         counters: EdgeCounters,

@@ -22,14 +22,14 @@ refuses without asking the router (bad topic, the per-client limit, a repeated s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Final
 
 from edges.core.actions import CloseClient, EdgeAction, ToRouter, UnwatchData, WatchData
 from edges.core.catch_up import CatchUp
 from edges.core.client import EdgeClient, Refusal
-from edges.core.client_wire import CloseCode, Connect, Refresh, Subscribe, Unsubscribe, encode_data_frame
+from edges.core.client_wire import CloseCode, Connect, Refresh, Subscribe, Unsubscribe
 from edges.core.fanout import Fanout
+from edges.core.output import Data, Framing, data_frame
 from edges.core.reports import EdgeCounters, EdgeStats
 from edges.core.requests import Reply, RequestKind, RouterRequest, RouterRequests
 from edges.core.session import ClientSession, EdgeLimits, State
@@ -62,17 +62,17 @@ class EdgeHub:
         limits: EdgeLimits | None = None,
         *,
         protocol: str = "websocket",
-        frame_encoder: Callable[[bytes], bytes] | None = None,
+        framing: Framing | None = None,
         recovery: bool = True,
     ) -> None:
-        """``frame_encoder`` wraps each data frame for the transport, once per message (the
-        WebSocket edge frames it as a WebSocket binary message), and each skipped frame; by default
-        frames go as they are. Without ``recovery`` the hub never asks the router's history: a
+        """``framing`` heads each data frame for the transport, once per message (the WebSocket
+        edge frames it as a WebSocket binary message), and each skipped frame; by default frames go
+        as they are. Without ``recovery`` the hub never asks the router's history: a
         ``reliable`` client that fell behind skips what it missed once its queue is drained."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
         self.recovery = recovery
-        self._frame_encoder = frame_encoder
+        self._framing = framing
         self._clients: dict[str, EdgeClient] = {}
         self._actions: list[EdgeAction] = []
         self._with_output: dict[str, ClientSession] = {}
@@ -113,7 +113,7 @@ class EdgeHub:
         if client_id in self._clients:
             raise ValueError(f"client {client_id!r} is already open")
         session = ClientSession(
-            client_id, remote, self.limits, frame_encoder=self._frame_encoder, recoverable=self.recovery
+            client_id, remote, self.limits, framing=self._framing, recoverable=self.recovery
         )
         self._clients[client_id] = EdgeClient(session, self._requests, self._fanout)
         return session
@@ -155,6 +155,13 @@ class EdgeHub:
             now=self._last_now,
             extra=ids,
         )
+
+    def client_connect(self, client_id: str, connect: Connect) -> None:
+        """A ``connect`` that came from elsewhere than a text message (a WebRTC offer's token)."""
+        client = self._client(client_id)
+        if client.session.receive(connect) is not None:
+            client.connect(connect.token, self.protocol)
+        self._settle(client)
 
     def client_binary(self, client_id: str, data: bytes, now: float | None = None) -> None:
         """One binary message from a client (always refused)."""
@@ -229,9 +236,8 @@ class EdgeHub:
             self._close_too_slow()
         return due
 
-    def _frame(self, channel: int, offset: int, payload: bytes) -> bytes:
-        frame = encode_data_frame(channel, offset, payload)
-        return self._frame_encoder(frame) if self._frame_encoder is not None else frame
+    def _frame(self, channel: int, offset: int, payload: bytes) -> Data:
+        return data_frame(channel, offset, payload, self._framing)
 
     def _close_too_slow(self) -> None:
         sessions, self._fanout.too_slow = self._fanout.too_slow, []

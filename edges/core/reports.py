@@ -13,17 +13,15 @@ from typing import Final
 
 import msgspec
 
+from edges.core.drops import NOT_DROPS
 from edges.core.session import ClientSession
 from router import wire
 from router.core.edge_reports import ClientFigures, EdgeTotals
 
-__all__ = ["NOT_DROPS", "REPORT_BUDGET", "EdgeCounters", "EdgeStats", "client_figures", "split_report"]
+__all__ = ["REPORT_BUDGET", "EdgeCounters", "EdgeStats", "client_figures", "split_report"]
 
 REPORT_BUDGET: Final = 48 * 1024
 """Bytes of topic and client entries in one ``edge_stats`` message, under the 64 KiB bound."""
-
-NOT_DROPS: Final = frozenset({"closed", "unsubscribed"})
-"""Reasons in :attr:`ClientSession.dropped` that are not counted among a client's drops."""
 
 
 class EdgeStats(msgspec.Struct, kw_only=True):

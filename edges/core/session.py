@@ -6,14 +6,14 @@ session knows nothing of topics or the router: :class:`~edges.core.hub.EdgeHub` 
 means and hands the session the replies and data frames to send.
 
 The shell feeds client input to the hub, then drains :meth:`ClientSession.data_to_send` and writes
-everything it returns in one write; ``str`` items are text messages, ``bytes`` items binary ones.
+everything it returns in one write: typed items (:mod:`edges.core.output`), each encoded once.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -22,6 +22,7 @@ import msgspec
 from edges.core.client_wire import (
     MAX_MESSAGE_BYTES,
     Ack,
+    ClientMessage,
     ClientProtocolError,
     CloseCode,
     Closing,
@@ -33,14 +34,25 @@ from edges.core.client_wire import (
     Refresh,
     ServerMessage,
     Subscribe,
+    Subscribed,
     Unsubscribe,
+    Unsubscribed,
     close_reason,
     decode_client_message,
-    encode_server_message,
 )
 from edges.core.delivery import DeliveryQueue, Lane
+from edges.core.drops import DropReason
+from edges.core.output import (
+    ClientOutput,
+    Data,
+    Framing,
+    SubscriptionClosed,
+    SubscriptionOpened,
+    reply,
+)
 from router.core.errors import ErrorCode
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
+from router.core.token_bucket import TokenBucket
 
 __all__ = [
     "TRANSITIONS",
@@ -155,32 +167,24 @@ _WHY_NOT: Final[Mapping[State, str]] = {
 }
 
 
-class RequestRate:
-    """A client's token bucket: ``rate`` messages a second, ``burst`` at once, full at the start.
+class RequestRate(TokenBucket):
+    """A client's request bucket: ``rate`` messages a second, ``burst`` at once, full at the start.
 
     ``refused_in_a_row`` counts the messages refused since the last one let through.
     """
 
-    __slots__ = ("burst", "rate", "refused_in_a_row", "stamp", "tokens")
+    __slots__ = ("refused_in_a_row",)
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp: float | None = None
+        super().__init__(rate, burst)
         self.refused_in_a_row = 0
 
     def take(self, now: float) -> bool:
-        """Take a token at time ``now`` (seconds, any monotonic clock) if there is one."""
-        if self.stamp is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now if self.stamp is None else max(now, self.stamp)
-        if self.tokens < 1:
-            self.refused_in_a_row += 1
-            return False
-        self.tokens -= 1
-        self.refused_in_a_row = 0
-        return True
+        if super().take(now):
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
 
 
 class CloseRequest(NamedTuple):
@@ -207,9 +211,10 @@ class ClientSession:
 
     __slots__ = (
         "_control",
-        "_frame_encoder",
+        "_framing",
         "_queue",
         "_recoverable",
+        "_replies",
         "bad_messages",
         "client_id",
         "close_request",
@@ -229,10 +234,10 @@ class ClientSession:
         remote: str = "",
         limits: EdgeLimits | None = None,
         *,
-        frame_encoder: Callable[[bytes], bytes] | None = None,
+        framing: Framing | None = None,
         recoverable: bool = False,
     ) -> None:
-        """``frame_encoder`` and ``recoverable`` go to the data queue (see
+        """``framing`` and ``recoverable`` go to the data queue (see
         :class:`~edges.core.delivery.DeliveryQueue`)."""
         self.client_id = client_id
         self.remote = remote
@@ -243,15 +248,17 @@ class ClientSession:
         """What the hub registers the client with after a router restart: ``connect``'s token,
         then that of each ``refresh`` the router accepted."""
         self.close_request: CloseRequest | None = None
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         self.bad_messages = 0
         self.rate_limited = 0
         """Messages refused for :attr:`EdgeLimits.max_requests_per_second`."""
         most = self.limits.max_requests_per_second
         self.rate = RequestRate(most, self.limits.request_burst) if most is not None else None
-        self._control: list[bytes | str] = []
+        self._control: list[ClientOutput] = []
+        """Replies, and the subscription items that follow some of them."""
+        self._replies = 0
         self._queue: DeliveryQueue | None = None
-        self._frame_encoder = frame_encoder
+        self._framing = framing
         self._recoverable = recoverable
 
     def __repr__(self) -> str:
@@ -284,6 +291,13 @@ class ClientSession:
         except ClientProtocolError as error:
             if self._within_rate(now, error.request_id):
                 self._refuse(error.request_id, error.code, error.message)
+            return None
+        return self.receive(message, now)
+
+    def receive(self, message: ClientMessage, now: float | None = None) -> ClientRequest | None:
+        """One decoded client message, as :meth:`receive_text` takes it after decoding (the WebRTC
+        edge's ``connect`` comes this way, from the offer's token)."""
+        if not self.is_open:
             return None
         request_id = None if isinstance(message, Connect | Ack) else message.id
         if not isinstance(message, Ack) and not self._within_rate(now, request_id):
@@ -337,9 +351,20 @@ class ClientSession:
         self.send(Connected(client_id=self.client_id, user=user))
 
     def send(self, message: ServerMessage) -> None:
-        """Queue a control message, ahead of all data. Too many unread ones close the client."""
-        self._control.append(encode_server_message(message))
-        if len(self._control) > self.limits.max_pending_replies and self.is_open:
+        """Queue a control message, ahead of all data. Too many unread ones close the client.
+
+        A ``subscribed`` is followed by :class:`~edges.core.output.SubscriptionOpened`, and an
+        ``unsubscribed`` or an ``error`` naming a topic by :class:`~edges.core.output.SubscriptionClosed`.
+        """
+        control = self._control
+        control.append(reply(message))
+        match message:
+            case Subscribed(channel=channel, topic=topic, content_type=content_type, policy=policy):
+                control.append(SubscriptionOpened(channel, topic, content_type, policy))
+            case Unsubscribed(topic=topic) | ErrorReply(topic=str() as topic):
+                control.append(SubscriptionClosed(topic))
+        self._replies += 1
+        if self._replies > self.limits.max_pending_replies and self.is_open:
             self.close(CloseCode.POLICY_VIOLATION, "too many unread replies")
 
     def send_error(self, request_id: int | None, code: str, message: str, topic: str | None = None) -> None:
@@ -353,7 +378,7 @@ class ClientSession:
                 self.limits.queue_max_messages,
                 self.limits.queue_max_bytes,
                 dropped=self.dropped,
-                frame_encoder=self._frame_encoder,
+                framing=self._framing,
                 recoverable=self._recoverable,
             )
         return queue.open(channel, policy)
@@ -361,7 +386,7 @@ class ClientSession:
     def lane(self, channel: int) -> Lane | None:
         return self._queue.lane(channel) if self._queue is not None else None
 
-    def push_data(self, channel: int, frame: bytes, offset: int = 0, now: float | None = None) -> bool:
+    def push_data(self, channel: int, frame: Data, offset: int = 0, now: float | None = None) -> bool:
         """Queue one data frame under its channel's lane (opened with the default policy if need
         be). False: the frame is not queued now (skipped, held for later, or the client is too slow)."""
         lane = self.open_lane(channel)
@@ -390,22 +415,25 @@ class ClientSession:
         self._advance(Event.CONNECTION_LOST)
         self._discard_data()
         self._control = []
+        self._replies = 0
 
     def _discard_data(self) -> None:
         if self._queue is not None:
-            self._queue.clear("closed")
+            self._queue.clear(DropReason.CLOSED)
             self._queue = None
 
     # ------------------------------------------------------------ output
 
-    def data_to_send(self, max_bytes: int | None = None) -> list[bytes | str]:
-        """What to write now, in order: every control reply, then data frames.
+    def data_to_send(self, max_bytes: int | None = None) -> list[ClientOutput]:
+        """What to write now, in order: every control reply (with the subscription items that
+        follow some), then data frames.
 
         Data frames come by priority, topics of one priority sharing by bytes, each frame after
         the skipped frame that explains a gap before it. With ``max_bytes``, data stops once that
         many bytes are out (the last frame may go over) and the rest waits for the next call.
         """
         out, self._control = self._control, []
+        self._replies = 0
         queue = self._queue
         if queue is not None and (queue.count or queue.behind_lanes):
             queue.drain(out, max_bytes)
@@ -442,4 +470,4 @@ class ClientSession:
 
     @property
     def pending_replies(self) -> int:
-        return len(self._control)
+        return self._replies

@@ -21,10 +21,9 @@ from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from typing import Final
 
-import msgspec
-
-from edges.core.client_wire import CloseCode, Connect
+from edges.core.client_wire import CloseCode, Connect, ErrorReply
 from edges.core.hub import EdgeHub
+from edges.core.output import Reply
 from edges.core.session import ClientSession, State
 from edges.metrics import EdgeMetrics, RefusedHandshakes
 from edges.shell import EdgeShell, edge_main
@@ -170,7 +169,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         """``connect`` with the offer's token; raises :class:`SignalingError` if the router refuses."""
         client_id = session.client_id
         accepted = self._registering[client_id] = asyncio.get_running_loop().create_future()
-        self.hub.client_text(client_id, msgspec.json.encode(Connect(token=token)).decode())
+        self.hub.client_connect(client_id, Connect(token=token))
         self._carry_out()
         try:
             async with asyncio.timeout(self.config.register_timeout):
@@ -264,7 +263,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
             self._settle_registrations()
 
     def _close_transport(self, transport: RtcPeer, code: int, reason: str) -> None:
-        transport.close()
+        transport.close(code, reason)
 
     def _settle_registrations(self) -> None:
         for client_id, accepted in self._registering.items():
@@ -281,9 +280,8 @@ def _refusal(session: ClientSession) -> tuple[HTTPStatus, str]:
     """The status and body for a client whose ``connect`` did not succeed: the session's ``error``
     reply when the router refused it, else 503 (the router did not answer in time)."""
     for item in session.data_to_send():
-        if isinstance(item, str) and item.startswith('{"op":"error"'):
-            code = json.loads(item).get("code", "")
-            return REFUSALS.get(code, HTTPStatus.SERVICE_UNAVAILABLE), item
+        if isinstance(item, Reply) and isinstance(item.message, ErrorReply):
+            return REFUSALS.get(item.message.code, HTTPStatus.SERVICE_UNAVAILABLE), item.text
     return HTTPStatus.SERVICE_UNAVAILABLE, _json_error("the router did not answer", "internal")
 
 

@@ -9,8 +9,14 @@ buffer less than ``write_buffer_high`` bytes together (``bufferedAmount``). Past
 in the session's queue under their topics' policies, exactly as behind a full WebSocket transport,
 and writing resumes at the ``bufferedamountlow`` event.
 
-A peer reports to its :class:`PeerHost` when the connection is gone (ICE or DTLS failed, consent
-expired, the client closed it); the host then forgets the client.
+The peer routes the session's typed output (:mod:`edges.core.output`): replies go on ``control``,
+data and skipped frames on ``reliable`` or ``lossy`` by their lane's policy, and a subscription that
+opens or closes binds or frees a video slot (:class:`~edges.webrtc.slots.ViewerVideo`), whose
+``track`` message follows the ``subscribed`` reply.
+
+A peer is a :class:`~router.core.clients.Connection`. It reports to its :class:`PeerHost` when the
+connection is gone (ICE or DTLS failed, consent expired, the client closed it); the host then
+forgets the client.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Final, NamedTuple, Protocol
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
+from edges.core.client_wire import CloseCode
+from edges.core.drops import DropReason
+from edges.core.output import Data, Reply, Skipped, SubscriptionClosed, SubscriptionOpened, reply
 from edges.core.session import ClientSession
 from edges.webrtc.slots import ViewerVideo
 from router.logs import ThrottledLog
@@ -155,7 +164,7 @@ class RtcPeer:
         for channel, topic, content_type in bindings:
             track = self.video.bind(channel, topic, content_type)
             if track is not None:
-                self._early.append(track)
+                self._early.append(reply(track).text)
 
     def _connect_timed_out(self) -> None:
         self._timer = None
@@ -183,28 +192,45 @@ class RtcPeer:
         channels = self.channels
         return channels.reliable.bufferedAmount + channels.lossy.bufferedAmount if channels else 0
 
+    @property
+    def buffered_amount(self) -> int:
+        return self.buffered()
+
+    @property
+    def writable(self) -> bool:
+        """Whether data frames go out now (the data channels buffer less than ``write_buffer_high``)."""
+        return self.is_open and self.buffered() < self.write_buffer_high
+
     def write(self) -> None:
         """Send the session's control replies, and data frames while the channels have room."""
         channels = self.channels
         if channels is None or not self.is_open:
             return
         room = max(0, self.write_buffer_high - self.buffered())
-        session = self.session
-        video = self.video
-        for item in session.data_to_send(room):
-            if isinstance(item, str):
-                self._send(channels.control, item)
-                track = video.control_sent(item) if video is not None else None
-                if track is not None:
-                    self._send(channels.control, track)
-                continue
-            channel = int.from_bytes(item[2:6], "big")
-            if video is not None and video.carries(channel):
-                continue
-            lane = session.lane(channel)
-            self._send(
-                channels.reliable if lane is not None and lane.kind == "reliable" else channels.lossy, item
-            )
+        for item in self.session.data_to_send(room):
+            match item:
+                case Data(channel=channel):
+                    self._send_frame(channels, channel, item.frame())
+                case Reply(text=text):
+                    self._send(channels.control, text)
+                case Skipped(channel=channel, frame=frame):
+                    self._send_frame(channels, channel, frame)
+                case SubscriptionOpened(channel=channel, topic=topic, content_type=content_type):
+                    track = self.video.bind(channel, topic, content_type) if self.video is not None else None
+                    if track is not None:
+                        self._send(channels.control, reply(track).text)
+                case SubscriptionClosed(topic=topic):
+                    if self.video is not None:
+                        self.video.unbind(topic)
+
+    def _send_frame(self, channels: Channels, channel: int, frame: bytes) -> None:
+        """A frame of ``channel``: on ``reliable`` or ``lossy`` by its lane's policy, or not at all
+        when a video slot carries the topic."""
+        if self.video is not None and self.video.carries(channel):
+            return
+        lane = self.session.lane(channel)
+        reliable = lane is not None and lane.kind == "reliable"
+        self._send(channels.reliable if reliable else channels.lossy, frame)
 
     def _send(self, channel: RTCDataChannel, data: str | bytes) -> None:
         try:
@@ -214,7 +240,7 @@ class RtcPeer:
             pass  # the connection is ending; the host hears of it
         except ValueError as error:
             self.oversize += 1
-            self.session.dropped["oversize"] += 1
+            self.session.dropped[DropReason.OVERSIZE] += 1
             self._oversize_log.warning(
                 "oversize", "%s: %s", self.session.client_id, error, now=time.monotonic()
             )
@@ -226,8 +252,9 @@ class RtcPeer:
 
     # ------------------------------------------------------------ the end
 
-    def close(self) -> None:
-        """Send what the session has pending (it ends with ``closing``), then hang up."""
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Send what the session has pending (it ends with ``closing``, which carries ``code`` and
+        ``reason``: a peer connection has no close code of its own), then hang up."""
         if self._closing is None and not self.gone:
             self.write()
             self._closing = asyncio.get_running_loop().create_task(self._flush_and_close())

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import msgspec
 from aiortc import RTCPeerConnection
 
-from edges.core.client_wire import ErrorReply, Subscribed, Unsubscribed
+from edges.core.client_wire import Track
 from edges.webrtc.video import VideoSlot, VideoSources, is_video
 
 __all__ = ["ViewerVideo"]
@@ -20,10 +19,10 @@ log = logging.getLogger("switchboard.edge.video")
 class ViewerVideo:
     """One peer's video slots, and which subscribed topic each one carries.
 
-    The peer shows it every control message it sends: a ``subscribed`` of a video topic binds a
-    free slot and is followed by a ``track`` message naming the slot's ``mid``; an
-    ``unsubscribed``, or an ``error`` that names a topic, frees the slot. Data frames of a topic
-    that a slot carries are not sent on the data channels.
+    The peer shows it every subscription that opens or closes: one of a video topic binds a free
+    slot, and its ``subscribed`` reply is followed by a ``track`` message naming the slot's ``mid``;
+    one that closes (``unsubscribed``, or an ``error`` that names the topic) frees the slot. Data
+    frames of a topic that a slot carries are not sent on the data channels.
     """
 
     def __init__(self, sources: VideoSources, max_rate_of: Callable[[str], float | None]) -> None:
@@ -52,20 +51,7 @@ class ViewerVideo:
     def carries(self, channel: int) -> bool:
         return channel in self.by_channel
 
-    def control_sent(self, text: str) -> str | None:
-        """Note one control message the peer sent; returns a ``track`` message to send after it."""
-        if text.startswith('{"op":"subscribed"'):
-            subscribed = msgspec.json.decode(text, type=Subscribed)
-            return self.bind(subscribed.channel, subscribed.topic, subscribed.content_type)
-        if text.startswith('{"op":"unsubscribed"'):
-            self._unbind_topic(msgspec.json.decode(text, type=Unsubscribed).topic)
-        elif text.startswith('{"op":"error"') and '"topic"' in text:
-            topic = msgspec.json.decode(text, type=ErrorReply).topic
-            if topic is not None:
-                self._unbind_topic(topic)
-        return None
-
-    def bind(self, channel: int, topic: str, content_type: str) -> str | None:
+    def bind(self, channel: int, topic: str, content_type: str) -> Track | None:
         """Carry ``topic`` on a free slot if it is a video topic; returns the ``track`` message."""
         if not is_video(content_type) or not self.free or channel in self.by_channel:
             return None
@@ -77,8 +63,7 @@ class ViewerVideo:
         mid, slot = self.free.pop(0)
         slot.bind(source)
         self.by_channel[channel] = (topic, mid, slot)
-        message = {"op": "track", "topic": topic, "channel": channel, "mid": mid}
-        return msgspec.json.encode(message).decode()
+        return Track(topic=topic, channel=channel, mid=mid)
 
     def bindings(self) -> list[tuple[int, str, str]]:
         """(channel, topic, content type) of every slot that carries a topic."""
@@ -88,7 +73,8 @@ class ViewerVideo:
             if slot.source is not None
         ]
 
-    def _unbind_topic(self, topic: str) -> None:
+    def unbind(self, topic: str) -> None:
+        """Free the slot that carries ``topic``, if one does."""
         for channel, (bound, mid, slot) in list(self.by_channel.items()):
             if bound == topic:
                 del self.by_channel[channel]

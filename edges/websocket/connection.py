@@ -8,8 +8,9 @@ connections. Everything a connection keeps lives in ``__slots__``, so an idle cl
 
 Output is written in one of two ways. :meth:`WebSocketConnection.write` writes everything its
 client session has pending in one write: control replies framed here as text messages, and data
-frames that are complete WebSocket frames already (the hub frames each message once for every
-client). Frames the protocol produces itself (pongs, close frames) are written as they come.
+frames whose head (WebSocket header and data header) the hub built once for every client, written
+with the payload as it came from the router. Frames the protocol produces itself (pongs, close
+frames) are written as they come. A connection is a :class:`~router.core.clients.Connection`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
 
+from edges.core.output import Data, Reply, Skipped
 from edges.core.session import ClientSession
 
 __all__ = [
@@ -43,8 +45,8 @@ OPEN_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 10.0
 """Seconds a client has to complete the closing handshake before the TCP connection is aborted."""
 JOIN_BELOW: Final = 16 * 1024
-"""Frames shorter than this are joined into one write; longer ones are written as a list, which
-uvloop sends with one writev and no copy (a join would copy every byte once more per client)."""
+"""Output shorter than this is joined into one write; longer output is written as a list of parts,
+which uvloop sends with one writev and no copy (a join would copy every payload once per client)."""
 
 
 class WebSocketProtocol(ServerProtocol):
@@ -173,6 +175,16 @@ class WebSocketConnection(asyncio.Protocol):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, unsent)
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    @property
+    def writable(self) -> bool:
+        """Whether writes go out now (the transport buffer is under its high-water mark)."""
+        return self._transport is not None and not self._paused
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -275,20 +287,28 @@ class WebSocketConnection(asyncio.Protocol):
         if protocol.state is not OPEN:
             return
         chunks: list[bytes] = []
+        size = 0
         for item in session.data_to_send():
-            if isinstance(item, str):
-                protocol.send_text(item.encode())
-                chunks += protocol.data_to_send()
-            else:
-                chunks.append(item)
+            if type(item) is Data:
+                if item.payload:
+                    chunks += (item.head, item.payload)
+                else:
+                    chunks.append(item.head)
+                size += item.size
+            elif type(item) is Reply:
+                protocol.send_text(item.text.encode())
+                for data in protocol.data_to_send():
+                    chunks.append(data)
+                    size += len(data)
+            elif type(item) is Skipped:
+                chunks.append(item.frame)
+                size += len(item.frame)
         if not chunks:
             return
-        if len(chunks[-1]) < JOIN_BELOW:
-            data = b"".join(chunks)
-            self.bytes_written += len(data)
-            transport.write(data)
+        self.bytes_written += size
+        if size < JOIN_BELOW:
+            transport.write(b"".join(chunks))
         else:
-            self.bytes_written += sum(map(len, chunks))
             transport.writelines(chunks)
 
     def close(self, code: int, reason: str) -> None:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import itertools
 import logging
+import struct
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -97,14 +98,19 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--write-buffer must be positive and --unsent-bytes not negative")
 
 
-def binary_frame(data: bytes) -> bytes:
-    """``data`` as one unmasked, final WebSocket binary frame (RFC 6455, section 5.2)."""
-    size = len(data)
+_SHORT_HEADERS: Final = tuple(bytes((0x82, size)) for size in range(126))
+_pack_medium = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+
+def binary_frame_header(size: int) -> bytes:
+    """The header of one unmasked, final WebSocket binary frame of ``size`` bytes (RFC 6455,
+    section 5.2); the data follows it."""
     if size < 126:
-        return bytes((0x82, size)) + data
+        return _SHORT_HEADERS[size]
     if size < 1 << 16:
-        return bytes((0x82, 126)) + size.to_bytes(2, "big") + data
-    return bytes((0x82, 127)) + size.to_bytes(8, "big") + data
+        return _pack_medium(0x82, 126, size)
+    return _pack_long(0x82, 127, size)
 
 
 class WebSocketEdge(EdgeShell[WebSocketConnection]):
@@ -115,7 +121,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
 
     def __init__(self, config: WebSocketEdgeConfig) -> None:
         super().__init__(
-            EdgeHub(config.limits, protocol="websocket", frame_encoder=binary_frame),
+            EdgeHub(config.limits, protocol="websocket", framing=binary_frame_header),
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,

@@ -18,24 +18,31 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Connection(Protocol):
-    """A client connection as an edge holds it: something to write to and close, never to read.
+    """A client's transport as an edge's generic code holds it: something to write to and close,
+    never to read (the edge feeds what it reads to the client's session itself).
 
-    Each edge protocol (WebSocket, WebRTC, ...) adapts its transport to this, so the per-client
-    queue and slow-client logic is written once.
+    Each edge protocol implements it: the WebSocket edge's ``WebSocketConnection`` and the WebRTC
+    edge's ``RtcPeer``. A connection holds its client's session and writes that session's pending
+    output, so the per-client queue and slow-client logic is written once, in the session.
     """
 
-    @property
-    def client_id(self) -> str: ...
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes written but not yet accepted by the transport."""
-        ...
-
-    def write(self, frames: list[bytes]) -> None:
-        """Queue ``frames`` for sending, in order, without waiting."""
+    def write(self) -> None:
+        """Write what the client's session has pending, as much as the transport takes now:
+        control replies always, data frames only while it is :attr:`writable`."""
         ...
 
     def close(self, code: int, reason: str) -> None:
-        """Start closing the connection; later writes are ignored."""
+        """Write what the session has pending (it ends with ``closing``), then close with ``code``
+        and ``reason``; later writes are ignored."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """Whether the transport takes more data now; if not, frames wait in the session's queue
+        under their topics' policies until it drains."""
+        ...
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes written but not yet taken by the transport."""
         ...

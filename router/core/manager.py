@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from router.core.history import (
 )
 from router.core.policy import DeliveryPolicy
 from router.core.sessions import AllowAllSessions, Identity, SessionManager
+from router.core.token_bucket import TokenBucket
 from router.core.topics import TopicRegistry, TopicSpec, decode_topic
 from router.core.views import ClientView, EdgeView, HistorySize, TopicView
 
@@ -262,31 +262,6 @@ class EdgeStatus(NamedTuple):
 # ---------------------------------------------------------------- internal state
 
 
-@dataclass(eq=False, slots=True)
-class _Bucket:
-    """A token bucket: ``rate`` tokens a second, holding at most ``burst``, full at the start."""
-
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float = -math.inf
-
-    @classmethod
-    def full(cls, rate: float) -> _Bucket:
-        burst = max(1.0, rate)
-        return cls(rate, burst, burst)
-
-    def take(self, now: float) -> bool:
-        """Take a token at time ``now`` if there is one. A ``now`` before the last counts as the last."""
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 @dataclass(eq=False)
 class _Topic:
     name: str
@@ -300,7 +275,7 @@ class _Topic:
     bytes: int = 0
     history: TopicHistory | None = None
     keeps_history: bool = False
-    bucket: _Bucket | None = None
+    bucket: TokenBucket | None = None
     """Applies the policy's ``ingest_max_rate``; ``None`` without one."""
 
     def resnapshot(self) -> None:
@@ -846,7 +821,7 @@ class ConnectionManager:
         if rate is None:
             state.bucket = None
         elif state.bucket is None or state.bucket.rate != rate:
-            state.bucket = _Bucket.full(rate)
+            state.bucket = TokenBucket(rate)
 
     def get_delivery_policy(self, topic: str) -> DeliveryPolicy:
         """The policy in force: a runtime override, else the registry's."""

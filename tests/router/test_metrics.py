@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edges.core.drops import DropReason
 from edges.core.session import ClientSession
 from edges.drop_log import MOST, DropBursts
 from edges.latency import LatencySampler
@@ -146,7 +147,7 @@ def test_a_bad_header_gives_no_sample() -> None:
 
 def session_with_drops(client_id: str, **dropped: int) -> ClientSession:
     session = ClientSession(client_id)
-    session.dropped.update(dropped)
+    session.dropped.update({DropReason(reason): count for reason, count in dropped.items()})
     return session
 
 
@@ -156,7 +157,7 @@ def test_drop_bursts_log_the_clients_that_lost_most(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="test.bursts"):
         bursts.check(sessions)
         bursts.check(sessions)
-        sessions[0].dropped["too_slow"] += 5
+        sessions[0].dropped[DropReason.TOO_SLOW] += 5
         bursts.check(sessions)
     lines = caplog.records
     assert [r.__dict__.get("client_id") for r in lines[:MOST]] == [f"c{n}" for n in range(MOST + 2, 2, -1)]

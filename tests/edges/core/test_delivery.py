@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -31,11 +30,14 @@ from edges.core.client_wire import (
     parse_skipped_frame,
 )
 from edges.core.delivery import QUANTUM, DeliveryQueue, Lane, Skip
+from edges.core.drops import DropReason
 from edges.core.hub import CloseClient, EdgeHub, ToRouter, UnwatchData
+from edges.core.output import ClientOutput, Data, Framing, Reply, Skipped, data_frame
 from edges.core.session import ClientSession, EdgeLimits
 from router import wire
 from router.core.errors import RecoveryStatus
 from router.core.policy import DeliveryPolicy, PolicyKind, SlowClientAction
+from tests.edges.output import wire_forms
 from tests.strategies import scaled_examples
 
 CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
@@ -49,14 +51,14 @@ CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
 # ---------------------------------------------------------------- helpers
 
 
-def frame(channel: int, offset: int, size: int = 0) -> bytes:
-    return encode_data_frame(channel, offset, b"p" * size)
+def frame(channel: int, offset: int, size: int = 0) -> Data:
+    return data_frame(channel, offset, b"p" * size)
 
 
-def view(out: list[bytes | str]) -> list[tuple[object, ...]]:
+def view(out: list[ClientOutput]) -> list[tuple[object, ...]]:
     """What a client reads: ("data", channel, offset) and ("skip", reasons, channel, first, last, count)."""
     seen: list[tuple[object, ...]] = []
-    for item in out:
+    for item in wire_forms(out):
         assert isinstance(item, bytes)
         if frame_type(item) == FRAME_SKIPPED:
             skipped = parse_skipped_frame(item)
@@ -70,7 +72,7 @@ def view(out: list[bytes | str]) -> list[tuple[object, ...]]:
 
 
 def drained(queue: DeliveryQueue, limit: int | None = None) -> list[tuple[object, ...]]:
-    out: list[bytes | str] = []
+    out: list[ClientOutput] = []
     queue.drain(out, limit)
     return view(out)
 
@@ -99,7 +101,7 @@ def test_skipped_frame_bytes() -> None:
 def test_skipped_frame_count_saturates_and_bad_frames_are_refused() -> None:
     assert parse_skipped_frame(encode_skipped_frame(0, QUEUE_FULL, 1, 2**40, 2**40)).skipped == 2**32 - 1
     with pytest.raises(ValueError, match="26 bytes"):
-        parse_skipped_frame(frame(0, 1))
+        parse_skipped_frame(frame(0, 1).frame())
     with pytest.raises(ValueError, match="empty"):
         frame_type(b"")
 
@@ -427,7 +429,7 @@ def test_session_writes_control_replies_first_and_limits_data() -> None:
     push_all(lane, range(1, 4), size=86)
     session.send_error(None, "bad_request", "no")
     out = session.data_to_send(max_bytes=150)
-    assert [type(item) for item in out] == [str, bytes, bytes]
+    assert [type(item) for item in out] == [Reply, Data, Data]
     assert session.queued_messages == 1
     assert view(session.data_to_send()) == [("data", 1, 3)]
 
@@ -523,10 +525,10 @@ def hub_client(
     limits: EdgeLimits | None = None,
     recovery: bool = False,
     count: int = 1,
-    frame_encoder: Callable[[bytes], bytes] | None = None,
+    framing: Framing | None = None,
 ) -> tuple[EdgeHub, list[ClientSession]]:
     """A hub whose clients c0, c1... are subscribed to /t (channel 0) at epoch 5, offset 0."""
-    hub = EdgeHub(limits, recovery=recovery, frame_encoder=frame_encoder)
+    hub = EdgeHub(limits, recovery=recovery, framing=framing)
     sessions = []
     for number in range(count):
         client_id = f"c{number}"
@@ -552,7 +554,7 @@ def hub_client(
 
 
 def frames_of(session: ClientSession) -> list[tuple[object, ...]]:
-    return view([item for item in session.data_to_send() if isinstance(item, bytes)])
+    return view([item for item in session.data_to_send() if isinstance(item, Data | Skipped)])
 
 
 def test_hub_applies_the_topic_policy_and_shares_frames() -> None:
@@ -580,7 +582,8 @@ def test_hub_closes_a_too_slow_client_with_4003() -> None:
     assert hub.deliver(b"/t", 5, 2, b"x") == 2
     actions = hub.drain_actions()
     assert actions[-1] == CloseClient("c0", CloseCode.TOO_SLOW, "too slow")
-    assert json.loads(str(slow.data_to_send()[-1])) == {"op": "closing", "code": 4003, "reason": "too slow"}
+    closing = {"op": "closing", "code": 4003, "reason": "too slow"}
+    assert json.loads(wire_forms(slow.data_to_send())[-1]) == closing
     assert frames_of(other) == [("data", 0, 2)], "the others go on"
     assert hub.stats().dropped == {"too_slow": 1, "closed": 1}
 
@@ -734,7 +737,7 @@ def resume_subscribe(
     hub.router_message(
         wire.SubscribeOk(request_id=subscribe.request_id, client_id=client_id, topic="/t", **fields)
     )
-    replies = [json.loads(item) for item in session.data_to_send() if isinstance(item, str)]
+    replies = [json.loads(item.text) for item in session.data_to_send() if isinstance(item, Reply)]
     return session, subscribe, replies[-1]
 
 
@@ -847,16 +850,16 @@ def test_hub_router_restart_ends_a_catch_up() -> None:
     assert hub.drain_actions() == []
 
 
-def test_hub_encodes_skipped_frames_like_data_frames() -> None:
-    def wrap(data: bytes) -> bytes:
-        return b"<" + data + b">"
+def test_hub_frames_skipped_frames_like_data_frames() -> None:
+    def framing(size: int) -> bytes:
+        return b"<%d>" % size
 
-    hub, (session,) = hub_client(DeliveryPolicy(kind="latest"), frame_encoder=wrap)
+    hub, (session,) = hub_client(DeliveryPolicy(kind="latest"), framing=framing)
     hub.deliver(b"/t", 5, 1, b"a")
     hub.deliver(b"/t", 5, 2, b"b")
-    skipped, data = session.data_to_send()
-    assert skipped == wrap(encode_skipped_frame(0, CONFLATED, 1, 1, 1))
-    assert data == wrap(encode_data_frame(0, 2, b"b"))
+    skipped, data = wire_forms(session.data_to_send())
+    assert skipped == b"<26>" + encode_skipped_frame(0, CONFLATED, 1, 1, 1)
+    assert data == b"<15>" + encode_data_frame(0, 2, b"b")
 
 
 def test_hub_unsubscribe_forgets_held_and_behind_lanes() -> None:
@@ -892,11 +895,11 @@ def test_equal_priorities_get_their_fair_share(sizes: list[list[int]], quantum: 
     largest = max(len(frame(0, 0, size)) for pattern in sizes for size in pattern)
     sent = [0] * len(lanes)
     while all(lane.count for lane in lanes):
-        out: list[bytes | str] = []
+        out: list[ClientOutput] = []
         queue.drain(out, limit)
         for item in out:
-            assert isinstance(item, bytes)
-            sent[parse_data_frame(item).channel] += len(item)
+            assert isinstance(item, Data)
+            sent[item.channel] += len(item)
         if not all(lane.count for lane in lanes):
             break
         share = sum(sent) / len(lanes)
@@ -958,7 +961,7 @@ or (as by default) over them."""
 class Channel:
     """What the machine knows of one lane: everything pushed, and what the client read."""
 
-    frames: dict[int, bytes] = field(default_factory=dict)
+    frames: dict[int, Data] = field(default_factory=dict)
     """Offset -> frame, for every message pushed (the router's history, for refills)."""
     delivered: list[int] = field(default_factory=list)
     skips: list[tuple[int, int, int, int]] = field(default_factory=list)
@@ -999,7 +1002,7 @@ class QueueMachine(RuleBasedStateMachine):
         if not self.queue.too_slow:
             return False
         event("too slow")
-        self.queue.clear("closed")
+        self.queue.clear(DropReason.CLOSED)
         pushed = sum(len(model.frames) for model in self.channels.values())
         read = sum(len(model.delivered) for model in self.channels.values())
         assert pushed == read + self.queue.dropped.total()
@@ -1012,7 +1015,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert lane is not None
         return lane
 
-    def snapshot(self) -> dict[int, list[bytes]]:
+    def snapshot(self) -> dict[int, list[Data]]:
         """The frames queued in each lane, by identity."""
         return {
             channel: [item[1] for item in (self.lane(channel).items or ()) if not isinstance(item, Skip)]
@@ -1040,7 +1043,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.check_push(lane, data, before, fits, fits_alone)
 
     def check_push(
-        self, lane: Lane, data: bytes, before: dict[int, list[bytes]], fits: bool, fits_alone: bool
+        self, lane: Lane, data: Data, before: dict[int, list[Data]], fits: bool, fits_alone: bool
     ) -> None:
         """What a push may change: room is taken only from lower priorities; reliable frames stay;
         drop_newest keeps a full lane as it was; drop_oldest keeps the new frame if dropping the
@@ -1085,18 +1088,18 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), limit=st.none() | st.integers(0, 120))
     def drain(self, data: st.DataObject, limit: int | None) -> None:
-        out: list[bytes | str] = []
+        out: list[ClientOutput] = []
         self.queue.drain(out, limit)
         priorities = {channel: self.lane(channel).priority for channel in CHANNELS}
         note(f"drain (limit {limit}): {view(out)}")
         previous = None
         emitted = last_size = 0
         for index, item in enumerate(out):
-            assert isinstance(item, bytes)
-            if frame_type(item) == FRAME_SKIPPED:
-                self.read_skip(parse_skipped_frame(item), out[index + 1 :])
+            if isinstance(item, Skipped):
+                self.read_skip(parse_skipped_frame(item.frame), out[index + 1 :])
                 continue
-            seen = parse_data_frame(item)
+            assert isinstance(item, Data)
+            seen = parse_data_frame(item.frame())
             assert previous is None or priorities[seen.channel] <= previous, "higher priority first"
             previous = priorities[seen.channel]
             self.read_data(seen.channel, seen.offset, item)
@@ -1113,18 +1116,18 @@ class QueueMachine(RuleBasedStateMachine):
                 self.channels[channel].grace = 0
         self.answer_catch_ups(data)
 
-    def read_data(self, channel: int, offset: int, item: bytes) -> None:
+    def read_data(self, channel: int, offset: int, item: Data) -> None:
         model = self.channels[channel]
         assert model.frames[offset] is item, "the pushed frame object itself"
         assert not model.delivered or offset > model.delivered[-1], "order kept within a topic"
         model.delivered.append(offset)
         model.delivered_since += 1
 
-    def read_skip(self, skipped: Any, after: list[bytes | str]) -> None:
+    def read_skip(self, skipped: Any, after: list[ClientOutput]) -> None:
         model = self.channels[skipped.channel]
         following = after[0] if after else None
-        assert isinstance(following, bytes), "a data frame follows"
-        data = parse_data_frame(following)
+        assert isinstance(following, Data), "a data frame follows"
+        data = parse_data_frame(following.frame())
         assert (data.kind, data.channel) == (1, skipped.channel)
         assert data.offset > skipped.last
         model.skips.append((skipped.reasons, skipped.first, skipped.last, skipped.skipped))
@@ -1221,8 +1224,8 @@ class QueueMachine(RuleBasedStateMachine):
     def rate_limits_hold(self) -> None:
         for channel, model in self.channels.items():
             lane = self.lane(channel)
-            if lane.rate is not None:
-                allowed = lane.rate * (self.now - model.paid_since) + lane.burst
+            if lane.bucket is not None:
+                allowed = lane.bucket.rate * (self.now - model.paid_since) + lane.bucket.burst
                 assert model.delivered_since <= allowed + 1e-9
 
 
@@ -1269,6 +1272,6 @@ def test_bad_windows_and_acknowledgements_are_refused(message: dict[str, Any]) -
     hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
     session.data_to_send()
     hub.client_text("c0", json.dumps(message))
-    [reply] = [json.loads(item) for item in session.data_to_send() if isinstance(item, str)]
+    [reply] = [json.loads(item.text) for item in session.data_to_send() if isinstance(item, Reply)]
     assert (reply["op"], reply["code"]) == ("error", "bad_request")
     assert hub.drain_actions() == []

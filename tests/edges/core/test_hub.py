@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from edges.core.client_wire import (
     FRAME_SKIPPED,
     CloseCode,
+    Connect,
     SkipReason,
     encode_data_frame,
     frame_type,
@@ -38,9 +39,11 @@ from edges.core.hub import (
     UnwatchData,
     WatchData,
 )
+from edges.core.output import Data, Skipped
 from edges.core.session import ClientSession, State
 from router import wire
 from router.core.policy import DeliveryPolicy, PolicyKind
+from tests.edges.output import wire_forms
 from tests.strategies import scaled_examples
 
 RELIABLE = DeliveryPolicy(kind="reliable")
@@ -68,7 +71,7 @@ def parsed(session: ClientSession) -> list[Any]:
     """Drain a session: JSON objects for text messages, (channel, offset, payload) for data frames,
     a :class:`~edges.core.client_wire.SkippedFrame` for skipped frames."""
     out: list[Any] = []
-    for item in session.data_to_send():
+    for item in wire_forms(session.data_to_send()):
         if isinstance(item, str):
             out.append(json.loads(item))
         elif frame_type(item) == FRAME_SKIPPED:
@@ -143,6 +146,20 @@ def test_connect_registers_with_the_router() -> None:
     ready = hub.session("c1")
     assert ready is session
     assert ready.state is State.READY
+
+
+def test_a_decoded_connect_registers_like_its_text() -> None:
+    hub = EdgeHub(protocol="webrtc")
+    session = hub.open_client("c1", "10.0.0.1:4000")
+    hub.client_connect("c1", Connect(token="tok"))
+    register = only_request(hub)
+    assert register == wire.RegisterClient(
+        request_id=register.request_id, client_id="c1", protocol="webrtc", remote="10.0.0.1:4000", token="tok"
+    )
+    assert session.state is State.REGISTERING
+    hub.client_connect("c1", Connect(token="again"))
+    assert to_router(hub.drain_actions()) == []
+    assert parsed(session)[0]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(
@@ -417,28 +434,28 @@ def test_one_frame_object_for_every_subscriber() -> None:
     [frame_a] = sessions[0].data_to_send()
     [frame_b] = sessions[1].data_to_send()
     assert frame_a is frame_b
-    assert frame_a == bytes.fromhex("010000000000000000000000000b") + b"payload"
+    assert wire_forms([frame_a]) == [bytes.fromhex("010000000000000000000000000b") + b"payload"]
     assert sessions[2].data_to_send() == []
     assert hub.stats().delivered == 2
 
 
-def test_frame_encoder_wraps_each_frame_once() -> None:
-    calls: list[bytes] = []
+def test_framing_heads_each_frame_once() -> None:
+    calls: list[int] = []
 
-    def wrap(frame: bytes) -> bytes:
-        calls.append(frame)
-        return b"<" + frame + b">"
+    def framing(size: int) -> bytes:
+        calls.append(size)
+        return b"<%d>" % size
 
-    hub = EdgeHub(frame_encoder=wrap)
+    hub = EdgeHub(framing=framing)
     first, second = connect(hub, "c1"), connect(hub, "c2")
     for session in (first, second):
         subscribe(hub, session.client_id, "/a")
         session.data_to_send()
     hub.deliver(b"/a", 5, 11, b"x")
-    assert calls == [encode_data_frame(0, 11, b"x")]
-    [wrapped] = first.data_to_send()
-    assert wrapped == b"<" + calls[0] + b">"
-    assert second.data_to_send()[0] is wrapped
+    assert calls == [len(encode_data_frame(0, 11, b"x"))]
+    [framed] = first.data_to_send()
+    assert wire_forms([framed]) == [b"<15>" + encode_data_frame(0, 11, b"x")]
+    assert second.data_to_send()[0] is framed
 
 
 def test_data_for_an_unknown_topic_is_counted() -> None:
@@ -825,7 +842,7 @@ class EdgeMachine(RuleBasedStateMachine):
         self.inbox: deque[wire.EdgeMessage] = deque()
         self.positions = {topic: (1, 0) for topic in [*TOPICS, "/other"]}
         self.payloads: dict[int, tuple[str, int, bytes]] = {}
-        self.frames: dict[int, bytes] = {}
+        self.frames: dict[int, object] = {}
         self.shared_seen: set[int] = set()
         self.last_serial = 0
         self.watched: set[str] = set()
@@ -1215,16 +1232,18 @@ class EdgeMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def client_reads(self, data: st.DataObject) -> None:
         client = self.pick(data)
-        out = client.session.data_to_send()
+        items = client.session.data_to_send()
+        out = wire_forms(items)
         texts = [item for item in out if isinstance(item, str)]
         frames = [item for item in out if isinstance(item, bytes)]
         assert out == [*texts, *frames], "control replies go ahead of data"
         self.check_replies(client, [json.loads(text) for text in texts])
+        shared = [item for item in items if isinstance(item, Data | Skipped)]
         for index, frame in enumerate(frames):
             if frame_type(frame) == FRAME_SKIPPED:
                 self.check_skipped(client, frame, frames[index + 1 :])
             else:
-                self.check_frame(client, frame)
+                self.check_frame(client, frame, shared[index])
         client.flagged = False
 
     def check_skipped(self, client: Client, frame: bytes, after: list[bytes]) -> None:
@@ -1264,7 +1283,7 @@ class EdgeMachine(RuleBasedStateMachine):
                 client.channels = {ch: t for ch, t in client.channels.items() if t != topic}
         client.replies = []
 
-    def check_frame(self, client: Client, frame: bytes) -> None:
+    def check_frame(self, client: Client, frame: bytes, item: object) -> None:
         kind, flags, channel, offset, payload = parse_data_frame(frame)
         assert (kind, flags) == (1, 0)
         serial = int.from_bytes(payload[:4], "big")
@@ -1274,7 +1293,7 @@ class EdgeMachine(RuleBasedStateMachine):
         assert sub is not None, "no data after the client left the topic"
         assert sub.position is not None, "no data before subscribed"
         assert serial > sub.since, "only data of the current subscription"
-        if self.frames.setdefault(serial, frame) is not frame:
+        if self.frames.setdefault(serial, item) is not item:
             raise AssertionError("one frame object for every client")
         if serial in self.shared_seen:
             event("a frame reached a second client")

@@ -35,6 +35,7 @@ from edges.core.client_wire import (
     encode_skipped_frame,
     parse_data_frame,
 )
+from edges.core.output import Data, Reply, SubscriptionClosed, SubscriptionOpened
 from edges.core.session import (
     TRANSITIONS,
     ClientSession,
@@ -44,6 +45,7 @@ from edges.core.session import (
     State,
     next_state,
 )
+from tests.edges.output import raw, wire_forms
 from tests.strategies import scaled_examples
 
 REJECTION_CODES = {"bad_request", "too_large"}
@@ -51,7 +53,7 @@ REJECTION_CODES = {"bad_request", "too_large"}
 
 def replies(session: ClientSession) -> list[dict[str, Any]]:
     """Drain a session, expecting only control messages, and parse them."""
-    out = session.data_to_send()
+    out = wire_forms(session.data_to_send())
     assert all(isinstance(item, str) for item in out), out
     return [json.loads(item) for item in out]
 
@@ -291,7 +293,7 @@ SESSION_EVENTS = {"registered": _registered, "close": _close, "lost": _lost, "co
 @given(st.lists(st.sampled_from(sorted(SESSION_EVENTS)), max_size=8))
 def test_illegal_session_events_raise_and_change_nothing(names: list[str]) -> None:
     session = ClientSession("c1")
-    session.push_data(1, b"frame")
+    session.push_data(1, raw(b"frame"))
     for name in names:
         before = snapshot(session)
         try:
@@ -437,10 +439,10 @@ def test_random_input_only_ever_yields_a_rejection(state: State, message: str | 
 
 def test_control_goes_ahead_of_data_and_drain_swaps() -> None:
     session = ready_session()
-    session.push_data(1, b"d1")
+    session.push_data(1, raw(b"d1"))
     session.send(Pong(id=1))
-    session.push_data(1, b"d2")
-    assert session.data_to_send() == ['{"op":"pong","id":1}', b"d1", b"d2"]
+    session.push_data(1, raw(b"d2"))
+    assert wire_forms(session.data_to_send()) == ['{"op":"pong","id":1}', b"d1", b"d2"]
     assert session.data_to_send() == []
     assert (session.queued_messages, session.queued_bytes) == (0, 0)
 
@@ -448,31 +450,32 @@ def test_control_goes_ahead_of_data_and_drain_swaps() -> None:
 def test_queue_drops_oldest_by_count() -> None:
     session = ready_session(EdgeLimits(queue_max_messages=2))
     for offset, frame in enumerate([b"a", b"b", b"c"], start=1):
-        assert session.push_data(1, frame, offset)
+        assert session.push_data(1, raw(frame), offset)
     skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 1, 1, 1)
-    assert session.data_to_send() == [skipped, b"b", b"c"]
+    assert wire_forms(session.data_to_send()) == [skipped, b"b", b"c"]
     assert session.dropped == {"queue_full": 1}
 
 
 def test_queue_drops_oldest_by_bytes() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=10))
-    session.push_data(1, b"aaaa", 7)
-    session.push_data(1, b"bbbb", 8)
-    session.push_data(1, b"cccccc", 9)
+    session.push_data(1, raw(b"aaaa"), 7)
+    session.push_data(1, raw(b"bbbb"), 8)
+    session.push_data(1, raw(b"cccccc"), 9)
     assert session.queued_bytes == 10
     skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 7, 7, 1)
-    assert session.data_to_send() == [skipped, b"bbbb", b"cccccc"]
+    assert wire_forms(session.data_to_send()) == [skipped, b"bbbb", b"cccccc"]
     assert session.dropped == {"queue_full": 1}
 
 
 def test_frame_larger_than_the_queue_is_dropped_alone() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=4))
-    session.push_data(1, b"ok", 1)
-    assert not session.push_data(1, b"toolong", 2)
-    assert session.data_to_send() == [b"ok"]
+    session.push_data(1, raw(b"ok"), 1)
+    assert not session.push_data(1, raw(b"toolong"), 2)
+    assert wire_forms(session.data_to_send()) == [b"ok"]
     assert session.dropped == {"oversize": 1}
-    session.push_data(1, b"go", 3)
-    assert session.data_to_send() == [encode_skipped_frame(1, SkipReason.QUEUE_FULL, 2, 2, 1), b"go"]
+    session.push_data(1, raw(b"go"), 3)
+    skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 2, 2, 1)
+    assert wire_forms(session.data_to_send()) == [skipped, b"go"]
 
 
 def test_control_replies_are_never_dropped() -> None:
@@ -496,18 +499,18 @@ def test_too_many_unread_replies_close_the_client() -> None:
 def test_purge_channel_keeps_the_others() -> None:
     session = ready_session()
     for channel, frame in [(1, b"a"), (2, b"bb"), (1, b"c"), (2, b"dd")]:
-        session.push_data(channel, frame)
+        session.push_data(channel, raw(frame))
     assert session.purge_channel(1) == 2
     assert session.purge_channel(7) == 0
     assert session.queued_bytes == 4
-    assert session.data_to_send() == [b"bb", b"dd"]
+    assert wire_forms(session.data_to_send()) == [b"bb", b"dd"]
     assert session.dropped == {"unsubscribed": 2}
 
 
 def test_close_drops_data_and_ends_with_closing() -> None:
     session = ready_session()
     session.send(Pong(id=1))
-    session.push_data(1, b"data")
+    session.push_data(1, raw(b"data"))
     session.close(CloseCode.DROPPED, "r" * 200)
     assert session.state is State.CLOSING
     assert session.close_request == (4002, "r" * 123)
@@ -521,7 +524,7 @@ def test_close_drops_data_and_ends_with_closing() -> None:
 def test_connection_lost_discards_everything() -> None:
     session = ready_session()
     session.send(Pong(id=1))
-    session.push_data(1, b"data")
+    session.push_data(1, raw(b"data"))
     session.connection_lost()
     assert session.state is State.CLOSED
     assert session.data_to_send() == []
@@ -546,27 +549,60 @@ def test_queue_bounds_and_accounting(
     max_messages: int, max_bytes: int, ops: list[tuple[str, int, int]]
 ) -> None:
     session = ready_session(EdgeLimits(queue_max_messages=max_messages, queue_max_bytes=max_bytes))
-    pushed: list[bytes] = []
-    received: list[bytes] = []
+    pushed: list[Data] = []
+    received: list[Data] = []
     for number, (op, channel, size) in enumerate(ops):
         if op == "push":
-            frame = bytes([channel]) + number.to_bytes(2, "big") + b"x" * size
+            frame = raw(bytes([channel]) + number.to_bytes(2, "big") + b"x" * size, channel, number)
             pushed.append(frame)
             session.push_data(channel, frame, number)
         elif op == "purge":
             session.purge_channel(channel)
         else:
             out = session.data_to_send()
-            received += [item for item in out if isinstance(item, bytes) and any(item is f for f in pushed)]
+            received += [item for item in out if isinstance(item, Data) and any(item is f for f in pushed)]
         assert session.queued_messages <= max_messages
         assert session.queued_bytes <= max_bytes
         assert len(pushed) == len(received) + session.dropped.total() + session.queued_messages
     for channel in range(3):
-        iterator = iter([frame for frame in pushed if frame[0] == channel])
-        mine = [frame for frame in received if frame[0] == channel]
+        iterator = iter([frame for frame in pushed if frame.channel == channel])
+        mine = [frame for frame in received if frame.channel == channel]
         assert all(any(frame is candidate for candidate in iterator) for frame in mine), (
             "order kept per channel"
         )
+
+
+def test_replies_are_typed_and_subscriptions_are_announced() -> None:
+    session = ready_session()
+    subscribed = Subscribed(
+        id=1, topic="/t", channel=3, epoch=1, offset=0, content_type="image/jpeg", policy="latest"
+    )
+    session.send(subscribed)
+    session.send(ErrorReply(id=None, code="forbidden", message="no", topic="/t"))
+    session.send(Unsubscribed(id=2, topic="/u"))
+    session.send(ErrorReply(id=3, code="bad_request", message="no"))
+    out = session.data_to_send()
+    assert [type(item) for item in out] == [
+        Reply,
+        SubscriptionOpened,
+        Reply,
+        SubscriptionClosed,
+        Reply,
+        SubscriptionClosed,
+        Reply,
+    ]
+    assert out[0] == Reply(subscribed, encode_server_message(subscribed))
+    assert out[1] == SubscriptionOpened(3, "/t", "image/jpeg", "latest")
+    assert (out[3], out[5]) == (SubscriptionClosed("/t"), SubscriptionClosed("/u"))
+    assert session.pending_replies == 0
+
+
+def test_a_decoded_connect_is_received_like_its_text() -> None:
+    session = ClientSession("c1")
+    assert session.receive(Connect(token="tok")) == Connect(token="tok")
+    assert (session.state, session.token) == (State.REGISTERING, "tok")
+    assert session.receive(Connect()) is None
+    assert replies(session)[0]["code"] == "bad_request"
 
 
 def test_limits_are_validated() -> None:

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from edges.core.client_wire import (
     FRAME_SKIPPED,
-    encode_data_frame,
     frame_type,
     parse_data_frame,
     parse_skipped_frame,
 )
+from edges.core.output import Data, data_frame
 from edges.core.session import ClientSession, EdgeLimits
 from edges.core.subscription import (
     TRANSITIONS,
@@ -27,13 +27,14 @@ from edges.core.subscription import (
     next_sub_state,
 )
 from router.core.policy import DeliveryPolicy
+from tests.edges.output import wire_forms
 from tests.strategies import scaled_examples
 
 RELIABLE = DeliveryPolicy(kind="reliable")
 
 
-def frame(offset: int) -> bytes:
-    return encode_data_frame(3, offset, b"m%d" % offset)
+def frame(offset: int) -> Data:
+    return data_frame(3, offset, b"m%d" % offset)
 
 
 def new_sub(queue_max_messages: int = 4, recoverable: bool = True) -> Subscription:
@@ -54,7 +55,7 @@ def confirmed(policy: DeliveryPolicy = RELIABLE, **kwargs: Any) -> Subscription:
 def offsets(sub: Subscription) -> list[object]:
     """What the client gets: data offsets, and ("skip", first, last) for skipped frames."""
     out: list[object] = []
-    for item in sub.session.data_to_send():
+    for item in wire_forms(sub.session.data_to_send()):
         assert isinstance(item, bytes)
         if frame_type(item) == FRAME_SKIPPED:
             skipped = parse_skipped_frame(item)

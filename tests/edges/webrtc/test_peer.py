@@ -1,5 +1,6 @@
-"""RtcPeer's writing, with stand-in data channels: which channel each frame takes, and how the
-channels' ``bufferedAmount`` holds data back in the session's queue."""
+"""RtcPeer's writing, with stand-in data channels: which channel each frame takes, how the
+channels' ``bufferedAmount`` holds data back in the session's queue, and how a subscription's
+opening and closing bind and free a video slot."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any, cast
 
 import pytest
 
-from edges.core.client_wire import Pong, encode_data_frame
+from edges.core.client_wire import Pong, Subscribed, Unsubscribed, encode_server_message
+from edges.core.drops import DropReason
+from edges.core.output import data_frame
 from edges.core.session import ClientSession
 from edges.webrtc.peer import Channels, RtcPeer
 from edges.webrtc.slots import ViewerVideo
@@ -61,9 +64,10 @@ async def peer() -> RtcPeer:
 
 
 def push(peer: RtcPeer, channel: int, offset: int, size: int = 100) -> bytes:
-    frame = encode_data_frame(channel, offset, b"x" * size)
+    """Queue a data frame; returns its bytes as the data channel gets them."""
+    frame = data_frame(channel, offset, b"x" * size)
     peer.session.push_data(channel, frame, offset)
-    return frame
+    return frame.frame()
 
 
 async def test_each_frame_takes_the_channel_of_its_topics_policy(peer: RtcPeer) -> None:
@@ -110,7 +114,31 @@ async def test_a_frame_too_large_for_the_remote_party_is_counted(peer: RtcPeer) 
     small = push(peer, BEST_EFFORT, 2)
     peer.write()
     assert channels(peer).lossy.sent == [small]
-    assert peer.session.dropped["oversize"] == 1
+    assert peer.session.dropped[DropReason.OVERSIZE] == 1
+
+
+async def test_a_video_subscription_binds_a_slot_and_its_track_follows_subscribed(peer: RtcPeer) -> None:
+    video = ViewerVideo(VideoSources(), lambda topic: None)
+    video.free.append(("0", VideoSlot()))
+    peer.video = video
+    subscribed = Subscribed(
+        id=1, topic="/cam", channel=LATEST, epoch=1, offset=0, content_type="image/jpeg", policy="latest"
+    )
+    try:
+        peer.session.send(subscribed)
+        push(peer, LATEST, 1)
+        peer.write()
+        assert channels(peer).control.sent == [
+            encode_server_message(subscribed),
+            '{"op":"track","topic":"/cam","channel":2,"mid":"0"}',
+        ]
+        assert channels(peer).lossy.sent == [], "the slot carries the topic's frames"
+        peer.session.send(Unsubscribed(id=2, topic="/cam"))
+        peer.write()
+        assert not video.carries(LATEST)
+        assert [mid for mid, _ in video.free] == ["0"]
+    finally:
+        video.close()
 
 
 class _Fakes:

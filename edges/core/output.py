@@ -1,0 +1,130 @@
+"""What a client session hands its shell to write: typed items, each encoded once. No I/O.
+
+:meth:`~edges.core.session.ClientSession.data_to_send` returns these in the order they must go out.
+A shell writes a :class:`Reply`'s :attr:`~Reply.text` as a text message, and a :class:`Data` or
+:class:`Skipped` frame as one binary message; it routes by the item's type and never parses what the
+core encoded. :class:`SubscriptionOpened` and :class:`SubscriptionClosed` carry nothing to write:
+they follow the reply that opened or closed a subscription, for a shell that attaches something of
+its own to it (the WebRTC edge's video slots), and other shells skip them.
+
+A data frame is built once per message with the transport's framing (:data:`Framing`) and shared by
+every subscriber's queue: its :attr:`~Data.head` (the framing and the data header) is a few bytes,
+and its payload is the bytes received from the router, never copied on the way. A payload under
+:data:`JOIN_BELOW` bytes is joined to the head once instead, which costs less than two parts per
+client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+from edges.core.client_wire import DATA_HEADER, FRAME_DATA, ServerMessage, encode_server_message
+
+__all__ = [
+    "JOIN_BELOW",
+    "ClientOutput",
+    "Data",
+    "Framing",
+    "Reply",
+    "Skipped",
+    "SubscriptionClosed",
+    "SubscriptionOpened",
+    "data_frame",
+    "reply",
+    "wire_form",
+]
+
+JOIN_BELOW: Final = 2048
+
+Framing = Callable[[int], bytes]
+"""The transport's header of a binary message of that many bytes (the WebSocket edge's frame header)."""
+
+_pack_header = DATA_HEADER.pack
+_HEADER_SIZE = DATA_HEADER.size
+
+
+class Reply(NamedTuple):
+    """A control message for the client, and its JSON text, encoded once."""
+
+    message: ServerMessage
+    text: str
+
+
+def reply(message: ServerMessage) -> Reply:
+    return Reply(message, encode_server_message(message))
+
+
+class Data:
+    """One data frame of a topic, the same object in every subscriber's queue.
+
+    On the wire it is :attr:`head` then :attr:`payload` (empty when the head holds it all);
+    :attr:`size` (also ``len()``) is its size there, which is what the client queues' bounds count.
+    """
+
+    __slots__ = ("channel", "head", "offset", "payload", "size")
+
+    def __init__(self, channel: int, offset: int, head: bytes, payload: bytes) -> None:
+        self.channel = channel
+        self.offset = offset
+        self.head = head
+        self.payload = payload
+        self.size = len(head) + len(payload)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"<Data channel {self.channel} offset {self.offset} {self.size} bytes>"
+
+    def frame(self) -> bytes:
+        """The frame as one bytes object (this copies a payload not joined yet)."""
+        return self.head + self.payload if self.payload else self.head
+
+
+def data_frame(channel: int, offset: int, payload: bytes, framing: Framing | None = None) -> Data:
+    """The data frame of one message (``docs/protocol.md``, 4.5), with the transport's framing."""
+    head = _pack_header(FRAME_DATA, 0, channel, offset)
+    if framing is not None:
+        head = framing(_HEADER_SIZE + len(payload)) + head
+    if len(payload) < JOIN_BELOW:
+        return Data(channel, offset, head + payload, b"")
+    return Data(channel, offset, head, payload)
+
+
+class Skipped(NamedTuple):
+    """A skipped frame (``docs/protocol.md``, 4.6): it goes on ``channel`` just before the data
+    frame that follows a gap. ``frame`` includes the transport's framing."""
+
+    channel: int
+    frame: bytes
+
+
+class SubscriptionOpened(NamedTuple):
+    """The client is now subscribed to ``topic`` (its ``subscribed`` reply just went out)."""
+
+    channel: int
+    topic: str
+    content_type: str
+    policy: str
+    """The topic's delivery policy kind when it opened: ``best_effort``, ``latest`` or ``reliable``."""
+
+
+class SubscriptionClosed(NamedTuple):
+    """The client no longer holds ``topic``: it unsubscribed, or lost it (an ``error`` naming it)."""
+
+    topic: str
+
+
+ClientOutput = Reply | Data | Skipped | SubscriptionOpened | SubscriptionClosed
+
+
+def wire_form(item: ClientOutput) -> str | bytes | None:
+    """What a plain transport writes for ``item``: text, one binary message, or nothing."""
+    if isinstance(item, Reply):
+        return item.text
+    if isinstance(item, Data):
+        return item.frame()
+    if isinstance(item, Skipped):
+        return item.frame
+    return None
