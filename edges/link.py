@@ -15,10 +15,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import zmq
 
 from edges.core.link_state import LinkProtocol
+from edges.core.output import Payload
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CLIENT_HINTS, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.logs import ThrottledLog
@@ -27,7 +29,11 @@ from router.zmqio import NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.edge")
 
-DataBatch = list[list[bytes]]
+DataBatch = list[tuple[bytes, Payload]]
+"""Data messages as ``(head, payload)`` pairs, in the order the SUB socket received them."""
+VIEW_FROM: Final = 16 * 1024
+"""Payloads of at least this many bytes are handed on as a view of the ZeroMQ frame they arrived
+in, so the edge writes them to its clients without copying them; smaller ones cost less as bytes."""
 
 
 def new_edge_id(protocol: str) -> str:
@@ -38,8 +44,8 @@ class RouterLink:
     """Control and data to and from the router, for one edge process.
 
     Hook the callbacks before :meth:`run`: ``on_message`` gets every router message that is not a
-    reply awaited through :meth:`request`, ``on_data`` gets each drained batch of data messages as
-    ``[head, payload]`` frame lists, ``resync`` returns the messages to send after each welcome,
+    reply awaited through :meth:`request`, ``on_data`` gets each drained batch of data messages
+    (:data:`DataBatch`), ``resync`` returns the messages to send after each welcome,
     and ``report`` the edge's figures (``edge_stats``), sent after each heartbeat.
     With ``curve``, both sockets are Curve clients of a router that has Curve on.
     """
@@ -69,6 +75,10 @@ class RouterLink:
         self.data_messages = 0
         """Data messages received on the SUB socket, and their payload bytes."""
         self.data_bytes = 0
+        self.malformed_data = 0
+        """Data messages dropped as malformed: not two frames (head, payload), or a head that does
+        not parse (the shell counts those)."""
+        self._malformed = ThrottledLog(log)
         self._context = context or zmq.Context.instance()
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
         self._dealer = self._context.socket(zmq.DEALER)
@@ -256,9 +266,14 @@ class RouterLink:
                 size = 0
                 with contextlib.suppress(zmq.Again):
                     while len(batch) < self.max_batch and size < self.max_batch_bytes:
-                        frames = receive(NOBLOCK)
-                        batch.append(frames)
-                        size += len(frames[-1])
+                        frames = receive(NOBLOCK, copy=False)
+                        if len(frames) != 2:
+                            self._drop_malformed(len(frames))
+                            continue
+                        head, payload = frames
+                        length = len(payload)
+                        batch.append((head.bytes, payload.buffer if length >= VIEW_FROM else payload.bytes))
+                        size += length
                 if batch:
                     self.data_messages += len(batch)
                     self.data_bytes += size
@@ -267,3 +282,12 @@ class RouterLink:
                     await asyncio.sleep(0)
         finally:
             readable.close()
+
+    def _drop_malformed(self, frames: int) -> None:
+        self.malformed_data += 1
+        self._malformed.warning(
+            "malformed_data",
+            "dropped a data message of %d frames from the router (expected 2)",
+            frames,
+            now=time.monotonic(),
+        )

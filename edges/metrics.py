@@ -111,6 +111,12 @@ class EdgeCollector:
             self._one(link.data_bytes),
         )
         yield counter(
+            "switchboard_edge_malformed_data",
+            "Data messages from the router dropped as malformed.",
+            LABELS,
+            self._one(link.malformed_data),
+        )
+        yield counter(
             "switchboard_edge_deliveries",
             "Messages handed to a client's queue (one per subscribed client).",
             LABELS,

@@ -158,10 +158,11 @@ class EdgeShell(ABC, Generic[T]):
             try:
                 meta = parse_data_head(head)
             except WireError as error:
+                self.link.malformed_data += 1
                 self._bad_data.warning("bad_data", "bad data frame from the router: %s", error, now=now)
                 continue
             if feed is not None and feed.by_wire:
-                feed.feed(meta.topic, payload)
+                feed.feed(meta.topic, bytes(payload))
             deliver(meta.topic, meta.epoch, meta.offset, payload, now)
             if meta.header:
                 sample(meta.header)

@@ -43,7 +43,7 @@ async def tap(
             except WireError as error:
                 print(f"bad data frame: {error}", file=sys.stderr)
                 continue
-            preview = payload[:60].decode("utf-8", "replace").replace("\n", " ")
+            preview = bytes(payload[:60]).decode("utf-8", "replace").replace("\n", " ")
             topic = meta.topic.decode()
             print(
                 f"{topic} epoch={meta.epoch} offset={meta.offset} size={len(payload)} {preview}", flush=True

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from edges.core.output import Data
+from edges.core.output import Data, Payload
 from edges.core.requests import RequestKind, RouterRequest, RouterRequests
 from edges.core.subscription import Subscription, SubState
 from router import wire
@@ -32,7 +32,7 @@ class CatchUp:
     """
 
     def __init__(
-        self, requests: RouterRequests, frame: Callable[[int, int, bytes], Data], *, enabled: bool = True
+        self, requests: RouterRequests, frame: Callable[[int, int, Payload], Data], *, enabled: bool = True
     ) -> None:
         self.enabled = enabled
         self._requests = requests

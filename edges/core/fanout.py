@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from edges.core.actions import EdgeAction, UnwatchData, WatchData
 from edges.core.catch_up import CatchUp
 from edges.core.client_wire import Resume
-from edges.core.output import Data
+from edges.core.output import Data, Payload
 from edges.core.reports import EdgeCounters
 from edges.core.session import ClientSession
 from edges.core.subscription import Subscription
@@ -77,7 +77,7 @@ class Fanout:
     def __init__(
         self,
         catch_up: CatchUp,
-        frame: Callable[[int, int, bytes], Data],
+        frame: Callable[[int, int, Payload], Data],
         actions: list[EdgeAction],
         with_output: dict[str, ClientSession],
         counters: EdgeCounters,
@@ -174,7 +174,9 @@ class Fanout:
 
     # ------------------------------------------------------------ data
 
-    def deliver(self, topic: bytes, epoch: int, offset: int, payload: bytes, now: float | None = None) -> int:
+    def deliver(
+        self, topic: bytes, epoch: int, offset: int, payload: Payload, now: float | None = None
+    ) -> int:
         """Fan one message out to the topic's confirmed subscribers; returns to how many.
 
         Each subscription's lane queues, holds or skips the frame under the topic's policy. A

@@ -29,7 +29,7 @@ from edges.core.catch_up import CatchUp
 from edges.core.client import EdgeClient, Refusal
 from edges.core.client_wire import CloseCode, Connect, Refresh, Subscribe, Unsubscribe
 from edges.core.fanout import Fanout
-from edges.core.output import Data, Framing, data_frame
+from edges.core.output import Data, Framing, Payload, data_frame
 from edges.core.reports import EdgeCounters, EdgeStats
 from edges.core.requests import Reply, RequestKind, RouterRequest, RouterRequests
 from edges.core.session import ClientSession, EdgeLimits, State
@@ -211,7 +211,9 @@ class EdgeHub:
 
     # ------------------------------------------------------------ data
 
-    def deliver(self, topic: bytes, epoch: int, offset: int, payload: bytes, now: float | None = None) -> int:
+    def deliver(
+        self, topic: bytes, epoch: int, offset: int, payload: Payload, now: float | None = None
+    ) -> int:
         """Fan one message out to the topic's confirmed subscribers; returns to how many.
 
         The frame is built once and the same object goes to every subscriber's lane, which queues,
@@ -236,7 +238,7 @@ class EdgeHub:
             self._close_too_slow()
         return due
 
-    def _frame(self, channel: int, offset: int, payload: bytes) -> Data:
+    def _frame(self, channel: int, offset: int, payload: Payload) -> Data:
         return data_frame(channel, offset, payload, self._framing)
 
     def _close_too_slow(self) -> None:

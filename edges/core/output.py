@@ -9,7 +9,8 @@ its own to it (the WebRTC edge's video slots), and other shells skip them.
 
 A data frame is built once per message with the transport's framing (:data:`Framing`) and shared by
 every subscriber's queue: its :attr:`~Data.head` (the framing and the data header) is a few bytes,
-and its payload is the bytes received from the router, never copied on the way. A payload under
+and its payload is what the link received from the router (a :data:`Payload`), never copied on the
+way. A payload under
 :data:`JOIN_BELOW` bytes is joined to the head once instead, which costs less than two parts per
 client.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "ClientOutput",
     "Data",
     "Framing",
+    "Payload",
     "Reply",
     "Skipped",
     "SubscriptionClosed",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 JOIN_BELOW: Final = 2048
+
+Payload = bytes | memoryview
+"""A message's payload as the edge's link received it: bytes, or for a large payload a view of the
+ZeroMQ frame it arrived in, which the shells write to clients as it is."""
 
 Framing = Callable[[int], bytes]
 """The transport's header of a binary message of that many bytes (the WebSocket edge's frame header)."""
@@ -64,7 +70,7 @@ class Data:
 
     __slots__ = ("channel", "head", "offset", "payload", "size")
 
-    def __init__(self, channel: int, offset: int, head: bytes, payload: bytes) -> None:
+    def __init__(self, channel: int, offset: int, head: bytes, payload: Payload) -> None:
         self.channel = channel
         self.offset = offset
         self.head = head
@@ -82,7 +88,7 @@ class Data:
         return self.head + self.payload if self.payload else self.head
 
 
-def data_frame(channel: int, offset: int, payload: bytes, framing: Framing | None = None) -> Data:
+def data_frame(channel: int, offset: int, payload: Payload, framing: Framing | None = None) -> Data:
     """The data frame of one message (``docs/protocol.md``, 4.5), with the transport's framing."""
     head = _pack_header(FRAME_DATA, 0, channel, offset)
     if framing is not None:

@@ -27,7 +27,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
 
-from edges.core.output import Data, Reply, Skipped
+from edges.core.output import Data, Payload, Reply, Skipped
 from edges.core.session import ClientSession
 
 __all__ = [
@@ -286,7 +286,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if protocol.state is not OPEN:
             return
-        chunks: list[bytes] = []
+        chunks: list[Payload] = []
         size = 0
         for item in session.data_to_send():
             if type(item) is Data:

@@ -231,7 +231,7 @@ class TestEdge:
 
     def _on_data(self, batch: DataBatch) -> None:
         for head, payload in batch:
-            self.received.put_nowait((parse_data_head(head), payload))
+            self.received.put_nowait((parse_data_head(head), bytes(payload)))
 
     def _resync(self) -> list[EdgeMessage]:
         messages: list[EdgeMessage] = []
