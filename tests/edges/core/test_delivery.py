@@ -1,4 +1,5 @@
-"""Delivery policies in a client's queue (edges/core/delivery.py) and through the hub (edges/core/hub.py).
+"""Delivery policies in a client's queue (edges/core/delivery.py); the hub's side of them is in
+test_fanout.py and test_catch_up.py.
 
 First examples, one behaviour each; then properties: fair sharing, the token bucket; then a state
 machine that drives one client's :class:`DeliveryQueue` with random policies, pushes, ticks, drains,
@@ -21,9 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from edges.core.client_wire import (
     FRAME_SKIPPED,
     SKIPPED_FRAME,
-    CloseCode,
     SkipReason,
-    encode_data_frame,
     encode_skipped_frame,
     frame_type,
     parse_data_frame,
@@ -31,13 +30,12 @@ from edges.core.client_wire import (
 )
 from edges.core.delivery import QUANTUM, DeliveryQueue, Lane, Skip
 from edges.core.drops import DropReason
-from edges.core.hub import CloseClient, EdgeHub, ToRouter, UnwatchData
-from edges.core.output import ClientOutput, Data, Framing, Reply, Skipped, data_frame
-from edges.core.session import ClientSession, EdgeLimits
+from edges.core.hub import EdgeHub
+from edges.core.output import ClientOutput, Data, Reply, Skipped
+from edges.core.session import ClientSession
 from router import wire
-from router.core.errors import RecoveryStatus
 from router.core.policy import DeliveryPolicy, PolicyKind, SlowClientAction
-from tests.edges.output import wire_forms
+from tests.edges.core.hub_clients import LATEST, frame, frames_of, resume_subscribe, router_request, view
 from tests.strategies import scaled_examples
 
 CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
@@ -49,26 +47,6 @@ CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def frame(channel: int, offset: int, size: int = 0) -> Data:
-    return data_frame(channel, offset, b"p" * size)
-
-
-def view(out: list[ClientOutput]) -> list[tuple[object, ...]]:
-    """What a client reads: ("data", channel, offset) and ("skip", reasons, channel, first, last, count)."""
-    seen: list[tuple[object, ...]] = []
-    for item in wire_forms(out):
-        assert isinstance(item, bytes)
-        if frame_type(item) == FRAME_SKIPPED:
-            skipped = parse_skipped_frame(item)
-            seen.append(
-                ("skip", skipped.reasons, skipped.channel, skipped.first, skipped.last, skipped.skipped)
-            )
-        else:
-            data = parse_data_frame(item)
-            seen.append(("data", data.channel, data.offset))
-    return seen
 
 
 def drained(queue: DeliveryQueue, limit: int | None = None) -> list[tuple[object, ...]]:
@@ -467,9 +445,6 @@ def test_lifting_the_rate_limit_releases_the_held_frame() -> None:
     assert drained(lane.queue) == [("data", 1, 3)]
 
 
-# ---------------------------------------------------------------- through the hub
-
-
 # ---------------------------------------------------------------- a window of frames in flight
 
 
@@ -511,368 +486,6 @@ def test_a_lane_waiting_for_acknowledgements_does_not_hold_up_its_peers() -> Non
     assert drained(queue) == []
     waiting.ack(1)
     assert drained(queue) == [("data", 1, 2)]
-
-
-def router_request(hub: EdgeHub) -> Any:
-    """The one message the hub has for the router (typed loosely: each test knows which)."""
-    [message] = [action.message for action in hub.drain_actions() if isinstance(action, ToRouter)]
-    return message
-
-
-def hub_client(
-    policy: DeliveryPolicy,
-    *,
-    limits: EdgeLimits | None = None,
-    recovery: bool = False,
-    count: int = 1,
-    framing: Framing | None = None,
-) -> tuple[EdgeHub, list[ClientSession]]:
-    """A hub whose clients c0, c1... are subscribed to /t (channel 0) at epoch 5, offset 0."""
-    hub = EdgeHub(limits, recovery=recovery, framing=framing)
-    sessions = []
-    for number in range(count):
-        client_id = f"c{number}"
-        sessions.append(hub.open_client(client_id))
-        hub.client_text(client_id, '{"op":"connect"}')
-        register = router_request(hub)
-        hub.router_message(wire.Registered(request_id=register.request_id, client_id=client_id, user="u"))
-        hub.client_text(client_id, json.dumps({"op": "subscribe", "id": 1, "topic": "/t"}))
-        request = router_request(hub)
-        ok = wire.SubscribeOk(
-            request_id=request.request_id,
-            client_id=client_id,
-            topic="/t",
-            epoch=5,
-            offset=0,
-            content_type="x",
-            policy=policy,
-        )
-        hub.router_message(ok)
-        sessions[-1].data_to_send()
-    hub.sessions_with_output()
-    return hub, sessions
-
-
-def frames_of(session: ClientSession) -> list[tuple[object, ...]]:
-    return view([item for item in session.data_to_send() if isinstance(item, Data | Skipped)])
-
-
-def test_hub_applies_the_topic_policy_and_shares_frames() -> None:
-    hub, (first, second) = hub_client(DeliveryPolicy(kind="latest"), count=2)
-    for offset in (1, 2, 3):
-        assert hub.deliver(b"/t", 5, offset, b"x") == 2
-    out_first, out_second = first.data_to_send(), second.data_to_send()
-    assert view(out_first) == [("skip", CONFLATED, 0, 1, 2, 2), ("data", 0, 3)]
-    assert out_first[1] is out_second[1], "one frame object for every client"
-    assert hub.stats().dropped == {"conflated": 4}
-
-
-def test_hub_policy_update_reaches_existing_lanes() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy())
-    hub.router_message(wire.PolicyUpdate(topic="/t", policy=DeliveryPolicy(kind="latest")))
-    for offset in (1, 2):
-        hub.deliver(b"/t", 5, offset, b"x")
-    assert frames_of(session) == [("skip", CONFLATED, 0, 1, 1, 1), ("data", 0, 2)]
-
-
-def test_hub_closes_a_too_slow_client_with_4003() -> None:
-    hub, (slow, other) = hub_client(DeliveryPolicy(queue_max_messages=1, slow_client="disconnect"), count=2)
-    hub.deliver(b"/t", 5, 1, b"x")
-    other.data_to_send()
-    assert hub.deliver(b"/t", 5, 2, b"x") == 2
-    actions = hub.drain_actions()
-    assert actions[-1] == CloseClient("c0", CloseCode.TOO_SLOW, "too slow")
-    closing = {"op": "closing", "code": 4003, "reason": "too slow"}
-    assert json.loads(wire_forms(slow.data_to_send())[-1]) == closing
-    assert frames_of(other) == [("data", 0, 2)], "the others go on"
-    assert hub.stats().dropped == {"too_slow": 1, "closed": 1}
-
-
-def test_hub_tick_releases_rate_limited_latest_frames() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="latest", max_rate=1.0))
-    assert hub.tick(0.0) is None, "nothing held: nothing to do"
-    hub.deliver(b"/t", 5, 1, b"x", now=10.0)
-    assert frames_of(session) == [("data", 0, 1)]
-    hub.deliver(b"/t", 5, 2, b"x", now=10.25)
-    hub.deliver(b"/t", 5, 3, b"x")
-    hub.sessions_with_output()
-    assert frames_of(session) == [], "held for a token"
-    assert hub.tick(10.5) == 11.0
-    assert hub.sessions_with_output() == []
-    assert hub.tick(11.0) is None
-    assert hub.sessions_with_output() == [session]
-    assert frames_of(session) == [("skip", CONFLATED, 0, 2, 2, 1), ("data", 0, 3)]
-
-
-def test_hub_without_a_clock_applies_no_rate_limit() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(max_rate=1.0))
-    for offset in (1, 2, 3):
-        hub.deliver(b"/t", 5, offset, b"x")
-    assert len(frames_of(session)) == 3
-
-
-def recover_request(hub: EdgeHub) -> wire.Recover:
-    """The one ``recover`` the hub asks the router for now."""
-    [action] = hub.drain_actions()
-    assert isinstance(action, ToRouter), action
-    assert isinstance(action.message, wire.Recover), action
-    return action.message
-
-
-def answer(hub: EdgeHub, request: wire.Recover, history: dict[int, bytes], *, epoch: int = 5) -> None:
-    """The router's reply: ``history`` from ``from_offset + 1`` to ``to_offset``."""
-    last = request.to_offset if request.to_offset is not None else max(history)
-    messages = [(offset, b"", history[offset]) for offset in range(request.from_offset + 1, last + 1)]
-    hub.router_message(
-        wire.Recovered(request_id=request.request_id, topic=request.topic, epoch=epoch, messages=messages)
-    )
-
-
-def refuse(hub: EdgeHub, request: wire.Recover, code: str = RecoveryStatus.HISTORY_EXCEEDED) -> None:
-    hub.router_message(wire.Error(request_id=request.request_id, code=code, message="no"))
-
-
-def test_hub_catch_up_round_trip() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=2), recovery=True)
-    for offset in range(1, 6):
-        hub.deliver(b"/t", 5, offset, b"m%d" % offset)
-    assert session.pending_messages == 3, "offsets 3 to 5 are owed"
-    assert hub.drain_actions() == [], "no catch-up while the queue is still full"
-    assert hub.catching_up
-    assert frames_of(session) == [("data", 0, 1), ("data", 0, 2)]
-    request = recover_request(hub)
-    assert (request.topic, request.epoch, request.from_offset, request.to_offset) == ("/t", 5, 2, 5)
-    assert hub.drain_actions() == [], "one at a time"
-    hub.deliver(b"/t", 5, 6, b"m6")
-    hub.sessions_with_output()
-    history = {offset: b"m%d" % offset for offset in range(1, 7)}
-    answer(hub, request, history)
-    assert hub.sessions_with_output() == [session]
-    assert frames_of(session) == [("data", 0, 3), ("data", 0, 4)]
-    request = recover_request(hub)
-    assert (request.from_offset, request.to_offset) == (4, 6)
-    answer(hub, request, history)
-    assert not hub.catching_up
-    assert frames_of(session) == [("data", 0, 5), ("data", 0, 6)]
-    hub.deliver(b"/t", 5, 7, b"m7")
-    assert frames_of(session) == [("data", 0, 7)]
-    assert hub.stats().recovered == 4
-    assert hub.stats().dropped == {}
-
-
-def test_hub_recovery_failed_tells_the_client() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=1), recovery=True)
-    for offset in range(1, 4):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    request = recover_request(hub)
-    refuse(hub, request)
-    hub.deliver(b"/t", 5, 4, b"x")
-    assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 4)]
-    answer(hub, request, {2: b"x", 3: b"x"})
-    assert hub.stats().unexpected_replies == 1, "a second answer to one request"
-    assert frames_of(session) == []
-
-
-def test_hub_asks_again_for_a_lane_that_falls_behind_again() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=1), recovery=True)
-    for offset in range(1, 3):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    first = recover_request(hub)
-    assert (first.from_offset, first.to_offset) == (1, 2)
-    refuse(hub, first)
-    for offset in range(3, 5):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    second = recover_request(hub)
-    assert (second.from_offset, second.to_offset) == (3, 4)
-    assert second.request_id != first.request_id
-
-
-def test_hub_recovery_of_another_epoch_gives_up() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=1), recovery=True)
-    for offset in range(1, 4):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    answer(hub, recover_request(hub), {2: b"x", 3: b"x"}, epoch=6)
-    assert not hub.catching_up
-    hub.deliver(b"/t", 5, 4, b"x")
-    assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 4)]
-
-
-def test_hub_without_recovery_never_asks() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="reliable", queue_max_messages=1))
-    for offset in range(1, 4):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    assert hub.drain_actions() == []
-    assert session.pending_messages == 0
-    hub.deliver(b"/t", 5, 4, b"x")
-    assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 4)]
-
-
-RELIABLE = DeliveryPolicy(kind="reliable")
-LATEST = DeliveryPolicy(kind="latest")
-
-
-def resume_subscribe(
-    hub: EdgeHub, client_id: str, position: tuple[int, int] | None, window: int | None = None, **reply: Any
-) -> tuple[ClientSession, wire.Subscribe, dict[str, Any]]:
-    """Connect ``client_id`` and subscribe it to /t from ``position``; the router answers with
-    ``reply`` (epoch 5 and the reliable policy unless given). Returns the session, the router's
-    subscribe and the client's ``subscribed``."""
-    session = hub.open_client(client_id)
-    hub.client_text(client_id, '{"op":"connect"}')
-    register = router_request(hub)
-    hub.router_message(wire.Registered(request_id=register.request_id, client_id=client_id, user="u"))
-    request: dict[str, Any] = {"op": "subscribe", "id": 1, "topic": "/t"}
-    if position is not None:
-        request["resume"] = {"epoch": position[0], "offset": position[1]}
-    if window is not None:
-        request["window"] = window
-    hub.client_text(client_id, json.dumps(request))
-    subscribe = router_request(hub)
-    fields: dict[str, Any] = {"epoch": 5, "content_type": "x", "policy": RELIABLE} | reply
-    hub.router_message(
-        wire.SubscribeOk(request_id=subscribe.request_id, client_id=client_id, topic="/t", **fields)
-    )
-    replies = [json.loads(item.text) for item in session.data_to_send() if isinstance(item, Reply)]
-    return session, subscribe, replies[-1]
-
-
-def test_hub_resume_replays_what_the_client_missed_then_live_messages() -> None:
-    hub = EdgeHub()
-    history = {offset: b"m%d" % offset for offset in range(1, 9)}
-    ok: dict[str, Any] = {"offset": 7, "resume": "ok", "resume_from": 3, "resume_to": 7}
-    session, subscribe, subscribed = resume_subscribe(hub, "c0", (5, 3), **ok)
-    assert (subscribe.resume_epoch, subscribe.resume_offset) == (5, 3)
-    assert (subscribed["resume"], subscribed["resume_from"]) == ("ok", 3)
-    request = recover_request(hub)
-    assert (request.epoch, request.from_offset, request.to_offset) == (5, 3, 7)
-    hub.deliver(b"/t", 5, 7, b"m7")
-    hub.deliver(b"/t", 5, 8, b"m8")
-    assert frames_of(session) == [], "live messages wait for the replay"
-    answer(hub, request, history)
-    assert frames_of(session) == [("data", 0, offset) for offset in range(4, 8)]
-    request = recover_request(hub)
-    assert (request.from_offset, request.to_offset) == (7, 8)
-    answer(hub, request, history)
-    hub.deliver(b"/t", 5, 9, b"m9")
-    assert frames_of(session) == [("data", 0, 8), ("data", 0, 9)]
-    assert hub.stats().dropped == {}
-
-
-def test_hub_resume_beyond_the_history_replays_what_is_left() -> None:
-    hub = EdgeHub()
-    ok: dict[str, Any] = {"offset": 7, "resume": "history_exceeded", "resume_from": 5, "resume_to": 7}
-    session, _, subscribed = resume_subscribe(hub, "c0", (5, 1), **ok)
-    assert (subscribed["resume"], subscribed["resume_from"]) == ("history_exceeded", 5)
-    request = recover_request(hub)
-    assert (request.from_offset, request.to_offset) == (5, 7)
-    answer(hub, request, {6: b"6", 7: b"7"})
-    assert frames_of(session) == [("data", 0, 6), ("data", 0, 7)]
-
-
-@pytest.mark.parametrize("resume", ["epoch_changed", "not_reliable", "none"])
-def test_hub_resume_refused_starts_at_the_topic_position(resume: str) -> None:
-    hub = EdgeHub()
-    policy = RELIABLE if resume != "not_reliable" else DeliveryPolicy()
-    session, _, subscribed = resume_subscribe(hub, "c0", (4, 3), offset=7, resume=resume, policy=policy)
-    assert subscribed["resume"] == resume
-    assert hub.drain_actions() == []
-    hub.deliver(b"/t", 5, 8, b"m8")
-    assert frames_of(session) == [("data", 0, 8)]
-
-
-def test_hub_refills_offsets_that_never_reached_the_edge() -> None:
-    hub, (session,) = hub_client(RELIABLE, recovery=True)
-    for offset in (1, 2, 5):
-        hub.deliver(b"/t", 5, offset, b"m%d" % offset)
-    assert frames_of(session) == [("data", 0, 1), ("data", 0, 2)]
-    request = recover_request(hub)
-    assert (request.from_offset, request.to_offset) == (2, 5)
-    answer(hub, request, {offset: b"m%d" % offset for offset in range(1, 6)})
-    assert frames_of(session) == [("data", 0, offset) for offset in (3, 4, 5)]
-    assert hub.stats().gaps == 2
-
-
-def test_hub_leaves_gaps_of_other_policies_to_the_client() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(), recovery=True)
-    for offset in (1, 2, 5):
-        hub.deliver(b"/t", 5, offset, b"x")
-    assert frames_of(session) == [("data", 0, offset) for offset in (1, 2, 5)]
-    assert hub.drain_actions() == []
-    assert hub.stats().gaps == 0
-
-
-def test_hub_refills_what_passed_before_the_router_confirmed_a_subscriber() -> None:
-    """Data and replies travel on different sockets: messages after the router's reply position
-    may reach the edge before the reply does."""
-    hub, (first,) = hub_client(RELIABLE, recovery=True)
-    for offset in (1, 2, 3):
-        hub.deliver(b"/t", 5, offset, b"m%d" % offset)
-    late, _, subscribed = resume_subscribe(hub, "c1", None, offset=1)
-    assert subscribed["offset"] == 1
-    request = recover_request(hub)
-    assert (request.from_offset, request.to_offset) == (1, 3)
-    answer(hub, request, {offset: b"m%d" % offset for offset in (1, 2, 3)})
-    hub.deliver(b"/t", 5, 4, b"m4")
-    assert frames_of(late) == [("data", 0, offset) for offset in (2, 3, 4)]
-    assert frames_of(first) == [("data", 0, offset) for offset in (1, 2, 3, 4)]
-
-
-def test_hub_router_restart_ends_a_catch_up() -> None:
-    """The new router's history starts afresh: what the client missed is skipped, said once."""
-    policy = DeliveryPolicy(kind="reliable", queue_max_messages=1)
-    hub, (session,) = hub_client(policy, recovery=True)
-    for offset in range(1, 4):
-        hub.deliver(b"/t", 5, offset, b"x")
-    session.data_to_send()
-    assert len(hub.drain_actions()) == 1
-    register, subscribe = hub.resync()
-    assert isinstance(register, wire.RegisterClient)
-    assert isinstance(subscribe, wire.Subscribe)
-    hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
-    ok = wire.SubscribeOk(
-        request_id=subscribe.request_id,
-        client_id="c0",
-        topic="/t",
-        epoch=9,
-        offset=0,
-        content_type="x",
-        policy=policy,
-    )
-    hub.router_message(ok)
-    assert not hub.catching_up
-    hub.deliver(b"/t", 9, 1, b"x")
-    assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 1)]
-    assert hub.drain_actions() == []
-
-
-def test_hub_frames_skipped_frames_like_data_frames() -> None:
-    def framing(size: int) -> bytes:
-        return b"<%d>" % size
-
-    hub, (session,) = hub_client(DeliveryPolicy(kind="latest"), framing=framing)
-    hub.deliver(b"/t", 5, 1, b"a")
-    hub.deliver(b"/t", 5, 2, b"b")
-    skipped, data = wire_forms(session.data_to_send())
-    assert skipped == b"<26>" + encode_skipped_frame(0, CONFLATED, 1, 1, 1)
-    assert data == b"<15>" + encode_data_frame(0, 2, b"b")
-
-
-def test_hub_unsubscribe_forgets_held_and_behind_lanes() -> None:
-    hub, (session,) = hub_client(DeliveryPolicy(kind="latest", max_rate=1.0))
-    hub.deliver(b"/t", 5, 1, b"x", now=0.0)
-    session.data_to_send()
-    hub.deliver(b"/t", 5, 2, b"x", now=0.0)
-    assert hub.tick(0.5) == 1.0
-    hub.client_text("c0", '{"op":"unsubscribe","id":2,"topic":"/t"}')
-    actions = hub.drain_actions()
-    assert UnwatchData("/t") in actions
-    assert hub.tick(5.0) is None
-    assert session.dropped == {"unsubscribed": 1}
 
 
 # ---------------------------------------------------------------- fair share (property)
