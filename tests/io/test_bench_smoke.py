@@ -17,7 +17,15 @@ KEYS = {"name", "value", "unit", "baseline", "ratio"}
 BENCH = [sys.executable, "scripts/bench.py"]
 ROUTER = [*BENCH, "router", "--quick", "--trials", "1", "--json"]
 EDGE = [*BENCH, "edge", "--quick", "--trials", "1", "--clients", "10", "--rate-seconds", "1", "--json"]
-EDGE_FIGURES = ("deliveries_per_s", "vs_relay", "latency_p50", "latency_p99", "delivered", "load_busy_max")
+EDGE_FIGURES = (
+    "deliveries_per_s",
+    "vs_relay",
+    "latency_p50",
+    "latency_p99",
+    "delivered",
+    "server_cpu_per_delivery",
+    "load_busy_max",
+)
 RSS_FIGURE = "edge.idle.N10.memory_per_conn"
 """RSS grows by pages and arenas: over 10 clients it may not grow at all, so only its type is checked."""
 WAIT_FIGURES = ("server_cpu_wait", "load_cpu_wait_max")
