@@ -33,7 +33,9 @@ DataBatch = list[tuple[bytes, Payload]]
 """Data messages as ``(head, payload)`` pairs, in the order the SUB socket received them."""
 VIEW_FROM: Final = 16 * 1024
 """Payloads of at least this many bytes are handed on as a view of the ZeroMQ frame they arrived
-in, so the edge writes them to its clients without copying them; smaller ones cost less as bytes."""
+in, so the edge writes them to its clients without copying them; smaller ones cost less as bytes.
+It is above libzmq's 8 KiB receive batch: such a frame has a buffer of its own, so a view held in
+a client's queue never keeps other messages' memory alive."""
 
 
 def new_edge_id(protocol: str) -> str:
