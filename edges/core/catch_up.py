@@ -88,13 +88,14 @@ class CatchUp:
     # ------------------------------------------------------------ asking
 
     def ask(self) -> None:
-        """Send a ``recover`` for each subscription behind whose queue is empty and that has none out."""
+        """Send a ``recover`` for each subscription behind whose lane is empty and that has none out,
+        once the client's queue has room for what the last refill could not queue."""
         for sub in list(self._behind):
             if not sub.notice_caught_up():
                 del self._behind[sub]
         if self.enabled:
             for sub in self._behind:
-                if sub.state is SubState.BEHIND and not sub.queued:
+                if sub.state is SubState.BEHIND and sub.lane.can_refill:
                     self._ask(sub)
 
     def _ask(self, sub: Subscription) -> None:

@@ -129,6 +129,7 @@ class Lane:
         "priority",
         "queue",
         "rate",
+        "refill_size",
         "shed",
         "slow_client",
         "unacked",
@@ -147,6 +148,8 @@ class Lane:
         self.behind: Skip | None = None
         """A ``reliable`` lane's messages not queued: from ``first`` (the offset to refill from) to
         ``last``, ``count`` of them."""
+        self.refill_size = 0
+        """The size of the owed frame the last refill found no room for (0: none)."""
         self.open = True
         self.drops = 0
         """Messages this lane skipped while the client stayed subscribed (every reason counted in
@@ -441,7 +444,7 @@ class Lane:
         behind = self.behind
         if behind is None:
             return 0
-        queued = 0
+        queued = self.refill_size = 0
         for offset, frame in frames:
             if offset < behind.first:
                 continue
@@ -454,6 +457,7 @@ class Lane:
                 self._append(offset, frame, size)
                 queued += 1
             else:
+                self.refill_size = size
                 return self._recovered(queued, stalled=True)
             behind.first += 1
             behind.count = max(0, behind.count - 1)
@@ -461,6 +465,15 @@ class Lane:
                 self._stop_behind()
                 break
         return self._recovered(queued, stalled=more)
+
+    @property
+    def can_refill(self) -> bool:
+        """Whether a refill would queue something now: nothing of the lane is queued, and the frame
+        the last refill found no room for fits (as :meth:`_make_room` would make room for it)."""
+        if self.count:
+            return False
+        size = self.refill_size
+        return not size or self.queue.fits(size) or self.queue.can_free(size, self.priority, None)
 
     def owe(self, first: int, last: int) -> None:
         """Messages ``first`` to ``last`` never reached the lane (a resumed client's gap, or
@@ -506,6 +519,7 @@ class Lane:
             items.append(behind)
 
     def _stop_behind(self) -> None:
+        self.refill_size = 0
         if self.behind is not None:
             self.behind = None
             self.queue.behind_lanes -= 1

@@ -257,10 +257,6 @@ class Subscription:
         assert behind is not None, "only a lane behind owes messages"
         return behind.first, behind.last
 
-    @property
-    def queued(self) -> int:
-        return self.lane.count
-
     def owe(self, first: int, last: int) -> bool:
         """Messages ``first`` to ``last`` never reached the lane. False, owing nothing, unless the
         range is not empty and the lane is an open ``reliable`` one."""

@@ -4,6 +4,7 @@ subscribe replays what a client missed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,10 +13,11 @@ from edges.core.client_wire import (
     SkipReason,
 )
 from edges.core.hub import EdgeHub, ToRouter
+from edges.core.session import EdgeLimits
 from router import wire
 from router.core.errors import RecoveryStatus
 from router.core.policy import DeliveryPolicy
-from tests.edges.core.hub_clients import RELIABLE, frames_of, hub_client, resume_subscribe
+from tests.edges.core.hub_clients import RELIABLE, frames_of, hub_client, resume_subscribe, router_request
 
 CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
     SkipReason.CONFLATED,
@@ -102,6 +104,39 @@ def test_hub_asks_again_for_a_lane_that_falls_behind_again() -> None:
     second = recover_request(hub)
     assert (second.from_offset, second.to_offset) == (3, 4)
     assert second.request_id != first.request_id
+
+
+def subscribe_also(hub: EdgeHub, client_id: str, topic: str, policy: DeliveryPolicy) -> None:
+    """Subscribe a client of :func:`hub_client` to one more topic, at epoch 5, offset 0."""
+    hub.client_text(client_id, json.dumps({"op": "subscribe", "id": 2, "topic": topic}))
+    request = router_request(hub)
+    fields: dict[str, Any] = {"epoch": 5, "offset": 0, "content_type": "x", "policy": policy}
+    hub.router_message(
+        wire.SubscribeOk(request_id=request.request_id, client_id=client_id, topic=topic, **fields)
+    )
+
+
+def test_hub_waits_for_room_before_asking_again() -> None:
+    """A lane behind with nothing queued, in a client queue that other topics filled: the refill
+    finds no room, and the hub asks again only once the client read, not at every drain."""
+    limits = EdgeLimits(queue_max_messages=2)
+    hub, (session,) = hub_client(RELIABLE, limits=limits, recovery=True)
+    subscribe_also(hub, "c0", "/u", RELIABLE)
+    session.data_to_send()
+    for offset in (1, 2):
+        hub.deliver(b"/t", 5, offset, b"t")
+    hub.deliver(b"/u", 5, 1, b"u")
+    request = recover_request(hub)
+    assert (request.topic, request.from_offset, request.to_offset) == ("/u", 0, 1)
+    answer(hub, request, {1: b"u"})
+    assert hub.stats().recovered == 0, "no room"
+    assert hub.drain_actions() == [], "the client's queue is still full"
+    assert frames_of(session) == [("data", 0, 1), ("data", 0, 2)]
+    request = recover_request(hub)
+    assert (request.topic, request.from_offset, request.to_offset) == ("/u", 0, 1)
+    answer(hub, request, {1: b"u"})
+    assert frames_of(session) == [("data", 1, 1)]
+    assert not hub.catching_up
 
 
 def test_hub_recovery_of_another_epoch_gives_up() -> None:
