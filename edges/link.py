@@ -32,8 +32,9 @@ log = logging.getLogger("switchboard.edge")
 DataBatch = list[tuple[bytes, Payload]]
 """Data messages as ``(head, payload)`` pairs, in the order the SUB socket received them."""
 VIEW_FROM: Final = 16 * 1024
-"""Payloads of at least this many bytes are handed on as a view of the ZeroMQ frame they arrived
-in, so the edge writes them to its clients without copying them; smaller ones cost less as bytes.
+"""While payloads are this large on average, those of at least this many bytes are handed on as a
+view of the ZeroMQ frame they arrived in, so the edge writes them to its clients without copying
+them; smaller ones cost less as bytes.
 It is above libzmq's 8 KiB receive batch: such a frame has a buffer of its own, so a view held in
 a client's queue never keeps other messages' memory alive."""
 
@@ -81,6 +82,8 @@ class RouterLink:
         """Data messages dropped as malformed: not two frames (head, payload), or a head that does
         not parse (the shell counts those)."""
         self._malformed = ThrottledLog(log)
+        self._views = False
+        """Whether payloads are received as frames (see :meth:`_drain`)."""
         self._context = context or zmq.Context.instance()
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
         self._dealer = self._context.socket(zmq.DEALER)
@@ -260,32 +263,63 @@ class RouterLink:
 
     async def _data_loop(self) -> None:
         readable = self._readable[self._sub] = Readable(self._sub)
-        receive = self._sub.recv_multipart
         try:
             while True:
                 await readable.wait()
-                batch: DataBatch = []
-                size = 0
-                with contextlib.suppress(zmq.Again):
-                    while len(batch) < self.max_batch and size < self.max_batch_bytes:
-                        frames = receive(NOBLOCK, copy=False)
-                        if len(frames) != 2:
-                            self._drop_malformed(len(frames))
-                            continue
-                        head, payload = frames
-                        length = len(payload)
-                        batch.append((head.bytes, payload.buffer if length >= VIEW_FROM else payload.bytes))
-                        size += length
+                batch, size, full = self._drain()
                 if batch:
                     self.data_messages += len(batch)
                     self.data_bytes += size
                     self.on_data(batch)
-                if len(batch) == self.max_batch or size >= self.max_batch_bytes:
+                if full:
                     await asyncio.sleep(0)
         finally:
             readable.close()
 
+    def _drain(self) -> tuple[DataBatch, int, bool]:
+        """Receive until the SUB socket is empty or a batch is full (malformed messages count
+        towards its bound): the batch, its payload bytes, and whether it stopped full. Payloads
+        are received as views while the last batch's payloads averaged :data:`VIEW_FROM` or more,
+        and copied otherwise: a frame object costs a small message more than its copy."""
+        batch: DataBatch = []
+        size = 0
+        receive = self._receive_views if self._views else self._receive_copies
+        try:
+            for _ in range(self.max_batch):
+                message = receive()
+                if message is not None:
+                    batch.append(message)
+                    size += len(message[1])
+                    if size >= self.max_batch_bytes:
+                        break
+        except zmq.Again:
+            return batch, size, False
+        finally:
+            if batch:
+                self._views = size >= VIEW_FROM * len(batch)
+        return batch, size, True
+
+    def _receive_copies(self) -> tuple[bytes, Payload] | None:
+        """One data message as bytes, or ``None`` if it was not head + payload (counted and
+        dropped). Raises :class:`zmq.Again` when there is none."""
+        frames = self._sub.recv_multipart(NOBLOCK)
+        if len(frames) != 2:
+            self._drop_malformed(len(frames))
+            return None
+        return frames[0], frames[1]
+
+    def _receive_views(self) -> tuple[bytes, Payload] | None:
+        """As :meth:`_receive_copies`, but a payload of :data:`VIEW_FROM` bytes or more stays in
+        the frame it arrived in, handed on as a view."""
+        frames = self._sub.recv_multipart(NOBLOCK, copy=False)
+        if len(frames) != 2:
+            self._drop_malformed(len(frames))
+            return None
+        head, payload = frames
+        return head.bytes, payload.buffer if len(payload) >= VIEW_FROM else payload.bytes
+
     def _drop_malformed(self, frames: int) -> None:
+        """Count and log a data message of ``frames`` frames; it is dropped."""
         self.malformed_data += 1
         self._malformed.warning(
             "malformed_data",

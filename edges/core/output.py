@@ -10,9 +10,8 @@ its own to it (the WebRTC edge's video slots), and other shells skip them.
 A data frame is built once per message with the transport's framing (:data:`Framing`) and shared by
 every subscriber's queue: its :attr:`~Data.head` (the framing and the data header) is a few bytes,
 and its payload is what the link received from the router (a :data:`Payload`), never copied on the
-way. A payload under
-:data:`JOIN_BELOW` bytes is joined to the head once instead, which costs less than two parts per
-client.
+way. A payload under :data:`JOIN_BELOW` bytes is joined to the head once instead, which costs less
+than two parts per client.
 """
 
 from __future__ import annotations

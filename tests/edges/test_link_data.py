@@ -69,19 +69,36 @@ async def linked() -> AsyncIterator[tuple[RouterLink, zmq.Socket[bytes], Receive
         context.term()
 
 
-async def test_large_payloads_arrive_as_views_of_their_frame_and_small_ones_as_bytes() -> None:
+async def test_once_payloads_are_large_they_arrive_as_views_and_small_ones_as_bytes() -> None:
     large = bytes(range(256)) * (VIEW_FROM // 256)
     async with linked() as (link, xpub, received):
+        xpub.send_multipart([HEAD, large])
+        ((_, first),) = await received.first(1)
         xpub.send_multipart([HEAD, b"small"])
         xpub.send_multipart([HEAD, large])
-        (small_head, small), (_, view) = await received.first(2)
+        _, (small_head, small), (_, view) = await received.first(3)
+    assert type(first) is bytes, "copied: the batch before it was not large"
+    assert first == large
     assert parse_data_head(small_head).topic == TOPIC.encode()
     assert type(small) is bytes
     assert small == b"small"
     assert isinstance(view, memoryview)
     assert view == large
-    assert link.data_messages == 2
-    assert link.data_bytes == len(large) + len(b"small")
+    assert link.data_messages == 3
+    assert link.data_bytes == 2 * len(large) + len(b"small")
+
+
+async def test_small_payloads_switch_back_to_copies() -> None:
+    large = bytes(VIEW_FROM)
+    async with linked() as (_, xpub, received):
+        xpub.send_multipart([HEAD, large])
+        await received.first(1)
+        xpub.send_multipart([HEAD, b"small"])
+        await received.first(2)
+        xpub.send_multipart([HEAD, large])
+        (_, again) = (await received.first(3))[2]
+    assert type(again) is bytes, "copied again: the batch before it was small"
+    assert again == large
 
 
 @pytest.mark.parametrize("frames", [[HEAD], [HEAD, b"extra", b"payload"]])
