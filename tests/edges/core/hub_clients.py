@@ -92,19 +92,23 @@ def hub_client(
         hub.router_message(wire.Registered(request_id=register.request_id, client_id=client_id, user="u"))
         hub.client_text(client_id, json.dumps({"op": "subscribe", "id": 1, "topic": "/t"}))
         request = router_request(hub)
-        ok = wire.SubscribeOk(
-            request_id=request.request_id,
-            client_id=client_id,
-            topic="/t",
-            epoch=5,
-            offset=0,
-            content_type="x",
-            policy=policy,
-        )
-        hub.router_message(ok)
+        hub.router_message(subscribe_ok(request, policy))
         sessions[-1].data_to_send()
     hub.sessions_with_output()
     return hub, sessions
+
+
+def subscribe_ok(request: wire.Subscribe, policy: DeliveryPolicy, epoch: int = 5) -> wire.SubscribeOk:
+    """The router's confirmation of ``request``, at ``epoch``, offset 0."""
+    return wire.SubscribeOk(
+        request_id=request.request_id,
+        client_id=request.client_id,
+        topic=request.topic,
+        epoch=epoch,
+        offset=0,
+        content_type="x",
+        policy=policy,
+    )
 
 
 def frames_of(session: ClientSession) -> list[tuple[object, ...]]:

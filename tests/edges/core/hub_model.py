@@ -237,10 +237,16 @@ class HubModel:
         elif gone:
             self.unexpected_slack += 1
 
-    def success(self, request_id: int, epoch: int = 0, offset: int = 0, kind: str = "") -> None:
+    def _take(self, request_id: int) -> Request | None:
+        """The request ``request_id`` answers, no longer pending; ``None`` (counted) if none is."""
         record = self.requests.pop(request_id, None)
         if record is None:
             self.unexpected_replies += 1
+        return record
+
+    def success(self, request_id: int, epoch: int = 0, offset: int = 0, kind: str = "") -> None:
+        record = self._take(request_id)
+        if record is None:
             return
         client = self.clients[record.client_id]
         if record.kind == "register":
@@ -262,9 +268,8 @@ class HubModel:
                 self.reply(client, op="subscribed", id=sub.client_request, topic=record.topic, **fields)
 
     def refusal(self, request_id: int, code: str) -> None:
-        record = self.requests.pop(request_id, None)
+        record = self._take(request_id)
         if record is None:
-            self.unexpected_replies += 1
             return
         client = self.clients[record.client_id]
         if record.kind == "register":

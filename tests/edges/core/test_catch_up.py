@@ -17,7 +17,14 @@ from edges.core.session import EdgeLimits
 from router import wire
 from router.core.errors import RecoveryStatus
 from router.core.policy import DeliveryPolicy
-from tests.edges.core.hub_clients import RELIABLE, frames_of, hub_client, resume_subscribe, router_request
+from tests.edges.core.hub_clients import (
+    RELIABLE,
+    frames_of,
+    hub_client,
+    resume_subscribe,
+    router_request,
+    subscribe_ok,
+)
 
 CONFLATED, RATE_LIMITED, QUEUE_FULL, BEHIND = (
     SkipReason.CONFLATED,
@@ -109,11 +116,7 @@ def test_hub_asks_again_for_a_lane_that_falls_behind_again() -> None:
 def subscribe_also(hub: EdgeHub, client_id: str, topic: str, policy: DeliveryPolicy) -> None:
     """Subscribe a client of :func:`hub_client` to one more topic, at epoch 5, offset 0."""
     hub.client_text(client_id, json.dumps({"op": "subscribe", "id": 2, "topic": topic}))
-    request = router_request(hub)
-    fields: dict[str, Any] = {"epoch": 5, "offset": 0, "content_type": "x", "policy": policy}
-    hub.router_message(
-        wire.SubscribeOk(request_id=request.request_id, client_id=client_id, topic=topic, **fields)
-    )
+    hub.router_message(subscribe_ok(router_request(hub), policy))
 
 
 def test_hub_waits_for_room_before_asking_again() -> None:
@@ -254,16 +257,7 @@ def test_hub_router_restart_ends_a_catch_up() -> None:
     assert isinstance(register, wire.RegisterClient)
     assert isinstance(subscribe, wire.Subscribe)
     hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
-    ok = wire.SubscribeOk(
-        request_id=subscribe.request_id,
-        client_id="c0",
-        topic="/t",
-        epoch=9,
-        offset=0,
-        content_type="x",
-        policy=policy,
-    )
-    hub.router_message(ok)
+    hub.router_message(subscribe_ok(subscribe, policy, epoch=9))
     assert not hub.catching_up
     hub.deliver(b"/t", 9, 1, b"x")
     assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 1)]
