@@ -124,7 +124,7 @@ class CatchUp:
             self._give_up(sub)
             return False
         channel, frame = sub.channel, self._frame
-        frames = ((offset, frame(channel, offset, payload)) for offset, _, payload in reply.messages)
+        frames = (frame(channel, offset, payload) for offset, _, payload in reply.messages)
         self.refilled += sub.recovered(frames, reply.more)
         if sub.state is SubState.ACTIVE:
             self.discard(sub)

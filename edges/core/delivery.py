@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import operator
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -57,8 +56,6 @@ __all__ = ["QUANTUM", "DeliveryQueue", "Lane", "Skip"]
 QUANTUM: Final = 16 * 1024
 """Bytes a lane may send per round-robin turn among lanes of the same priority."""
 
-Frame = tuple[int, Data]
-"""A queued message: its offset and its frame, as shared with the topic's other clients."""
 
 CONFLATED: Final = int(SkipReason.CONFLATED)
 RATE_LIMITED: Final = int(SkipReason.RATE_LIMITED)
@@ -99,8 +96,11 @@ class Skip:
         return self
 
 
-Item = Frame | Skip
-_frame_of = operator.itemgetter(1)
+Item = Data | Skip
+"""What a lane queues: a message's frame (the object every subscriber of its topic shares, which
+knows its offset) or the skip that explains a gap. A queued frame is never wrapped in an object of
+its own: a container per client and message, kept alive in a queue, is what the garbage collector
+walks at every full collection."""
 
 
 class Lane:
@@ -143,7 +143,7 @@ class Lane:
         self.count = 0
         self.bytes = 0
         self.deficit = 0
-        self.held: Frame | None = None
+        self.held: Data | None = None
         """A ``latest`` frame waiting for a rate-limit token (never while a frame is queued)."""
         self.behind: Skip | None = None
         """A ``reliable`` lane's messages not queued: from ``first`` (the offset to refill from) to
@@ -191,17 +191,17 @@ class Lane:
 
     # ------------------------------------------------------------ input
 
-    def push(self, offset: int, frame: Data, now: float | None = None) -> bool:
+    def push(self, frame: Data, now: float | None = None) -> bool:
         """Hand the lane one message. True when the caller must look at it: it now holds a frame
         for later (:attr:`held`), fell behind (:attr:`behind`), or the client is too slow."""
         queue = self.queue
-        size = frame.size
+        offset, size = frame.offset, frame.size
         if self.fast:
             if queue.count < queue.max_messages and queue.bytes + size <= queue.max_bytes:
                 items = self.items
                 if items is None:
                     items = self.items = deque()
-                items.append((offset, frame))
+                items.append(frame)
                 self.count += 1
                 self.bytes += size
                 queue.count += 1
@@ -294,7 +294,7 @@ class Lane:
     def _hold(self, offset: int, frame: Data) -> None:
         if self.held is not None:
             self._conflate_held()
-        self.held = (offset, frame)
+        self.held = frame
 
     def _take_token(self, now: float) -> bool:
         return self.bucket is None or self.bucket.take(now)
@@ -308,7 +308,7 @@ class Lane:
         return items
 
     def _append(self, offset: int, frame: Data, size: int) -> None:
-        self._deque().append((offset, frame))
+        self._deque().append(frame)
         self.count += 1
         self.bytes += size
         self.queue.count += 1
@@ -343,8 +343,8 @@ class Lane:
         if type(head) is Skip:
             before = head
             head = items.popleft()
-        offset, frame = head  # type: ignore[misc]
-        size = frame.size
+        assert type(head) is Data
+        offset, size = head.offset, head.size
         self.count -= 1
         self.bytes -= size
         queue = self.queue
@@ -374,10 +374,10 @@ class Lane:
             if isinstance(item, Skip):
                 skip = item
             else:
-                self._forget(item[1])
+                self._forget(item)
                 self.queue.dropped[DropReason.CONFLATED] += 1
                 self.drops += 1
-                skip = Skip(CONFLATED, item[0])
+                skip = Skip(CONFLATED, item.offset)
             merged = skip if merged is None else merged.absorb(skip)
         items.clear()
         if merged is not None:
@@ -385,7 +385,7 @@ class Lane:
 
     def _conflate_held(self) -> None:
         assert self.held is not None
-        offset = self.held[0]
+        offset = self.held.offset
         self.held = None
         self._skip(CONFLATED, offset, DropReason.CONFLATED)
 
@@ -395,9 +395,9 @@ class Lane:
         """Queue the held frame if a token is there now. True as :meth:`push` says."""
         if self.held is None or (self.rate is not None and now is not None and not self._take_token(now)):
             return self.held is not None
-        offset, frame = self.held
+        frame = self.held
         self.held = None
-        return self._enqueue(offset, frame, frame.size)
+        return self._enqueue(frame.offset, frame, frame.size)
 
     def next_release(self) -> float | None:
         """When the held frame can go (``-inf``: now), or ``None`` when none is held."""
@@ -432,7 +432,7 @@ class Lane:
 
     # ------------------------------------------------------------ a reliable lane behind
 
-    def recover(self, frames: Iterable[Frame], more: bool = False) -> int:
+    def recover(self, frames: Iterable[Data], more: bool = False) -> int:
         """Refill a behind lane with its missing messages, in order, from :attr:`behind` ``.first``.
 
         Frames before that offset are ignored, and so are those after ``behind.last`` (they come
@@ -445,7 +445,8 @@ class Lane:
         if behind is None:
             return 0
         queued = self.refill_size = 0
-        for offset, frame in frames:
+        for frame in frames:
+            offset = frame.offset
             if offset < behind.first:
                 continue
             if offset > behind.first:
@@ -563,7 +564,7 @@ class Lane:
         if isinstance(item, Skip):
             item = items[1]
         assert not isinstance(item, Skip)
-        return item[1].size
+        return item.size
 
     def pop_frame(self, out: list[ClientOutput]) -> int:
         """Move the next frame to ``out``, after its skipped frame if any; returns its size."""
@@ -573,13 +574,12 @@ class Lane:
             out.append(self.queue.skipped_frame(self.channel, item))
             item = items.popleft()
         assert not isinstance(item, Skip)
-        frame = item[1]
-        out.append(frame)
+        out.append(item)
         if self.unacked is not None:
-            self.unacked.append(item[0])
-        self._forget(frame)
+            self.unacked.append(item.offset)
+        self._forget(item)
         self._tidy()
-        return frame.size
+        return item.size
 
     def emit(self, out: list[ClientOutput], limit: int | None) -> int:
         """Move frames to ``out`` until ``limit`` bytes are out (the last one may go over)."""
@@ -587,11 +587,7 @@ class Lane:
         if items is None:
             return 0
         if limit is None and len(items) == self.count and self.unacked is None:
-            frames: deque[Frame] = items  # type: ignore[assignment]
-            if self.count == 1:
-                out.append(frames[0][1])
-            else:
-                out.extend(map(_frame_of, frames))
+            out.extend(items)  # type: ignore[arg-type]  # no Skip: as many items as frames
             sent = self.bytes
             self.queue.count -= self.count
             self.queue.bytes -= sent

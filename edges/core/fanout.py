@@ -202,7 +202,7 @@ class Fanout:
         for sub in state.receiving.values():
             if offset <= sub.start_offset and epoch == sub.start_epoch:
                 continue
-            if sub.lane.push(offset, frame, now):
+            if sub.lane.push(frame, now):
                 self._attend(sub, state)
             with_output[sub.client_id] = sub.session
             count += 1

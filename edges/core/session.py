@@ -44,7 +44,6 @@ from edges.core.delivery import DeliveryQueue, Lane
 from edges.core.drops import DropReason
 from edges.core.output import (
     ClientOutput,
-    Data,
     Framing,
     SubscriptionClosed,
     SubscriptionOpened,
@@ -385,14 +384,6 @@ class ClientSession:
 
     def lane(self, channel: int) -> Lane | None:
         return self._queue.lane(channel) if self._queue is not None else None
-
-    def push_data(self, channel: int, frame: Data, offset: int = 0, now: float | None = None) -> bool:
-        """Queue one data frame under its channel's lane (opened with the default policy if need
-        be). False: the frame is not queued now (skipped, held for later, or the client is too slow)."""
-        lane = self.open_lane(channel)
-        lane.push(offset, frame, now)
-        tail = lane.items[-1] if lane.items else None
-        return isinstance(tail, tuple) and tail[1] is frame
 
     def purge_channel(self, channel: int) -> int:
         """Close one channel's lane (the client left the topic); returns how many frames it dropped."""

@@ -25,7 +25,8 @@ from enum import StrEnum
 from typing import Final
 
 from edges.core.client_wire import Resume
-from edges.core.delivery import Frame, Lane
+from edges.core.delivery import Lane
+from edges.core.output import Data
 from edges.core.session import ClientSession
 from router.core.policy import DeliveryPolicy
 
@@ -279,7 +280,7 @@ class Subscription:
         """Whether the ``recover`` ``request_id`` is the one this subscription waits for."""
         return self.state is SubState.ASKING and self.asked == request_id
 
-    def recovered(self, frames: Iterable[Frame], more: bool) -> int:
+    def recovered(self, frames: Iterable[Data], more: bool) -> int:
         """Queue what the router's history brought, in order; returns how many frames were queued.
         The lane is then caught up, or still behind (``answer``: it asks again), or gave up."""
         next_sub_state(self.state, SubEvent.ANSWER)

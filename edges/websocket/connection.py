@@ -45,8 +45,9 @@ OPEN_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 10.0
 """Seconds a client has to complete the closing handshake before the TCP connection is aborted."""
 JOIN_BELOW: Final = 16 * 1024
-"""Output shorter than this is joined into one write; longer output is written as a list of parts,
-which uvloop sends with one writev and no copy (a join would copy every payload once per client)."""
+"""Output whose parts average fewer bytes than this is joined into one write; otherwise it is written
+as a list of parts, which uvloop sends with one writev and no copy (a join would copy every large
+payload once per client, while many small parts cost more each than their copy)."""
 
 
 class WebSocketProtocol(ServerProtocol):
@@ -306,7 +307,7 @@ class WebSocketConnection(asyncio.Protocol):
         if not chunks:
             return
         self.bytes_written += size
-        if size < JOIN_BELOW:
+        if size < JOIN_BELOW * len(chunks):
             transport.write(b"".join(chunks))
         else:
             transport.writelines(chunks)

@@ -45,7 +45,7 @@ from edges.core.session import (
     State,
     next_state,
 )
-from tests.edges.output import raw, wire_forms
+from tests.edges.output import queue_frame, raw, wire_forms
 from tests.strategies import scaled_examples
 
 REJECTION_CODES = {"bad_request", "too_large"}
@@ -293,7 +293,7 @@ SESSION_EVENTS = {"registered": _registered, "close": _close, "lost": _lost, "co
 @given(st.lists(st.sampled_from(sorted(SESSION_EVENTS)), max_size=8))
 def test_illegal_session_events_raise_and_change_nothing(names: list[str]) -> None:
     session = ClientSession("c1")
-    session.push_data(1, raw(b"frame"))
+    queue_frame(session, raw(b"frame", 1))
     for name in names:
         before = snapshot(session)
         try:
@@ -439,9 +439,9 @@ def test_random_input_only_ever_yields_a_rejection(state: State, message: str | 
 
 def test_control_goes_ahead_of_data_and_drain_swaps() -> None:
     session = ready_session()
-    session.push_data(1, raw(b"d1"))
+    queue_frame(session, raw(b"d1", 1))
     session.send(Pong(id=1))
-    session.push_data(1, raw(b"d2"))
+    queue_frame(session, raw(b"d2", 1))
     assert wire_forms(session.data_to_send()) == ['{"op":"pong","id":1}', b"d1", b"d2"]
     assert session.data_to_send() == []
     assert (session.queued_messages, session.queued_bytes) == (0, 0)
@@ -450,7 +450,7 @@ def test_control_goes_ahead_of_data_and_drain_swaps() -> None:
 def test_queue_drops_oldest_by_count() -> None:
     session = ready_session(EdgeLimits(queue_max_messages=2))
     for offset, frame in enumerate([b"a", b"b", b"c"], start=1):
-        assert session.push_data(1, raw(frame), offset)
+        assert queue_frame(session, raw(frame, 1, offset))
     skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 1, 1, 1)
     assert wire_forms(session.data_to_send()) == [skipped, b"b", b"c"]
     assert session.dropped == {"queue_full": 1}
@@ -458,9 +458,9 @@ def test_queue_drops_oldest_by_count() -> None:
 
 def test_queue_drops_oldest_by_bytes() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=10))
-    session.push_data(1, raw(b"aaaa"), 7)
-    session.push_data(1, raw(b"bbbb"), 8)
-    session.push_data(1, raw(b"cccccc"), 9)
+    queue_frame(session, raw(b"aaaa", 1, 7))
+    queue_frame(session, raw(b"bbbb", 1, 8))
+    queue_frame(session, raw(b"cccccc", 1, 9))
     assert session.queued_bytes == 10
     skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 7, 7, 1)
     assert wire_forms(session.data_to_send()) == [skipped, b"bbbb", b"cccccc"]
@@ -469,11 +469,11 @@ def test_queue_drops_oldest_by_bytes() -> None:
 
 def test_frame_larger_than_the_queue_is_dropped_alone() -> None:
     session = ready_session(EdgeLimits(queue_max_bytes=4))
-    session.push_data(1, raw(b"ok"), 1)
-    assert not session.push_data(1, raw(b"toolong"), 2)
+    queue_frame(session, raw(b"ok", 1, 1))
+    assert not queue_frame(session, raw(b"toolong", 1, 2))
     assert wire_forms(session.data_to_send()) == [b"ok"]
     assert session.dropped == {"oversize": 1}
-    session.push_data(1, raw(b"go"), 3)
+    queue_frame(session, raw(b"go", 1, 3))
     skipped = encode_skipped_frame(1, SkipReason.QUEUE_FULL, 2, 2, 1)
     assert wire_forms(session.data_to_send()) == [skipped, b"go"]
 
@@ -499,7 +499,7 @@ def test_too_many_unread_replies_close_the_client() -> None:
 def test_purge_channel_keeps_the_others() -> None:
     session = ready_session()
     for channel, frame in [(1, b"a"), (2, b"bb"), (1, b"c"), (2, b"dd")]:
-        session.push_data(channel, raw(frame))
+        queue_frame(session, raw(frame, channel))
     assert session.purge_channel(1) == 2
     assert session.purge_channel(7) == 0
     assert session.queued_bytes == 4
@@ -510,7 +510,7 @@ def test_purge_channel_keeps_the_others() -> None:
 def test_close_drops_data_and_ends_with_closing() -> None:
     session = ready_session()
     session.send(Pong(id=1))
-    session.push_data(1, raw(b"data"))
+    queue_frame(session, raw(b"data", 1))
     session.close(CloseCode.DROPPED, "r" * 200)
     assert session.state is State.CLOSING
     assert session.close_request == (4002, "r" * 123)
@@ -524,7 +524,7 @@ def test_close_drops_data_and_ends_with_closing() -> None:
 def test_connection_lost_discards_everything() -> None:
     session = ready_session()
     session.send(Pong(id=1))
-    session.push_data(1, raw(b"data"))
+    queue_frame(session, raw(b"data", 1))
     session.connection_lost()
     assert session.state is State.CLOSED
     assert session.data_to_send() == []
@@ -555,7 +555,7 @@ def test_queue_bounds_and_accounting(
         if op == "push":
             frame = raw(bytes([channel]) + number.to_bytes(2, "big") + b"x" * size, channel, number)
             pushed.append(frame)
-            session.push_data(channel, frame, number)
+            queue_frame(session, frame)
         elif op == "purge":
             session.purge_channel(channel)
         else:

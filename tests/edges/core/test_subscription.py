@@ -109,7 +109,7 @@ def test_a_window_limits_frames_in_flight() -> None:
     sub.sent(7)
     sub.confirm(DeliveryPolicy(), 5, 10)
     for offset in (11, 12):
-        sub.lane.push(offset, frame(offset))
+        sub.lane.push(frame(offset))
     assert offsets(sub) == [11]
     sub.lane.ack(11)
     assert offsets(sub) == [12]
@@ -118,7 +118,7 @@ def test_a_window_limits_frames_in_flight() -> None:
 def test_leaving_purges_the_lane_and_returns_its_drops() -> None:
     sub = confirmed(DeliveryPolicy(), queue_max_messages=1)
     for offset in (11, 12, 13):
-        sub.lane.push(offset, frame(offset))
+        sub.lane.push(frame(offset))
     assert sub.leave() == 2
     assert sub.state is SubState.CLOSED
     assert sub.session.lane(3) is None
@@ -142,10 +142,10 @@ def test_catch_up_in_two_answers() -> None:
     sub.ask(9)
     assert sub.waits_for(9)
     assert not sub.waits_for(8)
-    assert sub.recovered([(offset, frame(offset)) for offset in (11, 12)], more=True) == 2
+    assert sub.recovered([frame(offset) for offset in (11, 12)], more=True) == 2
     assert (sub.state, sub.owed, sub.asked) == (SubState.BEHIND, (13, 14), 0)
     sub.ask(10)
-    assert sub.recovered([(offset, frame(offset)) for offset in (13, 14)], more=False) == 2
+    assert sub.recovered([frame(offset) for offset in (13, 14)], more=False) == 2
     assert sub.state is SubState.ACTIVE
     assert offsets(sub) == [11, 12, 13, 14]
 
@@ -157,7 +157,7 @@ def test_giving_up_turns_what_is_owed_into_a_skipped_frame() -> None:
     sub.ask(9)
     sub.give_up()
     assert (sub.state, sub.asked) == (SubState.ACTIVE, 0)
-    sub.lane.push(13, frame(13))
+    sub.lane.push(frame(13))
     assert offsets(sub) == [("skip", 11, 12), 13]
 
 
@@ -173,7 +173,7 @@ def test_a_new_router_reconfirms_and_what_was_owed_is_skipped() -> None:
     sub.fall_behind(5)
     sub.reconfirm(9, 0)
     assert (sub.state, sub.start_epoch, sub.start_offset) == (SubState.ACTIVE, 9, 0)
-    sub.lane.push(1, frame(1))
+    sub.lane.push(frame(1))
     assert offsets(sub) == [("skip", 11, 12), 1]
 
 
@@ -199,9 +199,9 @@ def test_a_lane_that_gives_up_by_itself_is_noticed() -> None:
 
 def test_a_held_frame_is_released_when_its_token_comes() -> None:
     sub = confirmed(DeliveryPolicy(kind="latest", max_rate=1.0))
-    sub.lane.push(11, frame(11), 0.0)
+    sub.lane.push(frame(11), 0.0)
     sub.session.data_to_send()
-    assert sub.lane.push(12, frame(12), 0.5)
+    assert sub.lane.push(frame(12), 0.5)
     assert sub.held
     assert sub.release(0.6) == 1.0
     assert sub.release(1.0) is None
@@ -224,7 +224,7 @@ OPERATIONS: dict[SubEvent, Callable[[Subscription], object]] = {
     SubEvent.RECONFIRM: lambda sub: sub.reconfirm(6, 0),
     SubEvent.FALL_BEHIND: lambda sub: sub.fall_behind(5),
     SubEvent.ASK: lambda sub: sub.ask(9),
-    SubEvent.ANSWER: lambda sub: sub.recovered([(11, frame(11))], more=False),
+    SubEvent.ANSWER: lambda sub: sub.recovered([frame(11)], more=False),
     SubEvent.GIVE_UP: lambda sub: sub.give_up(),
     SubEvent.LEAVE: lambda sub: sub.leave(),
 }

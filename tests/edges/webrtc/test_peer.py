@@ -16,6 +16,7 @@ from edges.webrtc.peer import Channels, RtcPeer
 from edges.webrtc.slots import ViewerVideo
 from edges.webrtc.video import VideoSlot, VideoSources
 from router.core.policy import DeliveryPolicy
+from tests.edges.output import queue_frame
 
 RELIABLE, BEST_EFFORT, LATEST = 0, 1, 2
 
@@ -66,7 +67,7 @@ async def peer() -> RtcPeer:
 def push(peer: RtcPeer, channel: int, offset: int, size: int = 100) -> bytes:
     """Queue a data frame; returns its bytes as the data channel gets them."""
     frame = data_frame(channel, offset, b"x" * size)
-    peer.session.push_data(channel, frame, offset)
+    queue_frame(peer.session, frame)
     return frame.frame()
 
 
