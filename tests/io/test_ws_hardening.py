@@ -1,9 +1,11 @@
-"""WebSocket edge hardening against the real processes: connections per IP, no compression, and
-the per-client request rate."""
+"""WebSocket edge hardening against the real processes: connections per IP, no compression, the
+per-client request rate, and log lines a client cannot forge."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -77,3 +79,25 @@ async def test_a_client_over_its_request_rate_gets_rate_limited_then_4004(router
         assert edge.alive
     finally:
         edge.stop()
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) switchboard[.\w]*: ")
+
+
+async def test_a_close_reason_cannot_forge_a_log_line(router: RouterProcess, tmp_path: Path) -> None:
+    edge = WebSocketEdgeProcess(router, ["--log-format", "text"])
+    edge.log_path = tmp_path / "edge.log"
+    edge.start()
+    try:
+        client = await open_client(edge)
+        forged = "bye\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\r\x1b[2K"
+        await client.ws.close(code=4000, reason=forged)
+        log = edge.log_path
+        await eventually(lambda: "disconnected" in log.read_text(), timeout=5)
+    finally:
+        edge.stop()
+    lines = log.read_text().splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    [line] = [line for line in lines if "forged" in line]
+    assert "disconnected (client 4000): bye\\n2026-01-01 00:00:00,000 ERROR" in line
+    assert 'reason="bye\\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\\r\\x1b[2K"' in line

@@ -94,3 +94,19 @@ def test_text_lines_append_the_ids() -> None:
     line = TextFormatter().format(record("client connected", client_id="c1", edge_id="e"))
     assert line.endswith("WARNING switchboard.edge: client connected client_id=c1 edge_id=e")
     assert TextFormatter().format(record("plain")).endswith("switchboard.edge: plain")
+
+
+def test_text_lines_escape_what_could_forge_a_line_or_a_field() -> None:
+    forged = "bye\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\r\u2028\x1b[31m"
+    line = TextFormatter().format(record(forged, reason=forged, topic='a b="c"', code=4000))
+    assert not set(line) & {"\n", "\r", "\u2028", "\x1b"}
+    assert line.endswith(
+        "switchboard.edge: bye\\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\\r\\u2028\\x1b[31m"
+        ' reason="bye\\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\\r\\u2028\\x1b[31m"'
+        ' topic="a b=\\"c\\"" code=4000'
+    )
+
+
+def test_text_values_quote_only_when_they_must() -> None:
+    line = TextFormatter().format(record("m", plain="c1.7", empty="", slash="a\\b", spaced="a b"))
+    assert line.endswith('m plain=c1.7 empty="" slash="a\\\\b" spaced="a b"')
