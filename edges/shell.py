@@ -106,11 +106,13 @@ class EdgeShell(ABC, Generic[T]):
         """Make :meth:`serve` return, once every client is closed."""
         self._stopped.set()
 
-    async def _when_welcomed(self, link: asyncio.Task[None]) -> None:
-        """Return once the router welcomed this edge, or the link ended."""
+    async def _when_welcomed(self, link: asyncio.Task[None], stopped: asyncio.Task[bool]) -> bool:
+        """Whether the router welcomed this edge before the link ended or :meth:`stop` was called;
+        returns at the first of the three."""
         welcomed = asyncio.create_task(self.link.welcomed.wait())
-        await asyncio.wait([welcomed, link], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([welcomed, link, stopped], return_when=asyncio.FIRST_COMPLETED)
         welcomed.cancel()
+        return self.link.welcomed.is_set() and not self._stopped.is_set()
 
     # ------------------------------------------------------------ the hub's output
 

@@ -48,6 +48,8 @@ log = logging.getLogger("switchboard.edge")
 
 TIMEOUT_INTERVALS: Final = 5
 """Heartbeat intervals of silence after which the router counts as gone, until a ``welcome`` says."""
+UNANSWERED_LOG_INTERVAL: Final = 60.0
+"""Seconds between warnings that ``hello`` goes unanswered, while it does."""
 
 
 # ---------------------------------------------------------------- the lifecycle table
@@ -136,6 +138,8 @@ class LinkProtocol:
         self._request_ids = itertools.count(1)
         self._last_heard: float | None = None
         self._due: float | None = None
+        self._warned_at: float | None = None
+        """When the last warning that the router is silent was logged, since the last ``welcome``."""
         self._outgoing: list[EdgeMessage] = []
 
     def __repr__(self) -> str:
@@ -220,16 +224,32 @@ class LinkProtocol:
         self.state = next_state(self.state, event)
 
     def _beat(self, now: float) -> None:
+        silent_for = self.silent_for(now)
         if not self.connected:
+            self._warn_unanswered(now, silent_for)
             self._hello(LinkEvent.HELLO)
             return
-        silent_for = self.silent_for(now)
         if silent_for > self.heartbeat_timeout:
             log.warning("router silent for %.1f s; saying hello again", silent_for)
+            self._warned_at = now
             self._hello(LinkEvent.ROUTER_LOST)
             return
         self._outgoing.append(Heartbeat())
         self._outgoing += self.report()
+
+    def _warn_unanswered(self, now: float, silent_for: float) -> None:
+        """Say so when ``hello`` has gone unanswered past the timeout, then once a minute: an edge
+        waiting for its router is not silent about it."""
+        if silent_for <= self.heartbeat_timeout:
+            return
+        if self._warned_at is not None and now - self._warned_at < UNANSWERED_LOG_INTERVAL:
+            return
+        self._warned_at = now
+        log.warning(
+            "no welcome from the router for %.1f s; still saying hello (is it running, and is"
+            " --control its control endpoint?)",
+            silent_for,
+        )
 
     def _hello_again(self) -> None:
         self._hello(LinkEvent.ROUTER_LOST if self.connected else LinkEvent.HELLO)
@@ -247,5 +267,6 @@ class LinkProtocol:
         self.heartbeat_interval = welcome.heartbeat_interval
         self.heartbeat_timeout = welcome.heartbeat_timeout
         self.welcomes += 1
+        self._warned_at = None
         log.info("welcomed by router %s", welcome.router_id)
         self._outgoing += self.resync()

@@ -106,10 +106,10 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         link = asyncio.create_task(self.link.run(), name="router-link")
         stopped = asyncio.create_task(self._stopped.wait())
         try:
-            if ready is not None:
-                await self._when_welcomed(link)
+            if ready is not None and await self._when_welcomed(link, stopped):
                 ready.set()
-            log.info("webrtc edge %s on http://%s:%d/", self.link.edge_id, self.config.host, self.port)
+            if not self._stopped.is_set():
+                log.info("webrtc edge %s on http://%s:%d/", self.link.edge_id, self.config.host, self.port)
             await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
             if link.done():
                 link.result()

@@ -163,10 +163,10 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         stopped = asyncio.create_task(self._stopped.wait())
         drops = asyncio.create_task(self._watch_drops(), name="drop-bursts")
         try:
-            if ready is not None:
-                await self._when_welcomed(link)
+            if ready is not None and await self._when_welcomed(link, stopped):
                 ready.set()
-            log.info("websocket edge %s on ws://%s:%d/", self.link.edge_id, config.host, self.port)
+            if not self._stopped.is_set():
+                log.info("websocket edge %s on ws://%s:%d/", self.link.edge_id, config.host, self.port)
             await asyncio.wait([link, stopped], return_when=asyncio.FIRST_COMPLETED)
             if link.done():
                 link.result()

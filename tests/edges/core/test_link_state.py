@@ -142,6 +142,30 @@ def test_connected_heartbeats_carry_the_report() -> None:
     assert link.connected
 
 
+def test_an_unanswered_hello_is_told_past_the_timeout_then_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = new_link()
+    with caplog.at_level(logging.WARNING, logger="switchboard.edge"):
+        for now in range(6):
+            link.tick(float(now))
+        assert caplog.text == "", "within the timeout, nothing to say yet"
+        link.tick(6.0)
+        assert "no welcome from the router for 6.0 s" in caplog.text
+        caplog.clear()
+        for now in range(7, 66):
+            link.tick(float(now))
+        assert caplog.text == ""
+        link.tick(66.0)
+        assert "no welcome from the router for 66.0 s" in caplog.text
+        caplog.clear()
+        link.receive(welcome(), 66.5)
+        for now in range(67, 80):
+            link.tick(float(now))
+        assert caplog.text.count("\n") == 1, "router silent; then no second warning in the same minute"
+        assert "router silent for 5.5 s" in caplog.text
+
+
 def test_heartbeat_timeout_says_hello_again(caplog: pytest.LogCaptureFixture) -> None:
     link = connected_link()
     for now in (1.0, 2.0, 3.0, 4.0, 5.0):
