@@ -110,6 +110,8 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4004
     """The client went on sending after ``request_burst`` of its messages were refused as
     ``rate_limited`` in a row."""
+    CONNECT_TIMEOUT = 4005
+    """The client sent no ``connect`` within the edge's connect timeout of opening."""
 
 
 MAX_CLOSE_REASON_BYTES: Final = 123

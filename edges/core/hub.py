@@ -28,6 +28,7 @@ from edges.core.actions import CloseClient, EdgeAction, ToRouter, UnwatchData, W
 from edges.core.catch_up import CatchUp
 from edges.core.client import EdgeClient, Refusal
 from edges.core.client_wire import CloseCode, Connect, Refresh, Subscribe, Unsubscribe
+from edges.core.connect_deadline import ConnectDeadlines
 from edges.core.fanout import Fanout
 from edges.core.output import Data, Framing, Payload, data_frame
 from edges.core.reports import EdgeCounters, EdgeStats
@@ -82,6 +83,7 @@ class EdgeHub:
         self._fanout = Fanout(self._catch_up, self._frame, self._actions, self._with_output, self._counters)
         self._refusal_log = ThrottledLog(log, burst=REFUSAL_LOG_BURST)
         self._last_now = 0.0
+        self._connect_deadlines = ConnectDeadlines(self.limits.connect_timeout)
         """The newest time a client message came with, which paces the refusal log."""
 
     # ------------------------------------------------------------ output
@@ -108,14 +110,18 @@ class EdgeHub:
 
     # ------------------------------------------------------------ clients
 
-    def open_client(self, client_id: str, remote: str = "") -> ClientSession:
-        """A transport was accepted. ``client_id`` must be unique on this edge."""
+    def open_client(self, client_id: str, remote: str = "", now: float | None = None) -> ClientSession:
+        """A transport was accepted. ``client_id`` must be unique on this edge. Opened at ``now``,
+        the client has :attr:`EdgeLimits.connect_timeout` seconds to send ``connect`` before
+        :meth:`tick` closes it; without ``now`` it has no deadline (a WebRTC offer connects at once)."""
         if client_id in self._clients:
             raise ValueError(f"client {client_id!r} is already open")
         session = ClientSession(
             client_id, remote, self.limits, framing=self._framing, recoverable=self.recovery
         )
         self._clients[client_id] = EdgeClient(session, self._requests, self._fanout)
+        if now is not None:
+            self._connect_deadlines.add(client_id, now)
         return session
 
     def session(self, client_id: str) -> ClientSession | None:
@@ -228,15 +234,30 @@ class EdgeHub:
         return count
 
     def tick(self, now: float) -> float | None:
-        """Time passed: queue the rate-limited ``latest`` frames whose token came.
+        """Time passed: queue the rate-limited ``latest`` frames whose token came, and close the
+        clients that sent no ``connect`` in time.
 
-        Returns when to call again (the earliest time a held frame can go), or ``None`` when no
-        frame is held. Costs nothing when none is.
+        Returns when to call again (the earliest time a held frame can go or a client's connect
+        deadline passes), or ``None`` when there is neither. Costs nothing when there is neither.
         """
         due = self._fanout.tick(now)
         if self._fanout.too_slow:
             self._close_too_slow()
+        deadlines = self._connect_deadlines
+        if deadlines:
+            self._close_unconnected(deadlines.expired(now))
+            deadline = deadlines.next_due()
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
         return due
+
+    def _close_unconnected(self, client_ids: list[str]) -> None:
+        reason = f"no connect within {self.limits.connect_timeout:g} s"
+        for client_id in client_ids:
+            client = self._clients.get(client_id)
+            if client is not None and client.session.state is State.AWAITING_CONNECT:
+                client.session.close(CloseCode.CONNECT_TIMEOUT, reason)
+                self._settle(client)
 
     def _frame(self, channel: int, offset: int, payload: Payload) -> Data:
         return data_frame(channel, offset, payload, self._framing)

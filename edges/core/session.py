@@ -80,6 +80,9 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     request_burst: int = 200
     """The bucket's size: messages a client may send at once. After this many refused in a row,
     the client is closed with :attr:`CloseCode.RATE_LIMITED`."""
+    connect_timeout: float = 10.0
+    """Seconds a new WebSocket client has to send ``connect``; then it is closed with
+    :attr:`CloseCode.CONNECT_TIMEOUT`."""
 
     def __post_init__(self) -> None:
         fields = (
@@ -95,6 +98,8 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         rate = self.max_requests_per_second
         if rate is not None and not 0 < rate < math.inf:
             raise ValueError("max_requests_per_second must be positive")
+        if not 0 < self.connect_timeout < math.inf:
+            raise ValueError("connect_timeout must be positive")
 
 
 # ---------------------------------------------------------------- the lifecycle table

@@ -265,7 +265,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
             connection.close(WebSocketCloseCode.PROTOCOL_ERROR, f"use the {SUBPROTOCOL} subprotocol")
             return None
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
-        session = self.hub.open_client(client_id, connection.remote)
+        session = self.hub.open_client(client_id, connection.remote, asyncio.get_running_loop().time())
         self._clients[client_id] = connection
         self._per_ip[connection.peer_host] += 1
         connection.set_write_buffer_high(self.config.write_buffer_high)
@@ -273,6 +273,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         self._keepalive.add(connection)
         ids = {"client_id": client_id, "edge_id": self.link.edge_id, "remote": connection.remote}
         log.info("client %s connected from %s", client_id, connection.remote, extra=ids)
+        self._tick()
         return session
 
     def text_received(self, session: ClientSession, text: str) -> None:
@@ -344,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
     parser.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip)
     add_limit_arguments(parser)
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=defaults.limits.connect_timeout,
+        help="seconds a new client has to send connect before it is closed (4005)",
+    )
     parser.add_argument("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
@@ -373,7 +380,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         port=args.port,
         control=args.control,
         xpub=args.xpub,
-        limits=limits_from_args(args),
+        limits=msgspec.structs.replace(limits_from_args(args), connect_timeout=args.connect_timeout),
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,

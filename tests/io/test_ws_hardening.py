@@ -1,8 +1,9 @@
 """WebSocket edge hardening against the real processes: connections per IP, no compression, the
-per-client request rate, and log lines a client cannot forge."""
+per-client request rate, the connect deadline, and log lines a client cannot forge."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -77,6 +78,23 @@ async def test_a_client_over_its_request_rate_gets_rate_limited_then_4004(router
 
         await eventually(six_rate_limited)
         assert edge.alive
+    finally:
+        edge.stop()
+
+
+async def test_a_connection_that_never_sends_connect_is_closed_at_the_deadline(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router, ["--connect-timeout", "0.5"])
+    edge.start()
+    try:
+        subprotocols = [Subprotocol("switchboard.v1")]
+        async with connect(edge.url, subprotocols=subprotocols, proxy=None) as ws:
+            closing = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
+            assert closing == {"op": "closing", "code": 4005, "reason": "no connect within 0.5 s"}
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), timeout=5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4005
+        assert await accepts_a_client(edge), "a client that connects at once is not closed"
     finally:
         edge.stop()
 

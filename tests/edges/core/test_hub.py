@@ -179,6 +179,23 @@ def test_refused_connect_closes_the_client(router_code: str, client_code: str) -
     assert hub.drain_actions() == [], "the router never had the client"
 
 
+def test_a_client_that_sends_no_connect_in_time_is_closed_with_4005() -> None:
+    hub = EdgeHub(EdgeLimits(connect_timeout=2.0))
+    idle = hub.open_client("idle", now=10.0)
+    hub.open_client("prompt", now=10.5)
+    hub.client_text("prompt", '{"op":"connect","token":"tok"}', 11.0)
+    hub.open_client("webrtc")
+    hub.drain_actions()
+    assert hub.tick(11.9) == 12.0, "wake at the first deadline"
+    assert hub.drain_actions() == []
+    assert hub.tick(12.0) == 12.5
+    assert hub.drain_actions() == [CloseClient("idle", CloseCode.CONNECT_TIMEOUT, "no connect within 2 s")]
+    assert parsed(idle) == [{"op": "closing", "code": 4005, "reason": "no connect within 2 s"}]
+    assert hub.tick(13.0) is None, "prompt connected in time; a client opened without a time waits for none"
+    assert hub.drain_actions() == []
+    assert [hub.session(c).state for c in ("prompt", "webrtc")] == [State.REGISTERING, State.AWAITING_CONNECT]  # type: ignore[union-attr]
+
+
 def test_duplicate_and_unknown_client_ids() -> None:
     hub = EdgeHub()
     hub.open_client("c1")
