@@ -261,8 +261,14 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         return None
 
     def opened(self, connection: WebSocketConnection) -> ClientSession | None:
+        """A handshake succeeded: the client's session, or ``None`` when it is closed at once (no
+        subprotocol; no router right now, 1013 "try again later")."""
         if connection.subprotocol != SUBPROTOCOL:
             connection.close(WebSocketCloseCode.PROTOCOL_ERROR, f"use the {SUBPROTOCOL} subprotocol")
+            return None
+        if not self.link.welcomed.is_set():
+            self.refused_handshakes["no_router"] += 1
+            connection.close(WebSocketCloseCode.TRY_AGAIN_LATER, "no router; try again later")
             return None
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
         session = self.hub.open_client(client_id, connection.remote, asyncio.get_running_loop().time())

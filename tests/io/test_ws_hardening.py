@@ -1,11 +1,13 @@
 """WebSocket edge hardening against the real processes: connections per IP, no compression, the
-per-client request rate, the connect deadline, and log lines a client cannot forge."""
+per-client request rate, the connect deadline, no clients without a router, and log lines a client
+cannot forge."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -95,6 +97,40 @@ async def test_a_connection_that_never_sends_connect_is_closed_at_the_deadline(r
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4005
         assert await accepts_a_client(edge), "a client that connects at once is not closed"
+    finally:
+        edge.stop()
+
+
+async def test_without_a_router_new_clients_are_told_to_try_again_later(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router)
+    edge.start()
+    try:
+        router.kill(signal.SIGKILL)
+
+        async def refused() -> bool:
+            async with connect(edge.url, subprotocols=[Subprotocol("switchboard.v1")], proxy=None) as ws:
+                try:
+                    await asyncio.wait_for(ws.recv(), timeout=0.5)
+                except ConnectionClosed as closed:
+                    return closed.rcvd is not None and closed.rcvd.code == 1013
+                except TimeoutError:
+                    return False
+                return False
+
+        await eventually(refused, timeout=10)
+        metrics = await scrape(edge.address)
+        assert metrics.labelled("switchboard_edge_refused_connections_total", reason="no_router") >= 1
+        router.restart_on_same_ports()
+
+        async def accepted() -> bool:
+            try:
+                client = await open_client(edge)
+            except ConnectionClosed:
+                return False
+            await client.ws.close()
+            return True
+
+        await eventually(accepted, timeout=10)
     finally:
         edge.stop()
 
