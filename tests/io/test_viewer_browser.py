@@ -45,6 +45,10 @@ async def test_viewer_shows_live_frames_and_telemetry(stack: WebSocketEdgeProces
             "document.querySelector('#subscriptions tr[data-topic=\"/demo/camera\"] button').click()"
         )
         await browser.wait_for("!document.querySelector('#subscriptions tr[data-topic=\"/demo/camera\"]')")
+        # The counters are drawn every 250 ms at most: wait for a drawing after the row went, which
+        # counts every frame that came before the unsubscribed reply.
+        samples = await browser.evaluate(count("telemetry-count"))
+        await browser.wait_for(f"{count('telemetry-count')} > {samples}")
         frames = await browser.evaluate(count("frames-count"))
         samples = await browser.evaluate(count("telemetry-count"))
         await browser.wait_for(f"{count('telemetry-count')} >= {samples + 25}")
