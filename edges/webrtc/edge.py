@@ -148,6 +148,10 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
     async def open_peer(self, offer: str, token: str | None, remote: str) -> Answer:
         if len(self._peers) + len(self._registering) >= self.config.max_connections:
             raise SignalingError(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
+        if not self.link.welcomed.is_set():
+            raise SignalingError(
+                HTTPStatus.SERVICE_UNAVAILABLE, _json_error("no router; try again later", "internal")
+            )
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
         session = self.hub.open_client(client_id, remote)
         await self._register(session, token)

@@ -200,6 +200,19 @@ async def test_signaling_errors(edge: WebRtcEdgeProcess) -> None:
     assert "Authorization" in headers["access-control-allow-headers"]
 
 
+async def test_without_a_router_offers_get_503_at_once(
+    router: RouterProcess, edge: WebRtcEdgeProcess
+) -> None:
+    router.kill(signal.SIGKILL)
+
+    async def refused() -> bool:
+        offer = (b"v=0\r\n", {"Content-Type": "application/sdp"})
+        status, _, body = await http("POST", f"{edge.base_url}/whep", *offer)
+        return status == 503 and b"no router; try again later" in body
+
+    await eventually(refused, timeout=10)
+
+
 async def test_allowed_origins(router: RouterProcess) -> None:
     loopback_only()
     edge = WebRtcEdgeProcess(router, ["--allowed-origin", "http://good"])
