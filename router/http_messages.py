@@ -10,9 +10,17 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Final, NamedTuple
 
-__all__ = ["PLAIN_TEXT", "HttpRequest", "HttpResponse"]
+__all__ = ["PAGE_HEADERS", "PAGE_POLICY", "PLAIN_TEXT", "HttpRequest", "HttpResponse"]
 
 PLAIN_TEXT: Final = "text/plain; charset=utf-8"
+PAGE_POLICY: Final = (
+    "default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+"""The Content-Security-Policy of every page and page file Switchboard serves (the dashboard, the
+viewer): scripts, modules and connections only from the page's own origin, images also from the
+``blob:`` URLs the viewer makes of frames, and no framing by other pages."""
+PAGE_HEADERS: Final = (("Content-Security-Policy", PAGE_POLICY), ("X-Content-Type-Options", "nosniff"))
 
 
 class HttpRequest(NamedTuple):

@@ -12,6 +12,20 @@ const telemetryTopic = params.get("telemetry") || "/demo/telemetry";
 const mode = params.get("mode") === "webrtc" ? "webrtc" : "websocket";
 const $ = (id) => document.getElementById(id);
 
+// ?ws= and ?whep= may only name this page's own host and port: a link must not point the viewer,
+// and the token it may hold, at another server. Any other value is ignored and the default used.
+function sameOriginParam(name, fallback) {
+  const value = params.get(name);
+  if (!value) return fallback;
+  try {
+    if (new URL(value, location.href).host === location.host) return value;
+  } catch (error) {
+    // not a URL: ignored below
+  }
+  log(`ignored ${name}=${value}: not this page's host`);
+  return fallback;
+}
+
 const state = {
   transport: null,             // {send(message), close()} of the current connection
   reconnecting: false,
@@ -59,7 +73,7 @@ function reconnect(why) {
 }
 
 function connectWebSocket() {
-  const url = params.get("ws") || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  const url = sameOriginParam("ws", `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
   const socket = new WebSocket(url, SUBPROTOCOL);
   socket.binaryType = "arraybuffer";
   state.transport = {
@@ -74,11 +88,12 @@ function connectWebSocket() {
   socket.onclose = (event) => reconnect(`closed (${event.code})`);
 }
 
-// The edge that served the page, or ?whep=<signaling URL>; the edge sends `connected` itself.
+// The edge that served the page (or ?whep= on its host); the edge sends `connected` itself. The
+// client module always comes from the page's own origin.
 async function connectWebRtc() {
-  const whep = params.get("whep") || `${location.origin}/whep`;
+  const whep = sameOriginParam("whep", `${location.origin}/whep`);
   try {
-    const { RtcTransport } = await import(new URL("rtc-client.js", whep).href);
+    const { RtcTransport } = await import("./rtc-client.js");
     const transport = new RtcTransport(whep, { videoSlots: 1 });
     transport.onControl = onControl;
     transport.onData = onData;

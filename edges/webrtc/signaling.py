@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Final, NamedTuple, Protocol
 from urllib.parse import quote
 
-from router.http_messages import HttpRequest, HttpResponse
+from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse
 
 __all__ = [
     "METRICS_PATH",
@@ -187,9 +187,8 @@ def _preflight() -> HttpResponse:
 
 def _static(path: str) -> HttpResponse:
     name, content_type = STATIC_FILES[path]
-    return HttpResponse(
-        HTTPStatus.OK, resources.files("edges").joinpath("static", name).read_bytes(), content_type
-    )
+    body = resources.files("edges").joinpath("static", name).read_bytes()
+    return HttpResponse(HTTPStatus.OK, body, content_type, PAGE_HEADERS)
 
 
 def _see_other(location: str) -> HttpResponse:

@@ -40,6 +40,7 @@ from edges.shell import EdgeShell, add_limit_arguments, edge_main, limits_from_a
 from edges.websocket.connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.http_messages import PAGE_HEADERS
 from router.logfmt import add_log_arguments
 
 log = logging.getLogger("switchboard.edge.websocket")
@@ -244,9 +245,8 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         if not self.config.serve_viewer or path not in STATIC_FILES:
             return _response(HTTPStatus.NOT_FOUND, PLAIN_TEXT, b"not found\n")
         name, content_type = STATIC_FILES[path]
-        return _response(
-            HTTPStatus.OK, content_type, resources.files("edges").joinpath("static", name).read_bytes()
-        )
+        body = resources.files("edges").joinpath("static", name).read_bytes()
+        return _response(HTTPStatus.OK, content_type, body, PAGE_HEADERS)
 
     def handshake_refused(self, status: int) -> None:
         self.refused_handshakes[_HANDSHAKE_REFUSALS.get(status, "bad_handshake")] += 1
@@ -330,10 +330,12 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         transport.close(code, reason)
 
 
-def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
-    """A complete HTTP response; the connection closes after it."""
+def _response(
+    status: HTTPStatus, content_type: str, body: bytes, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """A complete HTTP response, with ``extra`` headers; the connection closes after it."""
     headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close"), *extra]
     )
     return Response(status.value, status.phrase, headers, body)
 

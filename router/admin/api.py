@@ -35,7 +35,7 @@ from router.admin.shapes import (
 )
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED
-from router.http_messages import HttpRequest, HttpResponse
+from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse
 
 __all__ = ["AdminApi", "AdminTarget", "ApiError"]
 
@@ -44,8 +44,6 @@ STATIC_FILES = {
     "/": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
 }
-PAGE_POLICY = "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
-PAGE_HEADERS = (("Content-Security-Policy", PAGE_POLICY), ("X-Content-Type-Options", "nosniff"))
 MAX_REASON = 200
 _STATUS = {
     ErrorCode.UNKNOWN_CLIENT: HTTPStatus.NOT_FOUND,

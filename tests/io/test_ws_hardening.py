@@ -1,6 +1,6 @@
 """WebSocket edge hardening against the real processes: connections per IP, no compression, the
-per-client request rate, the connect deadline, no clients without a router, and log lines a client
-cannot forge."""
+per-client request rate, the connect deadline, no clients without a router, the pages' security
+headers, and log lines a client cannot forge."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
+from router.http_messages import PAGE_POLICY
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually
 from tests.io.metrics_scrape import scrape
+from tests.io.rtc_client import http
 from tests.io.test_websocket_edge import accepts_a_client, open_client
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,6 +133,19 @@ async def test_without_a_router_new_clients_are_told_to_try_again_later(router: 
             return True
 
         await eventually(accepted, timeout=10)
+    finally:
+        edge.stop()
+
+
+async def test_the_viewer_pages_carry_a_content_security_policy(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router)
+    edge.start()
+    try:
+        for path in ("/", "/viewer.js"):
+            status, headers, _ = await http("GET", f"{edge.http_url.rstrip('/')}{path}")
+            assert status == 200
+            assert headers["content-security-policy"] == PAGE_POLICY
+            assert headers["x-content-type-options"] == "nosniff"
     finally:
         edge.stop()
 
