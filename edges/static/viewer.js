@@ -10,6 +10,9 @@ const params = new URLSearchParams(location.search);
 const cameraTopic = params.get("camera") || "/demo/camera";
 const telemetryTopic = params.get("telemetry") || "/demo/telemetry";
 const mode = params.get("mode") === "webrtc" ? "webrtc" : "websocket";
+// A session token comes in the fragment (#token=...), which the browser never sends to a server,
+// so it stays out of request lines, proxy logs and Referer headers.
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
 const $ = (id) => document.getElementById(id);
 
 // ?ws= and ?whep= may only name this page's own host and port: a link must not point the viewer,
@@ -80,7 +83,7 @@ function connectWebSocket() {
     send: (message) => { if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message)); },
     close: () => socket.close(),
   };
-  socket.onopen = () => send({ op: "connect" });
+  socket.onopen = () => send(token === undefined ? { op: "connect" } : { op: "connect", token });
   socket.onmessage = (event) => {
     if (typeof event.data === "string") onControl(JSON.parse(event.data));
     else onData(event.data);
@@ -94,7 +97,7 @@ async function connectWebRtc() {
   const whep = sameOriginParam("whep", `${location.origin}/whep`);
   try {
     const { RtcTransport } = await import("./rtc-client.js");
-    const transport = new RtcTransport(whep, { videoSlots: 1 });
+    const transport = new RtcTransport(whep, { token, videoSlots: 1 });
     transport.onControl = onControl;
     transport.onData = onData;
     transport.onClose = (why) => { if (state.transport === transport) reconnect(why); };

@@ -14,6 +14,7 @@ import zmq
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.io.browser import Chromium
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, push_socket, running_router
 from tests.io.test_websocket_edge import Client
 from tests.tokens import public_pem, token
@@ -164,3 +165,15 @@ async def test_a_refresh_before_expiry_keeps_the_connection(
         break
     else:
         raise AssertionError("no data after the refresh")
+
+
+async def test_the_viewer_connects_with_a_token_from_its_fragment(edge: WebSocketEdgeProcess) -> None:
+    connected = "document.getElementById('status').textContent === 'connected'"
+    async with Chromium() as browser:
+        await browser.goto(f"{edge.http_url}?telemetry=/jwt/allowed/t#token={signed()}")
+        await browser.wait_for(connected)
+        log = await browser.wait_for("document.getElementById('log').textContent.includes('subscribed /jwt')")
+        assert log
+        await browser.goto(f"{edge.http_url}?telemetry=/jwt/allowed/t")
+        await browser.wait_for("document.getElementById('log').textContent.includes('unauthorized')")
+        assert not await browser.evaluate(connected), "no token, no session"
