@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Final, NamedTuple
+from urllib.parse import urlsplit
 
-__all__ = ["PAGE_HEADERS", "PAGE_POLICY", "PLAIN_TEXT", "HttpRequest", "HttpResponse"]
+__all__ = ["PAGE_HEADERS", "PAGE_POLICY", "PLAIN_TEXT", "HttpRequest", "HttpResponse", "same_origin"]
 
 PLAIN_TEXT: Final = "text/plain; charset=utf-8"
 PAGE_POLICY: Final = (
@@ -50,3 +51,13 @@ class HttpResponse(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
     """More headers; a value with a control character is refused by the listener (500), so text
     from a request must be percent-encoded before it goes here."""
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` names the server it is talking to: its host and port are the
+    request's ``Host`` header (a browser sets both; scheme aside, since a TLS proxy may sit between)."""
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(host) and netloc.lower() == host.lower()

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Final, NamedTuple, Protocol
 from urllib.parse import quote
 
-from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse
+from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse, same_origin
 
 __all__ = [
     "METRICS_PATH",
@@ -80,8 +80,9 @@ class MetricsPage(Protocol):
 
 
 class SignalingRoutes:
-    """Turns HTTP requests into calls on the edge. ``allowed_origins``: ``None`` allows any;
-    ``metrics``: ``None`` answers ``GET /metrics`` with 404."""
+    """Turns HTTP requests into calls on the edge. A browser's request is served when its ``Origin``
+    is the edge's own or one of ``allowed_origins``; ``metrics``: ``None`` answers ``GET /metrics``
+    with 404."""
 
     def __init__(
         self,
@@ -97,7 +98,7 @@ class SignalingRoutes:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         origin = request.headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin):
+        if origin is not None and not self._origin_allowed(origin, request.headers.get("host", "")):
             return HttpResponse(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
         response = await self._route(request)
         if origin is None:
@@ -109,8 +110,8 @@ class SignalingRoutes:
         )
         return response._replace(headers=response.headers + cors)
 
-    def _origin_allowed(self, origin: str) -> bool:
-        return self.allowed_origins is None or origin in self.allowed_origins
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        return same_origin(origin, host) or origin in (self.allowed_origins or ())
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         method, path = request.method, request.path

@@ -21,14 +21,16 @@ import socket
 from collections.abc import Sequence
 from typing import Final, Protocol, cast
 
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
-from websockets.typing import BytesLike, Subprotocol
+from websockets.typing import BytesLike, Origin, Subprotocol
 
 from edges.core.output import Data, Payload, Reply, Skipped
 from edges.core.session import ClientSession
+from router.http_messages import same_origin
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -51,11 +53,21 @@ payload once per client, while many small parts cost more each than their copy).
 
 
 class WebSocketProtocol(ServerProtocol):
-    """``ServerProtocol`` that accepts a handshake offering none of its subprotocols.
+    """``ServerProtocol`` that accepts a handshake offering none of its subprotocols, and a browser
+    whose ``Origin`` is the server's own (its ``Host``) besides the ``origins`` it is given.
 
-    The handshake then succeeds with no subprotocol, and the host decides what to do (the edge
-    closes such a connection with 1002), rather than failing it with HTTP 400.
+    A handshake without a subprotocol then succeeds with none, and the host decides what to do (the
+    edge closes such a connection with 1002), rather than failing it with HTTP 400.
     """
+
+    def process_origin(self, headers: Headers) -> Origin | None:
+        try:
+            origin, host = headers.get("Origin"), headers.get("Host", "")
+        except MultipleValuesError:
+            return super().process_origin(headers)
+        if origin is not None and same_origin(origin, host):
+            return Origin(origin)
+        return super().process_origin(headers)
 
     def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         offered = set(subprotocols)

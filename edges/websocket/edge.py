@@ -131,9 +131,8 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         )
         self.config = config
         self.port = config.port
-        self._origins: list[Origin | None] | None = (
-            [*map(Origin, config.allowed_origins), None] if config.allowed_origins else None
-        )
+        self._origins: list[Origin | None] = [*map(Origin, config.allowed_origins or ()), None]
+        """Besides its own origin (``WebSocketProtocol``): these, and clients that send no Origin."""
         self._connections: set[WebSocketConnection] = set()
         """Every TCP connection, in any state."""
         self._clients = self._transports
@@ -359,7 +358,11 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.limits.connect_timeout,
         help="seconds a new client has to send connect before it is closed (4005)",
     )
-    parser.add_argument("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        help="also allow pages of this Origin (repeat; the edge's own origin is always allowed)",
+    )
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
     parser.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)

@@ -194,10 +194,13 @@ async def test_signaling_errors(edge: WebRtcEdgeProcess) -> None:
     status, headers, body = await http("GET", f"{url}/?mode=webrtc")
     assert status == 200
     assert headers["content-type"].startswith("text/html")
-    status, headers, _ = await http("OPTIONS", f"{url}/whep", headers={"Origin": "http://page"})
+    status, headers, _ = await http("OPTIONS", f"{url}/whep", headers={"Origin": url})
     assert status == 204
-    assert headers["access-control-allow-origin"] == "http://page"
+    assert headers["access-control-allow-origin"] == url
     assert "Authorization" in headers["access-control-allow-headers"]
+    assert (await http("OPTIONS", f"{url}/whep", headers={"Origin": "http://page"}))[0] == 403, (
+        "by default only the edge's own pages"
+    )
 
 
 async def test_without_a_router_offers_get_503_at_once(

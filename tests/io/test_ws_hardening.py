@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 
 from router.http_messages import PAGE_POLICY
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually
@@ -146,6 +146,22 @@ async def test_the_viewer_pages_carry_a_content_security_policy(router: RouterPr
             assert status == 200
             assert headers["content-security-policy"] == PAGE_POLICY
             assert headers["x-content-type-options"] == "nosniff"
+    finally:
+        edge.stop()
+
+
+async def test_by_default_only_the_edges_own_pages_may_open_a_websocket(router: RouterProcess) -> None:
+    edge = WebSocketEdgeProcess(router)
+    edge.start()
+    try:
+        own = Origin(edge.http_url.rstrip("/"))
+        with pytest.raises(InvalidStatus) as refused:
+            await open_client(edge, origin=Origin("http://elsewhere.example"))
+        assert refused.value.response.status_code == 403
+        for client in (await open_client(edge, origin=own), await open_client(edge)):
+            await client.ws.close()
+        metrics = await scrape(edge.address)
+        assert metrics.labelled("switchboard_edge_refused_connections_total", reason="origin") == 1
     finally:
         edge.stop()
 
