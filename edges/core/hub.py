@@ -83,8 +83,8 @@ class EdgeHub:
         self._fanout = Fanout(self._catch_up, self._frame, self._actions, self._with_output, self._counters)
         self._refusal_log = ThrottledLog(log, burst=REFUSAL_LOG_BURST)
         self._last_now = 0.0
-        self._connect_deadlines = ConnectDeadlines(self.limits.connect_timeout)
         """The newest time a client message came with, which paces the refusal log."""
+        self._connect_deadlines = ConnectDeadlines(self.limits.connect_timeout)
 
     # ------------------------------------------------------------ output
 
