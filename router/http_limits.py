@@ -3,9 +3,11 @@ configuration reads without loading the HTTP server (``router/http_listener.py``
 
 from __future__ import annotations
 
+import ipaddress
+
 import msgspec
 
-__all__ = ["HttpLimits", "parse_address"]
+__all__ = ["HttpLimits", "address_key", "parse_address"]
 
 
 class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,3 +36,17 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{what} {address!r} is not HOST:PORT")
     return host, int(port)
+
+
+def address_key(host: str) -> str:
+    """What the per-address cap counts by: an IPv4 address (also when IPv4-mapped), an IPv6
+    address's /64, else the text as it is."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

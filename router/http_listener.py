@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections import Counter
@@ -47,7 +46,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client.metrics_core import Metric
 
-from router.http_limits import HttpLimits
+from router.http_limits import HttpLimits, address_key
 from router.http_messages import PLAIN_TEXT, HttpRequest, HttpResponse
 from router.metric_families import counter, gauge
 
@@ -57,7 +56,6 @@ __all__ = [
     "HttpListener",
     "ListenerCollector",
     "Refusal",
-    "address_key",
     "request_fault",
     "serve_metrics",
 ]
@@ -89,20 +87,6 @@ class Refusal(StrEnum):
 
 
 # ---------------------------------------------------------------- what is refused (no I/O)
-
-
-def address_key(host: str) -> str:
-    """What the per-address cap counts by: an IPv4 address (also when IPv4-mapped), an IPv6
-    address's /64, else the text as it is."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def request_fault(

@@ -40,6 +40,7 @@ from edges.shell import EdgeShell, add_limit_arguments, edge_main, limits_from_a
 from edges.websocket.connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.http_limits import address_key
 from router.http_messages import PAGE_HEADERS
 from router.logfmt import add_log_arguments
 
@@ -142,6 +143,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         self._all_closed: asyncio.Event | None = None
         self.metrics = EdgeMetrics(self)
         self._per_ip: Counter[str] = Counter()
+        """Open clients by address: an IPv4 address, or an IPv6 address's /64 (``address_key``)."""
         """Connections with a client session, by the client's IP address (never 0)."""
         self.refused_handshakes: Counter[str] = Counter()
         """WebSocket handshakes answered with an HTTP error instead, by reason."""
@@ -237,7 +239,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         """The viewer's files, 404, or for a handshake: 503 past max_connections, 429 past
         max_connections_per_ip, ``None`` to attempt it."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return self._refuse_handshake(connection.peer_host)
+            return self._refuse_handshake(address_key(connection.peer_host))
         path = request.path.split("?", 1)[0]
         if path == "/metrics" and self.config.serve_metrics:
             return _response(HTTPStatus.OK, self.metrics.content_type, self.metrics.render())
@@ -272,7 +274,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
         session = self.hub.open_client(client_id, connection.remote, asyncio.get_running_loop().time())
         self._clients[client_id] = connection
-        self._per_ip[connection.peer_host] += 1
+        self._per_ip[address_key(connection.peer_host)] += 1
         connection.set_write_buffer_high(self.config.write_buffer_high)
         connection.limit_unsent(self.config.unsent_bytes)
         self._keepalive.add(connection)
@@ -297,7 +299,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
             reason = self._log_disconnect(connection, session)
             self._keepalive.discard(connection)
             del self._clients[session.client_id]
-            self._forget_ip(connection.peer_host)
+            self._forget_ip(address_key(connection.peer_host))
             self.hub.client_closed(session.client_id, reason)
             self._carry_out()
         if self._all_closed is not None and not self._connections:

@@ -11,8 +11,8 @@ from http import HTTPStatus
 
 import pytest
 
-from router.http_limits import HttpLimits
-from router.http_listener import HttpListener, Refusal, address_key, request_fault
+from router.http_limits import HttpLimits, address_key
+from router.http_listener import HttpListener, Refusal, request_fault
 from router.http_messages import HttpRequest, HttpResponse
 from tests.io.harness import eventually
 
