@@ -183,6 +183,14 @@ class EdgeShell(ABC, Generic[T]):
             self._tick_timer = loop.call_at(due, self._tick)
         self._carry_out()
 
+    def _wake_by(self, when: float) -> None:
+        """Make sure :meth:`_tick` runs at ``when`` or earlier (the hub has something due then)."""
+        timer = self._tick_timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self._tick_timer = asyncio.get_running_loop().call_at(when, self._tick)
+
     def _on_router_message(self, message: RouterMessage) -> None:
         if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
             return  # the link says hello again, and the hub's resync repeats what was lost

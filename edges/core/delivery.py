@@ -223,7 +223,7 @@ class Lane:
         queue = self.queue
         while queue.count >= queue.max_messages or queue.bytes + size > queue.max_bytes:
             self._drop_oldest()
-        self._append(offset, frame, size)
+        self._append(frame, size)
 
     def _push(self, offset: int, frame: Data, size: int, now: float | None) -> bool:
         if self.behind is not None:
@@ -246,7 +246,7 @@ class Lane:
         if self.count:
             self._conflate_queued()
         elif self.rate is not None and now is not None and not self._take_token(now):
-            self._hold(offset, frame)
+            self._hold(frame)
             return True
         elif self.held is not None:
             self._conflate_held()
@@ -254,7 +254,7 @@ class Lane:
 
     def _enqueue(self, offset: int, frame: Data, size: int) -> bool:
         if self._make_room(size):
-            self._append(offset, frame, size)
+            self._append(frame, size)
             return False
         return self._full(offset)
 
@@ -291,7 +291,7 @@ class Lane:
         self._skip(QUEUE_FULL, offset, DropReason.QUEUE_FULL)
         return False
 
-    def _hold(self, offset: int, frame: Data) -> None:
+    def _hold(self, frame: Data) -> None:
         if self.held is not None:
             self._conflate_held()
         self.held = frame
@@ -307,7 +307,7 @@ class Lane:
             items = self.items = deque()
         return items
 
-    def _append(self, offset: int, frame: Data, size: int) -> None:
+    def _append(self, frame: Data, size: int) -> None:
         self._deque().append(frame)
         self.count += 1
         self.bytes += size
@@ -455,7 +455,7 @@ class Lane:
             if size > self.max_bytes:
                 self._skip(QUEUE_FULL, offset, DropReason.OVERSIZE)
             elif self._make_room(size):
-                self._append(offset, frame, size)
+                self._append(frame, size)
                 queued += 1
             else:
                 self.refill_size = size

@@ -143,8 +143,8 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         self._all_closed: asyncio.Event | None = None
         self.metrics = EdgeMetrics(self)
         self._per_ip: Counter[str] = Counter()
-        """Open clients by address: an IPv4 address, or an IPv6 address's /64 (``address_key``)."""
-        """Connections with a client session, by the client's IP address (never 0)."""
+        """Connections with a client session, by the client's address (never 0): an IPv4 address,
+        or an IPv6 address's /64 (``address_key``)."""
         self.refused_handshakes: Counter[str] = Counter()
         """WebSocket handshakes answered with an HTTP error instead, by reason."""
         self.metrics.registry.register(RefusedHandshakes(self, self.refused_handshakes))
@@ -272,7 +272,8 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
             connection.close(WebSocketCloseCode.TRY_AGAIN_LATER, "no router; try again later")
             return None
         client_id = f"{self.link.edge_id}.{next(self._client_ids)}"
-        session = self.hub.open_client(client_id, connection.remote, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        session = self.hub.open_client(client_id, connection.remote, now)
         self._clients[client_id] = connection
         self._per_ip[address_key(connection.peer_host)] += 1
         connection.set_write_buffer_high(self.config.write_buffer_high)
@@ -280,7 +281,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         self._keepalive.add(connection)
         ids = {"client_id": client_id, "edge_id": self.link.edge_id, "remote": connection.remote}
         log.info("client %s connected from %s", client_id, connection.remote, extra=ids)
-        self._tick()
+        self._wake_by(now + self.config.limits.connect_timeout)
         return session
 
     def text_received(self, session: ClientSession, text: str) -> None:

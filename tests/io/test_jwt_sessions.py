@@ -172,8 +172,9 @@ async def test_the_viewer_connects_with_a_token_from_its_fragment(edge: WebSocke
     async with Chromium() as browser:
         await browser.goto(f"{edge.http_url}?telemetry=/jwt/allowed/t#token={signed()}")
         await browser.wait_for(connected)
-        log = await browser.wait_for("document.getElementById('log').textContent.includes('subscribed /jwt')")
-        assert log
+        client_id = await browser.evaluate("document.getElementById('client-id').textContent")
+        assert client_id.startswith(edge.announced["edge_id"] + ".")
+        await browser.wait_for("document.getElementById('log').textContent.includes('subscribed /jwt')")
         await browser.goto(f"{edge.http_url}?telemetry=/jwt/allowed/t")
         await browser.wait_for("document.getElementById('log').textContent.includes('unauthorized')")
         assert not await browser.evaluate(connected), "no token, no session"

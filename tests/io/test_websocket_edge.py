@@ -305,9 +305,11 @@ async def test_handshake_limits(router: RouterProcess) -> None:
 
 
 async def accepts_a_client(edge: WebSocketEdgeProcess) -> bool:
+    """Whether a client gets through the handshake and ``connect`` now (not refused with an HTTP
+    error, nor closed at once)."""
     try:
         client = await open_client(edge)
-    except InvalidStatus:
+    except (InvalidStatus, ConnectionClosed):
         return False
     await client.ws.close()
     return True

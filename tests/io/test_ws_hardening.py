@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
 from router.http_messages import PAGE_POLICY
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, eventually, running
 from tests.io.metrics_scrape import scrape
 from tests.io.rtc_client import http
 from tests.io.test_websocket_edge import accepts_a_client, open_client
@@ -87,9 +87,7 @@ async def test_a_client_over_its_request_rate_gets_rate_limited_then_4004(router
 
 
 async def test_a_connection_that_never_sends_connect_is_closed_at_the_deadline(router: RouterProcess) -> None:
-    edge = WebSocketEdgeProcess(router, ["--connect-timeout", "0.5"])
-    edge.start()
-    try:
+    with running(WebSocketEdgeProcess(router, ["--connect-timeout", "0.5"])) as edge:
         subprotocols = [Subprotocol("switchboard.v1")]
         async with connect(edge.url, subprotocols=subprotocols, proxy=None) as ws:
             closing = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
@@ -99,14 +97,10 @@ async def test_a_connection_that_never_sends_connect_is_closed_at_the_deadline(r
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4005
         assert await accepts_a_client(edge), "a client that connects at once is not closed"
-    finally:
-        edge.stop()
 
 
 async def test_without_a_router_new_clients_are_told_to_try_again_later(router: RouterProcess) -> None:
-    edge = WebSocketEdgeProcess(router)
-    edge.start()
-    try:
+    with running(WebSocketEdgeProcess(router)) as edge:
         router.kill(signal.SIGKILL)
 
         async def refused() -> bool:
@@ -123,37 +117,20 @@ async def test_without_a_router_new_clients_are_told_to_try_again_later(router: 
         metrics = await scrape(edge.address)
         assert metrics.labelled("switchboard_edge_refused_connections_total", reason="no_router") >= 1
         router.restart_on_same_ports()
-
-        async def accepted() -> bool:
-            try:
-                client = await open_client(edge)
-            except ConnectionClosed:
-                return False
-            await client.ws.close()
-            return True
-
-        await eventually(accepted, timeout=10)
-    finally:
-        edge.stop()
+        await eventually(lambda: accepts_a_client(edge), timeout=10)
 
 
 async def test_the_viewer_pages_carry_a_content_security_policy(router: RouterProcess) -> None:
-    edge = WebSocketEdgeProcess(router)
-    edge.start()
-    try:
+    with running(WebSocketEdgeProcess(router)) as edge:
         for path in ("/", "/viewer.js"):
             status, headers, _ = await http("GET", f"{edge.http_url.rstrip('/')}{path}")
             assert status == 200
             assert headers["content-security-policy"] == PAGE_POLICY
             assert headers["x-content-type-options"] == "nosniff"
-    finally:
-        edge.stop()
 
 
 async def test_by_default_only_the_edges_own_pages_may_open_a_websocket(router: RouterProcess) -> None:
-    edge = WebSocketEdgeProcess(router)
-    edge.start()
-    try:
+    with running(WebSocketEdgeProcess(router)) as edge:
         own = Origin(edge.http_url.rstrip("/"))
         with pytest.raises(InvalidStatus) as refused:
             await open_client(edge, origin=Origin("http://elsewhere.example"))
@@ -162,8 +139,6 @@ async def test_by_default_only_the_edges_own_pages_may_open_a_websocket(router: 
             await client.ws.close()
         metrics = await scrape(edge.address)
         assert metrics.labelled("switchboard_edge_refused_connections_total", reason="origin") == 1
-    finally:
-        edge.stop()
 
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) switchboard[.\w]*: ")
@@ -171,16 +146,12 @@ LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING
 
 async def test_a_close_reason_cannot_forge_a_log_line(router: RouterProcess, tmp_path: Path) -> None:
     edge = WebSocketEdgeProcess(router, ["--log-format", "text"])
-    edge.log_path = tmp_path / "edge.log"
-    edge.start()
-    try:
+    log = edge.log_path = tmp_path / "edge.log"
+    with running(edge):
         client = await open_client(edge)
         forged = "bye\n2026-01-01 00:00:00,000 ERROR switchboard.router: forged\r\x1b[2K"
         await client.ws.close(code=4000, reason=forged)
-        log = edge.log_path
         await eventually(lambda: "disconnected" in log.read_text(), timeout=5)
-    finally:
-        edge.stop()
     lines = log.read_text().splitlines()
     assert all(LOG_LINE.match(line) for line in lines), lines
     [line] = [line for line in lines if "forged" in line]

@@ -98,15 +98,21 @@ def hub_client(
     return hub, sessions
 
 
-def subscribe_ok(request: wire.Subscribe, policy: DeliveryPolicy, epoch: int = 5) -> wire.SubscribeOk:
-    """The router's confirmation of ``request``, at ``epoch``, offset 0."""
+def subscribe_ok(
+    request: wire.Subscribe,
+    policy: DeliveryPolicy,
+    epoch: int = 5,
+    offset: int = 0,
+    content_type: str = "x",
+) -> wire.SubscribeOk:
+    """The router's confirmation of ``request``, at ``epoch`` and ``offset``."""
     return wire.SubscribeOk(
         request_id=request.request_id,
         client_id=request.client_id,
         topic=request.topic,
         epoch=epoch,
-        offset=0,
-        content_type="x",
+        offset=offset,
+        content_type=content_type,
         policy=policy,
     )
 

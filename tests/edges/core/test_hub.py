@@ -42,11 +42,11 @@ from edges.core.output import Data, Skipped
 from edges.core.session import ClientSession, State
 from router import wire
 from router.core.policy import DeliveryPolicy, PolicyKind
+from tests.edges.core.hub_clients import RELIABLE, subscribe_ok
 from tests.edges.core.hub_model import CLIENT_CODES, LIMITS, TOPICS, Client, HubModel, Request
 from tests.edges.output import wire_forms
 from tests.strategies import scaled_examples
 
-RELIABLE = DeliveryPolicy(kind="reliable")
 BEST_EFFORT = DeliveryPolicy()
 
 
@@ -94,15 +94,7 @@ def connect(hub: EdgeHub, client_id: str, user: str = "alice") -> ClientSession:
 def ok_for(
     request: wire.Subscribe, epoch: int = 5, offset: int = 10, policy: DeliveryPolicy = RELIABLE
 ) -> wire.SubscribeOk:
-    return wire.SubscribeOk(
-        request_id=request.request_id,
-        client_id=request.client_id,
-        topic=request.topic,
-        epoch=epoch,
-        offset=offset,
-        content_type="text/plain",
-        policy=policy,
-    )
+    return subscribe_ok(request, policy, epoch, offset, content_type="text/plain")
 
 
 def subscribe(
