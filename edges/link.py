@@ -86,20 +86,36 @@ class RouterLink:
         """Whether payloads are received as frames (see :meth:`_drain`)."""
         self._context = context or zmq.Context.instance()
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
-        self._dealer = self._context.socket(zmq.DEALER)
-        self._dealer.linger = 0
-        self._dealer.setsockopt(zmq.ROUTING_ID, self.edge_id.encode())
-        self._dealer.setsockopt(zmq.IMMEDIATE, 1)
+        self._control_endpoint = control
+        self._curve = curve
+        self._refusals = ThrottledLog(log, interval=60.0)
+        self._new_connection_log = ThrottledLog(log, interval=60.0)
+        self._dealer, self._handshakes = self._open_dealer()
+        self.new_connections = 0
+        """Control sockets replaced because the router was silent past the heartbeat timeout."""
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
-        self._handshakes: zmq.Socket[bytes] | None = None
         if curve is not None:
-            curve.secure(self._dealer)
             curve.secure(self._sub)
-            self._handshakes = self._dealer.get_monitor_socket(HANDSHAKE_FAILURES)
-        self._dealer.connect(control)
         self._sub.connect(xpub)
         self._readable: dict[zmq.Socket[bytes], Readable] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._control_task: asyncio.Task[None] | None = None
+
+    def _open_dealer(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None]:
+        """A new control socket, connected, and with Curve its handshake monitor.
+
+        It sets no routing id: the router names each connection itself, and the ``hello`` says
+        which edge speaks (``router/core/edge_claims.py``)."""
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        handshakes = None
+        if self._curve is not None:
+            self._curve.secure(dealer)
+            handshakes = dealer.get_monitor_socket(HANDSHAKE_FAILURES)
+        dealer.connect(self._control_endpoint)
+        return dealer, handshakes
 
     # ------------------------------------------------------------ the protocol's state
 
@@ -192,11 +208,10 @@ class RouterLink:
         """Run control, heartbeats and data until cancelled."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._control_loop())
+                self._tasks = group
+                self._control_task = group.create_task(self._control())
                 group.create_task(self._heartbeat_loop())
                 group.create_task(self._data_loop())
-                if self._handshakes is not None:
-                    group.create_task(self._watch_handshakes(self._handshakes))
         finally:
             self.close()
 
@@ -204,27 +219,59 @@ class RouterLink:
         self._link.close()
         for waiter in self._waiters.values():
             waiter.cancel()
+        self._close_dealer()
+        self._sub.close(linger=0)
+
+    def _close_dealer(self) -> None:
         if self._handshakes is not None:
             self._handshakes.close(linger=0)
         self._dealer.close(linger=0)
-        self._sub.close(linger=0)
+
+    async def _control(self) -> None:
+        """Read the control socket, and with Curve its handshake failures, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._control_loop(self._dealer))
+            if self._handshakes is not None:
+                group.create_task(self._watch_handshakes(self._handshakes))
+
+    async def _new_connection(self) -> None:
+        """Replace the control socket: stop reading the old one, close it, open and read a new one.
+        Requests awaiting a reply on the old one get none (their callers' timeouts end them); the
+        ``hello`` that follows rebuilds the edge's state at the router."""
+        task, group = self._control_task, self._tasks
+        if task is None or group is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._close_dealer()
+        self._dealer, self._handshakes = self._open_dealer()
+        self.new_connections += 1
+        self._new_connection_log.warning(
+            "new_connection",
+            "router silent for %.1f s: opened a new control connection (%d so far)",
+            self.silent_for,
+            self.new_connections,
+            now=time.monotonic(),
+        )
+        self._control_task = group.create_task(self._control())
 
     async def _watch_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
         """Log why the router turned this edge away: with Curve, nothing else would say."""
         readable = Readable(monitor)
-        refusals = ThrottledLog(log, interval=60.0)
         try:
             while True:
                 await readable.wait()
                 with contextlib.suppress(zmq.Again):
                     while True:
                         reason, _ = handshake_failure(monitor.recv_multipart(NOBLOCK))
-                        refusals.warning(reason, CLIENT_HINTS[reason], now=time.monotonic())
+                        self._refusals.warning(reason, CLIENT_HINTS[reason], now=time.monotonic())
         finally:
             readable.close()
 
     async def _heartbeat_loop(self) -> None:
         while (due := self._link.tick(time.monotonic())) is not None:
+            if self._link.take_new_connection():
+                await self._new_connection()
             self._flush()
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
@@ -237,16 +284,17 @@ class RouterLink:
         else:
             self.welcomed.clear()
 
-    async def _control_loop(self) -> None:
-        readable = self._readable[self._dealer] = Readable(self._dealer)
+    async def _control_loop(self, dealer: zmq.Socket[bytes]) -> None:
+        readable = self._readable[dealer] = Readable(dealer)
         try:
             while True:
                 await readable.wait()
                 with contextlib.suppress(zmq.Again):
                     while True:
-                        self._on_control(self._dealer.recv(NOBLOCK))
+                        self._on_control(dealer.recv(NOBLOCK))
         finally:
             readable.close()
+            del self._readable[dealer]
 
     def _on_control(self, body: bytes) -> None:
         message = self._link.receive(body, time.monotonic())

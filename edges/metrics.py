@@ -95,6 +95,12 @@ class EdgeCollector:
             LABELS,
             self._one(link.silent_for),
         )
+        yield counter(
+            "switchboard_edge_router_new_connections",
+            "Control connections replaced because the router was silent past the heartbeat timeout.",
+            LABELS,
+            self._one(link.new_connections),
+        )
 
     def _traffic(self, stats: EdgeStats) -> Iterator[Metric]:
         link = self.edge.link

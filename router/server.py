@@ -18,7 +18,7 @@ import zmq
 
 from router.config import RouterConfig
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
-from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
+from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.session_gate import SessionGate
@@ -62,6 +62,7 @@ class RouterServer:
             config.router.heartbeat_interval,
             config.router.edge_timeout,
             router_id=secrets.token_hex(8),
+            new_secret=lambda: secrets.token_hex(16),
         )
         self.dispatch: ControlPlane | SessionGate = self.control
         """Where control messages go: the control plane, behind a gate with an external session
@@ -98,9 +99,7 @@ class RouterServer:
             zmq.XSUB, "xsub", section.xsub, rcvhwm=section.ingest_hwm, maxmsgsize=frame_cap
         )
         self.xpub = self._socket(zmq.XPUB, "xpub", section.xpub, sndhwm=section.fanout_hwm)
-        self.router = self._socket(
-            zmq.ROUTER, "control", section.control, router_handover=1, maxmsgsize=2 * MAX_CONTROL_BYTES
-        )
+        self.router = self._socket(zmq.ROUTER, "control", section.control, maxmsgsize=2 * MAX_CONTROL_BYTES)
         if self.config.events.publish:
             self.events = self._socket(zmq.PUB, "events", self.config.events.publish)
             self.add_event_listener(self._publish_event)
@@ -317,22 +316,24 @@ class RouterServer:
             await readable.wait()
             for _ in range(self.config.router.max_batch):
                 try:
-                    frames = self.router.recv_multipart(NOBLOCK)
+                    frames = self.router.recv_multipart(NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._on_control(frames)
             else:
                 await asyncio.sleep(0)
 
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
             self.manager.count_drop("bad_control")
             self._drop_log.warning(
                 "bad_control", "control message of %d frames", len(frames), now=self._clock()
             )
             return
+        peer, body = frames
+        key = str(body.get("User-Id")) if self._curve is not None else None
         self._take_fanout_subscriptions()
-        self._send(self.dispatch.handle(frames[0], frames[1], self._clock(), time.time()))
+        self._send(self.dispatch.handle(peer.bytes, body.bytes, self._clock(), time.time(), key=key))
         self._ask_session_service()
 
     async def _heartbeat_loop(self) -> None:
@@ -351,7 +352,12 @@ class RouterServer:
             try:
                 match item:
                     case ToEdge(edge_id, message):
-                        self.router.send_multipart([edge_id.encode(), encode_control(message)], NOBLOCK)
+                        peer = self.control.claims.peer_of(edge_id)
+                        if peer is not None:
+                            self.router.send_multipart([peer, encode_control(message)], NOBLOCK)
+                            self._readable[self.router].recheck()
+                    case ToPeer(peer, message):
+                        self.router.send_multipart([peer, encode_control(message)], NOBLOCK)
                         self._readable[self.router].recheck()
                     case Upstream(topic, watched):
                         self.xsub.send((b"\x01" if watched else b"\x00") + topic.encode(), NOBLOCK)

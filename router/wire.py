@@ -178,6 +178,9 @@ class Hello(_Control, tag="hello"):
     edge_id: str
     protocol: str
     version: int = CONTROL_VERSION
+    session: str = ""
+    """The ``session`` of the last ``welcome`` this edge process got: it proves that a new
+    connection is the same edge (``router/core/edge_claims.py``)."""
 
 
 class Welcome(_Control, tag="welcome"):
@@ -187,6 +190,8 @@ class Welcome(_Control, tag="welcome"):
     version: int
     heartbeat_interval: float
     heartbeat_timeout: float
+    session: str = ""
+    """A secret for this edge's next ``hello`` from a new connection, while the edge is live."""
 
 
 class Heartbeat(_Control, tag="heartbeat"):

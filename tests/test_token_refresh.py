@@ -26,7 +26,9 @@ LEEWAY = 2.0
 def make_plane(topics_claim: str = "topics") -> ControlPlane:
     sessions = JwtSessions([verification_key("ES256")], leeway=LEEWAY, topics_claim=topics_claim)
     manager = ConnectionManager(TopicRegistry.open(), sessions)
-    plane = ControlPlane(manager, heartbeat_interval=1.0, heartbeat_timeout=30.0, router_id="r1")
+    plane = ControlPlane(
+        manager, heartbeat_interval=1.0, heartbeat_timeout=30.0, router_id="r1", new_secret=str
+    )
     send(plane, wire.Hello(edge_id=EDGE, protocol="websocket"))
     return plane
 

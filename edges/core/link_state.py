@@ -141,6 +141,11 @@ class LinkProtocol:
         self._warned_at: float | None = None
         """When the last warning that the router is silent was logged, since the last ``welcome``."""
         self._outgoing: list[EdgeMessage] = []
+        self._session = ""
+        """The ``session`` of the last ``welcome``: a new connection's ``hello`` shows it."""
+        self._new_connection_at: float | None = None
+        self._new_connection_due = False
+        self._refused_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<LinkProtocol {self.edge_id} {self.state.value}>"
@@ -160,6 +165,14 @@ class LinkProtocol:
         return 0.0 if self._last_heard is None else now - self._last_heard
 
     # ------------------------------------------------------------ output
+
+    def take_new_connection(self) -> bool:
+        """Whether the shell must replace its control socket now (before sending what
+        :meth:`data_to_send` returns): the router has been silent past the heartbeat timeout
+        since the link started or last asked, so the connection may be wedged where ZeroMQ
+        would never notice (a peer gone without closing it)."""
+        due, self._new_connection_due = self._new_connection_due, False
+        return due
 
     def data_to_send(self) -> list[EdgeMessage]:
         """What must go to the router now, in order. Call after every other method."""
@@ -210,6 +223,9 @@ class LinkProtocol:
             case Error(code=ErrorCode.UNKNOWN_EDGE) if self.connected:
                 log.warning("the router does not know this edge; saying hello again")
                 self._hello_again()
+            case Error(code=ErrorCode.EDGE_ID_IN_USE, message=why) if not self.connected:
+                self._warn_refused(now, why)
+                return None
         return message
 
     def close(self) -> None:
@@ -225,6 +241,7 @@ class LinkProtocol:
 
     def _beat(self, now: float) -> None:
         silent_for = self.silent_for(now)
+        self._ask_new_connection(now, silent_for)
         if not self.connected:
             self._warn_unanswered(now, silent_for)
             self._hello(LinkEvent.HELLO)
@@ -251,12 +268,30 @@ class LinkProtocol:
             silent_for,
         )
 
+    def _ask_new_connection(self, now: float, silent_for: float) -> None:
+        """Ask for a new control socket once the router has been silent past the timeout, and
+        again after every further timeout of silence."""
+        if silent_for <= self.heartbeat_timeout:
+            return
+        since = self._new_connection_at
+        if since is None or now - since > self.heartbeat_timeout:
+            self._new_connection_at = now
+            self._new_connection_due = True
+
+    def _warn_refused(self, now: float, why: str) -> None:
+        """The router refused this edge's id (``edge_id_in_use``); hello goes on, and may be
+        welcomed once the router forgets the edge that holds the id. Logged once a minute."""
+        if self._refused_at is not None and now - self._refused_at < UNANSWERED_LOG_INTERVAL:
+            return
+        self._refused_at = now
+        log.warning("the router refused this edge's hello: %s; still saying hello", why)
+
     def _hello_again(self) -> None:
         self._hello(LinkEvent.ROUTER_LOST if self.connected else LinkEvent.HELLO)
 
     def _hello(self, event: LinkEvent) -> None:
         self._change(event)
-        self._outgoing.append(Hello(edge_id=self.edge_id, protocol=self.protocol))
+        self._outgoing.append(Hello(edge_id=self.edge_id, protocol=self.protocol, session=self._session))
 
     def _welcome(self, welcome: Welcome) -> None:
         if LinkEvent.WELCOME not in TRANSITIONS[self.state]:
@@ -264,6 +299,8 @@ class LinkProtocol:
             return
         self._change(LinkEvent.WELCOME)
         self.router_id = welcome.router_id
+        self._session = welcome.session
+        self._refused_at = None
         self.heartbeat_interval = welcome.heartbeat_interval
         self.heartbeat_timeout = welcome.heartbeat_timeout
         self.welcomes += 1

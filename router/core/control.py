@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
@@ -32,6 +33,7 @@ from router.core import (
     UnwatchTopic,
     WatchTopic,
 )
+from router.core.edge_claims import EdgeClaims
 from router.core.events import (
     CLIENT_CLOSED,
     ClientConnected,
@@ -83,6 +85,13 @@ class ToEdge(NamedTuple):
     message: RouterMessage
 
 
+class ToPeer(NamedTuple):
+    """A reply to a control connection that speaks for no edge (yet): by its routing id."""
+
+    peer: bytes
+    message: RouterMessage
+
+
 class Upstream(NamedTuple):
     """Tell PUB producers (through XSUB) that ``topic`` is now watched, or no longer."""
 
@@ -90,9 +99,10 @@ class Upstream(NamedTuple):
     watched: bool
 
 
-Outbound = ToEdge | Upstream
+Outbound = ToEdge | ToPeer | Upstream
 
 KICKED = "kicked by an operator"
+MAX_EDGE_ID_BYTES = 255
 EDGE_TIMED_OUT = "edge heartbeat timeout"
 EDGE_RESTARTED = "edge restarted"
 DRAINED = "edge draining: reconnect to another edge"
@@ -108,9 +118,11 @@ class ControlPlane:
         heartbeat_timeout: float,
         *,
         router_id: str,
+        new_secret: Callable[[], str],
     ) -> None:
         """``router_id`` names this router process in ``welcome`` and heartbeats: a new one at
-        every start (``docs/protocol.md``, 3.3 rule 6: 16 random hex digits)."""
+        every start (``docs/protocol.md``, 3.3 rule 6: 16 random hex digits). ``new_secret``
+        makes the secret of each ``welcome`` (``router/core/edge_claims.py``)."""
         self.manager = manager
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -121,37 +133,50 @@ class ControlPlane:
         self._refusal_log = ThrottledLog(log, burst=20)
         self.events = EventHooks()
         """Who hears of clients and edges coming and going (``router/core/events.py``)."""
+        self.claims = EdgeClaims(new_secret)
+        """Which control connection speaks for which edge (``router/core/edge_claims.py``)."""
 
     def handle(
-        self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
+        self,
+        peer: bytes,
+        body: bytes,
+        now: float,
+        unix_time: float | None = None,
+        *,
+        key: str | None = None,
     ) -> list[Outbound]:
-        """One message from the edge whose ROUTER identity is ``identity``.
+        """One message from the control connection whose ROUTER routing id is ``peer``.
 
         ``now`` is a monotonic time in seconds. ``unix_time`` (seconds since the Unix epoch, what
-        token lifetimes are measured in) defaults to ``now``, for callers with one clock.
+        token lifetimes are measured in) defaults to ``now``, for callers with one clock. ``key``
+        is the connection's Curve public key (Z85), ``None`` without Curve.
         """
-        try:
-            edge_id = identity.decode("utf-8")
-        except UnicodeDecodeError:
-            self.manager.count_drop("bad_control")
-            self._log.warning("bad_identity", "dropped control from a non-UTF-8 identity", now=now)
-            return []
         try:
             message = decode_edge_message(body)
         except WireError as error:
             self.manager.count_drop("bad_control")
-            self._log.warning("bad_control", "bad control message from %s: %s", edge_id, error, now=now)
-            return [ToEdge(edge_id, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
+            sender = self.claims.edge_of(peer) or repr(peer)
+            self._log.warning("bad_control", "bad control message from %s: %s", sender, error, now=now)
+            return [self._reply_to(peer, _error(0, ErrorCode.BAD_REQUEST, error.detail[:200]))]
         unix = now if unix_time is None else unix_time
+        edge_id = message.edge_id if isinstance(message, Hello) else self.claims.edge_of(peer)
         try:
+            if isinstance(message, Hello):
+                return self._hello(peer, key, message, now, unix)
+            if edge_id is None:
+                raise RefusedError(ErrorCode.UNKNOWN_EDGE, "this connection must say hello first")
             return self._dispatch(edge_id, message, now, unix)
         except RefusedError as refused:
-            self._count_refusal(edge_id, message, refused, now)
-            if isinstance(message, Subscribe):
+            self._count_refusal(edge_id or "", message, refused, now)
+            if isinstance(message, Subscribe) and edge_id is not None:
                 self._subscribe_refused(message, refused, unix)
-            elif isinstance(message, RegisterClient):
+            elif isinstance(message, RegisterClient) and edge_id is not None:
                 self._client_refused(edge_id, message, refused, unix)
-            return [ToEdge(edge_id, _refusal(message, refused))]
+            return [self._reply_to(peer, _refusal(message, refused))]
+
+    def _reply_to(self, peer: bytes, message: RouterMessage) -> Outbound:
+        edge_id = self.claims.edge_of(peer)
+        return ToPeer(peer, message) if edge_id is None else ToEdge(edge_id, message)
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
         """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
@@ -160,7 +185,10 @@ class ControlPlane:
         unix = now if unix_time is None else unix_time
         known = self.manager.edge_ids()
         expired = self.manager.expire_edges(now, self.heartbeat_timeout)
-        self._edges_down([e for e in known if not self.manager.is_edge_known(e)], EDGE_TIMED_OUT, unix)
+        gone = [e for e in known if not self.manager.is_edge_known(e)]
+        for edge_id in gone:
+            self.claims.release(edge_id)
+        self._edges_down(gone, EDGE_TIMED_OUT, unix)
         self.manager.expire_history(now)
         ended = self.manager.expire_sessions(unix)
         out: list[Outbound] = [
@@ -209,14 +237,10 @@ class ControlPlane:
     # ------------------------------------------------------------ dispatch
 
     def _dispatch(self, edge_id: str, message: EdgeMessage, now: float, unix_time: float) -> list[Outbound]:
-        match message:
-            case Hello():
-                return self._hello(edge_id, message, now, unix_time)
-            case Heartbeat():
-                self.manager.edge_heartbeat(edge_id, now)
-                return []
         self.manager.edge_heartbeat(edge_id, now)
         match message:
+            case Heartbeat():
+                return []
             case RegisterClient():
                 info = ClientInfo(
                     client_id=message.client_id,
@@ -273,15 +297,22 @@ class ControlPlane:
                 return []
         raise RefusedError(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}")
 
-    def _hello(self, edge_id: str, hello: Hello, now: float, unix_time: float) -> list[Outbound]:
+    def _hello(
+        self, peer: bytes, key: str | None, hello: Hello, now: float, unix_time: float
+    ) -> list[Outbound]:
+        """Welcome an edge on this connection, if it may claim the id (``edge_claims.py``)."""
         if hello.version != CONTROL_VERSION:
             raise RefusedError(
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"control version {hello.version} is not supported; this router speaks {CONTROL_VERSION}",
             )
-        if hello.edge_id != edge_id:
-            raise RefusedError(ErrorCode.BAD_REQUEST, "hello.edge_id must equal the socket identity")
+        edge_id = hello.edge_id
+        if not 0 < len(edge_id.encode()) <= MAX_EDGE_ID_BYTES:
+            raise RefusedError(ErrorCode.BAD_REQUEST, f"edge_id must be 1 to {MAX_EDGE_ID_BYTES} bytes")
         again = self.manager.is_edge_known(edge_id)
+        if not again and len(self.manager.edge_ids()) >= self.manager.limits.max_edges:
+            raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.manager.limits.max_edges} edges")
+        session = self.claims.claim(edge_id, peer, key, hello.session)
         actions = self.manager.edge_hello(edge_id, hello.protocol, now)
         if again:
             self._edges_down([edge_id], EDGE_RESTARTED, unix_time)
@@ -294,6 +325,7 @@ class ControlPlane:
             version=CONTROL_VERSION,
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
+            session=session,
         )
         return [*out, ToEdge(edge_id, welcome)]
 

@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_CLIENT = "unknown_client"
     DUPLICATE_CLIENT = "duplicate_client"
     UNKNOWN_EDGE = "unknown_edge"
+    EDGE_ID_IN_USE = "edge_id_in_use"
+    """A ``hello`` for an edge id that a live edge, or another Curve key, holds."""
     NOT_SUBSCRIBED = "not_subscribed"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"

@@ -34,6 +34,7 @@ class _Parked(NamedTuple):
     identity: bytes
     body: bytes
     client: _ClientRef | None
+    curve_key: str | None
 
 
 class SessionGate:
@@ -52,15 +53,21 @@ class SessionGate:
         return len(self._parked)
 
     def handle(
-        self, identity: bytes, body: bytes, now: float, unix_time: float | None = None
+        self,
+        identity: bytes,
+        body: bytes,
+        now: float,
+        unix_time: float | None = None,
+        *,
+        key: str | None = None,
     ) -> list[Outbound]:
         """Like :meth:`ControlPlane.handle`; a message may be parked (no reply yet)."""
         unix = now if unix_time is None else unix_time
         client = _client_of(identity, body) if self._parked else None
         if client is not None and self._is_blocked(client) and len(self._parked) < MAX_PARKED:
-            self._parked.append(_Parked(None, identity, body, client))
+            self._parked.append(_Parked(None, identity, body, client, key))
             return []
-        return self._handle(identity, body, now, unix)
+        return self._handle(identity, body, key, now, unix)
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
         """:meth:`ControlPlane.tick`, and the requests past their deadline refused."""
@@ -101,12 +108,15 @@ class SessionGate:
 
     # ------------------------------------------------------------ parking
 
-    def _handle(self, identity: bytes, body: bytes, now: float, unix_time: float) -> list[Outbound]:
+    def _handle(
+        self, identity: bytes, body: bytes, key: str | None, now: float, unix_time: float
+    ) -> list[Outbound]:
         try:
-            return self.control.handle(identity, body, now, unix_time)
+            return self.control.handle(identity, body, now, unix_time, key=key)
         except DecisionPending as pending:
             self._deadlines.setdefault(pending.key, now + self.timeout)
-            self._parked.append(_Parked(pending.key, identity, body, _client_of(identity, body)))
+            client = _client_of(identity, body)
+            self._parked.append(_Parked(pending.key, identity, body, client, key))
             return []
 
     def _release(self, now: float, unix_time: float) -> list[Outbound]:
@@ -117,7 +127,7 @@ class SessionGate:
             if item.key in self._deadlines or (item.client is not None and self._is_blocked(item.client)):
                 self._parked.append(item)
             else:
-                out += self._handle(item.identity, item.body, now, unix_time)
+                out += self._handle(item.identity, item.body, item.curve_key, now, unix_time)
         return out
 
     def _is_blocked(self, client: _ClientRef) -> bool:

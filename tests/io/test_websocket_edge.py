@@ -37,6 +37,8 @@ class Client:
     def __init__(self, connection: ClientConnection) -> None:
         self.ws = connection
         self.next_id = 1
+        self.client_id = ""
+        """Its id, once ``connected``."""
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -75,6 +77,7 @@ async def open_client(edge: WebSocketEdgeProcess, **options: Any) -> Client:
     await client.send({"op": "connect"})
     connected = await client.control()
     assert connected["op"] == "connected", connected
+    client.client_id = connected["client_id"]
     return client
 
 

@@ -20,7 +20,7 @@ from router.core.topics import TopicRegistry
 from router.http_limits import HttpLimits, parse_address
 from router.http_listener import HttpListener, serve_metrics
 from router.metrics import OTHER_TOPICS, RouterCollector, RouterMetrics
-from router.wire import StatsRequest, Subscribe, encode_control
+from router.wire import Hello, RegisterClient, StatsRequest, Subscribe, encode_control
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -93,8 +93,10 @@ def test_topic_series_are_bounded_and_other_only_grows() -> None:
 
 def test_refused_requests_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     registry = TopicRegistry.from_config({"allow_undeclared": False})
-    manager = manager_with_client(registry)
-    control = ControlPlane(manager, 1.0, 5.0, router_id="r1")
+    manager = ConnectionManager(registry)
+    control = ControlPlane(manager, 1.0, 5.0, router_id="r1", new_secret=str)
+    control.handle(b"edge-1", encode_control(Hello(edge_id="edge-1", protocol="websocket")), now=10.0)
+    control.handle(b"edge-1", encode_control(RegisterClient(request_id=1, client_id="c1")), now=10.0)
     metrics = RouterMetrics(RouterCollector(manager, control.refusals))
     subscribe = Subscribe(request_id=7, client_id="c1", topic="/nope")
     with caplog.at_level(logging.INFO, logger="switchboard.router"):

@@ -38,9 +38,15 @@ RESYNC: list[EdgeMessage] = [RegisterClient(request_id=7, client_id="e1/c1")]
 REPORT: list[EdgeMessage] = [EdgeStatsReport(totals=EdgeTotals(clients=1))]
 
 
-def welcome(router_id: str = "r1", interval: float = 1.0, timeout: float = 5.0) -> bytes:
+def welcome(router_id: str = "r1", interval: float = 1.0, timeout: float = 5.0, session: str = "") -> bytes:
     return encode_control(
-        Welcome(router_id=router_id, version=1, heartbeat_interval=interval, heartbeat_timeout=timeout)
+        Welcome(
+            router_id=router_id,
+            version=1,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            session=session,
+        )
     )
 
 
@@ -180,6 +186,44 @@ def test_heartbeat_timeout_says_hello_again(caplog: pytest.LogCaptureFixture) ->
     assert "router silent for 6.0 s" in caplog.text
     link.tick(7.0)
     assert link.data_to_send() == [HELLO]
+
+
+def test_a_silent_router_asks_for_a_new_connection_and_a_hello_with_the_session() -> None:
+    link = new_link()
+    link.tick(0.0)
+    link.receive(welcome(session="s1"), 0.0)
+    link.data_to_send()
+    for now in (1.0, 2.0, 3.0, 4.0, 5.0):
+        link.tick(now)
+        assert not link.take_new_connection()
+    link.data_to_send()
+    link.tick(6.0)
+    assert link.take_new_connection()
+    assert not link.take_new_connection(), "asked once"
+    assert link.data_to_send() == [Hello(edge_id="e1", protocol="websocket", session="s1")]
+    for now in (7.0, 8.0, 9.0, 10.0, 11.0):
+        link.tick(now)
+        assert not link.take_new_connection(), f"not again within the timeout ({now})"
+    link.tick(12.0)
+    assert link.take_new_connection(), "again after a further timeout of silence"
+    link.receive(welcome(session="s2"), 12.5)
+    link.tick(13.0)
+    assert not link.take_new_connection()
+
+
+def test_an_edge_id_in_use_while_saying_hello_is_logged_once_a_minute_and_kept_from_the_application(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = new_link()
+    link.tick(0.0)
+    refused = encode_control(Error(request_id=0, code=ErrorCode.EDGE_ID_IN_USE.value, message="held"))
+    with caplog.at_level(logging.WARNING, logger="switchboard.edge"):
+        assert link.receive(refused, 0.1) is None
+        assert link.receive(refused, 1.1) is None
+    assert caplog.text.count("refused this edge's hello: held") == 1
+    assert link.state is LinkState.GREETING
+    link.tick(1.0)
+    assert link.data_to_send() == [HELLO, HELLO]
 
 
 def test_any_message_from_the_router_counts_as_heard() -> None:

@@ -38,7 +38,7 @@ class Router:
         registry = TopicRegistry([TopicSpec(pattern="/video/*", policy=DeliveryPolicy(kind="latest"))])
         self.manager = ConnectionManager(registry)
         self.control = ControlPlane(
-            self.manager, heartbeat_interval=1.0, heartbeat_timeout=5.0, router_id="r1"
+            self.manager, heartbeat_interval=1.0, heartbeat_timeout=5.0, router_id="r1", new_secret=str
         )
         self.sent: list[Outbound] = []
 

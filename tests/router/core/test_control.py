@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.core import ClientInfo, ConnectionManager, DeliveryPolicy, Limits, TopicRegistry, TopicSpec
-from router.core.control import ControlPlane, Outbound, ToEdge, Upstream
+from router.core.control import ControlPlane, Outbound, ToEdge, ToPeer, Upstream
 from router.wire import (
     CONTROL_VERSION,
     MAX_CONTROL_BYTES,
@@ -39,6 +39,7 @@ from router.wire import (
 from tests.strategies import client_ids, edge_ids, scaled_examples
 
 INTERVAL = 1.0
+SESSION = "s3cret"
 TIMEOUT = 3.0
 VIDEO = TopicSpec(pattern="/video/**", content_type="video/h264", policy=DeliveryPolicy(kind="latest"))
 EVENTS_POLICY = DeliveryPolicy(kind="reliable", history_max_messages=5, history_max_age=10.0)
@@ -47,7 +48,13 @@ EVENTS = TopicSpec(pattern="/events/**", content_type="application/json", policy
 
 def make_plane(limits: Limits | None = None) -> ControlPlane:
     manager = ConnectionManager(TopicRegistry([VIDEO, EVENTS]), limits=limits)
-    return ControlPlane(manager, heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT, router_id="r1")
+    return ControlPlane(
+        manager,
+        heartbeat_interval=INTERVAL,
+        heartbeat_timeout=TIMEOUT,
+        router_id="r1",
+        new_secret=lambda: SESSION,
+    )
 
 
 def handle(plane: ControlPlane, edge: str, body: bytes, now: float = 0.0) -> list[Outbound]:
@@ -84,12 +91,14 @@ def welcome(plane: ControlPlane) -> Welcome:
         version=CONTROL_VERSION,
         heartbeat_interval=INTERVAL,
         heartbeat_timeout=TIMEOUT,
+        session=SESSION,
     )
 
 
 def error_reply(out: list[Outbound]) -> Error:
+    """The one reply, an error, to an edge or to a connection that speaks for none."""
     assert len(out) == 1
-    assert isinstance(out[0], ToEdge)
+    assert isinstance(out[0], ToEdge | ToPeer)
     assert isinstance(out[0].message, Error)
     return out[0].message
 
@@ -142,10 +151,73 @@ def test_an_unsupported_version_is_refused(version: int) -> None:
     assert not plane.manager.is_edge_known("e1")
 
 
-def test_hello_must_name_the_socket_identity() -> None:
+def test_the_hello_names_the_edge_whatever_the_routing_id() -> None:
     plane = make_plane()
-    assert error_reply(send(plane, "e1", Hello(edge_id="e2", protocol="websocket"))).code == "bad_request"
+    assert send(plane, "peer-7", Hello(edge_id="e2", protocol="websocket")) == [ToEdge("e2", welcome(plane))]
+    assert plane.claims.peer_of("e2") == b"peer-7"
+    out = send(plane, "peer-7", RegisterClient(request_id=1, client_id="c1"))
+    assert out == [ToEdge("e2", Registered(request_id=1, client_id="c1", user="anonymous"))]
+    assert [c.edge_id for c in plane.manager.get_active_clients()] == ["e2"]
+
+
+@pytest.mark.parametrize("edge_id", ["", "e" * 256])
+def test_an_edge_id_of_no_bytes_or_over_255_is_refused(edge_id: str) -> None:
+    plane = make_plane()
+    out = send(plane, "p", Hello(edge_id=edge_id, protocol="websocket"))
+    assert out == [ToPeer(b"p", error_reply(out))]
+    assert error_reply(out).code == "bad_request"
     assert plane.manager.edge_ids() == []
+
+
+def test_a_live_edge_keeps_its_id_against_another_connection() -> None:
+    plane = make_plane()
+    hello(plane, "e1")
+    register(plane, "e1", "c1")
+    out = send(plane, "attacker", Hello(edge_id="e1", protocol="websocket"), now=1.0)
+    assert out == [ToPeer(b"attacker", error_reply(out))]
+    assert error_reply(out).code == "edge_id_in_use"
+    assert plane.claims.peer_of("e1") == b"e1"
+    assert [c.client_id for c in plane.manager.get_active_clients("e1")] == ["c1"]
+    assert plane.refusals == {("hello", "edge_id_in_use"): 1}
+    assert error_reply(send(plane, "attacker", RegisterClient(request_id=3, client_id="c2"))).code == (
+        "unknown_edge"
+    )
+
+
+def test_a_new_connection_with_the_welcome_secret_takes_the_edge_over() -> None:
+    plane = make_plane()
+    hello(plane, "e1")
+    register(plane, "e1", "c1")
+    wrong = send(plane, "e1-again", Hello(edge_id="e1", protocol="websocket", session="guess"), now=1.0)
+    assert error_reply(wrong).code == "edge_id_in_use"
+    out = send(plane, "e1-again", Hello(edge_id="e1", protocol="websocket", session=SESSION), now=1.0)
+    assert out == [ToEdge("e1", welcome(plane))]
+    assert plane.claims.peer_of("e1") == b"e1-again"
+    assert plane.claims.edge_of(b"e1") is None
+    assert error_reply(send(plane, "e1", Heartbeat(), now=1.5)).code == "unknown_edge"
+
+
+def test_a_forgotten_edge_id_is_free_for_any_connection() -> None:
+    plane = make_plane()
+    hello(plane, "e1")
+    plane.tick(TIMEOUT + 1.0)
+    out = send(plane, "restarted", Hello(edge_id="e1", protocol="websocket"), now=TIMEOUT + 1.5)
+    assert out == [ToEdge("e1", welcome(plane))]
+    assert plane.claims.peer_of("e1") == b"restarted"
+
+
+def test_with_curve_an_edge_id_stays_with_the_key_that_first_claimed_it() -> None:
+    plane = make_plane()
+    first = plane.handle(b"p1", encode_control(Hello(edge_id="e1", protocol="websocket")), 0.0, key="K1")
+    assert first == [ToEdge("e1", welcome(plane))]
+    plane.tick(TIMEOUT + 1.0)
+    assert not plane.manager.is_edge_known("e1")
+    hello_e1 = encode_control(Hello(edge_id="e1", protocol="websocket", session=SESSION))
+    other = plane.handle(b"p2", hello_e1, TIMEOUT + 1.5, key="K2")
+    assert error_reply(other).code == "edge_id_in_use"
+    assert "another Curve key" in error_reply(other).message
+    same = plane.handle(b"p3", hello_e1, TIMEOUT + 1.5, key="K1")
+    assert same == [ToEdge("e1", welcome(plane))]
 
 
 def test_a_second_hello_drops_what_the_edge_had() -> None:
@@ -323,9 +395,11 @@ def test_any_client_and_edge_id_survives_the_trip(client: str, edge: str) -> Non
     assert plane.manager.client_edge(client) is None
 
 
-def test_a_non_utf8_identity_is_dropped_without_reply() -> None:
+def test_a_message_that_does_not_decode_is_counted_and_answered_to_its_connection() -> None:
     plane = make_plane()
-    assert plane.handle(b"\xff\xfe", encode_control(Heartbeat()), 0.0) == []
+    out = plane.handle(b"\xff\xfe", b"\x81\xa4type\xa4nope", 0.0)
+    assert out == [ToPeer(b"\xff\xfe", error_reply(out))]
+    assert error_reply(out).code == "bad_request"
     assert plane.manager.get_connection_stats().drops == {"bad_control": 1}
 
 

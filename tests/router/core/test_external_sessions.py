@@ -165,7 +165,8 @@ class Gate:
     def __init__(self) -> None:
         self.sessions = ExternalSessions(cache_ttl=60)
         manager = ConnectionManager(sessions=self.sessions)
-        self.gate = SessionGate(ControlPlane(manager, 1.0, 5.0, router_id="r1"), self.sessions, TIMEOUT)
+        plane = ControlPlane(manager, 1.0, 5.0, router_id="r1", new_secret=str)
+        self.gate = SessionGate(plane, self.sessions, TIMEOUT)
         self.next_id = 0
         self.gate.handle(EDGE, encode_control(Hello(edge_id="edge-1", protocol="test")), 0)
 
