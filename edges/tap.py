@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from edges.link import DataBatch, RouterLink
+from router.core.errors import ErrorCode
 from router.curve import CurveClient
 from router.wire import (
     EdgeMessage,
@@ -18,6 +19,11 @@ from router.wire import (
     parse_data_head,
 )
 
+OBSERVER_NOTE = (
+    "an observer key registers no client: tap shows the topics that clients of edges watch now,"
+    " as the router sends them; an edge key subscribes tap itself"
+)
+
 
 async def tap(
     topics: list[str], *, control: str, xpub: str, count: int = 0, curve: CurveClient | None = None
@@ -27,6 +33,7 @@ async def tap(
     client_id = f"{link.edge_id}/tap"
     seen = 0
     done = asyncio.Event()
+    observing = asyncio.Event()
 
     def resync() -> list[EdgeMessage]:
         register = RegisterClient(request_id=link.next_request_id(), client_id=client_id, protocol="tap")
@@ -55,6 +62,9 @@ async def tap(
     def on_message(message: object) -> None:
         if isinstance(message, Error):
             print(f"refused: {message.code}: {message.message}", file=sys.stderr, flush=True)
+            if message.code == ErrorCode.FORBIDDEN and not observing.is_set():
+                observing.set()
+                print(OBSERVER_NOTE, file=sys.stderr, flush=True)
 
     for topic in topics:
         link.watch(topic)

@@ -16,7 +16,7 @@ from router.admin.config import AdminSection
 from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
-from router.curve import CurveServer
+from router.curve import CurveServer, Role
 from router.http_limits import HttpLimits, parse_address
 from router.sessions_config import SessionsSection, sessions_relative_to
 
@@ -79,20 +79,43 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 class SecuritySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """CurveZMQ on every router socket: off unless ``curve_secret_key_file`` is set
-    (``docs/security.md``). Relative paths in a file are relative to that file."""
+    (``docs/security.md``), with one allow-list directory per role. Relative paths in a file are
+    relative to that file."""
 
     curve_secret_key_file: str | None = None
+    producer_keys_dir: str | None = None
+    edge_keys_dir: str | None = None
+    observer_keys_dir: str | None = None
     curve_allowed_keys_dir: str | None = None
+    """No longer read: one list for every role let a producer's key act as an edge."""
 
     def __post_init__(self) -> None:
-        if (self.curve_secret_key_file is None) != (self.curve_allowed_keys_dir is None):
-            raise ValueError("curve_secret_key_file and curve_allowed_keys_dir go together")
+        if self.curve_allowed_keys_dir is not None:
+            raise ValueError(
+                "curve_allowed_keys_dir admitted every key in every role; name one allow-list per role"
+                " instead: producer_keys_dir, edge_keys_dir, observer_keys_dir (docs/security.md, Roles)"
+            )
+        if self.curve_secret_key_file is None and self.allowed_dirs():
+            raise ValueError("an allow-list without curve_secret_key_file: set it to turn Curve on")
+        if self.curve_secret_key_file is not None and not self.allowed_dirs():
+            raise ValueError(
+                "curve_secret_key_file needs at least one allow-list: producer_keys_dir, edge_keys_dir"
+                " or observer_keys_dir"
+            )
+
+    def allowed_dirs(self) -> dict[Role, Path]:
+        named = {
+            Role.PRODUCER: self.producer_keys_dir,
+            Role.EDGE: self.edge_keys_dir,
+            Role.OBSERVER: self.observer_keys_dir,
+        }
+        return {role: Path(path) for role, path in named.items() if path is not None}
 
     def curve_server(self) -> CurveServer | None:
-        """The router's keys and allow-list, read now; ``None`` when Curve is off."""
-        if self.curve_secret_key_file is None or self.curve_allowed_keys_dir is None:
+        """The router's keys and allow-lists, read now; ``None`` when Curve is off."""
+        if self.curve_secret_key_file is None:
             return None
-        return CurveServer(Path(self.curve_secret_key_file), Path(self.curve_allowed_keys_dir))
+        return CurveServer(Path(self.curve_secret_key_file), self.allowed_dirs())
 
 
 class EventsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

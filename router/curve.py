@@ -3,8 +3,8 @@
 Keys are stored as ZeroMQ certificates, the text format of pyzmq's ``zmq.auth`` and czmq's
 ``zcert``: ``NAME.key`` holds the public key and may be shared; ``NAME.key_secret`` holds both
 keys and stays with its owner (mode 0600). The router is the CURVE server on every socket and
-admits, through a ZAP handler, only the public keys found in its allow-list directory.
-``docs/security.md`` says what this protects and how to run it.
+admits, through a ZAP handler, only the public keys found in the allow-list of a role that may use
+that socket (:data:`SOCKET_ROLES`). ``docs/security.md`` says what this protects and how to run it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import argparse
 import datetime
 import logging
 import os
+import re
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import zmq
 from zmq.auth import load_certificate
@@ -38,6 +41,29 @@ Z85_KEY_LENGTH = 40
 MAX_LOGGED_KEYS = 1_000
 """Refused keys logged one by one; beyond this many, they share one throttled log line."""
 
+
+class Role(StrEnum):
+    """What a key may do: each role has its own allow-list."""
+
+    PRODUCER = "producer"
+    """Publish: PUSH to PULL, PUB to XSUB."""
+    EDGE = "edge"
+    """Serve clients: the control socket (register clients, subscribe them) and XPUB."""
+    OBSERVER = "observer"
+    """Read: XPUB, the events socket, and on the control socket ``hello``, heartbeats and
+    ``stats_request``, never a client (``switchboard tap``, event and stats readers)."""
+
+
+SOCKET_ROLES: Final[Mapping[str, frozenset[Role]]] = {
+    "pull": frozenset({Role.PRODUCER}),
+    "xsub": frozenset({Role.PRODUCER}),
+    "control": frozenset({Role.EDGE, Role.OBSERVER}),
+    "xpub": frozenset({Role.EDGE, Role.OBSERVER}),
+    "events": frozenset({Role.OBSERVER}),
+}
+"""The roles whose keys each of the router's sockets admits, by socket name."""
+_ROLE_LINE = re.compile(r'^\s+role\s*=\s*"([a-z]+)"\s*$', re.MULTILINE)
+
 CURVE_REFUSED = "curve_refused"
 """The drop reason of a handshake whose client key is not in the allow-list."""
 CURVE_FAILED = "curve_handshake_failed"
@@ -55,7 +81,8 @@ _WHY: dict[int, str] = {
 
 CLIENT_HINTS = {
     CURVE_REFUSED: "the router refused this client's Curve key: add its public key to the router's "
-    "allow-list, reload the router (SIGHUP), then restart this client",
+    "allow-list of this client's role (producer, edge or observer), reload the router (SIGHUP), then "
+    "restart this client",
     CURVE_FAILED: "the Curve handshake with the router failed: check the router's public key file, "
     "and that the router has Curve on",
 }
@@ -80,8 +107,10 @@ class CurveKeyError(ValueError):
 # ---------------------------------------------------------------- key files
 
 
-def write_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write a new key pair as ``NAME.key`` and ``NAME.key_secret`` (0600); never overwrites."""
+def write_key_pair(directory: Path, name: str, role: Role | None = None) -> tuple[Path, Path]:
+    """Write a new key pair as ``NAME.key`` and ``NAME.key_secret`` (0600); never overwrites.
+    With ``role``, both files say it in their metadata, and an allow-list of another role will
+    not admit the key."""
     if not name or name != Path(name).name or name.startswith("."):
         raise CurveKeyError(f"{name!r}: a key name is a plain file name, such as 'edge-1'")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -91,13 +120,18 @@ def write_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
             raise CurveKeyError(f"{path}: already exists; remove it or choose another name")
     public, secret = zmq.curve_keypair()
     now = datetime.datetime.now().isoformat(timespec="seconds")
-    _write_certificate(secret_path, _SECRET_BANNER.format(now), public, secret, mode=0o600)
-    _write_certificate(public_path, _PUBLIC_BANNER.format(now), public, None, mode=0o644)
+    _write_certificate(secret_path, _SECRET_BANNER.format(now), public, secret, role, mode=0o600)
+    _write_certificate(public_path, _PUBLIC_BANNER.format(now), public, None, role, mode=0o644)
     return public_path, secret_path
 
 
-def _write_certificate(path: Path, banner: str, public: bytes, secret: bytes | None, mode: int) -> None:
-    lines = [banner, "metadata\n", "curve\n", f'    public-key = "{public.decode()}"\n']
+def _write_certificate(
+    path: Path, banner: str, public: bytes, secret: bytes | None, role: Role | None, mode: int
+) -> None:
+    lines = [banner, "metadata\n"]
+    if role is not None:
+        lines.append(f'    role = "{role.value}"\n')
+    lines += ["curve\n", f'    public-key = "{public.decode()}"\n']
     if secret is not None:
         lines.append(f'    secret-key = "{secret.decode()}"\n')
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -128,14 +162,38 @@ def warn_if_shared(secret_key_file: Path) -> None:
         log.warning("%s: a secret key others can read; chmod 600 it", secret_key_file)
 
 
-def read_allowed_keys(directory: Path) -> frozenset[bytes]:
-    """The public keys of every ``*.key`` file in ``directory``; an empty allow-list is an error."""
+def read_allowed_keys(directory: Path, role: Role | None = None) -> frozenset[bytes]:
+    """The public keys of every ``*.key`` file in ``directory``; an empty allow-list is an error.
+
+    With ``role``, a file whose metadata names another role is left out, with a warning: a key
+    made for producers does not become an edge's by being copied to the edges' list."""
     if not directory.is_dir():
         raise CurveKeyError(f"{directory}: not a directory of allowed public keys")
-    keys = frozenset(read_public_key(path) for path in sorted(directory.glob("*" + PUBLIC_SUFFIX)))
+    keys: set[bytes] = set()
+    for path in sorted(directory.glob("*" + PUBLIC_SUFFIX)):
+        written_for = read_key_role(path)
+        if role is not None and written_for is not None and written_for != role:
+            log.warning("%s: a %s key in the %s allow-list; not admitted", path, written_for, role)
+            continue
+        keys.add(read_public_key(path))
     if not keys:
-        raise CurveKeyError(f"{directory}: holds no public key (*{PUBLIC_SUFFIX} file)")
-    return keys
+        raise CurveKeyError(f"{directory}: holds no public key (*{PUBLIC_SUFFIX} file) for this role")
+    return frozenset(keys)
+
+
+def read_key_role(path: Path) -> Role | None:
+    """The role a certificate's metadata names (``switchboard keys --role``), if any."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as error:
+        raise CurveKeyError(f"{path}: {error}") from None
+    found = _ROLE_LINE.search(text)
+    if found is None:
+        return None
+    try:
+        return Role(found.group(1))
+    except ValueError:
+        raise CurveKeyError(f"{path}: unknown role {found.group(1)!r}") from None
 
 
 def _read_certificate(path: Path) -> tuple[bytes, bytes | None]:
@@ -211,21 +269,30 @@ def client_from_args(args: argparse.Namespace) -> CurveClient | None:
 
 
 class CurveServer:
-    """The router's key pair for its sockets, and a ZAP handler that admits the allow-list.
+    """The router's key pair for its sockets, and a ZAP handler that admits each role's keys.
 
-    The allow-list is every ``*.key`` file in ``allowed_keys_dir``, read at start and again on
-    :meth:`reload`. ZAP asks only when a connection is made: a reload admits new keys for their
-    next connection and leaves connections already made alone.
+    Each role's allow-list is every ``*.key`` file in its directory, read at start and again on
+    :meth:`reload`; a role without a directory admits no key. A socket admits the keys of the
+    roles :data:`SOCKET_ROLES` gives it. ZAP asks only when a connection is made: a reload admits
+    new keys for their next connection and leaves connections already made alone.
     """
 
-    def __init__(self, secret_key_file: Path, allowed_keys_dir: Path) -> None:
+    def __init__(self, secret_key_file: Path, allowed_dirs: Mapping[Role, Path]) -> None:
+        if not allowed_dirs:
+            raise CurveKeyError("Curve on admits no key: name an allow-list for at least one role")
         self.secret_key_file = secret_key_file
         self.public_key, self._secret_key = read_key_pair(secret_key_file)
-        self.allowed_keys_dir = allowed_keys_dir
-        self._allowed = read_allowed_keys(allowed_keys_dir)
+        self.allowed_dirs = dict(allowed_dirs)
+        self._allowed = self._read_allowed()
         self._authenticator: ThreadAuthenticator | None = None
         self._refusals = ThrottledLog(log)
         self._logged_keys: set[bytes] = set()
+
+    def _read_allowed(self) -> dict[Role, frozenset[bytes]]:
+        return {role: read_allowed_keys(path, role) for role, path in self.allowed_dirs.items()}
+
+    def _describe(self) -> str:
+        return ", ".join(f"{len(keys)} {role.value} key(s)" for role, keys in self._allowed.items())
 
     def start(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
         """Start the ZAP handler in ``context``; before any socket of it binds."""
@@ -234,39 +301,48 @@ class CurveServer:
         warn_if_shared(self.secret_key_file)
         self._authenticator = ThreadAuthenticator(context, log=logging.getLogger("switchboard.zap"))
         self._authenticator.start()
-        self._authenticator.configure_curve_callback(domain="*", credentials_provider=self)
-        log.info(
-            "Curve on: public key %s, %d allowed key(s) in %s",
-            self.public_key.decode(),
-            len(self._allowed),
-            self.allowed_keys_dir,
-        )
+        for domain in SOCKET_ROLES:
+            self._authenticator.configure_curve_callback(domain=domain, credentials_provider=self)
+        log.info("Curve on: public key %s, %s", self.public_key.decode(), self._describe())
 
-    def secure(self, sock: zmq.Socket[bytes]) -> None:
-        """Make ``sock`` a CURVE server; call it before ``bind``."""
+    def secure(self, sock: zmq.Socket[bytes], name: str) -> None:
+        """Make ``sock``, the router's socket ``name`` (a key of :data:`SOCKET_ROLES`), a CURVE
+        server that admits its roles' keys; call it before ``bind``."""
+        if name not in SOCKET_ROLES:
+            raise ValueError(f"no roles for a socket named {name!r}")
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret_key)
+        sock.setsockopt(zmq.ZAP_DOMAIN, name.encode())
 
     def reload(self) -> None:
-        """Read the allow-list again; on an error, log it and keep the current list."""
+        """Read every allow-list again; on an error, log it and keep the current lists."""
         try:
-            self._allowed = read_allowed_keys(self.allowed_keys_dir)
+            self._allowed = self._read_allowed()
         except CurveKeyError as error:
-            log.error("allow-list not reloaded, still %d key(s): %s", len(self._allowed), error)
+            log.error("allow-lists not reloaded, still %s: %s", self._describe(), error)
             return
-        log.info("allow-list reloaded: %d key(s) in %s", len(self._allowed), self.allowed_keys_dir)
+        log.info("allow-lists reloaded: %s", self._describe())
+
+    def is_observer(self, key: str) -> bool:
+        """Whether ``key`` (Z85), admitted on the control socket, may act only as an observer."""
+        return key.encode() not in self._allowed.get(Role.EDGE, frozenset())
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP's question, asked from the authenticator's thread: is ``key`` (Z85) allowed?"""
-        if key in self._allowed:
+        """ZAP's question, asked from the authenticator's thread: may ``key`` (Z85) connect to the
+        socket named ``domain``?"""
+        roles = SOCKET_ROLES.get(domain, frozenset())
+        if any(key in self._allowed.get(role, frozenset()) for role in roles):
             return True
         if len(self._logged_keys) < MAX_LOGGED_KEYS:
             self._logged_keys.add(key)
-            kind = key.decode()
+            kind = f"{domain}-{key.decode()}"
         else:
             kind = "more refused keys"
         refused, now = key.decode(), time.monotonic()
-        self._refusals.warning(kind, "refused a Curve key not in the allow-list: %s", refused, now=now)
+        wanted = " or ".join(sorted(role.value for role in roles))
+        self._refusals.warning(
+            kind, "%s: refused a Curve key not in the %s allow-list: %s", domain, wanted, refused, now=now
+        )
         return False
 
     def stop(self) -> None:

@@ -27,7 +27,10 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curve-secret-key-file", help="the router's key pair (NAME.key_secret); turns Curve on"
     )
-    parser.add_argument("--curve-allowed-keys-dir", help="the directory of allowed public keys (*.key)")
+    for role in ("producer", "edge", "observer"):
+        parser.add_argument(
+            f"--{role}-keys-dir", help=f"the allow-list of {role} public keys (a directory of *.key files)"
+        )
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     parser.add_argument(
         "--admin", dest="listen", metavar="HOST:PORT", help="the admin API and dashboard ('' for none)"
@@ -51,7 +54,9 @@ ROUTER_OVERRIDES = (
     "heartbeat_interval",
     "heartbeat_timeout",
     "curve_secret_key_file",
-    "curve_allowed_keys_dir",
+    "producer_keys_dir",
+    "edge_keys_dir",
+    "observer_keys_dir",
     "metrics",
     "listen",
     "publish",

@@ -111,7 +111,7 @@ class RouterServer:
         for option, value in options.items():
             sock.setsockopt(getattr(zmq, option.upper()), value)
         if self._curve is not None:
-            self._curve.secure(sock)
+            self._curve.secure(sock, name)
             self._monitors[name] = sock.get_monitor_socket(HANDSHAKE_FAILURES)
         sock.bind(endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint)
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -331,9 +331,13 @@ class RouterServer:
             )
             return
         peer, body = frames
-        key = str(body.get("User-Id")) if self._curve is not None else None
+        key, observer = None, False
+        if self._curve is not None:
+            key = str(body.get("User-Id"))
+            observer = self._curve.is_observer(key)
         self._take_fanout_subscriptions()
-        self._send(self.dispatch.handle(peer.bytes, body.bytes, self._clock(), time.time(), key=key))
+        now, unix = self._clock(), time.time()
+        self._send(self.dispatch.handle(peer.bytes, body.bytes, now, unix, key=key, observer=observer))
         self._ask_session_service()
 
     async def _heartbeat_loop(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from router.admin.commands import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from router.config import DEFAULT_CONTROL, DEFAULT_PULL, DEFAULT_XPUB
 from router.core.topics import topic_error
-from router.curve import CurveKeyError, add_client_arguments, client_from_args, write_key_pair
+from router.curve import CurveKeyError, Role, add_client_arguments, client_from_args, write_key_pair
 from router.event_watch import add_events_command, run_events
 from router.logfmt import add_log_arguments, configure_logging
 from router.loop import run_async
@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="write a Curve key pair: NAME.key and NAME.key_secret")
     keys.add_argument("name", help="the key's name, such as router or edge-1")
     keys.add_argument("--dir", type=Path, default=Path("."), help="where to write the files")
+    keys.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        help="what the key is for; another role's allow-list will not admit it (none for the router's key)",
+    )
 
     add_events_command(commands)
     add_admin_commands(commands)
@@ -109,11 +114,17 @@ def _run_tap(args: argparse.Namespace) -> int:
 
 def _run_keys(args: argparse.Namespace) -> int:
     try:
-        public, secret = write_key_pair(args.dir, args.name)
+        role = Role(args.role) if args.role else None
+        public, secret = write_key_pair(args.dir, args.name, role)
     except (CurveKeyError, OSError) as error:
         print(f"switchboard keys: {error}", file=sys.stderr)
         return 2
-    print(f"public key: {public}  (share it)")
+    if role is None:
+        print(f"public key: {public}  (share it)")
+    else:
+        print(
+            f"public key: {public}  (copy it to the router's {role.value}_keys_dir, then SIGHUP the router)"
+        )
     print(f"secret key: {secret}  (keep it here, mode 0600)")
     return 0
 

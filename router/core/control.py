@@ -102,6 +102,8 @@ class Upstream(NamedTuple):
 Outbound = ToEdge | ToPeer | Upstream
 
 KICKED = "kicked by an operator"
+OBSERVER_MESSAGES = (Hello, Heartbeat, StatsRequest)
+"""What a connection with an observer's Curve key may send."""
 MAX_EDGE_ID_BYTES = 255
 EDGE_TIMED_OUT = "edge heartbeat timeout"
 EDGE_RESTARTED = "edge restarted"
@@ -144,12 +146,14 @@ class ControlPlane:
         unix_time: float | None = None,
         *,
         key: str | None = None,
+        observer: bool = False,
     ) -> list[Outbound]:
         """One message from the control connection whose ROUTER routing id is ``peer``.
 
         ``now`` is a monotonic time in seconds. ``unix_time`` (seconds since the Unix epoch, what
         token lifetimes are measured in) defaults to ``now``, for callers with one clock. ``key``
-        is the connection's Curve public key (Z85), ``None`` without Curve.
+        is the connection's Curve public key (Z85), ``None`` without Curve; ``observer``: that key
+        is an observer's, which may say hello, send heartbeats and ask for stats, nothing else.
         """
         try:
             message = decode_edge_message(body)
@@ -165,6 +169,10 @@ class ControlPlane:
                 return self._hello(peer, key, message, now, unix)
             if edge_id is None:
                 raise RefusedError(ErrorCode.UNKNOWN_EDGE, "this connection must say hello first")
+            if observer and not isinstance(message, OBSERVER_MESSAGES):
+                raise RefusedError(
+                    ErrorCode.FORBIDDEN, "an observer key cannot register or serve clients: use an edge key"
+                )
             return self._dispatch(edge_id, message, now, unix)
         except RefusedError as refused:
             self._count_refusal(edge_id or "", message, refused, now)

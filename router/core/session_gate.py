@@ -35,6 +35,7 @@ class _Parked(NamedTuple):
     body: bytes
     client: _ClientRef | None
     curve_key: str | None
+    observer: bool
 
 
 class SessionGate:
@@ -60,14 +61,15 @@ class SessionGate:
         unix_time: float | None = None,
         *,
         key: str | None = None,
+        observer: bool = False,
     ) -> list[Outbound]:
         """Like :meth:`ControlPlane.handle`; a message may be parked (no reply yet)."""
         unix = now if unix_time is None else unix_time
         client = _client_of(identity, body) if self._parked else None
         if client is not None and self._is_blocked(client) and len(self._parked) < MAX_PARKED:
-            self._parked.append(_Parked(None, identity, body, client, key))
+            self._parked.append(_Parked(None, identity, body, client, key, observer))
             return []
-        return self._handle(identity, body, key, now, unix)
+        return self._handle(_Parked(None, identity, body, client, key, observer), now, unix)
 
     def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
         """:meth:`ControlPlane.tick`, and the requests past their deadline refused."""
@@ -108,15 +110,16 @@ class SessionGate:
 
     # ------------------------------------------------------------ parking
 
-    def _handle(
-        self, identity: bytes, body: bytes, key: str | None, now: float, unix_time: float
-    ) -> list[Outbound]:
+    def _handle(self, message: _Parked, now: float, unix_time: float) -> list[Outbound]:
+        identity, body = message.identity, message.body
         try:
-            return self.control.handle(identity, body, now, unix_time, key=key)
+            return self.control.handle(
+                identity, body, now, unix_time, key=message.curve_key, observer=message.observer
+            )
         except DecisionPending as pending:
             self._deadlines.setdefault(pending.key, now + self.timeout)
             client = _client_of(identity, body)
-            self._parked.append(_Parked(pending.key, identity, body, client, key))
+            self._parked.append(message._replace(key=pending.key, client=client))
             return []
 
     def _release(self, now: float, unix_time: float) -> list[Outbound]:
@@ -127,7 +130,7 @@ class SessionGate:
             if item.key in self._deadlines or (item.client is not None and self._is_blocked(item.client)):
                 self._parked.append(item)
             else:
-                out += self._handle(item.identity, item.body, item.curve_key, now, unix_time)
+                out += self._handle(item, now, unix_time)
         return out
 
     def _is_blocked(self, client: _ClientRef) -> bool:

@@ -3,6 +3,7 @@ edge without an allowed key, or without Curve at all, gets not a single message 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ from router.curve import (
     read_public_key,
     write_key_pair,
 )
-from router.wire import RegisterClient, Registered, SubscribeOk
+from router.wire import Error, RegisterClient, Registered, SubscribeOk
 from tests.io.harness import (
     ROOT,
     RouterProcess,
@@ -47,13 +48,16 @@ PRODUCERS = ROOT / "examples" / "producers"
 CONFIG = """
 [security]
 curve_secret_key_file = "keys/router.key_secret"
-curve_allowed_keys_dir = "allowed"
+producer_keys_dir = "allowed/producers"
+edge_keys_dir = "allowed/edges"
+observer_keys_dir = "allowed/observers"
 """
 
 
 @dataclass
 class Keys:
-    """Key pairs made by ``write_key_pair``; ``producer`` and ``edge`` are in the allow-list."""
+    """Key pairs made by ``write_key_pair``; ``producer``, ``edge`` and ``observer`` are in the
+    allow-lists of their roles."""
 
     directory: Path
     allowed: Path
@@ -72,18 +76,18 @@ class Keys:
         secret, router = str(self.secret(name)), str(self.router_public)
         return ["--curve-secret-key-file", secret, "--curve-router-key-file", router]
 
-    def allow(self, name: str) -> None:
-        shutil.copy(self.directory / f"{name}.key", self.allowed)
+    def allow(self, name: str, role: str) -> None:
+        shutil.copy(self.directory / f"{name}.key", self.allowed / f"{role}s")
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
     made = Keys(tmp_path / "keys", tmp_path / "allowed")
-    for name in ("router", "producer", "edge", "intruder", "late"):
+    for name in ("router", "producer", "edge", "observer", "intruder", "late"):
         write_key_pair(made.directory, name)
-    made.allowed.mkdir()
-    made.allow("producer")
-    made.allow("edge")
+    for role in ("producer", "edge", "observer"):
+        (made.allowed / f"{role}s").mkdir(parents=True)
+        made.allow(role, role)
     (tmp_path / "router.toml").write_text(CONFIG, encoding="utf-8")
     return made
 
@@ -281,13 +285,74 @@ async def test_an_edge_with_a_key_not_allowed_cannot_register_or_receive(
     assert (stats["edges"], stats["clients"]) == (1, 1)
 
 
+async def test_a_producer_key_cannot_act_as_an_edge_nor_an_edge_key_publish(
+    router: RouterProcess, keys: Keys, edge: TestEdge, producer: zmq.Socket[bytes]
+) -> None:
+    await flowing(edge, producer)
+    posing = TestEdge(router.endpoints, curve=keys.client("producer"), welcome_timeout=0)
+    async with posing:
+        posing.link.watch(TOPIC)
+        await eventually(lambda: counted(edge, CURVE_REFUSED, 2))
+        with pytest.raises(ConnectionError):
+            await posing.request(RegisterClient(request_id=posing.link.next_request_id(), client_id="x"))
+        with raw_socket(zmq.PUSH, router.endpoints["pull"], keys.client("edge")) as (push, monitor):
+            offer(push, b"from an edge key")
+            assert await handshake_end(monitor) == CURVE_REFUSED
+        assert await marker(edge, producer, b"end") == []
+        assert not posing.link.welcomed.is_set()
+        assert posing.drain() == []
+    stats = await edge.stats()
+    assert (stats["edges"], stats["clients"]) == (1, 1)
+
+
+async def test_an_observer_key_reads_stats_but_cannot_register_a_client(
+    router: RouterProcess, keys: Keys, edge: TestEdge
+) -> None:
+    async with TestEdge(router.endpoints, curve=keys.client("observer")) as observer:
+        assert (await observer.stats())["clients"] == 1
+        refused = await observer.register("nosy")
+        assert isinstance(refused, Error)
+        assert refused.code == "forbidden"
+        refused = await observer.subscribe("edge-client", TOPIC)
+        assert isinstance(refused, Error)
+        assert refused.code == "forbidden"
+        stats = await edge.stats()
+        assert (stats["edges"], stats["clients"]) == (2, 1), "the observer counts as an edge, without clients"
+
+
+async def test_tap_with_an_observer_key_shows_what_clients_watch(
+    router: RouterProcess, keys: Keys, edge: TestEdge, producer: zmq.Socket[bytes]
+) -> None:
+    tap = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switchboard", "tap", TOPIC, "--count", "20",
+        "--control", router.endpoints["control"], "--xpub", router.endpoints["xpub"],
+        *keys.client_args("observer"),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while tap.returncode is None:
+                producer.send_multipart([TOPIC.encode(), b"watched"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tap.wait(), 0.1)
+        out, err = await tap.communicate()
+    finally:
+        if tap.returncode is None:
+            tap.kill()
+            await tap.wait()
+    assert tap.returncode == 0, err
+    assert out.decode().count(f"{TOPIC} epoch=") == 20
+    assert "refused: forbidden" in err.decode()
+    assert err.decode().count("an observer key registers no client") == 1
+
+
 async def test_a_key_added_to_the_allow_list_is_admitted_after_sighup(
     router: RouterProcess, keys: Keys, edge: TestEdge
 ) -> None:
     pull = router.endpoints["pull"]
     with raw_socket(zmq.PUSH, pull, keys.client("late")) as (_, monitor):
         assert await handshake_end(monitor) == CURVE_REFUSED
-    keys.allow("late")
+    keys.allow("late", "producer")
     assert router.process is not None
     router.process.send_signal(signal.SIGHUP)
     for _ in range(100):

@@ -24,7 +24,8 @@ TOPIC = "/cameras/front"
 CURVE_CONFIG = """
 [security]
 curve_secret_key_file = "keys/router.key_secret"
-curve_allowed_keys_dir = "allowed"
+producer_keys_dir = "allowed/producers"
+edge_keys_dir = "allowed/edges"
 """
 
 
@@ -68,18 +69,24 @@ async def keeps_its_client(router: RouterProcess, client: Client, producer: Curv
     assert metrics("switchboard_router_clients", edge=edge_id, protocol="websocket") == 1
 
 
-async def attack(router: RouterProcess, edge: WebSocketEdgeProcess, curve: CurveClient | None = None) -> None:
+async def attack(
+    router: RouterProcess,
+    edge: WebSocketEdgeProcess,
+    attacker: CurveClient | None = None,
+    producer: CurveClient | None = None,
+) -> None:
     """Two claims on the edge's id (with its routing id, and with a routing id of the router's
-    choosing) from a DEALER with ``curve``; each refused, the edge untouched."""
+    choosing) from a DEALER with the ``attacker``'s keys; each refused, the edge untouched (data
+    from a ``producer`` still reaches its client)."""
     client = await open_client(edge)
     try:
         assert (await client.request("subscribe", topic=TOPIC))["op"] == "subscribed"
         edge_id = client.client_id.rpartition(".")[0]
         for routing_id in (edge_id.encode(), None):
-            refused = await claim(router.endpoints["control"], edge_id, routing_id, curve)
+            refused = await claim(router.endpoints["control"], edge_id, routing_id, attacker)
             assert refused.code == "edge_id_in_use", refused
         await asyncio.sleep(1.5)
-        await keeps_its_client(router, client, curve)
+        await keeps_its_client(router, client, producer)
         metrics = await scrape(router.endpoints["metrics"])
         hello_refused = {"request": "hello", "code": "edge_id_in_use"}
         assert metrics("switchboard_router_refused_requests_total", **hello_refused) == 2
@@ -95,17 +102,18 @@ async def test_without_curve_a_live_edge_keeps_its_id() -> None:
         await attack(router, edge)
 
 
-async def test_with_curve_another_allowed_key_cannot_take_an_edge(tmp_path: Path) -> None:
+async def test_with_curve_another_edge_key_cannot_take_an_edge(tmp_path: Path) -> None:
     keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    allowed.mkdir()
-    for name in ("router", "edge", "other"):
+    write_key_pair(keys, "router")
+    for name, role in (("edge", "edges"), ("other", "edges"), ("producer", "producers")):
         public, _ = write_key_pair(keys, name)
-        if name != "router":
-            (allowed / public.name).write_bytes(public.read_bytes())
+        (allowed / role).mkdir(parents=True, exist_ok=True)
+        (allowed / role / public.name).write_bytes(public.read_bytes())
     (tmp_path / "router.toml").write_text(CURVE_CONFIG, encoding="utf-8")
     curve_args = ["--curve-secret-key-file", str(keys / "edge.key_secret")]
     curve_args += ["--curve-router-key-file", str(keys / "router.key")]
     other = CurveClient.from_files(keys / "other.key_secret", keys / "router.key")
+    producer = CurveClient.from_files(keys / "producer.key_secret", keys / "router.key")
     config = ["--config", str(tmp_path / "router.toml"), "--metrics", "127.0.0.1:0"]
     with running(RouterProcess(config)) as router, running(WebSocketEdgeProcess(router, curve_args)) as edge:
-        await attack(router, edge, curve=other)
+        await attack(router, edge, attacker=other, producer=producer)

@@ -15,17 +15,18 @@ pytestmark = pytest.mark.timeout(60)
 CONFIG = """
 [security]
 curve_secret_key_file = "keys/router.key_secret"
-curve_allowed_keys_dir = "allowed"
+producer_keys_dir = "allowed/producers"
+edge_keys_dir = "allowed/edges"
 """
 
 
 async def test_a_webrtc_client_gets_data_through_an_allowed_edge(tmp_path: Path) -> None:
     keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    allowed.mkdir()
     for name in ("router", "edge", "producer"):
         write_key_pair(keys, name)
     for name in ("edge", "producer"):
-        (allowed / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+        (allowed / f"{name}s").mkdir(parents=True)
+        (allowed / f"{name}s" / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
     (tmp_path / "router.toml").write_text(CONFIG, encoding="utf-8")
     curve_args = ["--curve-secret-key-file", str(keys / "edge.key_secret")]
     curve_args += ["--curve-router-key-file", str(keys / "router.key")]

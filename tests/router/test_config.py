@@ -222,14 +222,14 @@ def test_curve_is_off_by_default() -> None:
 
 
 def security(secret: str, allowed: str) -> str:
-    return f'[security]\ncurve_secret_key_file = "{secret}"\ncurve_allowed_keys_dir = "{allowed}"\n'
+    return f'[security]\ncurve_secret_key_file = "{secret}"\nedge_keys_dir = "{allowed}"\n'
 
 
 def test_security_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> None:
     secret, allowed = curve_files(tmp_path)
     config = load_config(write(tmp_path, security("keys/router.key_secret", "allowed")))
     assert config.security.curve_secret_key_file == str(secret)
-    assert config.security.curve_allowed_keys_dir == str(allowed)
+    assert config.security.edge_keys_dir == str(allowed)
     server = config.security.curve_server()
     assert server is not None
     assert server.public_key == read_public_key(tmp_path / "keys" / "router.key")
@@ -237,17 +237,18 @@ def test_security_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> No
 
 def test_security_overrides_set_the_security_table(tmp_path: Path) -> None:
     secret, allowed = curve_files(tmp_path)
-    overrides = {"curve_secret_key_file": str(secret), "curve_allowed_keys_dir": str(allowed)}
+    overrides = {"curve_secret_key_file": str(secret), "producer_keys_dir": str(allowed)}
     config = load_config(None, {**overrides, "pull": None})
-    assert config.security.curve_allowed_keys_dir == str(allowed)
+    assert config.security.producer_keys_dir == str(allowed)
     assert config.router.pull == DEFAULT_PULL
 
 
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ('[security]\ncurve_secret_key_file = "keys/router.key_secret"\n', "go together"),
-        ('[security]\ncurve_allowed_keys_dir = "allowed"\n', "go together"),
+        ('[security]\ncurve_secret_key_file = "keys/router.key_secret"\n', "at least one allow-list"),
+        ('[security]\nobserver_keys_dir = "allowed"\n', "without curve_secret_key_file"),
+        ('[security]\ncurve_allowed_keys_dir = "allowed"\n', "one allow-list per role"),
         (security("keys/nope.key_secret", "allowed"), r"nope\.key_secret: no such file"),
         (security("keys/router.key", "allowed"), "no secret key"),
         (security("keys/router.key_secret", "nope"), "not a directory"),

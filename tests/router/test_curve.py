@@ -18,9 +18,11 @@ from router.curve import (
     CurveClient,
     CurveKeyError,
     CurveServer,
+    Role,
     handshake_failure,
     read_allowed_keys,
     read_key_pair,
+    read_key_role,
     read_public_key,
     write_key_pair,
 )
@@ -34,7 +36,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
 
 def allowed_dir(tmp_path: Path, *public_files: Path) -> Path:
     directory = tmp_path / "allowed"
-    directory.mkdir()
+    directory.mkdir(parents=True)
     for path in public_files:
         (directory / path.name).write_bytes(path.read_bytes())
     return directory
@@ -109,16 +111,56 @@ def test_the_server_admits_the_allow_list_and_logs_each_refused_key(
     tmp_path: Path, pair: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     router_public, router_secret = write_key_pair(tmp_path / "keys", "router")
-    server = CurveServer(router_secret, allowed_dir(tmp_path, pair[0]))
+    server = CurveServer(router_secret, {Role.EDGE: allowed_dir(tmp_path, pair[0])})
     assert server.public_key == read_public_key(router_public)
     stranger, _ = zmq.curve_keypair()
     with caplog.at_level(logging.WARNING, logger="switchboard.curve"):
-        assert server.callback("*", read_public_key(pair[0]))
-        assert not server.callback("*", stranger)
-        assert not server.callback("*", stranger)
+        assert server.callback("control", read_public_key(pair[0]))
+        assert not server.callback("control", stranger)
+        assert not server.callback("control", stranger)
     assert [record.getMessage() for record in caplog.records] == [
-        f"refused a Curve key not in the allow-list: {stranger.decode()}"
+        f"control: refused a Curve key not in the edge or observer allow-list: {stranger.decode()}"
     ]
+
+
+def test_each_socket_admits_only_the_keys_of_its_roles(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _, router_secret = write_key_pair(keys, "router")
+    dirs = {}
+    for role in Role:
+        public, _ = write_key_pair(keys, role.value)
+        dirs[role] = allowed_dir(tmp_path / role.value, public)
+    server = CurveServer(router_secret, dirs)
+    role_keys = {role: read_public_key(keys / f"{role}.key") for role in Role}
+    admitted = {
+        socket: {role.value for role, key in role_keys.items() if server.callback(socket, key)}
+        for socket in ("pull", "xsub", "control", "xpub", "events", "unknown")
+    }
+    assert admitted == {
+        "pull": {"producer"},
+        "xsub": {"producer"},
+        "control": {"edge", "observer"},
+        "xpub": {"edge", "observer"},
+        "events": {"observer"},
+        "unknown": set(),
+    }
+    assert server.is_observer(read_public_key(keys / "observer.key").decode())
+    assert not server.is_observer(read_public_key(keys / "edge.key").decode())
+
+
+def test_a_key_made_for_one_role_is_not_admitted_by_another_roles_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer, _ = write_key_pair(tmp_path / "keys", "producer-1", Role.PRODUCER)
+    edge, _ = write_key_pair(tmp_path / "keys", "edge-1", Role.EDGE)
+    assert read_key_role(producer) is Role.PRODUCER
+    directory = allowed_dir(tmp_path, producer, edge)
+    with caplog.at_level(logging.WARNING, logger="switchboard.curve"):
+        assert read_allowed_keys(directory, Role.EDGE) == {read_public_key(edge)}
+    assert "a producer key in the edge allow-list; not admitted" in caplog.text
+    assert read_allowed_keys(directory) == {read_public_key(edge), read_public_key(producer)}
+    with pytest.raises(CurveKeyError, match="no public key"):
+        read_allowed_keys(allowed_dir(tmp_path / "only", producer), Role.OBSERVER)
 
 
 def test_reload_reads_the_allow_list_again_and_keeps_it_on_an_error(
@@ -127,15 +169,15 @@ def test_reload_reads_the_allow_list_again_and_keeps_it_on_an_error(
     _, router_secret = write_key_pair(tmp_path / "keys", "router")
     late_public, _ = write_key_pair(tmp_path / "keys", "late")
     directory = allowed_dir(tmp_path, pair[0])
-    server = CurveServer(router_secret, directory)
+    server = CurveServer(router_secret, {Role.PRODUCER: directory})
     late = read_public_key(late_public)
-    assert not server.callback("*", late)
+    assert not server.callback("pull", late)
     (directory / late_public.name).write_bytes(late_public.read_bytes())
     server.reload()
-    assert server.callback("*", late)
+    assert server.callback("pull", late)
     (directory / "broken.key").write_text("no key here\n", encoding="ascii")
     server.reload()
-    assert server.callback("*", late)
+    assert server.callback("pull", late)
 
 
 def test_monitor_events_are_named_by_drop_reason() -> None:
@@ -159,6 +201,16 @@ def test_switchboard_keys_writes_a_pair_once(tmp_path: Path, capsys: pytest.Capt
     assert "already exists" in capsys.readouterr().err
 
 
+def test_switchboard_keys_role_writes_the_role_and_says_where_the_key_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["keys", "cam-1", "--role", "producer", "--dir", str(tmp_path)]) == 0
+    assert "the router's producer_keys_dir" in capsys.readouterr().out
+    assert read_key_role(tmp_path / "cam-1.key") is Role.PRODUCER
+    assert read_key_role(tmp_path / "cam-1.key_secret") is Role.PRODUCER
+    assert load_certificate(tmp_path / "cam-1.key")[0] == read_key_pair(tmp_path / "cam-1.key_secret")[0]
+
+
 def test_the_client_options_load_both_files_or_none(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     router_public, _ = write_key_pair(tmp_path / "keys", "router")
     config = websocket.config_from_args(websocket._parser().parse_args([]))
@@ -179,7 +231,7 @@ CLIENT_KEYS = ["--curve-secret-key-file", "{missing}", "--curve-router-key-file"
     [
         ["publish", "/t", "x", *CLIENT_KEYS],
         ["tap", "/t", "--curve-router-key-file", "{missing}"],
-        ["router", "--curve-secret-key-file", "{missing}", "--curve-allowed-keys-dir", "{dir}"],
+        ["router", "--curve-secret-key-file", "{missing}", "--edge-keys-dir", "{dir}"],
         ["edge", "websocket", *CLIENT_KEYS],
     ],
 )

@@ -658,3 +658,27 @@ def test_msgpack_shaped_garbage_gets_a_reply_or_a_counted_drop(tag: str, fields:
         assert plane.manager.get_connection_stats().drops == {"bad_control": 1}
     else:
         assert plane.manager.get_connection_stats().drops == {}
+
+
+# ---------------------------------------------------------------- observers
+
+
+def test_an_observer_says_hello_and_asks_for_stats_but_serves_no_client() -> None:
+    plane = make_plane()
+
+    def observe(message: EdgeMessage) -> list[Outbound]:
+        return plane.handle(b"tap", encode_control(message), 0.0, key="K", observer=True)
+
+    assert observe(Hello(edge_id="tap-1", protocol="tap")) == [ToEdge("tap-1", welcome(plane))]
+    assert observe(Heartbeat()) == []
+    [stats] = observe(StatsRequest(request_id=1))
+    assert isinstance(stats, ToEdge)
+    assert isinstance(stats.message, Stats)
+    for message in (
+        RegisterClient(request_id=2, client_id="tap-1/c"),
+        Subscribe(request_id=3, client_id="tap-1/c", topic="/video/a"),
+        Recover(request_id=4, topic="/events/a", epoch=1, from_offset=0, to_offset=1),
+    ):
+        assert error_reply(observe(message)).code == "forbidden"
+    assert plane.manager.get_active_clients() == []
+    assert plane.refusals[("register", "forbidden")] == 1
