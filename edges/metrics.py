@@ -22,7 +22,7 @@ from edges.latency import LatencySampler
 from edges.link import RouterLink
 from router.metric_families import counter, gauge
 
-__all__ = ["BAD_INPUT", "EdgeCollector", "EdgeMetrics", "EdgeProbe", "RefusedHandshakes"]
+__all__ = ["BAD_INPUT", "BadProxyHeaders", "EdgeCollector", "EdgeMetrics", "EdgeProbe", "RefusedHandshakes"]
 
 BAD_INPUT: Final = DropReason.BAD_INPUT
 """The drop reason of client messages the edge refused as malformed or out of place."""
@@ -196,6 +196,25 @@ class RefusedHandshakes:
             "switchboard_edge_refused_connections",
             "Connections refused at the handshake, by reason.",
             [*LABELS, "reason"],
+            rows,
+        )
+
+
+class BadProxyHeaders:
+    """A collector of the requests whose forwarding header from a trusted proxy was unusable, by
+    header (the proxy's own address then stood for the client)."""
+
+    def __init__(self, edge: EdgeProbe, counts: Mapping[str, int]) -> None:
+        self.edge = edge
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        labels = (self.edge.link.edge_id, self.edge.hub.protocol)
+        rows = [((*labels, header), count) for header, count in sorted(self.counts.items())]
+        yield counter(
+            "switchboard_edge_bad_proxy_headers",
+            "Connections whose forwarding header from a trusted proxy was unusable, by header.",
+            [*LABELS, "header"],
             rows,
         )
 

@@ -31,6 +31,7 @@ from edges.link import DataBatch, RouterLink
 from router.core.clients import Connection
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
+from router.forwarding import ProxyHeaders
 from router.logfmt import configure_logging
 from router.logs import ThrottledLog
 from router.wire import Error, RouterMessage, WireError, parse_data_head
@@ -270,6 +271,31 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages per client per second, ack aside; 0: no cap",
     )
     add("--request-burst", type=int, default=defaults.request_burst)
+
+
+def add_front_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of what stands in front of an edge: reverse proxies and the viewer's origins."""
+    add = parser.add_argument
+    add(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS[/BITS]",
+        help="a reverse proxy (address or network) whose forwarding headers name the client (repeat)",
+    )
+    add(
+        "--proxy-headers",
+        choices=[kind.value for kind in ProxyHeaders],
+        default=ProxyHeaders.X_FORWARDED.value,
+        help="the headers trusted proxies name the client in: X-Forwarded-For, or Forwarded (RFC 7239)",
+    )
+    add(
+        "--viewer-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another edge's origin the viewer page may connect to with ?ws= or ?whep= (repeat)",
+    )
 
 
 def limits_from_args(args: argparse.Namespace) -> EdgeLimits:

@@ -26,6 +26,11 @@ Rules of this module (the bounds come from :class:`~router.http_limits.HttpLimit
 - A response header value with a control character is never written (``500`` instead), so text
   from a request cannot split a response.
 - Every refusal is counted by reason in :attr:`HttpListener.refusals`, for the process's metrics.
+- Behind a reverse proxy named in its :class:`~router.forwarding.TrustedProxies`, the client is the
+  one the proxy's headers name (:func:`~router.forwarding.resolve`): a connection from a trusted
+  proxy counts towards ``max_connections`` at once, and towards its client's per-address cap once
+  its head has named the client. Unusable header values are counted in
+  :attr:`HttpListener.bad_proxy_headers`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client.metrics_core import Metric
 
+from router.forwarding import ClientAddress, TrustedProxies, resolve
 from router.http_limits import HttpLimits, address_key
 from router.http_messages import PLAIN_TEXT, HttpRequest, HttpResponse
 from router.metric_families import counter, gauge
@@ -152,17 +158,25 @@ def serve_metrics(render: Callable[[], bytes], content_type: str) -> Handler:
 class HttpListener:
     """Serves ``handler`` once :meth:`start` has bound an address, until :meth:`close`.
 
-    ``name`` labels its metrics and its log lines.
+    ``name`` labels its metrics and its log lines; ``proxies`` are the reverse proxies whose word
+    on the client is taken.
     """
 
-    def __init__(self, name: str, handler: Handler, limits: HttpLimits) -> None:
+    def __init__(
+        self, name: str, handler: Handler, limits: HttpLimits, proxies: TrustedProxies | None = None
+    ) -> None:
         self.name = name
         self.handler = handler
         self.limits = limits
+        self.proxies = proxies or TrustedProxies()
         self.refusals: Counter[str] = Counter()
         """Connections and requests refused, by :class:`Refusal`."""
+        self.bad_proxy_headers: Counter[str] = Counter()
+        """Requests from a trusted proxy whose forwarding header could not be used, by header."""
         self.open_by_address: Counter[str] = Counter()
-        """Open connections, by :func:`address_key`."""
+        """Open connections, by :func:`address_key`, once the client's address is known."""
+        self.proxied_unnamed = 0
+        """Open connections from trusted proxies whose client is not known yet."""
         self._server = web.Server(self._serve)
         self._socket: socket.socket | None = None
         self._listening: asyncio.Server | None = None
@@ -171,7 +185,7 @@ class HttpListener:
 
     @property
     def open_connections(self) -> int:
-        return self.open_by_address.total()
+        return self.open_by_address.total() + self.proxied_unnamed
 
     @property
     def address(self) -> str:
@@ -225,16 +239,37 @@ class HttpListener:
         )
 
     def _admit(self, peer: Any) -> tuple[str | None, bytes]:
-        """The address key to count the connection under, or ``None`` and the response that refuses it."""
-        key = address_key(str(peer[0])) if isinstance(peer, tuple) and peer else ""
-        if self.open_by_address[key] >= self.limits.max_connections_per_address:
-            self.refusals[Refusal.PER_ADDRESS] += 1
+        """The address key to count the connection under (``""`` for a trusted proxy's, whose
+        client is not known yet), or ``None`` and the response that refuses it."""
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        proxied = self.proxies.trusts(host)
+        key = "" if proxied else address_key(host)
+        if not proxied and not self._room_for(key):
             return None, _raw_response(HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address")
         if self.open_connections >= self.limits.max_connections:
             self.refusals[Refusal.TOTAL] += 1
             return None, _raw_response(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
-        self.open_by_address[key] += 1
+        if proxied:
+            self.proxied_unnamed += 1
+        else:
+            self.open_by_address[key] += 1
         return key, b""
+
+    def _room_for(self, key: str) -> bool:
+        """Whether ``key`` is under the per-address cap; counts the refusal when it is not."""
+        if self.open_by_address[key] >= self.limits.max_connections_per_address:
+            self.refusals[Refusal.PER_ADDRESS] += 1
+            return False
+        return True
+
+    def _name_client(self, key: str) -> bool:
+        """Count a trusted proxy's connection under its client's ``key`` instead; ``False`` when
+        that address is at its cap (the connection is then refused)."""
+        if not self._room_for(key):
+            return False
+        self.proxied_unnamed -= 1
+        self.open_by_address[key] += 1
+        return True
 
     def _release(self, key: str) -> None:
         self.open_by_address[key] -= 1
@@ -257,6 +292,15 @@ class HttpListener:
         if fault is not None:
             self.refusals[Refusal.MALFORMED] += 1
             return _plain(*fault)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        direct = ClientAddress(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ClientAddress("")
+        forwarding = resolve(direct, request.headers.items(), self.proxies, headers.get("host", ""))
+        self.bad_proxy_headers.update(forwarding.malformed)
+        connection = request.protocol
+        assert isinstance(connection, _Connection)
+        if not connection.name_client(address_key(forwarding.client.host)):
+            return _plain(HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address")
         length = request.content_length or 0
         if length > self.limits.max_body_bytes:
             self.refusals[Refusal.TOO_LARGE] += 1
@@ -271,10 +315,8 @@ class HttpListener:
         except asyncio.IncompleteReadError:
             return _plain(HTTPStatus.BAD_REQUEST, "incomplete body")
         path, _, query = request.raw_path.partition("?")
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
-        mine = HttpRequest(request.method, path, headers, body, remote, query)
+        remote = forwarding.client.remote if isinstance(peer, tuple) else ""
+        mine = HttpRequest(request.method, path, headers, body, remote, query, forwarding.origin)
         try:
             return await self.handler(mine)
         except Exception:
@@ -301,7 +343,8 @@ class _Connection(RequestHandler):
         super().__init__(manager, **kwargs)
         self._listener = listener
         self._key: str | None = None
-        """The address key it is counted under; ``None`` while not admitted."""
+        """The address key it is counted under; ``None`` while not admitted, ``""`` while a trusted
+        proxy's client is not known yet."""
         self._deadline: asyncio.TimerHandle | None = None
         self._head_done = False
         """Whether a whole request head (or one aiohttp refused) has arrived."""
@@ -331,10 +374,24 @@ class _Connection(RequestHandler):
         that, the connection closes."""
         return self._head_done
 
+    def name_client(self, key: str) -> bool:
+        """A trusted proxy named the client: count the connection under its address ``key`` from now
+        on. ``False`` when that address is at its cap. A direct client's connection is counted
+        already."""
+        if self._key != "":
+            return True
+        if not self._listener._name_client(key):
+            return False
+        self._key = key
+        return True
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._key is None:
             return
-        self._listener._release(self._key)
+        if self._key:
+            self._listener._release(self._key)
+        else:
+            self._listener.proxied_unnamed -= 1
         self._key = None
         if self._deadline is not None:
             self._deadline.cancel()
@@ -398,4 +455,16 @@ class ListenerCollector:
             "HTTP connections and requests refused or closed early, by listener and reason.",
             ["listener", "reason"],
             refused,
+        )
+        bad = [
+            ((name, header), count)
+            for name, listener in listeners
+            for header, count in sorted(listener.bad_proxy_headers.items())
+        ]
+        yield counter(
+            f"{self.prefix}_http_bad_proxy_headers",
+            "Requests from a trusted proxy whose forwarding header was unusable (the proxy's own "
+            "address stood for the client), by listener and header.",
+            ["listener", "header"],
+            bad,
         )

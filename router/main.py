@@ -84,8 +84,10 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
     if config.router.metrics is not None:
         endpoints["metrics"] = await _start_metrics(metrics, config.router.metrics)
         listeners["metrics"] = metrics
-    api = AdminApi(server, config.admin.token(), config.router.heartbeat_interval)
-    admin = AdminListener(api, config.admin.http_limits())
+    api = AdminApi(
+        server, config.admin.token(), config.router.heartbeat_interval, public_origin=config.admin.origin()
+    )
+    admin = AdminListener(api, config.admin.http_limits(), config.admin.proxies())
     if config.admin.listen:
         endpoints["admin"] = await _start_admin(admin, config.admin.listen)
         listeners["admin"] = admin.http

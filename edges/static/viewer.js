@@ -15,17 +15,29 @@ const mode = params.get("mode") === "webrtc" ? "webrtc" : "websocket";
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
 const $ = (id) => document.getElementById(id);
 
-// ?ws= and ?whep= may only name this page's own host and port: a link must not point the viewer,
-// and the token it may hold, at another server. Any other value is ignored and the default used.
-function sameOriginParam(name, fallback) {
+// ?ws= and ?whep= may only name this page's own host and port, or an origin the edge lists as a
+// viewer origin (--viewer-origin, in the page's switchboard-viewer-origins meta element): a link
+// must not point the viewer, and the token it may hold, at any other server. Any other value is
+// ignored, the page says so, and the default is used.
+const viewerOrigins = new Set(
+  (document.querySelector('meta[name="switchboard-viewer-origins"]')?.content || "").split(" ").filter(Boolean),
+);
+const HTTP_SCHEMES = { "ws:": "http:", "wss:": "https:" };
+
+function allowedParam(name, fallback) {
   const value = params.get(name);
   if (!value) return fallback;
   try {
-    if (new URL(value, location.href).host === location.host) return value;
+    const url = new URL(value, location.href);
+    if (url.host === location.host) return value;
+    if (viewerOrigins.has(`${HTTP_SCHEMES[url.protocol] || url.protocol}//${url.host}`)) {
+      log(`${name}=${value}: a viewer origin of this edge`);
+      return value;
+    }
   } catch (error) {
     // not a URL: ignored below
   }
-  log(`ignored ${name}=${value}: not this page's host`);
+  log(`ignored ${name}=${value}: not this page's host nor a viewer origin of this edge`);
   return fallback;
 }
 
@@ -76,7 +88,7 @@ function reconnect(why) {
 }
 
 function connectWebSocket() {
-  const url = sameOriginParam("ws", `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
+  const url = allowedParam("ws", `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
   const socket = new WebSocket(url, SUBPROTOCOL);
   socket.binaryType = "arraybuffer";
   state.transport = {
@@ -91,10 +103,10 @@ function connectWebSocket() {
   socket.onclose = (event) => reconnect(`closed (${event.code})`);
 }
 
-// The edge that served the page (or ?whep= on its host); the edge sends `connected` itself. The
-// client module always comes from the page's own origin.
+// The edge that served the page (or ?whep= on its host or a viewer origin); the edge sends
+// `connected` itself. The client module always comes from the page's own origin.
 async function connectWebRtc() {
-  const whep = sameOriginParam("whep", `${location.origin}/whep`);
+  const whep = allowedParam("whep", `${location.origin}/whep`);
   try {
     const { RtcTransport } = await import("./rtc-client.js");
     const transport = new RtcTransport(whep, { token, videoSlots: 1 });

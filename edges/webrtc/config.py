@@ -9,9 +9,11 @@ import msgspec
 from aiortc import RTCConfiguration, RTCIceServer
 
 from edges.core.session import EdgeLimits
-from edges.shell import add_limit_arguments, limits_from_args
+from edges.shell import add_front_arguments, add_limit_arguments, limits_from_args
+from edges.viewer_page import ViewerPage
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.forwarding import ProxyHeaders, TrustedProxies
 from router.http_limits import HttpLimits
 from router.logfmt import add_log_arguments
 
@@ -70,6 +72,11 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     serve_viewer: bool = True
     serve_metrics: bool = True
     """Answer ``GET /metrics`` on the HTTP port (Prometheus text format)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Reverse proxies (addresses or networks) whose word on the client is taken."""
+    proxy_headers: str = ProxyHeaders.X_FORWARDED.value
+    viewer_origins: tuple[str, ...] = ()
+    """Other origins the viewer page may take ``ws`` or ``whep`` at."""
 
     def __post_init__(self) -> None:
         if self.consent_interval <= 0 or self.consent_failures < 1:
@@ -78,6 +85,12 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--video-max-fps and --video-bitrate must be positive")
         if self.write_buffer_high < 1 or self.register_timeout <= 0 or self.max_connections < 1:
             raise ValueError("--write-buffer, --register-timeout and --max-connections must be positive")
+        self.proxies()
+        ViewerPage(self.viewer_origins)
+
+    def proxies(self) -> TrustedProxies:
+        """The reverse proxies in front of the signaling port. Raises ``ValueError``."""
+        return TrustedProxies(self.trusted_proxies, self.proxy_headers)
 
     def http_limits(self) -> HttpLimits:
         """The signaling port's bounds. Raises ``ValueError``."""
@@ -155,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     add("--video-bitrate", type=int, default=defaults.video_bitrate, help="bits per second per video topic")
     add("--no-viewer", action="store_true", help="do not serve the viewer page")
     add("--no-metrics", action="store_true", help="do not answer GET /metrics")
+    add_front_arguments(parser)
     add("--announce", action="store_true", help="print the bound port as JSON on stdout")
     add_log_arguments(parser)
     return parser
@@ -194,4 +208,7 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         video_bitrate=args.video_bitrate,
         serve_viewer=not args.no_viewer,
         serve_metrics=not args.no_metrics,
+        trusted_proxies=tuple(args.trusted_proxy),
+        proxy_headers=args.proxy_headers,
+        viewer_origins=tuple(args.viewer_origin),
     )

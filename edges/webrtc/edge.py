@@ -25,8 +25,9 @@ from edges.core.client_wire import CloseCode, Connect, ErrorReply
 from edges.core.hub import EdgeHub
 from edges.core.output import Reply
 from edges.core.session import ClientSession, State
-from edges.metrics import EdgeMetrics, RefusedHandshakes
+from edges.metrics import BadProxyHeaders, EdgeMetrics, RefusedHandshakes
 from edges.shell import EdgeShell, edge_main
+from edges.viewer_page import ViewerPage
 from edges.webrtc.config import WebRtcEdgeConfig, apply_ice_settings, config_from_args, parser
 from edges.webrtc.peer import RtcPeer
 from edges.webrtc.signaling import Answer, SignalingError, SignalingRoutes
@@ -67,10 +68,12 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         self.config = config
         self.metrics = EdgeMetrics(self)
         metrics = self.metrics if config.serve_metrics else None
-        routes = SignalingRoutes(self, config.allowed_origins, config.serve_viewer, metrics)
-        self.http = HttpListener("signaling", routes.handle, config.http_limits())
+        viewer = ViewerPage(config.viewer_origins) if config.serve_viewer else None
+        routes = SignalingRoutes(self, config.allowed_origins, viewer, metrics)
+        self.http = HttpListener("signaling", routes.handle, config.http_limits(), config.proxies())
         self._bind_http()
         self.metrics.registry.register(RefusedHandshakes(self, self.http.refusals))
+        self.metrics.registry.register(BadProxyHeaders(self, self.http.bad_proxy_headers))
         self._rtc_configuration = config.rtc_configuration()
         self.videos = VideoSources(config.video_max_fps, config.video_bitrate)
         self._data_feed = self.videos

@@ -11,11 +11,11 @@ with CORS headers for the allowed origins.
 from __future__ import annotations
 
 from http import HTTPStatus
-from importlib import resources
 from typing import Final, NamedTuple, Protocol
 from urllib.parse import quote
 
-from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse, same_origin
+from edges.viewer_page import ViewerPage
+from router.http_messages import HttpRequest, HttpResponse, same_origin
 
 __all__ = [
     "METRICS_PATH",
@@ -38,6 +38,8 @@ STATIC_FILES: Final = {
 CORS_METHODS: Final = "POST, PATCH, DELETE, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 EXPOSED_HEADERS: Final = "Location"
+OWN_VIEWER: Final = ViewerPage()
+"""The viewer page that connects only to its own origin."""
 URL_CHARACTERS: Final = "/?&=%:@!$'()*+,;-._~"
 """The characters a redirect keeps as they are (RFC 3986's, less ``#``, ``[`` and ``]``)."""
 
@@ -81,19 +83,19 @@ class MetricsPage(Protocol):
 
 class SignalingRoutes:
     """Turns HTTP requests into calls on the edge. A browser's request is served when its ``Origin``
-    is the edge's own or one of ``allowed_origins``; ``metrics``: ``None`` answers ``GET /metrics``
-    with 404."""
+    is the edge's own or one of ``allowed_origins``; ``viewer``: ``None`` serves no viewer page;
+    ``metrics``: ``None`` answers ``GET /metrics`` with 404."""
 
     def __init__(
         self,
         host: SignalingHost,
         allowed_origins: tuple[str, ...] | None = None,
-        serve_viewer: bool = True,
+        viewer: ViewerPage | None = OWN_VIEWER,
         metrics: MetricsPage | None = None,
     ) -> None:
         self.host = host
         self.allowed_origins = allowed_origins
-        self.serve_viewer = serve_viewer
+        self.viewer = viewer
         self.metrics = metrics
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
@@ -117,10 +119,11 @@ class SignalingRoutes:
         method, path = request.method, request.path
         if method == "OPTIONS":
             return _preflight()
-        if method == "GET" and path in STATIC_FILES and self.serve_viewer:
+        if method == "GET" and path in STATIC_FILES and self.viewer is not None:
             if path == "/" and "mode=" not in request.query:
                 return _see_other(f"/?mode=webrtc&{request.query}".rstrip("&"))
-            return _static(path)
+            name, content_type = STATIC_FILES[path]
+            return HttpResponse(HTTPStatus.OK, self.viewer.body(name), content_type, self.viewer.headers)
         if method == "GET" and path == METRICS_PATH and self.metrics is not None:
             return HttpResponse(HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
         if path == SIGNALING_PATH:
@@ -184,12 +187,6 @@ def _preflight() -> HttpResponse:
         ("Access-Control-Max-Age", "600"),
     )
     return HttpResponse(HTTPStatus.NO_CONTENT, headers=headers)
-
-
-def _static(path: str) -> HttpResponse:
-    name, content_type = STATIC_FILES[path]
-    body = resources.files("edges").joinpath("static", name).read_bytes()
-    return HttpResponse(HTTPStatus.OK, body, content_type, PAGE_HEADERS)
 
 
 def _see_other(location: str) -> HttpResponse:

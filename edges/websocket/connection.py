@@ -11,6 +11,10 @@ client session has pending in one write: control replies framed here as text mes
 frames whose head (WebSocket header and data header) the hub built once for every client, written
 with the payload as it came from the router. Frames the protocol produces itself (pongs, close
 frames) are written as they come. A connection is a :class:`~router.core.clients.Connection`.
+
+When its host reads PROXY protocol headers, a connection's first bytes are held back until the
+header is read (:meth:`WebSocketConnection._read_preface`); the client it names is then the
+connection's :attr:`~WebSocketConnection.client`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from websockets.typing import BytesLike, Origin, Subprotocol
 
 from edges.core.output import Data, Payload, Reply, Skipped
 from edges.core.session import ClientSession
+from router.forwarding import ClientAddress, TrustedProxies
 from router.http_messages import same_origin
+from router.proxy_protocol import ProxyProtocolError, looks_like_header, read_header
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -80,6 +86,15 @@ class WebSocketProtocol(ServerProtocol):
 class ConnectionHost(Protocol):
     """What a connection asks of the process that runs it."""
 
+    proxies: TrustedProxies
+    proxy_protocol: bool
+    """Whether connections from :attr:`proxies` start with a PROXY protocol header."""
+
+    def proxy_header_refused(self, connection: WebSocketConnection, reason: str) -> None:
+        """The connection was aborted for its PROXY protocol header: a malformed or missing one from
+        a trusted proxy, or one from any other peer."""
+        ...
+
     def new_protocol(self) -> ServerProtocol:
         """A fresh sans-I/O protocol for a new TCP connection."""
         ...
@@ -115,9 +130,11 @@ class WebSocketConnection(asyncio.Protocol):
     """One TCP connection, from the HTTP request to ``connection_lost``."""
 
     __slots__ = (
+        "_client",
         "_fragments",
         "_host",
         "_paused",
+        "_preface",
         "_protocol",
         "_timer",
         "_transport",
@@ -136,6 +153,10 @@ class WebSocketConnection(asyncio.Protocol):
         self._fragments: tuple[Opcode, bytearray] | None = None
         """The opcode and data so far of a message that arrives in fragments."""
         self._paused = False
+        self._preface: bytearray | None = None
+        """The first bytes while a PROXY protocol header is expected or looked for."""
+        self._client: ClientAddress | None = None
+        """The client as a trusted proxy named it; ``None``: the peer is the client."""
         self.session: ClientSession | None = None
         """The client's session once the handshake succeeded and the host accepted the client."""
         self.pinged_at = 0.0
@@ -149,8 +170,14 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(OPEN_TIMEOUT, self._transport.abort)
+        if self._host.proxy_protocol:
+            self._preface = bytearray()
 
     def data_received(self, data: bytes) -> None:
+        if self._preface is not None:
+            data = self._read_preface(data)
+            if not data:
+                return
         protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -160,6 +187,35 @@ class WebSocketConnection(asyncio.Protocol):
                 self._frame_received(event)
             elif isinstance(event, Request):
                 self._handshake(event)
+
+    def _read_preface(self, data: bytes) -> bytes:
+        """Hold ``data`` back until the PROXY protocol header (from a trusted proxy, where it must
+        come) or its absence (from any other peer, where it must not) is certain; returns the bytes
+        that follow it, for the WebSocket protocol. Aborts the connection when the header is wrong."""
+        assert self._preface is not None
+        self._preface += data
+        preface = bytes(self._preface)
+        try:
+            if self._host.proxies.trusts(self.peer.host):
+                header = read_header(preface)
+                if header is None:
+                    return b""
+                self._client = header.source
+                preface = preface[header.size :]
+            else:
+                looks = looks_like_header(preface)
+                if looks is None:
+                    return b""
+                if looks:
+                    raise ProxyProtocolError("a PROXY header from a peer that is not a trusted proxy")
+        except ProxyProtocolError as error:
+            self._preface = None
+            self._host.proxy_header_refused(self, str(error))
+            if self._transport is not None:
+                self._transport.abort()
+            return b""
+        self._preface = None
+        return preface
 
     def eof_received(self) -> None:
         self._protocol.receive_eof()
@@ -240,16 +296,29 @@ class WebSocketConnection(asyncio.Protocol):
         return "client", CloseCode.ABNORMAL_CLOSURE, "connection lost"
 
     @property
+    def peer(self) -> ClientAddress:
+        """The TCP peer's address (``""`` when unknown): the client, or a proxy in front of it."""
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return ClientAddress(str(peer[0]), int(peer[1])) if peer else ClientAddress("")
+
+    @property
+    def client(self) -> ClientAddress:
+        """The client's address: the one a trusted proxy named, else the peer's."""
+        return self._client if self._client is not None else self.peer
+
+    @client.setter
+    def client(self, client: ClientAddress) -> None:
+        self._client = client
+
+    @property
     def peer_host(self) -> str:
         """The client's IP address, or ``""``."""
-        peer = self._transport.get_extra_info("peername") if self._transport else None
-        return str(peer[0]) if peer else ""
+        return self.client.host
 
     @property
     def remote(self) -> str:
-        """``host:port`` of the client, or ``""``."""
-        peer = self._transport.get_extra_info("peername") if self._transport else None
-        return f"{peer[0]}:{peer[1]}" if peer else ""
+        """``host:port`` of the client (``host`` when a proxy named it without its port), or ``""``."""
+        return self.client.remote
 
     # ------------------------------------------------------------ input
 

@@ -21,7 +21,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
-from importlib import resources
 from typing import Final
 
 import msgspec
@@ -35,13 +34,14 @@ from edges.core.client_wire import SUBPROTOCOL, CloseCode
 from edges.core.hub import EdgeHub
 from edges.core.session import ClientSession, EdgeLimits
 from edges.drop_log import DropBursts
-from edges.metrics import EdgeMetrics, RefusedHandshakes
-from edges.shell import EdgeShell, add_limit_arguments, edge_main, limits_from_args
+from edges.metrics import BadProxyHeaders, EdgeMetrics, RefusedHandshakes
+from edges.shell import EdgeShell, add_front_arguments, add_limit_arguments, edge_main, limits_from_args
+from edges.viewer_page import ViewerPage
 from edges.websocket.connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
+from router.forwarding import ProxyHeaders, TrustedProxies, resolve
 from router.http_limits import address_key
-from router.http_messages import PAGE_HEADERS
 from router.logfmt import add_log_arguments
 
 log = logging.getLogger("switchboard.edge.websocket")
@@ -90,6 +90,13 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     serve_viewer: bool = True
     serve_metrics: bool = True
     """Answer ``GET /metrics`` on the client port (Prometheus text format)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Reverse proxies (addresses or networks) whose word on the client is taken."""
+    proxy_headers: str = ProxyHeaders.X_FORWARDED.value
+    proxy_protocol: bool = False
+    """Every connection from a trusted proxy starts with a PROXY protocol header (v1 or v2)."""
+    viewer_origins: tuple[str, ...] = ()
+    """Other origins the viewer page may take ``ws`` or ``whep`` at."""
 
     def __post_init__(self) -> None:
         if min(self.ping_interval, self.ping_timeout) <= 0:
@@ -98,6 +105,14 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--max-connections and --max-connections-per-ip must be at least 1")
         if self.write_buffer_high < 1 or self.unsent_bytes < 0:
             raise ValueError("--write-buffer must be positive and --unsent-bytes not negative")
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError("--proxy-protocol needs --trusted-proxy: the proxies that send the header")
+        self.proxies()
+        ViewerPage(self.viewer_origins)
+
+    def proxies(self) -> TrustedProxies:
+        """The reverse proxies in front of the edge. Raises ``ValueError``."""
+        return TrustedProxies(self.trusted_proxies, self.proxy_headers)
 
 
 _SHORT_HEADERS: Final = tuple(bytes((0x82, size)) for size in range(126))
@@ -146,8 +161,15 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         """Connections with a client session, by the client's address (never 0): an IPv4 address,
         or an IPv6 address's /64 (``address_key``)."""
         self.refused_handshakes: Counter[str] = Counter()
-        """WebSocket handshakes answered with an HTTP error instead, by reason."""
+        """WebSocket handshakes answered with an HTTP error instead, by reason (and connections
+        aborted for their PROXY protocol header, ``proxy_protocol``)."""
         self.metrics.registry.register(RefusedHandshakes(self, self.refused_handshakes))
+        self.proxies = config.proxies()
+        self.proxy_protocol = config.proxy_protocol
+        self.bad_proxy_headers: Counter[str] = Counter()
+        """Handshakes whose forwarding header from a trusted proxy was unusable, by header."""
+        self.metrics.registry.register(BadProxyHeaders(self, self.bad_proxy_headers))
+        self.viewer = ViewerPage(config.viewer_origins)
         self._written_by_closed = 0
         self._drop_bursts = DropBursts(log, self.link.edge_id, DROP_CHECK_INTERVAL)
 
@@ -237,8 +259,11 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
 
     def respond(self, connection: WebSocketConnection, request: Request) -> Response | None:
         """The viewer's files, 404, or for a handshake: 503 past max_connections, 429 past
-        max_connections_per_ip, ``None`` to attempt it."""
+        max_connections_per_ip (counting the client a trusted proxy names), ``None`` to attempt it."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
+            forwarding = resolve(connection.client, request.headers.raw_items(), self.proxies)
+            self.bad_proxy_headers.update(forwarding.malformed)
+            connection.client = forwarding.client
             return self._refuse_handshake(address_key(connection.peer_host))
         path = request.path.split("?", 1)[0]
         if path == "/metrics" and self.config.serve_metrics:
@@ -246,11 +271,14 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         if not self.config.serve_viewer or path not in STATIC_FILES:
             return _response(HTTPStatus.NOT_FOUND, PLAIN_TEXT, b"not found\n")
         name, content_type = STATIC_FILES[path]
-        body = resources.files("edges").joinpath("static", name).read_bytes()
-        return _response(HTTPStatus.OK, content_type, body, PAGE_HEADERS)
+        return _response(HTTPStatus.OK, content_type, self.viewer.body(name), self.viewer.headers)
 
     def handshake_refused(self, status: int) -> None:
         self.refused_handshakes[_HANDSHAKE_REFUSALS.get(status, "bad_handshake")] += 1
+
+    def proxy_header_refused(self, connection: WebSocketConnection, reason: str) -> None:
+        self.refused_handshakes["proxy_protocol"] += 1
+        log.debug("aborted a connection from %s: %s", connection.peer.remote, reason)
 
     def _refuse_handshake(self, ip: str) -> Response | None:
         if len(self._clients) >= self.config.max_connections:
@@ -383,6 +411,12 @@ def _parser() -> argparse.ArgumentParser:
         help="TCP_NOTSENT_LOWAT per client; 0 keeps the kernel's default",
     )
     parser.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics")
+    add_front_arguments(parser)
+    parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="connections from a --trusted-proxy start with a PROXY protocol header (v1 or v2)",
+    )
     parser.add_argument("--announce", action="store_true", help="print the bound port as JSON on stdout")
     add_log_arguments(parser)
     return parser
@@ -405,6 +439,10 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         write_buffer_high=args.write_buffer,
         unsent_bytes=args.unsent_bytes,
         serve_metrics=not args.no_metrics,
+        trusted_proxies=tuple(args.trusted_proxy),
+        proxy_headers=args.proxy_headers,
+        proxy_protocol=args.proxy_protocol,
+        viewer_origins=tuple(args.viewer_origin),
     )
 
 

@@ -4,8 +4,10 @@ Every ``/api/`` request must bear ``Authorization: Bearer TOKEN`` when a token i
 is compared in constant time. Without a token the API only listens on loopback
 (:mod:`router.admin.config`), and a request whose ``Host`` is not a loopback name is refused, so a
 web page cannot reach it through DNS rebinding. A request whose ``Origin`` is another site's is
-always refused, so a page open in an operator's browser cannot drive the API. The dashboard page
-and its script are served to anyone who reaches the port: they hold no data.
+always refused, so a page open in an operator's browser cannot drive the API. The API's own origins
+are ``http://`` and its ``Host``, the configured public origin, and the origin a trusted reverse
+proxy reports (a TLS proxy's ``https://`` one). The dashboard page and its script are served to
+anyone who reaches the port: they hold no data.
 """
 
 from __future__ import annotations
@@ -84,10 +86,14 @@ class AdminApi:
         token: str | None,
         heartbeat_interval: float,
         *,
+        public_origin: str = "",
         clock: Callable[[], float] = time.monotonic,
         unix_clock: Callable[[], float] = time.time,
     ) -> None:
         self.target = target
+        self._public_origin = public_origin
+        """An origin of the dashboard besides the API's own (``[admin] public_origin``), as
+        :func:`~router.forwarding.parse_origin` writes it."""
         self._token = token.encode() if token else None
         self._heartbeat_interval = heartbeat_interval
         self._clock = clock
@@ -120,7 +126,7 @@ class AdminApi:
     def _check_access(self, request: HttpRequest) -> None:
         host = request.headers.get("host", "")
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"http://{host}":
+        if origin is not None and origin.lower() not in self._own_origins(request, host):
             raise ApiError(f"requests from {origin[:100]!r} are refused", HTTPStatus.FORBIDDEN, "forbidden")
         if self._token is None:
             if not is_loopback(_hostname(host)):
@@ -129,6 +135,9 @@ class AdminApi:
         given = (request.bearer_token() or "").encode()
         if not hmac.compare_digest(given, self._token):
             raise ApiError("send Authorization: Bearer TOKEN", HTTPStatus.UNAUTHORIZED, "unauthorized")
+
+    def _own_origins(self, request: HttpRequest, host: str) -> set[str]:
+        return {f"http://{host.lower()}", self._public_origin, request.proxied_origin} - {""}
 
     # ------------------------------------------------------------ routes
 

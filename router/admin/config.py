@@ -1,5 +1,5 @@
-"""The ``[admin]`` table: where the admin API listens, where its token comes from, and the bounds of
-its HTTP listener (``router/http_listener.py``)."""
+"""The ``[admin]`` table: where the admin API listens, where its token comes from, the bounds of
+its HTTP listener (``router/http_listener.py``), and the reverse proxy in front of it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from router.forwarding import ProxyHeaders, TrustedProxies, parse_origin
 from router.http_limits import HttpLimits
 
 __all__ = ["DEFAULT_ADMIN", "DEFAULT_TOKEN_ENV", "AdminSection", "is_loopback", "parse_listen"]
@@ -20,8 +21,10 @@ _LIMITS = HttpLimits()
 
 class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``listen``: ``HOST:PORT`` (port 0 picks one), or ``""`` for no admin API. ``token_env``: the
-    environment variable that holds the token every API request must bear. The other keys bound
-    the listener (:class:`~router.http_listener.HttpLimits`, ``docs/operations.md``)."""
+    environment variable that holds the token every API request must bear. ``trusted_proxies``,
+    ``proxy_headers`` and ``public_origin``: the reverse proxy in front of it
+    (:mod:`router.forwarding`). The other keys bound the listener
+    (:class:`~router.http_listener.HttpLimits`, ``docs/operations.md``)."""
 
     listen: str = DEFAULT_ADMIN
     token_env: str = DEFAULT_TOKEN_ENV
@@ -31,11 +34,27 @@ class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     body_timeout: float = _LIMITS.body_timeout
     max_header_bytes: int = _LIMITS.max_header_bytes
     max_body_bytes: int = _LIMITS.max_body_bytes
+    trusted_proxies: list[str] = []
+    proxy_headers: str = ProxyHeaders.X_FORWARDED.value
+    public_origin: str = ""
 
     def __post_init__(self) -> None:
         if self.listen:
             parse_listen(self.listen)
         self.http_limits()
+        self.proxies()
+        self.origin()
+
+    def proxies(self) -> TrustedProxies:
+        """The proxies whose forwarding headers are believed. Raises ``ValueError``."""
+        try:
+            return TrustedProxies(self.trusted_proxies, self.proxy_headers)
+        except ValueError as error:
+            raise ValueError(f"[admin] {error}") from None
+
+    def origin(self) -> str:
+        """``public_origin`` as a browser writes it, or ``""``. Raises ``ValueError``."""
+        return parse_origin(self.public_origin, "[admin] public_origin =") if self.public_origin else ""
 
     def http_limits(self) -> HttpLimits:
         """The listener's bounds. Raises ``ValueError``."""

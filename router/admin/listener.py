@@ -7,6 +7,7 @@ import contextlib
 
 from router.admin.api import AdminApi
 from router.admin.config import parse_listen
+from router.forwarding import TrustedProxies
 from router.http_limits import HttpLimits
 from router.http_listener import HttpListener
 
@@ -17,11 +18,14 @@ SAMPLE_INTERVAL = 1.0
 
 
 class AdminListener:
-    """Serves ``api`` once :meth:`start` has bound its address, until :meth:`close`."""
+    """Serves ``api`` once :meth:`start` has bound its address, until :meth:`close`; ``proxies``
+    are the reverse proxies in front of it."""
 
-    def __init__(self, api: AdminApi, limits: HttpLimits | None = None) -> None:
+    def __init__(
+        self, api: AdminApi, limits: HttpLimits | None = None, proxies: TrustedProxies | None = None
+    ) -> None:
         self.api = api
-        self.http = HttpListener("admin", api.handle, limits or HttpLimits())
+        self.http = HttpListener("admin", api.handle, limits or HttpLimits(), proxies)
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
 

@@ -89,7 +89,7 @@ async def test_cors_and_the_viewer() -> None:
     assert page.status == 200
     assert page.content_type.startswith("text/html")
     assert (await routes.handle(request("GET", "/rtc-client.js"))).content_type == "text/javascript"
-    hidden = SignalingRoutes(Edge(), serve_viewer=False)
+    hidden = SignalingRoutes(Edge(), viewer=None)
     assert (await hidden.handle(request("GET", "/?mode=webrtc"))).status == 404
 
 

@@ -133,6 +133,23 @@ def test_other_sites_are_refused_even_with_the_token(router: Router, clock: Cloc
     assert call(api, "GET", "/api/stats", headers={"origin": f"http://{HOST}"})[0] == HTTPStatus.OK
 
 
+def test_the_public_origin_and_the_one_a_trusted_proxy_reports_are_the_apis_own(
+    router: Router, clock: Clock
+) -> None:
+    public = AdminApi(router, TOKEN, 1.0, public_origin="https://ops.example.com")
+    https = {"origin": "https://ops.example.com"}
+    assert call(public, "GET", "/api/stats", headers=https)[0] == HTTPStatus.OK
+    api = make_api(router, clock)
+    assert call(api, "GET", "/api/stats", headers=https)[0] == HTTPStatus.FORBIDDEN
+    request = HttpRequest(
+        "GET", "/api/stats", {"host": HOST, "authorization": f"Bearer {TOKEN}", **https}, b"",
+        proxied_origin="https://ops.example.com",
+    )  # fmt: skip
+    assert asyncio.run(api.handle(request)).status == HTTPStatus.OK
+    other = request._replace(headers={**request.headers, "origin": "https://evil.example"})
+    assert asyncio.run(api.handle(other)).status == HTTPStatus.FORBIDDEN
+
+
 def test_without_a_token_only_loopback_hosts_are_served(router: Router, clock: Clock) -> None:
     api = make_api(router, clock, token=None)
     assert call(api, "GET", "/api/stats", token=None)[0] == HTTPStatus.OK
@@ -302,3 +319,20 @@ def test_the_admin_table_and_its_command_line_override(
     path.write_text('[admin]\nlisten = "127.0.0.1:9000"\ntoken = "in-the-file"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="token"):
         load_config(path)
+
+
+def test_the_admin_table_names_its_proxies_and_public_origin(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[admin]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\nproxy_headers = "forwarded"\n'
+        'public_origin = "https://Ops.example.com/"\n',
+        encoding="utf-8",
+    )
+    admin = load_config(path).admin
+    assert (admin.proxies().trusts("10.2.3.4"), admin.proxies().trusts("127.0.0.2")) == (True, False)
+    assert admin.proxies().headers == "forwarded"
+    assert admin.origin() == "https://ops.example.com"
+    for bad in ('trusted_proxies = ["10.0.0.1/8"]', 'proxy_headers = "x-real-ip"', 'public_origin = "ops"'):
+        path.write_text(f"[admin]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"\[admin\]"):
+            load_config(path)
