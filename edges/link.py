@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -24,7 +25,7 @@ from edges.core.output import Payload
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CLIENT_HINTS, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.logs import ThrottledLog
-from router.wire import EdgeMessage, RouterMessage, encode_control
+from router.wire import EdgeMessage, Hello, RouterMessage, encode_control
 from router.zmqio import NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.edge")
@@ -37,6 +38,13 @@ view of the ZeroMQ frame they arrived in, so the edge writes them to its clients
 them; smaller ones cost less as bytes.
 It is above libzmq's 8 KiB receive batch: such a frame has a buffer of its own, so a view held in
 a client's queue never keeps other messages' memory alive."""
+
+
+MAX_QUEUED_CONTROL: Final = 200_000
+"""Control messages an edge holds while the router reads slower than the edge sends (such as the
+registers and subscribes of every client after a welcome), by default."""
+FLUSH_RETRY: Final = 0.005
+"""Seconds between tries to hand held control messages to the socket while it is full."""
 
 
 def new_edge_id(protocol: str) -> str:
@@ -65,6 +73,7 @@ class RouterLink:
         max_batch_bytes: int = 1 << 20,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveClient | None = None,
+        max_queued_control: int = MAX_QUEUED_CONTROL,
     ) -> None:
         self._link = LinkProtocol(edge_id or new_edge_id(protocol), protocol, heartbeat_interval)
         self.protocol = protocol
@@ -86,6 +95,14 @@ class RouterLink:
         """Whether payloads are received as frames (see :meth:`_drain`)."""
         self._context = context or zmq.Context.instance()
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
+        self.max_queued_control = max_queued_control
+        self._held: deque[bytes] = deque()
+        """Control messages the socket had no room for yet, oldest first: sent before any newer."""
+        self._holding = asyncio.Event()
+        self.control_held_peak = 0
+        self.control_refused = 0
+        """Control messages refused because :attr:`max_queued_control` were held already."""
+        self._held_log = ThrottledLog(log, interval=60.0)
         self._control_endpoint = control
         self._curve = curve
         self._refusals = ThrottledLog(log, interval=60.0)
@@ -163,15 +180,66 @@ class RouterLink:
 
     # ------------------------------------------------------------ outgoing
 
+    @property
+    def control_held(self) -> int:
+        """Control messages waiting for room in the socket now."""
+        return len(self._held)
+
     def send(self, message: EdgeMessage) -> bool:
-        """Send now, or return ``False`` if the router is unreachable (the message is dropped)."""
+        """Send now, or hold the message until the socket has room; ``False`` only when
+        :attr:`max_queued_control` messages are held already (counted and logged, and the link
+        starts over once the router has caught up, so nothing stays lost).
+
+        Only a welcomed link holds messages. Before the ``welcome`` (the router away, or not
+        answering yet) a message the socket cannot take is dropped, as ``False`` says: the
+        ``welcome`` brings every client and subscription again (``docs/protocol.md`` 3.3 rule 2),
+        and a ``hello`` drops what was held before it for the same reason.
+        """
+        if isinstance(message, Hello):
+            self._held.clear()
+        body = encode_control(message)
+        if not self._link.connected:
+            return self._try_send(body)
+        if not self._held and self._try_send(body):
+            return True
+        if len(self._held) >= self.max_queued_control:
+            self.control_refused += 1
+            self._link.start_over_when_caught_up()
+            self._held_log.warning(
+                "control_full",
+                "%d control messages wait for the router; refused one (%d so far): the edge will"
+                " register its clients again once the router catches up",
+                len(self._held),
+                self.control_refused,
+                now=time.monotonic(),
+            )
+            return False
+        self._held.append(body)
+        self.control_held_peak = max(self.control_held_peak, len(self._held))
+        self._holding.set()
+        return True
+
+    def _try_send(self, body: bytes) -> bool:
         try:
-            self._dealer.send(encode_control(message), NOBLOCK)
+            self._dealer.send(body, NOBLOCK)
         except zmq.Again:
             return False
         finally:
             self._recheck(self._dealer)
         return True
+
+    async def _flush_held(self) -> None:
+        """Hand held control messages to the socket, oldest first, as it makes room."""
+        while True:
+            await self._holding.wait()
+            while self._held:
+                if self._try_send(self._held[0]):
+                    self._held.popleft()
+                else:
+                    await asyncio.sleep(FLUSH_RETRY)
+            self._holding.clear()
+            if self._link.caught_up():
+                self._flush()
 
     async def request(self, message: EdgeMessage) -> RouterMessage:
         """Send a message that has a ``request_id`` and wait for the reply that echoes it.
@@ -183,7 +251,7 @@ class RouterLink:
         self._waiters[request_id] = future
         try:
             if not self.send(message):
-                raise ConnectionError("the router is not reachable")
+                raise ConnectionError("the router link is full")
             return await future
         finally:
             self._waiters.pop(request_id, None)
@@ -212,6 +280,7 @@ class RouterLink:
                 self._control_task = group.create_task(self._control())
                 group.create_task(self._heartbeat_loop())
                 group.create_task(self._data_loop())
+                group.create_task(self._flush_held())
         finally:
             self.close()
 
@@ -244,6 +313,7 @@ class RouterLink:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         self._close_dealer()
+        self._held.clear()
         self._dealer, self._handshakes = self._open_dealer()
         self.new_connections += 1
         self._new_connection_log.warning(

@@ -95,6 +95,19 @@ class EdgeCollector:
             LABELS,
             self._one(link.silent_for),
         )
+        yield gauge(
+            "switchboard_edge_router_control_held",
+            "Control messages waiting for room on the link to the router.",
+            LABELS,
+            self._one(link.control_held),
+        )
+        yield counter(
+            "switchboard_edge_router_control_refused",
+            "Control messages refused because --max-queued-control were held (the edge then"
+            " registers its clients again).",
+            LABELS,
+            self._one(link.control_refused),
+        )
         yield counter(
             "switchboard_edge_router_new_connections",
             "Control connections replaced because the router was silent past the heartbeat timeout.",

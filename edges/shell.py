@@ -27,7 +27,7 @@ import msgspec
 from edges.core.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.core.session import EdgeLimits
 from edges.latency import LatencySampler
-from edges.link import DataBatch, RouterLink
+from edges.link import MAX_QUEUED_CONTROL, DataBatch, RouterLink
 from router.core.clients import Connection
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
@@ -75,6 +75,7 @@ class EdgeShell(ABC, Generic[T]):
         heartbeat_interval: float,
         curve: CurveClient | None,
         log: logging.Logger,
+        max_queued_control: int = MAX_QUEUED_CONTROL,
     ) -> None:
         self.hub = hub
         self.link = RouterLink(
@@ -83,6 +84,7 @@ class EdgeShell(ABC, Generic[T]):
             xpub=xpub,
             heartbeat_interval=heartbeat_interval,
             curve=curve,
+            max_queued_control=max_queued_control,
         )
         self.link.on_data = self._on_data
         self.link.on_message = self._on_router_message

@@ -38,6 +38,12 @@ from router.zmqio import NOBLOCK, SNDMORE_NOBLOCK, Readable
 
 log = logging.getLogger("switchboard.router")
 
+CONTROL_SEND_HWM = 100_000
+"""Replies queued per edge connection: room for every reply to a re-registration of the most
+clients. A reply past it is not dropped unseen: the send fails, and is counted."""
+BACKLOG_READ = 10
+"""Batches of control messages read before each heartbeat tick."""
+
 
 def random_epoch() -> int:
     """A topic's epoch: random, so that a restarted router starts every sequence anew."""
@@ -314,14 +320,18 @@ class RouterServer:
         readable = self._readable[self.router]
         while True:
             await readable.wait()
-            for _ in range(self.config.router.max_batch):
-                try:
-                    frames = self.router.recv_multipart(NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self._on_control(frames)
-            else:
+            if not self._read_control(self.config.router.max_batch):
                 await asyncio.sleep(0)
+
+    def _read_control(self, limit: int) -> bool:
+        """Handle up to ``limit`` waiting control messages; whether the socket is empty now."""
+        for _ in range(limit):
+            try:
+                frames = self.router.recv_multipart(NOBLOCK, copy=False)
+            except zmq.Again:
+                return True
+            self._on_control(frames)
+        return False
 
     def _on_control(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
@@ -341,10 +351,22 @@ class RouterServer:
         self._ask_session_service()
 
     async def _heartbeat_loop(self) -> None:
+        """Every interval: the control messages that wait are read first, since any of them shows
+        its edge alive; only then are silent edges forgotten. While more wait than
+        :data:`BACKLOG_READ` batches, no edge is forgotten that round (its heartbeat may be among
+        them), and the backlog is counted."""
         interval = self.config.router.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            self._send(self.dispatch.tick(self._clock(), time.time()))
+            caught_up = self._read_control(BACKLOG_READ * self.config.router.max_batch)
+            if not caught_up:
+                self.manager.count_drop("control_backlog")
+                self._drop_log.warning(
+                    "control_backlog",
+                    "control messages wait unread; no edge is forgotten until they are read",
+                    now=self._clock(),
+                )
+            self._send(self.dispatch.tick(self._clock(), time.time(), expire_edges=caught_up))
             self._ask_session_service()
 
     def _ask_session_service(self) -> None:

@@ -146,6 +146,7 @@ class LinkProtocol:
         self._new_connection_at: float | None = None
         self._new_connection_due = False
         self._refused_at: float | None = None
+        self._start_over = False
 
     def __repr__(self) -> str:
         return f"<LinkProtocol {self.edge_id} {self.state.value}>"
@@ -173,6 +174,22 @@ class LinkProtocol:
         would never notice (a peer gone without closing it)."""
         due, self._new_connection_due = self._new_connection_due, False
         return due
+
+    def start_over_when_caught_up(self) -> None:
+        """The shell could not hold a control message for the router (too many wait already):
+        once it has sent what it holds, :meth:`caught_up` says hello again, so the ``welcome``
+        brings everything again and nothing stays lost."""
+        self._start_over = True
+
+    def caught_up(self) -> bool:
+        """The shell has sent every control message it held. Returns whether there is something
+        to send now (a ``hello``, after :meth:`start_over_when_caught_up`)."""
+        if not (self._start_over and self.connected):
+            return False
+        self._start_over = False
+        log.warning("control messages were refused while the router caught up; saying hello again")
+        self._hello_again()
+        return True
 
     def data_to_send(self) -> list[EdgeMessage]:
         """What must go to the router now, in order. Call after every other method."""

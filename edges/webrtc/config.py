@@ -9,6 +9,7 @@ import msgspec
 from aiortc import RTCConfiguration, RTCIceServer
 
 from edges.core.session import EdgeLimits
+from edges.link import MAX_QUEUED_CONTROL
 from edges.shell import add_front_arguments, add_limit_arguments, limits_from_args
 from edges.viewer_page import ViewerPage
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
@@ -54,6 +55,8 @@ class WebRtcEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     allowed_origins: tuple[str, ...] | None = None
     """Origins whose pages may signal from another origin (CORS); ``None``: any."""
     heartbeat_interval: float = 1.0
+    max_queued_control: int = MAX_QUEUED_CONTROL
+    """Control messages held while the router reads slower than the edge sends."""
     curve: CurveClient | None = None
     """This edge's Curve keys and the router's public key; ``None``: no Curve (docs/security.md)."""
     ice_servers: tuple[IceServer, ...] = ()
@@ -150,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     add_limit_arguments(parser)
     add("--allowed-origin", action="append", help="allow this Origin (repeat; default: any)")
     add("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    add(
+        "--max-queued-control",
+        type=int,
+        default=defaults.max_queued_control,
+        help="control messages held while the router reads slower than the edge sends",
+    )
     add_client_arguments(parser)
     add("--ice-server", action="append", default=[], help="stun: or turn: URL (repeat)")
     add("--ice-username", help="username for the TURN servers")
@@ -197,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> WebRtcEdgeConfig:
         ),
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
         heartbeat_interval=args.heartbeat_interval,
+        max_queued_control=args.max_queued_control,
         curve=client_from_args(args),
         ice_servers=servers,
         candidate_addresses=() if "all" in addresses else addresses,

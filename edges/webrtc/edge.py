@@ -64,6 +64,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
             heartbeat_interval=config.heartbeat_interval,
             curve=config.curve,
             log=log,
+            max_queued_control=config.max_queued_control,
         )
         self.config = config
         self.metrics = EdgeMetrics(self)

@@ -34,6 +34,7 @@ from edges.core.client_wire import SUBPROTOCOL, CloseCode
 from edges.core.hub import EdgeHub
 from edges.core.session import ClientSession, EdgeLimits
 from edges.drop_log import DropBursts
+from edges.link import MAX_QUEUED_CONTROL
 from edges.metrics import BadProxyHeaders, EdgeMetrics, RefusedHandshakes
 from edges.shell import EdgeShell, add_front_arguments, add_limit_arguments, edge_main, limits_from_args
 from edges.viewer_page import ViewerPage
@@ -81,6 +82,7 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     heartbeat_interval: float = 1.0
+    max_queued_control: int = MAX_QUEUED_CONTROL
     curve: CurveClient | None = None
     """This edge's Curve keys and the router's public key; ``None``: no Curve (docs/security.md)."""
     write_buffer_high: int = 64 * 1024
@@ -144,6 +146,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
             heartbeat_interval=config.heartbeat_interval,
             curve=config.curve,
             log=log,
+            max_queued_control=config.max_queued_control,
         )
         self.config = config
         self.port = config.port
@@ -397,6 +400,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
     parser.add_argument("--ping-timeout", type=float, default=defaults.ping_timeout)
     parser.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
+    parser.add_argument(
+        "--max-queued-control",
+        type=int,
+        default=defaults.max_queued_control,
+        help="control messages held while the router reads slower than the edge sends",
+    )
     add_client_arguments(parser)
     parser.add_argument(
         "--write-buffer",
@@ -435,6 +444,7 @@ def config_from_args(args: argparse.Namespace) -> WebSocketEdgeConfig:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        max_queued_control=args.max_queued_control,
         curve=client_from_args(args),
         write_buffer_high=args.write_buffer,
         unsent_bytes=args.unsent_bytes,

@@ -186,13 +186,16 @@ class ControlPlane:
         edge_id = self.claims.edge_of(peer)
         return ToPeer(peer, message) if edge_id is None else ToEdge(edge_id, message)
 
-    def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
-        """Called every heartbeat interval: silent edges expired, and heartbeats to the others;
-        clients whose session ended by ``unix_time`` (default: ``now``) dropped, and their edges
-        told with ``drop_client``."""
+    def tick(
+        self, now: float, unix_time: float | None = None, *, expire_edges: bool = True
+    ) -> list[Outbound]:
+        """Called every heartbeat interval: silent edges expired (unless not ``expire_edges``: the
+        shell has not read every waiting message), and heartbeats to the others; clients whose
+        session ended by ``unix_time`` (default: ``now``) dropped, and their edges told with
+        ``drop_client``."""
         unix = now if unix_time is None else unix_time
         known = self.manager.edge_ids()
-        expired = self.manager.expire_edges(now, self.heartbeat_timeout)
+        expired = self.manager.expire_edges(now, self.heartbeat_timeout) if expire_edges else []
         gone = [e for e in known if not self.manager.is_edge_known(e)]
         for edge_id in gone:
             self.claims.release(edge_id)

@@ -71,10 +71,12 @@ class SessionGate:
             return []
         return self._handle(_Parked(None, identity, body, client, key, observer), now, unix)
 
-    def tick(self, now: float, unix_time: float | None = None) -> list[Outbound]:
+    def tick(
+        self, now: float, unix_time: float | None = None, *, expire_edges: bool = True
+    ) -> list[Outbound]:
         """:meth:`ControlPlane.tick`, and the requests past their deadline refused."""
         unix = now if unix_time is None else unix_time
-        return self.control.tick(now, unix) + self.expire(now, unix)
+        return self.control.tick(now, unix, expire_edges=expire_edges) + self.expire(now, unix)
 
     def requests_to_send(self) -> list[tuple[str, bytes]]:
         """What to send to the session service now, as ``(token key, body)``."""
