@@ -22,7 +22,7 @@ from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.session_gate import SessionGate
-from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
+from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
@@ -139,9 +139,13 @@ class RouterServer:
         if isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
-            link = SessionServiceLink(self._context, endpoint, self.dispatch, self._send, self._clock)
+            link = SessionServiceLink(
+                self._context, endpoint, self.dispatch, self._send, self._clock, self._service_curve()
+            )
             self._session_service = link
             roles["session-service"] = link.run()
+            if link.handshakes is not None:
+                roles["session-service-handshakes"] = link.watch_handshakes()
         tasks: list[asyncio.Task[object]] = [
             asyncio.create_task(role, name=name) for name, role in roles.items()
         ]
@@ -291,6 +295,13 @@ class RouterServer:
                 self.xpub.recv(NOBLOCK)
 
     # ------------------------------------------------------------ Curve
+
+    def _service_curve(self) -> CurveClient | None:
+        """With Curve on, the router's key pair as a client of its session service."""
+        key = self.config.sessions.service_public_key(curve_on=self._curve is not None)
+        if self._curve is None or key is None:
+            return None
+        return self._curve.client_of(key)
 
     async def _watch_handshakes(self, name: str) -> None:
         """Count each peer a socket's Curve handshake turned away, and log why (the allow-list

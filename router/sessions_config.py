@@ -19,6 +19,7 @@ import msgspec
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import JwtSessions, VerificationKey, keys_from_jwks
 from router.core.sessions import AllowAllSessions, SessionManager
+from router.curve import read_public_key
 
 __all__ = ["KeyConfig", "SessionsSection", "sessions_relative_to"]
 
@@ -62,6 +63,9 @@ class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     topics_claim: str = "topics"
     endpoint: str | None = None
     """``kind = "external"``: the session service's ZeroMQ endpoint, which the router connects to."""
+    service_public_key_file: str | None = None
+    """``kind = "external"``: the service's Curve public key (``NAME.key``), needed when
+    ``[security]`` turns Curve on, and only then."""
     timeout: float = 2.0
     cache_ttl: float = 60.0
     cache_size: int = 10_000
@@ -74,6 +78,8 @@ class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             raise ValueError(f"[sessions] has JWT settings but kind is {self.kind!r}; set kind = 'jwt'")
         if (self.kind == "external") != (self.endpoint is not None):
             raise ValueError("[sessions] endpoint goes with kind = 'external', which needs it")
+        if self.service_public_key_file is not None and self.kind != "external":
+            raise ValueError("[sessions] service_public_key_file goes with kind = 'external'")
         self._check_external()
         if not self.leeway >= 0:
             raise ValueError("[sessions] leeway must be 0 or more")
@@ -87,6 +93,26 @@ class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             raise ValueError("[sessions] cache_ttl is from 0 to 86400 seconds")
         if self.cache_size < 1:
             raise ValueError("[sessions] cache_size is at least 1")
+
+    def service_public_key(self, curve_on: bool) -> bytes | None:
+        """The session service's Curve public key (Z85), read now; ``None`` without an external
+        service or with Curve off. With Curve on, the link to the service is a Curve client, so an
+        external service must be given its key. Raises ``ValueError``."""
+        if self.kind != "external":
+            return None
+        if not curve_on:
+            if self.service_public_key_file is not None:
+                raise ValueError(
+                    "[sessions] service_public_key_file needs Curve on: set [security] "
+                    "curve_secret_key_file, or remove service_public_key_file"
+                )
+            return None
+        if self.service_public_key_file is None:
+            raise ValueError(
+                "[sessions] service_public_key_file is required: with Curve on, the router reaches "
+                "the session service over Curve; set it to the service's public key (NAME.key)"
+            )
+        return read_public_key(Path(self.service_public_key_file))
 
     def session_manager(self, environ: Mapping[str, str] | None = None) -> SessionManager:
         """The session manager this table asks for, with its keys read now (files, and secrets
@@ -113,8 +139,9 @@ def sessions_relative_to(base: Path, table: Any) -> Any:
     if not isinstance(table, dict):
         return table
     table = dict(table)
-    if isinstance(table.get("jwks_file"), str):
-        table["jwks_file"] = str(base / table["jwks_file"])
+    for key in ("jwks_file", "service_public_key_file"):
+        if isinstance(table.get(key), str):
+            table[key] = str(base / table[key])
     if isinstance(table.get("keys"), list):
         table["keys"] = [_key_relative_to(base, key) for key in table["keys"]]
     return table

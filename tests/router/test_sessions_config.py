@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from router.config import ConfigError, load_config
 from router.core import AllowAllSessions, ClientInfo
 from router.core.jwt_sessions import JwtSessions
+from router.curve import read_public_key, write_key_pair
 from router.sessions_config import SessionsSection, sessions_relative_to
 from tests.tokens import NOW, SECRET, private_key, public_pem, token
 
@@ -154,3 +156,48 @@ def test_the_router_refuses_sessions_it_cannot_use(tmp_path: Path, text: str, re
     (tmp_path / "router.toml").write_text(text)
     with pytest.raises(ConfigError, match=reason):
         load_config(tmp_path / "router.toml")
+
+
+# ---------------------------------------------------------------- the session service's Curve key
+
+CURVE = '[security]\ncurve_secret_key_file = "keys/router.key_secret"\ncurve_allowed_keys_dir = "allowed"\n'
+EXTERNAL = '[sessions]\nkind = "external"\nendpoint = "tcp://127.0.0.1:7770"\n'
+SERVICE_KEY = 'service_public_key_file = "keys/sessions.key"'
+
+
+@pytest.fixture
+def curve_files(tmp_path: Path) -> Path:
+    for name in ("router", "sessions"):
+        write_key_pair(tmp_path / "keys", name)
+    (tmp_path / "allowed").mkdir()
+    shutil.copy(tmp_path / "keys" / "sessions.key", tmp_path / "allowed")
+    return tmp_path
+
+
+def test_with_curve_on_the_service_key_is_read_relative_to_the_file(curve_files: Path) -> None:
+    (curve_files / "router.toml").write_text(CURVE + EXTERNAL + SERVICE_KEY)
+    config = load_config(curve_files / "router.toml")
+    expected = read_public_key(curve_files / "keys" / "sessions.key")
+    assert config.sessions.service_public_key(curve_on=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (CURVE + EXTERNAL, "service_public_key_file is required: with Curve on"),
+        (CURVE + EXTERNAL + 'service_public_key_file = "keys/nowhere.key"', "nowhere.key: no such file"),
+        (EXTERNAL + SERVICE_KEY, "needs Curve on"),
+        ("[sessions]\n" + SERVICE_KEY, "goes with kind = 'external'"),
+    ],
+)
+def test_a_session_service_key_that_does_not_fit_the_curve_setting(
+    curve_files: Path, text: str, reason: str
+) -> None:
+    (curve_files / "router.toml").write_text(text)
+    with pytest.raises(ConfigError, match=reason):
+        load_config(curve_files / "router.toml")
+
+
+def test_with_curve_off_an_external_service_needs_no_key(tmp_path: Path) -> None:
+    (tmp_path / "router.toml").write_text(EXTERNAL)
+    assert load_config(tmp_path / "router.toml").sessions.service_public_key(curve_on=False) is None
