@@ -21,8 +21,10 @@ from router.core import ConnectionManager, DeliveryPolicy, RefusedError
 from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
+from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
+from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
@@ -65,10 +67,16 @@ class RouterServer:
         )
         self.dispatch: ControlPlane | SessionGate = self.control
         """Where control messages go: the control plane, behind a gate with an external session
-        service (``docs/session-service.md``)."""
-        if isinstance(self.manager.sessions, ExternalSessions):
-            self.dispatch = SessionGate(self.control, self.manager.sessions, config.sessions.timeout)
+        service (``docs/session-service.md``) or keys from a JWKS URL (``docs/tokens.md``)."""
+        sessions = self.manager.sessions
+        if isinstance(sessions, ExternalSessions):
+            self.dispatch = SessionGate(self.control, sessions, config.sessions.timeout)
         self._session_service: SessionServiceLink | None = None
+        self.jwks: JwksFetcher | None = None
+        if isinstance(sessions, JwtSessions) and config.sessions.jwks_url is not None:
+            timeout = config.sessions.jwks_fetch_timeout
+            self.dispatch = SessionGate(self.control, sessions, timeout)
+            self.jwks = JwksFetcher(config.sessions.jwks_url, sessions, timeout)
         self.endpoints: dict[str, str] = {}
         self.metrics = RouterMetrics(
             RouterCollector(self.manager, self.control.refusals, self.control.router_id, clock)
@@ -136,11 +144,14 @@ class RouterServer:
             "heartbeat": self._heartbeat_loop(),
             **{f"handshakes-{name}": self._watch_handshakes(name) for name in self._monitors},
         }
-        if isinstance(self.dispatch, SessionGate):
+        if self.jwks is not None:
+            roles["jwks"] = self.jwks.run(self._keys_fetched)
+        if isinstance(self.manager.sessions, ExternalSessions) and isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
+            curve = self._service_curve()
             link = SessionServiceLink(
-                self._context, endpoint, self.dispatch, self._send, self._clock, self._service_curve()
+                self._context, endpoint, self.dispatch, self.manager.sessions, self._send, self._clock, curve
             )
             self._session_service = link
             roles["session-service"] = link.run()
@@ -162,6 +173,14 @@ class RouterServer:
                 task.cancel()
             await asyncio.gather(stopped, *tasks, return_exceptions=True)
             self._close()
+
+    async def fetch_keys(self) -> str | None:
+        """With ``[sessions] jwks_url``: fetch the key set once, before serving. Returns why, if
+        the fetch failed and the router has no key at all: it must not start."""
+        if self.jwks is None:
+            return None
+        error = await self.jwks.refresh()
+        return error if not self.jwks.sessions.keys else None
 
     def _close(self) -> None:
         for readable in self._readable.values():
@@ -345,6 +364,8 @@ class RouterServer:
         self._take_fanout_subscriptions()
         self._send(self.dispatch.handle(frames[0], frames[1], self._clock(), time.time()))
         self._ask_session_service()
+        if self.jwks is not None:
+            self.jwks.wake()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.router.heartbeat_interval
@@ -352,6 +373,11 @@ class RouterServer:
             await asyncio.sleep(interval)
             self._send(self.dispatch.tick(self._clock(), time.time()))
             self._ask_session_service()
+
+    def _keys_fetched(self) -> None:
+        """A JWKS fetch ended: the registers that waited for it are handled again."""
+        if isinstance(self.dispatch, SessionGate):
+            self._send(self.dispatch.decided(KEYS_PENDING, self._clock(), time.time()))
 
     def _ask_session_service(self) -> None:
         if self._session_service is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import zmq
 
 from router.core.control import Outbound
+from router.core.external_sessions import ExternalSessions
 from router.core.session_gate import SessionGate
 from router.curve import HANDSHAKE_FAILURES, SERVICE_HINTS, CurveClient, handshake_failure
 from router.logs import ThrottledLog
@@ -41,12 +42,14 @@ class SessionServiceLink:
         context: zmq.Context[zmq.Socket[bytes]],
         endpoint: str,
         gate: SessionGate,
+        sessions: ExternalSessions,
         send: Callable[[list[Outbound]], None],
         clock: Callable[[], float] = time.monotonic,
         curve: CurveClient | None = None,
     ) -> None:
         """``curve``: the router's key pair and the service's public key, with Curve on."""
         self.gate = gate
+        self.sessions = sessions
         self._send_out = send
         self._clock = clock
         self._log = ThrottledLog(log)
@@ -66,7 +69,7 @@ class SessionServiceLink:
     def flush(self) -> None:
         """Send the gate's queued requests; one that cannot be sent is refused at once."""
         out: list[Outbound] = []
-        for key, body in self.gate.requests_to_send():
+        for key, body in self.sessions.requests_to_send():
             try:
                 self.sock.send_multipart([b"", body], NOBLOCK)
             except zmq.ZMQError as error:
@@ -123,5 +126,7 @@ class SessionServiceLink:
         with contextlib.suppress(zmq.Again):
             while True:
                 frames = self.sock.recv_multipart(NOBLOCK)
-                out += self.gate.answered(frames[-1], self._clock(), time.time())
+                unix_time = time.time()
+                key = self.sessions.answer(frames[-1], unix_time)
+                out += self.gate.decided(key, self._clock(), unix_time)
         return out
