@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 
 from router.curve import write_key_pair
 from tests.io.harness import (
+    LOOPBACK_ANY_PORT,
     ROOT,
     AnnouncingProcess,
     RouterProcess,
@@ -34,6 +35,11 @@ from tests.io.test_websocket_edge import Client
 pytestmark = pytest.mark.timeout(90)
 
 TIMEOUT = 1.0
+ANY_PORTS = [
+    *("--pull", LOOPBACK_ANY_PORT, "--xsub", LOOPBACK_ANY_PORT),
+    *("--xpub", LOOPBACK_ANY_PORT, "--control", LOOPBACK_ANY_PORT, "--admin", ""),
+]
+"""Options that keep a router started by hand off the default ports."""
 TOKENS = {
     "alice-token": {"user": "alice", "topics": ["/ext/allowed/**"], "ttl": 30},
     "slow-token": {"user": "bob", "topics": ["/ext/**"], "delay": 3 * TIMEOUT},
@@ -221,7 +227,7 @@ def test_with_curve_on_the_router_refuses_an_external_service_without_its_key(
     text = CURVE_CONFIG.format(endpoint=free_endpoint(), timeout=TIMEOUT)
     config.write_text(text.replace('service_public_key_file = "keys/sessions.key"', ""))
     done = subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(config)],
+        [sys.executable, "-m", "router", "--config", str(config), *ANY_PORTS],
         cwd=ROOT,
         capture_output=True,
         text=True,

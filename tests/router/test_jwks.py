@@ -4,6 +4,7 @@ how it fails, and that a failure keeps the keys in use and is logged once per in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -101,6 +102,6 @@ async def test_run_fetches_when_tokens_want_keys_at_most_once_per_cooldown() -> 
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
-    gaps = [later - earlier for earlier, later in zip(server.requests, server.requests[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(server.requests)]
     assert 3 <= server.count <= 5
     assert min(gaps) >= cooldown
