@@ -160,7 +160,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         config = msgspec.convert(raw, RouterConfig)
         _check_policies(config.topics)
         config.registry()
-        config.security.curve_server()
+        curve = config.security.curve_server()
+        config.sessions.service_public_key(curve_on=curve is not None)
         config.admin.token()
         config.sessions.session_manager()
     except (msgspec.ValidationError, ValueError) as error:

@@ -88,6 +88,14 @@ CLIENT_HINTS = {
 }
 """What a client logs when the router turns it away, by drop reason."""
 
+SERVICE_HINTS = {
+    CURVE_REFUSED: "the session service refused the router's Curve key: add the router's public key "
+    "to the service's allow-list",
+    CURVE_FAILED: "the Curve handshake with the session service failed: check [sessions] "
+    "service_public_key_file (the service's public key), and that the service has Curve on",
+}
+"""What the router logs when its session service turns it away, by drop reason."""
+
 _PUBLIC_BANNER = """#   ****  Generated on {0} by switchboard keys  ****
 #   ZeroMQ CURVE Public Certificate
 #   Give this file to the router's allow-list (clients) or to its clients (the router).
@@ -223,7 +231,8 @@ def _is_z85_key(key: bytes) -> bool:
 
 @dataclass(frozen=True)
 class CurveClient:
-    """A producer's or an edge's key pair and the router's public key, all Z85."""
+    """A producer's or an edge's key pair and the router's public key, all Z85; or the router's
+    key pair and its session service's public key (:meth:`CurveServer.client_of`)."""
 
     public_key: bytes
     secret_key: bytes = field(repr=False)
@@ -236,7 +245,7 @@ class CurveClient:
         return cls(public, secret, read_public_key(router_key_file))
 
     def secure(self, sock: zmq.Socket[bytes]) -> None:
-        """Make ``sock`` a CURVE client of the router; call it before ``connect``."""
+        """Make ``sock`` a CURVE client of the server (the router); call it before ``connect``."""
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.router_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
@@ -313,6 +322,11 @@ class CurveServer:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret_key)
         sock.setsockopt(zmq.ZAP_DOMAIN, name.encode())
+
+    def client_of(self, server_key: bytes) -> CurveClient:
+        """This key pair as a Curve client of the server whose public key (Z85) is ``server_key``:
+        the router connecting to its session service."""
+        return CurveClient(self.public_key, self._secret_key, server_key)
 
     def reload(self) -> None:
         """Read every allow-list again; on an error, log it and keep the current lists."""

@@ -76,6 +76,12 @@ def run_router(args: argparse.Namespace) -> int:
 
 async def _serve_router(config: RouterConfig, announce: bool) -> None:
     server = RouterServer(config)
+    error = await server.fetch_keys()
+    if error is not None:
+        url = config.sessions.jwks_url
+        reason = f"[sessions] jwks_url = {url!r}: no key to start with: {error}"
+        print(f"switchboard router: {reason}", file=sys.stderr)
+        raise SystemExit(2)
     endpoints = server.bind()
     listeners: dict[str, HttpListener] = {}
     server.metrics.registry.register(ListenerCollector("switchboard_router", listeners))

@@ -21,8 +21,10 @@ from router.core import ConnectionManager, DeliveryPolicy, RefusedError
 from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
+from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
-from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, handshake_failure
+from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
+from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
@@ -72,10 +74,16 @@ class RouterServer:
         )
         self.dispatch: ControlPlane | SessionGate = self.control
         """Where control messages go: the control plane, behind a gate with an external session
-        service (``docs/session-service.md``)."""
-        if isinstance(self.manager.sessions, ExternalSessions):
-            self.dispatch = SessionGate(self.control, self.manager.sessions, config.sessions.timeout)
+        service (``docs/session-service.md``) or keys from a JWKS URL (``docs/tokens.md``)."""
+        sessions = self.manager.sessions
+        if isinstance(sessions, ExternalSessions):
+            self.dispatch = SessionGate(self.control, sessions, config.sessions.timeout)
         self._session_service: SessionServiceLink | None = None
+        self.jwks: JwksFetcher | None = None
+        if isinstance(sessions, JwtSessions) and config.sessions.jwks_url is not None:
+            timeout = config.sessions.jwks_fetch_timeout
+            self.dispatch = SessionGate(self.control, sessions, timeout)
+            self.jwks = JwksFetcher(config.sessions.jwks_url, sessions, timeout)
         self.endpoints: dict[str, str] = {}
         self.metrics = RouterMetrics(
             RouterCollector(self.manager, self.control.refusals, self.control.router_id, clock)
@@ -141,12 +149,19 @@ class RouterServer:
             "heartbeat": self._heartbeat_loop(),
             **{f"handshakes-{name}": self._watch_handshakes(name) for name in self._monitors},
         }
-        if isinstance(self.dispatch, SessionGate):
+        if self.jwks is not None:
+            roles["jwks"] = self.jwks.run(self._keys_fetched)
+        if isinstance(self.manager.sessions, ExternalSessions) and isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
-            link = SessionServiceLink(self._context, endpoint, self.dispatch, self._send, self._clock)
+            curve = self._service_curve()
+            link = SessionServiceLink(
+                self._context, endpoint, self.dispatch, self.manager.sessions, self._send, self._clock, curve
+            )
             self._session_service = link
             roles["session-service"] = link.run()
+            if link.handshakes is not None:
+                roles["session-service-handshakes"] = link.watch_handshakes()
         tasks: list[asyncio.Task[object]] = [
             asyncio.create_task(role, name=name) for name, role in roles.items()
         ]
@@ -163,6 +178,14 @@ class RouterServer:
                 task.cancel()
             await asyncio.gather(stopped, *tasks, return_exceptions=True)
             self._close()
+
+    async def fetch_keys(self) -> str | None:
+        """With ``[sessions] jwks_url``: fetch the key set once, before serving. Returns why, if
+        the fetch failed and the router has no key at all: it must not start."""
+        if self.jwks is None:
+            return None
+        error = await self.jwks.refresh()
+        return error if not self.jwks.sessions.keys else None
 
     def _close(self) -> None:
         for readable in self._readable.values():
@@ -297,6 +320,13 @@ class RouterServer:
 
     # ------------------------------------------------------------ Curve
 
+    def _service_curve(self) -> CurveClient | None:
+        """With Curve on, the router's key pair as a client of its session service."""
+        key = self.config.sessions.service_public_key(curve_on=self._curve is not None)
+        if self._curve is None or key is None:
+            return None
+        return self._curve.client_of(key)
+
     async def _watch_handshakes(self, name: str) -> None:
         """Count each peer a socket's Curve handshake turned away, and log why (the allow-list
         logs the refused keys themselves)."""
@@ -349,6 +379,8 @@ class RouterServer:
         now, unix = self._clock(), time.time()
         self._send(self.dispatch.handle(peer.bytes, body.bytes, now, unix, key=key, observer=observer))
         self._ask_session_service()
+        if self.jwks is not None:
+            self.jwks.wake()
 
     async def _heartbeat_loop(self) -> None:
         """Every interval: the control messages that wait are read first, since any of them shows
@@ -368,6 +400,11 @@ class RouterServer:
                 )
             self._send(self.dispatch.tick(self._clock(), time.time(), expire_edges=caught_up))
             self._ask_session_service()
+
+    def _keys_fetched(self) -> None:
+        """A JWKS fetch ended: the registers that waited for it are handled again."""
+        if isinstance(self.dispatch, SessionGate):
+            self._send(self.dispatch.decided(KEYS_PENDING, self._clock(), time.time()))
 
     def _ask_session_service(self) -> None:
         if self._session_service is not None:

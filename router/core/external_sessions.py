@@ -23,7 +23,7 @@ import msgspec
 from router.core.clients import ClientInfo
 from router.core.decision_cache import Decision, DecisionCache, token_key
 from router.core.errors import ErrorCode, RefusedError
-from router.core.sessions import Identity
+from router.core.sessions import DecisionPending, Identity
 from router.core.topics import check_pattern, pattern_matches
 
 __all__ = ["MAX_IN_FLIGHT", "DecisionPending", "ExternalSessions", "ServiceReply", "ServiceRequest"]
@@ -32,14 +32,6 @@ MAX_IN_FLIGHT: Final = 1024
 """The most tokens waiting for the service at once; more are refused (``session service busy``)."""
 MAX_PATTERNS: Final = 1024
 BAD_REPLY: Final = "the session service gave a bad answer"
-
-
-class DecisionPending(Exception):  # noqa: N818 - a signal, not an error
-    """``authenticate`` needs the session service: park the request until ``key`` is decided."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__("waiting for the session service")
-        self.key = key
 
 
 # ---------------------------------------------------------------- wire format

@@ -14,11 +14,17 @@ Rules of this module:
 - No clock is read: :meth:`JwtSessions.authenticate` takes ``now`` in seconds since the Unix epoch.
   A session lasts until the token's ``exp`` plus ``leeway`` (:attr:`Identity.expires_at`).
 - Refusals are ``RefusedError(UNAUTHORIZED, reason)``; a reason never contains the token.
+- Keys may also come from a JWKS URL, which the router fetches (this module never does I/O): the
+  router hands each key set it fetched to :meth:`JwtSessions.keys_fetched`, and
+  :class:`JwksSchedule` says when to fetch. A token whose ``kid`` no key has raises
+  :class:`~router.core.sessions.DecisionPending` (:data:`KEYS_PENDING`) when a fetch is under way
+  or may start now, so the request waits for it; otherwise it is refused as ``unknown key id``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,10 +36,19 @@ from jwt.algorithms import get_default_algorithms
 
 from router.core.clients import ClientInfo
 from router.core.errors import ErrorCode, RefusedError
-from router.core.sessions import Identity
+from router.core.sessions import DecisionPending, Identity
 from router.core.topics import check_pattern, pattern_matches
 
-__all__ = ["ALGORITHMS", "JwtSessions", "VerificationKey", "keys_from_jwks"]
+__all__ = [
+    "ALGORITHMS",
+    "KEYS_PENDING",
+    "NOT_FETCHED_IN_TIME",
+    "JwksSchedule",
+    "JwtSessions",
+    "VerificationKey",
+    "keys_from_jwks",
+    "signing_keys",
+]
 
 ALGORITHMS: Final = ("HS256", "RS256", "ES256", "EdDSA")
 MIN_HMAC_SECRET_BYTES: Final = 32
@@ -42,6 +57,10 @@ MAX_PATTERNS: Final = 1024
 """The most topic patterns one token may carry."""
 _LATEST_TIME: Final = 1e13
 """Bounds ``exp`` and ``nbf``, which also refuses infinities and NaN."""
+KEYS_PENDING: Final = "jwks"
+"""The :class:`~router.core.sessions.DecisionPending` key of a token that waits for a JWKS fetch."""
+UNKNOWN_KID: Final = "unknown key id"
+NOT_FETCHED_IN_TIME: Final = "unknown key id: the key set could not be fetched in time"
 
 _PUBLIC_KEY_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
     "RS256": (rsa.RSAPublicKey,),
@@ -120,6 +139,22 @@ def keys_from_jwks(text: str) -> list[VerificationKey]:
     return [_from_jwk(jwk) for jwk in jwks.keys]
 
 
+def signing_keys(jwks: Iterable[jwt.PyJWK]) -> tuple[list[VerificationKey], list[str]]:
+    """The keys of a fetched JWKS that can verify tokens here, and why each other key cannot.
+
+    Unlike :func:`keys_from_jwks` (a file the operator wrote), a key of an algorithm outside
+    :data:`ALGORITHMS`, or too weak, is left out rather than an error: an identity provider may
+    publish keys for other relying parties beside the ones it signs these tokens with."""
+    keys: list[VerificationKey] = []
+    skipped: list[str] = []
+    for jwk in jwks:
+        try:
+            keys.append(_from_jwk(jwk))
+        except ValueError as error:
+            skipped.append(str(error))
+    return keys, skipped
+
+
 def _from_jwk(jwk: jwt.PyJWK) -> VerificationKey:
     algorithm = jwk.algorithm_name
     if algorithm not in ALGORITHMS:
@@ -127,6 +162,64 @@ def _from_jwk(jwk: jwt.PyJWK) -> VerificationKey:
     if algorithm == "HS256":
         return VerificationKey.from_secret(jwk.key, jwk.key_id)
     return VerificationKey.from_public_key(algorithm, jwk.key, jwk.key_id)
+
+
+# ---------------------------------------------------------------- fetched keys
+
+
+class JwksSchedule:
+    """When the router fetches its JWKS URL, from the times it is given (seconds since the Unix
+    epoch, as :meth:`JwtSessions.authenticate` is given).
+
+    A fetch is due ``refresh`` seconds after the previous one ended, and at once when a token names
+    a ``kid`` that no key has (:meth:`want`), unless a fetch ended less than ``cooldown`` seconds
+    before: tokens with made-up ``kid`` values cause at most one fetch per ``cooldown``. Only one
+    fetch is under way at a time. A clock that went back makes a fetch due.
+    """
+
+    def __init__(self, refresh: float = 300.0, cooldown: float = 10.0) -> None:
+        if not 0 < cooldown <= refresh < math.inf:
+            raise ValueError("the JWKS cooldown is more than 0 and at most the refresh interval")
+        self.refresh = refresh
+        self.cooldown = cooldown
+        self.fetching = False
+        self.wanted = False
+        """A token waits for keys: the next fetch is due ``cooldown`` after the last one."""
+        self.last_end: float | None = None
+        self.fetches = 0
+        """Fetches that ended, successful or not."""
+
+    def next_due(self) -> float:
+        """When the next fetch is due (``-inf``: now); ``inf`` while one is under way."""
+        if self.fetching:
+            return math.inf
+        if self.last_end is None:
+            return -math.inf
+        return self.last_end + (self.cooldown if self.wanted else self.refresh)
+
+    def due(self, now: float) -> bool:
+        if self.fetching:
+            return False
+        return self.last_end is None or now < self.last_end or now >= self.next_due()
+
+    def want(self, now: float) -> bool:
+        """A token names a ``kid`` no key has: whether it should wait for a fetch (one is under way,
+        or may start now, and is then due), rather than be refused at once."""
+        if self.fetching:
+            return True
+        if self.last_end is None or not 0 <= now - self.last_end < self.cooldown:
+            self.wanted = True
+            return True
+        return False
+
+    def started(self) -> None:
+        self.fetching = True
+        self.wanted = False
+
+    def ended(self, now: float) -> None:
+        self.fetching = False
+        self.last_end = now
+        self.fetches += 1
 
 
 # ---------------------------------------------------------------- sessions
@@ -143,15 +236,23 @@ class JwtSessions:
         audience: str | None = None,
         leeway: float = 5.0,
         topics_claim: str = "topics",
+        jwks: JwksSchedule | None = None,
     ) -> None:
         """``leeway``: seconds of clock difference with the token issuer that ``exp`` and ``nbf``
-        tolerate. ``topics_claim``: the claim that lists the topic patterns the user may read."""
-        self.keys = tuple(keys)
-        if not self.keys:
+        tolerate. ``topics_claim``: the claim that lists the topic patterns the user may read.
+        ``jwks``: keys also come from a JWKS URL, fetched on this schedule (module docstring);
+        ``keys`` may then be empty until the first fetch."""
+        self.configured = tuple(keys)
+        """The keys of the configuration; they never change."""
+        self.keys = self.configured
+        """The keys in use: the configured ones, then those of the last successful fetch."""
+        if not self.keys and jwks is None:
             raise ValueError("JWT sessions need at least one key")
         kids = [k.kid for k in self.keys if k.kid is not None]
         if len(kids) != len(set(kids)):
             raise ValueError("two keys have the same kid")
+        self.jwks = jwks
+        self._gave_up_at: float | None = None
         if not leeway >= 0:
             raise ValueError("leeway must be 0 or more")
         self.issuer = issuer
@@ -165,7 +266,7 @@ class JwtSessions:
         """The token's user, topic patterns and session end, or ``RefusedError(UNAUTHORIZED)``."""
         if not token:
             raise _refused("a token is required")
-        claims = self._verified_claims(token)
+        claims = self._verified_claims(token, now)
         exp = _time_claim(claims, "exp")
         if now >= exp + self.leeway:
             raise _refused("token expired")
@@ -180,14 +281,39 @@ class JwtSessions:
     def authorize(self, identity: Identity, topic: str) -> bool:
         return any(pattern_matches(pattern, topic) for pattern in identity.allowed_patterns)
 
+    # ------------------------------------------------------------ fetched keys
+
+    def fetch_started(self) -> None:
+        """The router started fetching the JWKS URL."""
+        assert self.jwks is not None
+        self.jwks.started()
+
+    def keys_fetched(self, fetched: Iterable[VerificationKey], now: float) -> None:
+        """A fetch that ended at ``now`` gave these keys: they replace the previous fetch's. A
+        configured key keeps its ``kid``: a fetched key with the same one is left out."""
+        assert self.jwks is not None
+        configured = {k.kid for k in self.configured if k.kid is not None}
+        self.keys = self.configured + tuple(k for k in fetched if k.kid not in configured)
+        self.jwks.ended(now)
+
+    def fetch_failed(self, now: float) -> None:
+        """A fetch that ended at ``now`` gave nothing: the keys in use stay."""
+        assert self.jwks is not None
+        self.jwks.ended(now)
+
+    def fail(self, key: str, reason: str, now: float) -> None:
+        """The wait for keys timed out: tokens with an unknown ``kid`` asked again at ``now`` are
+        refused (:data:`NOT_FETCHED_IN_TIME`) instead of waiting again."""
+        self._gave_up_at = now
+
     # ------------------------------------------------------------ verification
 
-    def _verified_claims(self, token: str) -> dict[str, Any]:
+    def _verified_claims(self, token: str, now: float) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise _refused("malformed token") from None
-        candidates = self._candidates(header)
+        candidates = self._candidates(header, now)
         refusal = _refused("bad signature")
         for key in candidates:
             try:
@@ -199,7 +325,7 @@ class JwtSessions:
                 break
         raise refusal
 
-    def _candidates(self, header: dict[str, Any]) -> list[VerificationKey]:
+    def _candidates(self, header: dict[str, Any], now: float) -> list[VerificationKey]:
         """The keys that may verify a token with this (unverified) header, by ``kid`` then
         algorithm. The algorithm is only a filter: each key verifies with its own."""
         kid = header.get("kid")
@@ -207,12 +333,22 @@ class JwtSessions:
         if not chosen:
             chosen = [k for k in self.keys if k.kid is None]
         if not chosen:
-            raise _refused("unknown key id")
+            self._wait_for_keys(kid, now)
+            raise _refused(UNKNOWN_KID)
         fitting = [k for k in chosen if k.algorithm == header.get("alg")]
         if not fitting:
             accepted = ", ".join(sorted({k.algorithm for k in chosen}))
             raise _refused(f"the token's algorithm is not accepted (this key takes {accepted})")
         return fitting
+
+    def _wait_for_keys(self, kid: object, now: float) -> None:
+        """Raise :class:`DecisionPending` if a JWKS fetch may still bring ``kid``."""
+        if self.jwks is None or not isinstance(kid, str):
+            return
+        if self._gave_up_at == now:
+            raise _refused(NOT_FETCHED_IN_TIME)
+        if self.jwks.want(now):
+            raise DecisionPending(KEYS_PENDING)
 
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         options: Any = {

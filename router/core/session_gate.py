@@ -1,13 +1,14 @@
-"""The control plane in front of an external session service, with no I/O.
+"""The control plane in front of session decisions that come later, with no I/O.
 
 :class:`SessionGate` passes edge control messages to the :class:`~router.core.control.ControlPlane`.
-When one needs a decision of the session service that is not cached (a ``register_client`` or
-``refresh_token`` raising :class:`~router.core.external_sessions.DecisionPending`), the gate parks
-it, and parks after it every later message of the same client, so a client's messages are handled
-in order. When the service answers, or the request times out (``unauthorized``, ``session service
-timed out``) or cannot be sent (``session service unavailable``), the gate handles the parked
-messages again, at once, so each gets its reply. Nothing here waits: the router serves everyone
-else meanwhile.
+When one needs a decision that is not there yet (a ``register_client`` or ``refresh_token`` raising
+:class:`~router.core.sessions.DecisionPending`: an answer of an external session service, or keys
+from a JWKS URL), the gate parks it, and parks after it every later message of the same client, so
+a client's messages are handled in order. When the decision comes (:meth:`SessionGate.decided`), or
+the wait times out (``unauthorized``, ``session service timed out``, or the session manager's own
+reason) or the request cannot be sent (``session service unavailable``), the gate handles the
+parked messages again, at once, so each gets its reply. Nothing here waits: the router serves
+everyone else meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from router.core.control import ControlPlane, Outbound
-from router.core.external_sessions import DecisionPending, ExternalSessions
+from router.core.sessions import DecisionPending, DeferringSessions
 from router.wire import WireError, decode_edge_message
 
 __all__ = ["MAX_PARKED", "TIMED_OUT", "UNAVAILABLE", "SessionGate"]
@@ -41,7 +42,8 @@ class _Parked(NamedTuple):
 class SessionGate:
     """A :class:`ControlPlane` whose session decisions may come later (module docstring)."""
 
-    def __init__(self, control: ControlPlane, sessions: ExternalSessions, timeout: float) -> None:
+    def __init__(self, control: ControlPlane, sessions: DeferringSessions, timeout: float) -> None:
+        """``timeout``: the longest a parked message waits for its decision, in seconds."""
         self.control = control
         self.sessions = sessions
         self.timeout = timeout
@@ -78,19 +80,15 @@ class SessionGate:
         unix = now if unix_time is None else unix_time
         return self.control.tick(now, unix, expire_edges=expire_edges) + self.expire(now, unix)
 
-    def requests_to_send(self) -> list[tuple[str, bytes]]:
-        """What to send to the session service now, as ``(token key, body)``."""
-        return self.sessions.requests_to_send()
-
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has something to do next (monotonic), if ever."""
         return min(self._deadlines.values(), default=None)
 
     # ------------------------------------------------------------ decisions
 
-    def answered(self, body: bytes, now: float, unix_time: float) -> list[Outbound]:
-        """A reply of the session service: the messages it decides handled again."""
-        key = self.sessions.answer(body, unix_time)
+    def decided(self, key: str | None, now: float, unix_time: float) -> list[Outbound]:
+        """``key`` is decided (an answer of the service, keys fetched): the messages that waited
+        for it handled again. ``None``, or a key nothing waits for, changes nothing."""
         if key is None or self._deadlines.pop(key, None) is None:
             return []
         return self._release(now, unix_time)

@@ -4,6 +4,11 @@ The router asks its :class:`SessionManager` when a client registers or refreshes
 (authenticate the token) and at every subscribe (authorize the topic). :class:`AllowAllSessions`
 accepts everyone and is meant for local use only; :class:`~router.core.jwt_sessions.JwtSessions`
 checks JSON Web Tokens.
+
+A manager whose decision may need something the router fetches (an answer of a session service,
+keys from a JWKS URL) is a :class:`DeferringSessions`: ``authenticate`` raises
+:class:`DecisionPending`, and the :class:`~router.core.session_gate.SessionGate` holds the request
+until the router has what it needs, or gives up (:meth:`DeferringSessions.fail`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ class SessionManager(Protocol):
 
     def authorize(self, identity: Identity, topic: str) -> bool:
         """Whether ``identity`` may subscribe to ``topic``."""
+        ...
+
+
+class DecisionPending(Exception):  # noqa: N818 - a signal, not an error
+    """``authenticate`` cannot decide yet: park the request until ``key`` is decided."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("waiting for a session decision")
+        self.key = key
+
+
+class DeferringSessions(SessionManager, Protocol):
+    """A session manager whose ``authenticate`` may raise :class:`DecisionPending`."""
+
+    def fail(self, key: str, reason: str, now: float) -> None:
+        """Stop waiting for ``key`` (a timeout): ``authenticate`` asked again at the same ``now``
+        refuses what waited for it, with ``reason`` or a more precise one, instead of deferring."""
         ...
 
 

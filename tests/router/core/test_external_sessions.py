@@ -182,7 +182,11 @@ class Gate:
         return self.send(Subscribe(request_id=self.next_id, client_id=client_id, topic=topic), now)
 
     def asked(self) -> list[int]:
-        return [json.loads(body)["id"] for _, body in self.gate.requests_to_send()]
+        return [json.loads(body)["id"] for _, body in self.sessions.requests_to_send()]
+
+    def answered(self, body: bytes, now: float) -> list[Outbound]:
+        """The service's reply ``body`` arrives at ``now``."""
+        return self.gate.decided(self.sessions.answer(body, 1000 + now), now, 1000 + now)
 
 
 def replies(out: list[Outbound]) -> list[Any]:
@@ -195,7 +199,7 @@ def test_a_register_waits_for_the_service_and_later_messages_of_its_client_wait_
     assert g.subscribe("c1", "/video/main") == []
     assert g.subscribe("c1", "/audio") == []
     [request_id] = g.asked()
-    out = g.gate.answered(allow(request_id), now=0.5, unix_time=1000.5)
+    out = g.answered(allow(request_id), now=0.5)
     registered, subscribed, forbidden = replies(out)
     assert isinstance(registered, Registered)
     assert registered.user == "alice"
@@ -211,7 +215,7 @@ def test_other_clients_are_served_while_one_waits() -> None:
     g = Gate()
     g.register("c1", "tok")
     [request_id] = g.asked()
-    g.gate.answered(allow(request_id), 0.1, 1000.1)
+    g.answered(allow(request_id), 0.1)
     g.register("c2", "slow-token")
     assert g.asked() != []
     [subscribed] = g.subscribe("c1", "/video/main", now=0.2)
@@ -225,7 +229,7 @@ def test_one_request_per_token_answers_every_waiting_client() -> None:
     g.register("c1", "tok")
     g.register("c2", "tok")
     [request_id] = g.asked()
-    out = replies(g.gate.answered(allow(request_id), 0.1, 1000.1))
+    out = replies(g.answered(allow(request_id), 0.1))
     assert [type(m) for m in out] == [Registered, Registered]
 
 
@@ -244,7 +248,7 @@ def test_no_answer_within_the_timeout_refuses_unauthorized() -> None:
 def test_a_request_that_cannot_be_sent_is_refused_at_once() -> None:
     g = Gate()
     g.register("c1", "tok")
-    [(key, _)] = g.gate.requests_to_send()
+    [(key, _)] = g.sessions.requests_to_send()
     [refused] = replies(g.gate.unavailable(key, 0.1, 1000.1))
     assert (refused.code, refused.message) == ("unauthorized", UNAVAILABLE)
     g.register("c2", "tok", now=0.2)
@@ -256,7 +260,7 @@ def test_a_late_answer_after_the_timeout_changes_nothing() -> None:
     g.register("c1", "tok")
     [request_id] = g.asked()
     g.gate.tick(now=TIMEOUT, unix_time=1000 + TIMEOUT)
-    assert g.gate.answered(allow(request_id), TIMEOUT + 1, 1000 + TIMEOUT + 1) == []
+    assert g.answered(allow(request_id), TIMEOUT + 1) == []
 
 
 # ---------------------------------------------------------------- configuration
