@@ -111,10 +111,13 @@ def curve_server(
     if secret_file is None or allowed_dir is None:
         parser.error("--curve-secret-key-file and --curve-allowed-keys-dir go together")
     try:
-        _, secret = read_key_pair(secret_file)
-        read_allowed_keys(allowed_dir)
+        public, secret = read_key_pair(secret_file)
+        allowed = read_allowed_keys(allowed_dir)
     except CurveKeyError as error:
         parser.error(str(error))
+    log.info(
+        "Curve on: public key %s, %d allowed router key(s) in %s", public.decode(), len(allowed), allowed_dir
+    )
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve(domain="*", location=str(allowed_dir))
