@@ -21,6 +21,7 @@ __all__ = [
     "DATA_HEADER",
     "DEFAULT_URL",
     "FRAME_DATA",
+    "FRAME_RESTARTED",
     "FRAME_SKIPPED",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_MESSAGE_BYTES",
@@ -53,10 +54,12 @@ __all__ = [
     "close_reason",
     "decode_client_message",
     "encode_data_frame",
+    "encode_restarted_frame",
     "encode_server_message",
     "encode_skipped_frame",
     "frame_type",
     "parse_data_frame",
+    "parse_restarted_frame",
     "parse_skipped_frame",
 ]
 
@@ -84,13 +87,20 @@ CLIENT_ERROR_CODES: Final = frozenset(
         ErrorCode.TOO_LARGE,
         ErrorCode.NOT_SUBSCRIBED,
         ErrorCode.RATE_LIMITED,
+        ErrorCode.UNAVAILABLE,
         ErrorCode.INTERNAL,
     )
 )
+RETRY_LATER: Final = frozenset({ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.UNKNOWN_EDGE.value})
+"""Router codes that mean the router lost this edge's or client's session for a while: the edge
+registers them again, so the client is told to retry (``unavailable``)."""
 
 
 def client_error_code(router_code: str) -> str:
-    """The code a client sees for a router error: itself if clients know it, else ``internal``."""
+    """The code a client sees for a router error: itself if clients know it, ``unavailable`` for
+    a session the router is being given again, else ``internal``."""
+    if router_code in RETRY_LATER:
+        return ErrorCode.UNAVAILABLE.value
     return router_code if router_code in CLIENT_ERROR_CODES else ErrorCode.INTERNAL.value
 
 
@@ -347,6 +357,9 @@ def parse_data_frame(frame: bytes) -> DataFrame:
 
 
 FRAME_SKIPPED: Final = 0x02
+FRAME_RESTARTED: Final = 0x03
+RESTARTED_FRAME: Final = struct.Struct("!BBIQ")
+"""Frame type, flags, channel, the new epoch: 14 bytes, big-endian."""
 SKIPPED_FRAME: Final = struct.Struct("!BBIQQI")
 """Frame type, reasons, channel, first offset, last offset, count: 26 bytes, big-endian."""
 _MAX_COUNT: Final = 2**32 - 1
@@ -363,6 +376,10 @@ class SkipReason(IntFlag):
     """The client's queue had no room (or the message alone is over the queue's byte bound)."""
     BEHIND = 0x08
     """A ``reliable`` topic's queue was full and the edge could not refill it from the history."""
+    NOT_RECEIVED = 0x10
+    """The edge never received it from the router (not a ``reliable`` topic): lost between the
+    router and the edge, or not sent while the router did not know this client (the edge was
+    registering its clients again). Not a loss upstream of the router."""
 
 
 class SkippedFrame(NamedTuple):
@@ -383,6 +400,21 @@ def encode_skipped_frame(channel: int, reasons: int, first: int, last: int, coun
     covers is real loss upstream of the edge.
     """
     return SKIPPED_FRAME.pack(FRAME_SKIPPED, reasons, channel, first, last, min(count, _MAX_COUNT))
+
+
+def encode_restarted_frame(channel: int, epoch: int) -> bytes:
+    """The frame that goes just before a channel's first data frame of a new ``epoch``: the
+    topic's sequence started over (the router restarted), and what was published in between is
+    lost."""
+    return RESTARTED_FRAME.pack(FRAME_RESTARTED, 0, channel, epoch)
+
+
+def parse_restarted_frame(frame: bytes) -> tuple[int, int]:
+    """``(channel, epoch)`` of a restarted frame (for clients and tests). Raises ``ValueError``."""
+    if len(frame) != RESTARTED_FRAME.size or frame[0] != FRAME_RESTARTED:
+        raise ValueError(f"a restarted frame is {RESTARTED_FRAME.size} bytes of type {FRAME_RESTARTED}")
+    _, _, channel, epoch = RESTARTED_FRAME.unpack(frame)
+    return channel, epoch
 
 
 def parse_skipped_frame(frame: bytes) -> SkippedFrame:

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from edges.core.client_wire import SkipReason, encode_skipped_frame
+from edges.core.client_wire import SkipReason, encode_restarted_frame, encode_skipped_frame
 from edges.core.drops import DropReason
 from edges.core.output import ClientOutput, Data, Framing, Skipped
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
@@ -61,37 +61,56 @@ CONFLATED: Final = int(SkipReason.CONFLATED)
 RATE_LIMITED: Final = int(SkipReason.RATE_LIMITED)
 QUEUE_FULL: Final = int(SkipReason.QUEUE_FULL)
 BEHIND: Final = int(SkipReason.BEHIND)
+NOT_RECEIVED: Final = int(SkipReason.NOT_RECEIVED)
 """The :class:`~edges.core.client_wire.SkipReason` bits as plain ints, which combine faster."""
 
 
 class Skip:
-    """Messages skipped on purpose between two frames of one lane: their offsets and reasons."""
+    """Messages skipped between two frames of one lane: their offsets and reasons; and, with an
+    ``epoch``, that the topic's sequence started over in that epoch before the next frame (the
+    skipped offsets, if any, are then the new epoch's)."""
 
-    __slots__ = ("count", "first", "last", "reasons")
+    __slots__ = ("count", "epoch", "first", "last", "reasons")
 
     def __init__(self, reasons: int, offset: int) -> None:
         self.reasons = reasons
         self.first = self.last = offset
         self.count = 1
+        self.epoch = 0
+
+    @classmethod
+    def restart(cls, epoch: int) -> Skip:
+        """A skip of no message yet, that says the sequence started over in ``epoch``."""
+        skip = cls(0, 0)
+        skip.count = 0
+        skip.epoch = epoch
+        return skip
 
     def __repr__(self) -> str:
-        return f"Skip({self.reasons!r}, {self.first}..{self.last}, count={self.count})"
+        return f"Skip({self.reasons!r}, {self.first}..{self.last}, count={self.count}, epoch={self.epoch})"
 
     def add(self, reason: int, offset: int) -> None:
         """One more message: a newer one at the tail, or the older frame just dropped before it."""
         self.reasons |= reason
-        if offset < self.first:
+        if not self.count:
+            self.first = self.last = offset
+        elif offset < self.first:
             self.first = offset
         elif offset > self.last:
             self.last = offset
         self.count += 1
 
     def absorb(self, other: Skip) -> Skip:
+        """Take ``other``, the skip just before or after this one, in."""
         self.reasons |= other.reasons
-        if other.first < self.first:
-            self.first = other.first
-        if other.last > self.last:
-            self.last = other.last
+        self.epoch = self.epoch or other.epoch
+        if not self.count:
+            self.first, self.last = other.first, other.last
+        elif other.count:
+            if other.first < self.first:
+                self.first = other.first
+            if other.last > self.last:
+                self.last = other.last
         self.count += other.count
         return self
 
@@ -335,6 +354,34 @@ class Lane:
         else:
             items.append(Skip(reason, offset))
 
+    def missed(self, first: int, last: int) -> None:
+        """Messages ``first`` to ``last`` never reached the edge: the skip before the next frame
+        covers them. The caller hands the lane that next frame at once."""
+        count = last - first + 1
+        self.queue.dropped[DropReason.NOT_RECEIVED] += count
+        self.drops += count
+        items = self._deque()
+        tail = items[-1] if items else None
+        if not isinstance(tail, Skip):
+            tail = Skip(NOT_RECEIVED, first)
+            tail.count = 0
+            items.append(tail)
+        tail.reasons |= NOT_RECEIVED
+        tail.first = min(tail.first, first)
+        tail.last = max(tail.last, last)
+        tail.count += count
+
+    def restarted(self, epoch: int) -> None:
+        """The topic's sequence started over in ``epoch``: the frame before the next one says so.
+        It says that everything since the last frame is lost, so the old sequence's skips not yet
+        told (already counted) go into it, as does a rate-limited frame held back."""
+        if self.held is not None:
+            self._conflate_held()
+        items = self._deque()
+        if items and isinstance(items[-1], Skip):
+            items.pop()
+        items.append(Skip.restart(epoch))
+
     def _drop_oldest(self, reason: int = QUEUE_FULL, counter: DropReason = DropReason.QUEUE_FULL) -> None:
         """Drop the oldest frame; it joins the skips around it, which stay before the next frame."""
         items = self.items or self._deque()
@@ -360,10 +407,7 @@ class Lane:
         elif before is None:
             items.appendleft(Skip(reason, offset))
         else:
-            before.reasons |= reason
-            before.count += 1
-            if offset > before.last:
-                before.last = offset
+            before.add(reason, offset)
             items.appendleft(before)
 
     def _conflate_queued(self) -> None:
@@ -571,7 +615,7 @@ class Lane:
         items = self._deque()
         item = items.popleft()
         if isinstance(item, Skip):
-            out.append(self.queue.skipped_frame(self.channel, item))
+            self.queue.skip_frames(self.channel, item, out)
             item = items.popleft()
         assert not isinstance(item, Skip)
         out.append(item)
@@ -837,8 +881,16 @@ class DeliveryQueue:
             level.next_turn()
         return sent
 
-    def skipped_frame(self, channel: int, skip: Skip) -> Skipped:
-        frame = encode_skipped_frame(channel, skip.reasons, skip.first, skip.last, skip.count)
+    def skip_frames(self, channel: int, skip: Skip, out: list[ClientOutput]) -> None:
+        """The frames that explain ``skip`` on ``channel``: a restarted frame if the sequence
+        started over, then a skipped frame if messages were skipped."""
+        if skip.epoch:
+            out.append(self._framed(channel, encode_restarted_frame(channel, skip.epoch)))
+        if skip.count:
+            frame = encode_skipped_frame(channel, skip.reasons, skip.first, skip.last, skip.count)
+            out.append(self._framed(channel, frame))
+
+    def _framed(self, channel: int, frame: bytes) -> Skipped:
         if self._framing is not None:
             frame = self._framing(len(frame)) + frame
         return Skipped(channel, frame)

@@ -19,6 +19,9 @@ class DropReason(StrEnum):
     """A ``disconnect`` topic found the queue full: the client is closed."""
     BEHIND = "behind"
     """A ``reliable`` topic's messages the edge could not refill from the router's history."""
+    NOT_RECEIVED = "not_received"
+    """Never received from the router: dropped between the router and the edge (its queue for
+    the edge was full), or not sent while the router did not know the edge's client."""
     CONFLATED = "conflated"
     """A newer message of a ``latest`` topic took its place."""
     RATE_LIMITED = "rate_limited"
@@ -32,7 +35,13 @@ class DropReason(StrEnum):
     """A client message refused as malformed or out of place (a metric label only)."""
 
 
-LOSS_REASONS: Final = (DropReason.QUEUE_FULL, DropReason.OVERSIZE, DropReason.TOO_SLOW, DropReason.BEHIND)
+LOSS_REASONS: Final = (
+    DropReason.QUEUE_FULL,
+    DropReason.OVERSIZE,
+    DropReason.TOO_SLOW,
+    DropReason.BEHIND,
+    DropReason.NOT_RECEIVED,
+)
 """The drops a client suffered against the topic's policy: not conflation or a rate limit it asked
 for, and not frames it no longer wanted."""
 NOT_DROPS: Final = frozenset({DropReason.CLOSED, DropReason.UNSUBSCRIBED})

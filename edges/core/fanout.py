@@ -47,14 +47,14 @@ class Topic:
         return self.retired_drops + sum(sub.lane.drops for sub in self.receiving.values())
 
     def advance(self, epoch: int, offset: int) -> tuple[int, int] | None:
-        """A message at ``epoch``:``offset`` arrived. Returns the offsets of a ``reliable`` topic
-        that were skipped on the way (never received), if any."""
+        """A message at ``epoch``:``offset`` arrived. Returns the offsets that were skipped on the
+        way (never received), if any."""
         if epoch != self.epoch:
             self.epoch, self.offset = epoch, offset
             return None
         if offset <= self.offset:
             return None
-        missed = (self.offset + 1, offset - 1) if offset > self.offset + 1 and self.reliable else None
+        missed = (self.offset + 1, offset - 1) if offset > self.offset + 1 else None
         self.offset = offset
         return missed
 
@@ -121,17 +121,31 @@ class Fanout:
         topic = self.by_name[sub.topic]
         self._set_policy(topic, ok.policy)
         sub.confirm(ok.policy, ok.epoch, ok.offset)
-        topic.receiving[sub.client_id] = sub
         if topic.epoch != ok.epoch:
-            topic.epoch, topic.offset = ok.epoch, ok.offset
+            self._new_epoch(topic, ok.epoch, ok.offset)
+        topic.receiving[sub.client_id] = sub
         if self._catch_up.owe_from_start(sub, ok, topic.offset):
             self._with_output[sub.client_id] = sub.session
 
     def reconfirm(self, sub: Subscription, ok: wire.SubscribeOk) -> None:
-        """A new router accepted ``sub`` again: what it owed is given up."""
-        self._set_policy(self.by_name[sub.topic], ok.policy)
+        """The router accepted ``sub`` again, after it restarted or lost this edge: what it owed is
+        given up. A restarted router's new epoch is told (:meth:`_new_epoch`); in the same epoch,
+        what was published while the router did not know the client never reached it: a
+        ``reliable`` topic owes it from the history, the others skip it (``not received``)."""
+        topic = self.by_name[sub.topic]
+        self._set_policy(topic, ok.policy)
         sub.reconfirm(ok.epoch, ok.offset)
         self._catch_up.discard(sub)
+        if topic.epoch != ok.epoch:
+            self._new_epoch(topic, ok.epoch, ok.offset)
+        elif ok.offset > topic.offset:
+            first, last = topic.offset + 1, ok.offset
+            topic.offset = ok.offset
+            if topic.reliable:
+                if self._catch_up.owe(sub, first, last, ok.epoch):
+                    self._with_output[sub.client_id] = sub.session
+            else:
+                sub.lane.missed(first, last)
 
     def leave(self, sub: Subscription) -> None:
         """End ``sub``; its queued data goes, and the topic with its last subscription."""
@@ -192,10 +206,11 @@ class Fanout:
             now = self._now
         else:
             self._now = now
+        if epoch != state.epoch and state.epoch:
+            self._new_epoch(state, epoch, offset - 1)
         missed = state.advance(epoch, offset)
         if missed is not None:
-            for sub in self._catch_up.gap(state.receiving.values(), epoch, *missed):
-                self._with_output[sub.client_id] = sub.session
+            self._missed(state, epoch, *missed)
         frame = self._frame(state.channel, offset, payload)
         with_output = self._with_output
         count = 0
@@ -208,6 +223,27 @@ class Fanout:
             count += 1
         self._counters.delivered += count
         return count
+
+    def _new_epoch(self, topic: Topic, epoch: int, offset: int) -> None:
+        """The topic's sequence started over in ``epoch`` (the router restarted), at ``offset``:
+        each subscriber of the old one is told before its next frame."""
+        for sub in topic.receiving.values():
+            sub.lane.restarted(epoch)
+            self._with_output[sub.client_id] = sub.session
+        topic.epoch, topic.offset = epoch, offset
+
+    def _missed(self, topic: Topic, epoch: int, first: int, last: int) -> None:
+        """Offsets ``first`` to ``last`` of ``epoch`` never reached the edge: a ``reliable`` topic's
+        subscribers get them from the history, the others a skip that says so (from after the
+        position each one's ``subscribed`` announced)."""
+        if topic.reliable:
+            for sub in self._catch_up.gap(topic.receiving.values(), epoch, first, last):
+                self._with_output[sub.client_id] = sub.session
+            return
+        for sub in topic.receiving.values():
+            start = max(first, sub.start_offset + 1) if sub.start_epoch == epoch else first
+            if start <= last:
+                sub.lane.missed(start, last)
 
     def _attend(self, sub: Subscription, topic: Topic) -> None:
         """A subscription asked to be looked at: it holds a frame for later, fell behind, or its

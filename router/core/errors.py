@@ -23,6 +23,9 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     UNSUPPORTED_VERSION = "unsupported_version"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+    """Told to clients only: the router does not know the client right now (its edge is
+    registering its clients again, after a router restart or a lost link). Retry shortly."""
     RATE_LIMITED = "rate_limited"
     """A client's message over its rate at the edge (also a router drop reason: ``ingest_max_rate``)."""
 

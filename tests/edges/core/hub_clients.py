@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 from edges.core.client_wire import (
+    FRAME_RESTARTED,
     FRAME_SKIPPED,
     frame_type,
     parse_data_frame,
+    parse_restarted_frame,
     parse_skipped_frame,
 )
 from edges.core.hub import EdgeHub, ToRouter
@@ -52,11 +54,14 @@ def frame(channel: int, offset: int, size: int = 0) -> Data:
 
 
 def view(out: list[ClientOutput]) -> list[tuple[object, ...]]:
-    """What a client reads: ("data", channel, offset) and ("skip", reasons, channel, first, last, count)."""
+    """What a client reads: ("data", channel, offset), ("skip", reasons, channel, first, last,
+    count) and ("restart", channel, epoch)."""
     seen: list[tuple[object, ...]] = []
     for item in wire_forms(out):
         assert isinstance(item, bytes)
-        if frame_type(item) == FRAME_SKIPPED:
+        if frame_type(item) == FRAME_RESTARTED:
+            seen.append(("restart", *parse_restarted_frame(item)))
+        elif frame_type(item) == FRAME_SKIPPED:
             skipped = parse_skipped_frame(item)
             seen.append(
                 ("skip", skipped.reasons, skipped.channel, skipped.first, skipped.last, skipped.skipped)

@@ -12,6 +12,7 @@ import pytest
 from edges.core.client_wire import (
     SkipReason,
 )
+from edges.core.drops import DropReason
 from edges.core.hub import EdgeHub, ToRouter
 from edges.core.session import EdgeLimits
 from router import wire
@@ -220,13 +221,44 @@ def test_hub_refills_offsets_that_never_reached_the_edge() -> None:
     assert hub.stats().gaps == 2
 
 
-def test_hub_leaves_gaps_of_other_policies_to_the_client() -> None:
+def test_hub_tells_a_gap_of_other_policies_with_a_not_received_skip() -> None:
+    """Messages that never reached the edge (the router's queue for it was full, or it was not
+    sent while the router did not know the client) are told, and not asked for again."""
     hub, (session,) = hub_client(DeliveryPolicy(), recovery=True)
-    for offset in (1, 2, 5):
+    for offset in (1, 2, 5, 6, 9):
         hub.deliver(b"/t", 5, offset, b"x")
-    assert frames_of(session) == [("data", 0, offset) for offset in (1, 2, 5)]
+    not_received = int(SkipReason.NOT_RECEIVED)
+    assert frames_of(session) == [
+        ("data", 0, 1),
+        ("data", 0, 2),
+        ("skip", not_received, 0, 3, 4, 2),
+        ("data", 0, 5),
+        ("data", 0, 6),
+        ("skip", not_received, 0, 7, 8, 2),
+        ("data", 0, 9),
+    ]
     assert hub.drain_actions() == []
     assert hub.stats().gaps == 0
+    assert session.dropped[DropReason.NOT_RECEIVED] == 4
+
+
+def test_a_latest_topic_merges_what_was_not_received_with_what_was_conflated() -> None:
+    hub, (session,) = hub_client(DeliveryPolicy(kind="latest"), recovery=True)
+    for offset in (1, 2, 5):
+        hub.deliver(b"/t", 5, offset, b"x")
+    reasons = int(SkipReason.NOT_RECEIVED | SkipReason.CONFLATED)
+    assert frames_of(session) == [("skip", reasons, 0, 1, 4, 4), ("data", 0, 5)]
+
+
+def test_a_gap_before_a_subscribers_announced_position_is_not_its_loss() -> None:
+    hub, (first,) = hub_client(DeliveryPolicy(), recovery=True)
+    hub.deliver(b"/t", 5, 1, b"x")
+    late, _, subscribed = resume_subscribe(hub, "c1", None, offset=3, policy=DeliveryPolicy())
+    assert subscribed["offset"] == 3
+    hub.deliver(b"/t", 5, 5, b"x")
+    not_received = int(SkipReason.NOT_RECEIVED)
+    assert frames_of(first) == [("data", 0, 1), ("skip", not_received, 0, 2, 4, 3), ("data", 0, 5)]
+    assert frames_of(late) == [("skip", not_received, 0, 4, 4, 1), ("data", 0, 5)]
 
 
 def test_hub_refills_what_passed_before_the_router_confirmed_a_subscriber() -> None:
@@ -246,7 +278,8 @@ def test_hub_refills_what_passed_before_the_router_confirmed_a_subscriber() -> N
 
 
 def test_hub_router_restart_ends_a_catch_up() -> None:
-    """The new router's history starts afresh: what the client missed is skipped, said once."""
+    """The new router's history starts afresh: what the client missed is lost, told once by the
+    restarted frame (with the new epoch) before the new sequence's first frame."""
     policy = DeliveryPolicy(kind="reliable", queue_max_messages=1)
     hub, (session,) = hub_client(policy, recovery=True)
     for offset in range(1, 4):
@@ -260,5 +293,5 @@ def test_hub_router_restart_ends_a_catch_up() -> None:
     hub.router_message(subscribe_ok(subscribe, policy, epoch=9))
     assert not hub.catching_up
     hub.deliver(b"/t", 9, 1, b"x")
-    assert frames_of(session) == [("skip", BEHIND, 0, 2, 3, 2), ("data", 0, 1)]
+    assert frames_of(session) == [("restart", 0, 9), ("data", 0, 1)]
     assert hub.drain_actions() == []

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from edges.core.client_wire import (
+    FRAME_RESTARTED,
     FRAME_SKIPPED,
     CloseCode,
     Connect,
@@ -26,6 +27,7 @@ from edges.core.client_wire import (
     encode_data_frame,
     frame_type,
     parse_data_frame,
+    parse_restarted_frame,
     parse_skipped_frame,
 )
 from edges.core.hub import (
@@ -69,13 +71,16 @@ def only_request(hub: EdgeHub) -> Any:
 
 def parsed(session: ClientSession) -> list[Any]:
     """Drain a session: JSON objects for text messages, (channel, offset, payload) for data frames,
-    a :class:`~edges.core.client_wire.SkippedFrame` for skipped frames."""
+    a :class:`~edges.core.client_wire.SkippedFrame` for skipped frames, ("restart", channel, epoch)
+    for restarted frames."""
     out: list[Any] = []
     for item in wire_forms(session.data_to_send()):
         if isinstance(item, str):
             out.append(json.loads(item))
         elif frame_type(item) == FRAME_SKIPPED:
             out.append(parse_skipped_frame(item))
+        elif frame_type(item) == FRAME_RESTARTED:
+            out.append(("restart", *parse_restarted_frame(item)))
         else:
             frame = parse_data_frame(item)
             out.append((frame.channel, frame.offset, frame.payload))
@@ -402,15 +407,20 @@ def test_unsubscribe_errors() -> None:
     ]
 
 
-def test_unsubscribe_refused_by_the_router_is_reported() -> None:
+@pytest.mark.parametrize(
+    ("router_code", "client_code"), [("unknown_client", "unavailable"), ("duplicate_client", "internal")]
+)
+def test_unsubscribe_refused_by_the_router_is_reported(router_code: str, client_code: str) -> None:
+    """A router that does not know the client (the edge is registering its clients again) is
+    told as ``unavailable``, to retry; a code clients do not know, as ``internal``."""
     hub = EdgeHub()
     session = connect(hub, "c1")
     subscribe(hub, "c1", "/a")
     session.data_to_send()
     hub.client_text("c1", '{"op":"unsubscribe","id":2,"topic":"/a"}')
     [request] = to_router(hub.drain_actions())
-    hub.router_message(error_for(request, "unknown_client"))
-    assert parsed(session) == [{"op": "error", "id": 2, "code": "internal", "message": "refused"}]
+    hub.router_message(error_for(request, router_code))
+    assert parsed(session) == [{"op": "error", "id": 2, "code": client_code, "message": "refused"}]
 
 
 def test_channels_are_reused_lowest_first() -> None:
@@ -484,7 +494,12 @@ def test_messages_up_to_the_announced_offset_are_skipped() -> None:
     assert hub.deliver(b"/a", 5, 10, b"old") == 0
     assert hub.deliver(b"/a", 6, 1, b"new epoch") == 1
     assert hub.deliver(b"/a", 5, 11, b"next") == 1
-    assert [offset for _, offset, _ in parsed(session)] == [1, 11]
+    assert parsed(session) == [
+        ("restart", 0, 6),
+        (0, 1, b"new epoch"),
+        ("restart", 0, 5),
+        (0, 11, b"next"),
+    ]
 
 
 def test_slow_client_does_not_hold_back_the_others() -> None:
@@ -1144,6 +1159,8 @@ class EdgeMachine(RuleBasedStateMachine):
         for index, frame in enumerate(frames):
             if frame_type(frame) == FRAME_SKIPPED:
                 self.check_skipped(client, reader, frame, frames[index + 1 :])
+            elif frame_type(frame) == FRAME_RESTARTED:
+                self.check_restarted(client, reader, frame, frames[index + 1 :])
             else:
                 self.check_frame(client, reader, frame, shared[index])
         reader.flagged = False
@@ -1165,6 +1182,17 @@ class EdgeMachine(RuleBasedStateMachine):
             assert sub.may_skip, "a reliable client skipped what the router's history could refill"
         for reason in skipped.reasons:
             event(f"skipped frame: {reason.name}")
+
+    def check_restarted(self, client: Client, reader: Reader, frame: bytes, after: list[bytes]) -> None:
+        """A restarted frame names a channel the client holds, and comes just before that
+        channel's next data frame (or the skipped frame before it)."""
+        channel, epoch = parse_restarted_frame(frame)
+        assert reader.channels[channel] in client.subs
+        assert epoch > 0
+        following = [item for item in after if frame_type(item) != FRAME_SKIPPED][:1]
+        assert following, "a restarted frame is followed by a data frame"
+        assert parse_data_frame(following[0]).channel == channel
+        event("restarted frame")
 
     def check_replies(self, client: Client, reader: Reader, got: list[dict[str, Any]]) -> None:
         assert len(got) == len(client.replies), (got, client.replies)

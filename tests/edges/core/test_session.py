@@ -214,7 +214,8 @@ def test_encode_server_messages(message: Any, text: str) -> None:
         ("limit_exceeded", "limit_exceeded"),
         ("not_subscribed", "not_subscribed"),
         ("duplicate_client", "internal"),
-        ("unknown_edge", "internal"),
+        ("unknown_edge", "unavailable"),
+        ("unknown_client", "unavailable"),
         ("something new", "internal"),
     ],
 )
