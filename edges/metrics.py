@@ -101,6 +101,12 @@ class EdgeCollector:
             LABELS,
             self._one(link.control_held),
         )
+        yield gauge(
+            "switchboard_edge_router_control_held_peak",
+            "The most control messages held at once for the router since the edge started.",
+            LABELS,
+            self._one(link.control_held_peak),
+        )
         yield counter(
             "switchboard_edge_router_control_refused",
             "Control messages refused because --max-queued-control were held (the edge then"

@@ -82,9 +82,11 @@ class RouterCollector:
         refusals: Mapping[tuple[str, str], int] | None = None,
         router_id: str = "",
         clock: Callable[[], float] = time.monotonic,
+        edges_lost: Mapping[str, int] | None = None,
     ) -> None:
         self.manager = manager
         self.refusals: Mapping[tuple[str, str], int] = refusals if refusals is not None else Counter()
+        self.edges_lost: Mapping[str, int] = edges_lost if edges_lost is not None else Counter()
         self.router_id = router_id
         self.topic_series = TopicSeries(manager.registry)
         self._clock = clock
@@ -118,6 +120,12 @@ class RouterCollector:
             "Seconds since the edge was last heard.",
             ["edge"],
             ages,
+        )
+        yield counter(
+            "switchboard_router_edges_lost",
+            "Edges forgotten with all their clients, by reason (edge heartbeat timeout, edge restarted).",
+            ["reason"],
+            [((reason,), n) for reason, n in sorted(self.edges_lost.items())],
         )
 
     def _sizes(self, stats: ConnectionStats) -> Iterator[Metric]:

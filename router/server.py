@@ -86,7 +86,13 @@ class RouterServer:
             self.jwks = JwksFetcher(config.sessions.jwks_url, sessions, timeout)
         self.endpoints: dict[str, str] = {}
         self.metrics = RouterMetrics(
-            RouterCollector(self.manager, self.control.refusals, self.control.router_id, clock)
+            RouterCollector(
+                self.manager,
+                self.control.refusals,
+                self.control.router_id,
+                clock,
+                edges_lost=self.control.edges_lost,
+            )
         )
         self._clock = clock
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

@@ -13,7 +13,7 @@ import signal
 import sys
 from types import FrameType
 
-from benchlib import edge_bench, policies_bench, router_bench, webrtc_bench
+from benchlib import edge_bench, policies_bench, router_bench, soak, webrtc_bench
 from benchlib.procs import ChildError
 from benchlib.report import BenchCommand, show
 
@@ -22,6 +22,7 @@ COMMANDS: dict[str, BenchCommand] = {
     "edge": edge_bench,
     "policies": policies_bench,
     "webrtc": webrtc_bench,
+    "soak": soak,
 }
 
 

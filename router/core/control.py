@@ -132,6 +132,8 @@ class ControlPlane:
         self._log = ThrottledLog(log)
         self.refusals: Counter[tuple[str, str]] = Counter()
         """Refused requests by ``(message type, error code)``, for metrics."""
+        self.edges_lost: Counter[str] = Counter()
+        """Edges forgotten, with every client on them, by reason (timed out, said hello again)."""
         self._refusal_log = ThrottledLog(log, burst=20)
         self.events = EventHooks()
         """Who hears of clients and edges coming and going (``router/core/events.py``)."""
@@ -443,6 +445,7 @@ class ControlPlane:
                 self.events.emit(drops)
 
     def _edges_down(self, edge_ids: list[str], reason: str, unix_time: float) -> None:
+        self.edges_lost[reason] += len(edge_ids)
         if self.events:
             for edge_id in edge_ids:
                 self.events.emit(EdgeDown(time=unix_time, edge_id=edge_id, reason=reason))

@@ -434,6 +434,7 @@ def test_tick_expires_silent_edges_and_their_clients() -> None:
     assert not any(isinstance(item, ToEdge) and item.edge_id == "e1" for item in out)
     assert plane.manager.edge_ids() == ["e2"]
     assert [c.client_id for c in plane.manager.get_active_clients()] == ["c2"]
+    assert plane.edges_lost == {"edge heartbeat timeout": 1}
     assert plane.manager.watched_topics() == ["/video/shared"]
     assert error_reply(send(plane, "e1", Heartbeat(), now=5.0)).code == "unknown_edge"
 
