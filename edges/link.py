@@ -43,6 +43,8 @@ a client's queue never keeps other messages' memory alive."""
 MAX_QUEUED_CONTROL: Final = 200_000
 """Control messages an edge holds while the router reads slower than the edge sends (such as the
 registers and subscribes of every client after a welcome), by default."""
+TURN_BUDGET: Final = 0.02
+"""Seconds of fan-out the data loop aims at between two yields to the event loop."""
 FLUSH_RETRY: Final = 0.005
 """Seconds between tries to hand held control messages to the socket while it is full."""
 
@@ -93,6 +95,9 @@ class RouterLink:
         self._malformed = ThrottledLog(log)
         self._views = False
         """Whether payloads are received as frames (see :meth:`_drain`)."""
+        self._batch_limit = max_batch
+        """Messages drained at most before yielding: :attr:`max_batch`, or fewer while fanning
+        one message out costs much (see :meth:`_data_loop`)."""
         self._context = context or zmq.Context.instance()
         self._waiters: dict[int, asyncio.Future[RouterMessage]] = {}
         self.max_queued_control = max_queued_control
@@ -380,6 +385,9 @@ class RouterLink:
             self.on_message(message)
 
     async def _data_loop(self) -> None:
+        """Drain the SUB socket in batches that each cost about :data:`TURN_BUDGET` seconds of
+        fan-out at most, yielding between them: however many clients a message goes to, and
+        however far the edge is behind, heartbeats and control replies wait one batch at most."""
         readable = self._readable[self._sub] = Readable(self._sub)
         try:
             while True:
@@ -388,11 +396,20 @@ class RouterLink:
                 if batch:
                     self.data_messages += len(batch)
                     self.data_bytes += size
+                    started = time.monotonic()
                     self.on_data(batch)
+                    self._fit_batch(len(batch), time.monotonic() - started)
                 if full:
                     await asyncio.sleep(0)
         finally:
             readable.close()
+
+    def _fit_batch(self, messages: int, seconds: float) -> None:
+        """Size the next batch so that handing it on takes about :data:`TURN_BUDGET`."""
+        if seconds > TURN_BUDGET:
+            self._batch_limit = max(1, int(messages * TURN_BUDGET / seconds))
+        elif messages >= self._batch_limit:
+            self._batch_limit = min(self.max_batch, 2 * self._batch_limit)
 
     def _drain(self) -> tuple[DataBatch, int, bool]:
         """Receive until the SUB socket is empty or a batch is full (malformed messages count
@@ -403,7 +420,7 @@ class RouterLink:
         size = 0
         receive = self._receive_views if self._views else self._receive_copies
         try:
-            for _ in range(self.max_batch):
+            for _ in range(self._batch_limit):
                 message = receive()
                 if message is not None:
                     batch.append(message)

@@ -32,7 +32,7 @@ from benchlib.edge_bench import (
     start_loads,
     wait_until_flowing,
 )
-from benchlib.procs import ChildError, Children, python_module, raise_open_files_limit
+from benchlib.procs import Child, ChildError, Children, cpu_times, python_module, raise_open_files_limit
 from benchlib.report import Figure, Report
 from benchlib.router_bench import server_command
 
@@ -68,6 +68,10 @@ class Soak:
     listed_clients: float = 0.0
     max_heartbeat_age: float = 0.0
     edge_held_peak: float = 0.0
+    span: float = 0.0
+    """Seconds from the producer's first send to the last frame a client received."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each process over the run, by name (the load processes summed)."""
 
     @property
     def forgets(self) -> int:
@@ -86,6 +90,11 @@ def run(args: argparse.Namespace) -> Report:
         Figure("clients the router lists at the end", soak.listed_clients, "clients", soak.clients),
         Figure("largest edge heartbeat age at the router", soak.max_heartbeat_age, "s"),
         Figure("most control messages the edge held", soak.edge_held_peak, "messages"),
+        Figure("from the first send to the last frame", soak.span, "s", args.seconds),
+        *[
+            Figure(f"{name} CPU over that span", seconds / soak.span, "cores")
+            for name, seconds in soak.cpu.items()
+        ],
     ]
     report.notes.append(f"edges lost by reason: {soak.edges_lost or 'none'}; clients closed: {soak.closed}")
     if args.busy:
@@ -108,6 +117,7 @@ def soak_once(clients: int, seconds: float, rate: float, size: int, procs: int, 
             children.start("busy loop", [sys.executable, "-c", BUSY.format(seconds=seconds + 30)])
         count = round(rate * seconds)
         arm(stack.loads, expected=count, size=size, idle=15.0, cap=seconds + 30)
+        before = {name: cpu_times(child.pid).process for name, child in processes(stack).items()}
         producer = children.start("producer", producer_command(stack.pull, size, count, rate, seconds + 10))
         deadline = time.monotonic() + seconds + 30
         while (sent := producer.next_event("done", SAMPLE_EVERY)) is None:
@@ -119,9 +129,17 @@ def soak_once(clients: int, seconds: float, rate: float, size: int, procs: int, 
         soak.complete = sum(done["complete"] for done in received)
         soak.closed = sum(done["closed"] for done in received)
         soak.deliveries = sum(done["frames"] for done in received)
+        soak.span = max(1e-9, (max(done["last_ns"] for done in received) - sent["first_ns"]) / 1e9)
+        after = {name: cpu_times(child.pid).process for name, child in processes(stack).items()}
+        soak.cpu = {"edge": after["edge"] - before["edge"], "router": after["router"] - before["router"]}
+        soak.cpu["load processes"] = sum(done["cpu"] for done in received)
         sample(soak, metrics)
         soak.edge_held_peak = edge_held_peak(stack)
     return soak
+
+
+def processes(stack: Stack) -> dict[str, Child]:
+    return {"edge": stack.server, "router": stack.helpers[0]}
 
 
 def start(children: Children, config: Path, clients: int) -> tuple[Stack, str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import zmq
 
-from edges.link import VIEW_FROM, DataBatch, RouterLink
+from edges.link import TURN_BUDGET, VIEW_FROM, DataBatch, RouterLink
 from router.wire import data_frame_head, parse_data_head
 
 TOPIC = "/link/data"
@@ -109,3 +110,26 @@ async def test_a_message_of_other_than_two_frames_is_counted_and_dropped(frames:
         assert await received.first(1) == [(HEAD, b"after")]
     assert link.malformed_data == 1
     assert link.data_messages == 1
+
+
+async def test_a_costly_fan_out_is_handed_on_in_batches_that_fit_the_turn_budget() -> None:
+    """When handing one message on takes 10 ms (a topic with very many clients), the link hands
+    on about TURN_BUDGET's worth at a time and yields in between, instead of the whole backlog."""
+    sizes: list[int] = []
+    async with linked() as (link, xpub, received):
+
+        def costly(batch: DataBatch) -> None:
+            sizes.append(len(batch))
+            time.sleep(0.01 * len(batch))
+            received(batch)
+
+        link.on_data = costly
+        for _ in range(30):
+            xpub.send_multipart([HEAD, b"m"])
+        await received.first(30)
+        first_round = len(sizes)
+        for _ in range(30):
+            xpub.send_multipart([HEAD, b"m"])
+        await received.first(60)
+    assert sum(sizes) == 60
+    assert max(sizes[first_round:]) <= 2 * round(TURN_BUDGET / 0.01), sizes
