@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import zmq
 
 from tests.io.harness import RouterProcess, push_socket, running_router
+from tests.io.test_websocket_edge import Client
 
 
 @pytest.fixture
@@ -22,3 +23,12 @@ def push(router: RouterProcess) -> Iterator[zmq.Socket[bytes]]:
     """A raw PUSH producer connected to ``router``."""
     with push_socket(router.endpoints["pull"]) as sock:
         yield sock
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """WebSocket clients a test opened (it appends them), closed after it."""
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        await client.ws.close()

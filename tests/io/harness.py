@@ -349,9 +349,21 @@ def running_router(extra_args: Sequence[str] = ()) -> Iterator[RouterProcess]:
 @contextlib.contextmanager
 def push_socket(endpoint: str, curve: CurveClient | None = None) -> Iterator[zmq.Socket[bytes]]:
     """A raw PUSH producer connected to ``endpoint`` for the length of the block."""
+    with connected_socket(zmq.PUSH, endpoint, curve) as sock:
+        yield sock
+
+
+@contextlib.contextmanager
+def connected_socket(
+    kind: int, endpoint: str, curve: CurveClient | None = None, routing_id: bytes | None = None
+) -> Iterator[zmq.Socket[bytes]]:
+    """A raw socket of ``kind`` in a context of its own, connected to ``endpoint`` (with Curve,
+    and a routing id, if given) for the length of the block."""
     context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
+    sock = context.socket(kind)
     sock.linger = 0
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
     if curve is not None:
         curve.secure(sock)
     sock.connect(endpoint)

@@ -5,8 +5,6 @@ port, with its routing id or only in ``hello``, with Curve or without, is refuse
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import zmq
 
 from router.curve import CurveClient, write_key_pair
 from router.wire import Error, Hello, Welcome, decode_router_message, encode_control
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess, push_socket, running
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, connected_socket, push_socket, running
 from tests.io.metrics_scrape import scrape
 from tests.io.test_websocket_edge import Client, flowing, open_client
 
@@ -29,26 +27,9 @@ edge_keys_dir = "allowed/edges"
 """
 
 
-@contextlib.contextmanager
-def dealer(endpoint: str, routing_id: bytes | None, curve: CurveClient | None) -> Iterator[zmq.Socket[bytes]]:
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.linger = 0
-    if routing_id is not None:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if curve is not None:
-        curve.secure(sock)
-    sock.connect(endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close(linger=0)
-        context.term()
-
-
 async def claim(endpoint: str, edge_id: str, routing_id: bytes | None, curve: CurveClient | None) -> Error:
     """Say ``hello`` as ``edge_id`` until the router answers; its answer must be an error."""
-    with dealer(endpoint, routing_id, curve) as sock:
+    with connected_socket(zmq.DEALER, endpoint, curve, routing_id) as sock:
         hello = encode_control(Hello(edge_id=edge_id, protocol="websocket", session="a guess"))
         async with asyncio.timeout(10):
             while not sock.poll(100):

@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,6 @@ def edge(tmp_path: Path, idp: JwksServer) -> Iterator[WebSocketEdgeProcess]:
     config = CONFIG.format(url=idp.url, cooldown=COOLDOWN, wait=WAIT)
     with configured_router(tmp_path, config) as router, running(WebSocketEdgeProcess(router)) as process:
         yield process
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.ws.close()
 
 
 async def reply_to(edge: WebSocketEdgeProcess, clients: list[Client], presented: str) -> dict[str, Any]:

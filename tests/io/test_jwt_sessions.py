@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +69,6 @@ async def open_client(edge: WebSocketEdgeProcess, presented: str) -> tuple[Clien
     client = Client(connection)
     await client.send({"op": "connect", "token": presented})
     return client, await client.control()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    """Clients a test opened, closed after it."""
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.ws.close()
 
 
 async def connected(edge: WebSocketEdgeProcess, clients: list[Client], presented: str) -> Client:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,6 @@ def service(tmp_path: Path) -> Iterator[SessionServiceProcess]:
 def edge(tmp_path: Path, service: SessionServiceProcess) -> Iterator[WebSocketEdgeProcess]:
     with router_and_edge(tmp_path, service.announced["endpoint"]) as process:
         yield process
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.ws.close()
 
 
 async def open_client(edge: WebSocketEdgeProcess, clients: list[Client], token: str) -> Client:
