@@ -126,7 +126,10 @@ class Lane:
     """One topic's frames for one client, in offset order, under the topic's policy.
 
     :attr:`items` holds frames and, before a frame or at the end, at most one :class:`Skip` per gap.
-    It is ``None`` while the lane holds nothing, so an idle subscription costs no deque.
+    It is ``None`` until the lane first holds something, so a subscription that never got data
+    costs no deque; then the lane keeps it, emptied: a deque made and dropped per client and
+    message set the garbage collector off all the time (at 10,000 clients of a topic, the edge
+    delivered 48,000 frames/s with it and 79,000 without, ``scripts/bench soak``).
     """
 
     __slots__ = (
@@ -632,10 +635,10 @@ class Lane:
             return 0
         if limit is None and len(items) == self.count and self.unacked is None:
             out.extend(items)  # type: ignore[arg-type]  # no Skip: as many items as frames
+            items.clear()
             sent = self.bytes
             self.queue.count -= self.count
             self.queue.bytes -= sent
-            self.items = None
             self.count = self.bytes = 0
             return sent
         sent = 0
