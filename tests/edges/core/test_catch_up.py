@@ -295,3 +295,38 @@ def test_hub_router_restart_ends_a_catch_up() -> None:
     hub.deliver(b"/t", 9, 1, b"x")
     assert frames_of(session) == [("restart", 0, 9), ("data", 0, 1)]
     assert hub.drain_actions() == []
+
+
+def test_what_a_router_published_while_it_had_lost_the_edge_is_refilled_on_a_reliable_topic() -> None:
+    """The same router (same epoch) took the client back at offset 6, having routed nothing to
+    the edge since offset 2: the edge asks its history for 3 to 6 before the next live frame."""
+    hub, (session,) = hub_client(RELIABLE, recovery=True)
+    for offset in (1, 2):
+        hub.deliver(b"/t", 5, offset, b"m%d" % offset)
+    assert frames_of(session) == [("data", 0, 1), ("data", 0, 2)]
+    register, subscribe = hub.resync()
+    assert isinstance(register, wire.RegisterClient)
+    assert isinstance(subscribe, wire.Subscribe)
+    hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
+    hub.router_message(subscribe_ok(subscribe, RELIABLE, epoch=5, offset=6))
+    request = recover_request(hub)
+    assert (request.epoch, request.from_offset, request.to_offset) == (5, 2, 6)
+    answer(hub, request, {offset: b"m%d" % offset for offset in range(1, 7)})
+    hub.deliver(b"/t", 5, 7, b"m7")
+    assert frames_of(session) == [("data", 0, offset) for offset in range(3, 8)]
+
+
+def test_what_a_router_published_while_it_had_lost_the_edge_is_a_not_received_skip() -> None:
+    hub, (session,) = hub_client(DeliveryPolicy(), recovery=True)
+    hub.deliver(b"/t", 5, 1, b"x")
+    register, subscribe = hub.resync()
+    assert isinstance(register, wire.RegisterClient)
+    assert isinstance(subscribe, wire.Subscribe)
+    hub.router_message(wire.Registered(request_id=register.request_id, client_id="c0", user="u"))
+    hub.router_message(subscribe_ok(subscribe, DeliveryPolicy(), epoch=5, offset=4))
+    hub.deliver(b"/t", 5, 5, b"x")
+    assert frames_of(session) == [
+        ("data", 0, 1),
+        ("skip", int(SkipReason.NOT_RECEIVED), 0, 2, 4, 3),
+        ("data", 0, 5),
+    ]
