@@ -201,6 +201,11 @@ class EdgeShell(ABC, Generic[T]):
         self._carry_out()
 
 
+class CannotServeError(Exception):
+    """The edge cannot start serving (its port cannot be bound): the process says why in one line
+    and exits with status 2."""
+
+
 class _Serving(Protocol):
     link: RouterLink
 
@@ -250,8 +255,12 @@ def edge_main(
     async def serve() -> None:
         await run_edge(make_edge(config), args.announce)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(serve())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_async(serve())
+    except CannotServeError as error:
+        print(f"switchboard edge {kind}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,7 +15,7 @@ from router.config import ConfigError, RouterConfig, load_config
 from router.http_limits import parse_address
 from router.http_listener import HttpListener, ListenerCollector, serve_metrics
 from router.loop import run_async
-from router.server import RouterServer
+from router.server import BindError, RouterServer
 
 
 def add_router_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +82,11 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
         reason = f"[sessions] jwks_url = {url!r}: no key to start with: {error}"
         print(f"switchboard router: {reason}", file=sys.stderr)
         raise SystemExit(2)
-    endpoints = server.bind()
+    try:
+        endpoints = server.bind()
+    except BindError as error:
+        print(f"switchboard router: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     listeners: dict[str, HttpListener] = {}
     server.metrics.registry.register(ListenerCollector("switchboard_router", listeners))
     route = serve_metrics(server.metrics.render, server.metrics.content_type)

@@ -47,6 +47,14 @@ BACKLOG_READ = 10
 """Batches of control messages read before each heartbeat tick."""
 
 
+class BindError(RuntimeError):
+    """A socket of the router could not bind its endpoint (a busy port, an address this host
+    does not have): which setting names it, and why."""
+
+    def __init__(self, setting: str, endpoint: str, reason: str) -> None:
+        super().__init__(f"{setting} = {endpoint!r}: {reason}")
+
+
 def random_epoch() -> int:
     """A topic's epoch: random, so that a restarted router starts every sequence anew."""
     return secrets.randbits(32) or 1
@@ -107,7 +115,15 @@ class RouterServer:
     # ------------------------------------------------------------ lifecycle
 
     def bind(self) -> dict[str, str]:
-        """Bind every socket; returns the endpoints actually bound (``:0`` ports resolved)."""
+        """Bind every socket; returns the endpoints actually bound (``:0`` ports resolved). Raises
+        :class:`BindError`, having closed what it opened, when one cannot bind."""
+        try:
+            return self._bind()
+        except BindError:
+            self._close()
+            raise
+
+    def _bind(self) -> dict[str, str]:
         section = self.config.router
         frame_cap = 2 * self.config.limits.max_payload_bytes
         if self._curve is not None:
@@ -133,7 +149,12 @@ class RouterServer:
         if self._curve is not None:
             self._curve.secure(sock, name)
             self._monitors[name] = sock.get_monitor_socket(HANDSHAKE_FAILURES)
-        sock.bind(endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint)
+        try:
+            sock.bind(endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint)
+        except zmq.ZMQError as error:
+            sock.close(linger=0)
+            setting = "[events] publish" if name == "events" else f"[router] {name}"
+            raise BindError(setting, endpoint, error.strerror) from None
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sockets.append(sock)
         return sock

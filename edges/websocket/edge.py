@@ -36,7 +36,14 @@ from edges.core.session import ClientSession, EdgeLimits
 from edges.drop_log import DropBursts
 from edges.link import MAX_QUEUED_CONTROL
 from edges.metrics import BadProxyHeaders, EdgeMetrics, RefusedHandshakes
-from edges.shell import EdgeShell, add_front_arguments, add_limit_arguments, edge_main, limits_from_args
+from edges.shell import (
+    CannotServeError,
+    EdgeShell,
+    add_front_arguments,
+    add_limit_arguments,
+    edge_main,
+    limits_from_args,
+)
 from edges.viewer_page import ViewerPage
 from edges.websocket.connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
@@ -183,7 +190,10 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         welcomed this edge."""
         config = self.config
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._accept, config.host, config.port)
+        try:
+            server = await loop.create_server(self._accept, config.host, config.port)
+        except OSError as error:
+            raise CannotServeError(f"--host {config.host} --port {config.port}: {error.strerror}") from None
         self.port = server.sockets[0].getsockname()[1]
         self._keepalive.start()
         link = asyncio.create_task(self.link.run(), name="router-link")

@@ -291,7 +291,11 @@ ROUTER_SOCKETS = [f"--{name}=tcp://127.0.0.1:0" for name in ("pull", "xsub", "xp
     [
         ("router", ["--admin", "ADDRESS", *ROUTER_SOCKETS]),
         ("router", ["--admin", "", "--metrics", "ADDRESS", *ROUTER_SOCKETS]),
+        ("router", ["--admin", "", *ROUTER_SOCKETS, "--pull", "tcp://ADDRESS"]),
+        ("router", ["--admin", "", *ROUTER_SOCKETS, "--control", "tcp://ADDRESS"]),
+        ("router", ["--admin", "", *ROUTER_SOCKETS, "--events", "tcp://ADDRESS"]),
         ("edges.webrtc", ["--port", "PORT"]),
+        ("edges.websocket", ["--port", "PORT"]),
     ],
 )
 def test_a_port_that_cannot_be_bound_stops_the_process_with_status_2(module: str, args: list[str]) -> None:
