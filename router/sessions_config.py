@@ -9,7 +9,6 @@ is called. ``docs/tokens.md`` and ``docs/session-service.md`` describe every key
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from router.admin.config import is_loopback
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import JwksSchedule, JwtSessions, VerificationKey, keys_from_jwks
 from router.core.sessions import AllowAllSessions, SessionManager
@@ -190,21 +190,12 @@ def check_jwks_url(url: str) -> None:
         raise ValueError(f"[sessions] jwks_url = {url!r}: {error}") from None
     if parts.scheme == "https" and host:
         return
-    if parts.scheme == "http" and host and _is_loopback(host):
+    if parts.scheme == "http" and host and is_loopback(host):
         return
     raise ValueError(
         f"[sessions] jwks_url = {url!r}: use an https:// URL (http:// only to a loopback host: "
         "localhost, 127.0.0.1, [::1])"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def sessions_relative_to(base: Path, table: Any) -> Any:
