@@ -256,7 +256,8 @@ class RouterLink:
         self._waiters[request_id] = future
         try:
             if not self.send(message):
-                raise ConnectionError("the router link is full")
+                why = "too many control messages wait" if self._link.connected else "no router welcomed it"
+                raise ConnectionError(f"the router link cannot take it now: {why}")
             return await future
         finally:
             self._waiters.pop(request_id, None)

@@ -83,43 +83,24 @@ class EdgeCollector:
 
     def _router(self) -> Iterator[Metric]:
         link = self.edge.link
-        yield gauge(
-            "switchboard_edge_router_connected",
-            "1 once the router welcomed this edge, 0 while it says hello again.",
-            LABELS,
-            self._one(1.0 if link.welcomed.is_set() else 0.0),
-        )
-        yield gauge(
-            "switchboard_edge_router_heartbeat_age_seconds",
-            "Seconds since the router was last heard.",
-            LABELS,
-            self._one(link.silent_for),
-        )
-        yield gauge(
-            "switchboard_edge_router_control_held",
-            "Control messages waiting for room on the link to the router.",
-            LABELS,
-            self._one(link.control_held),
-        )
-        yield gauge(
-            "switchboard_edge_router_control_held_peak",
-            "The most control messages held at once for the router since the edge started.",
-            LABELS,
-            self._one(link.control_held_peak),
-        )
-        yield counter(
-            "switchboard_edge_router_control_refused",
-            "Control messages refused because --max-queued-control were held (the edge then"
-            " registers its clients again).",
-            LABELS,
-            self._one(link.control_refused),
-        )
-        yield counter(
-            "switchboard_edge_router_new_connections",
-            "Control connections replaced because the router was silent past the heartbeat timeout.",
-            LABELS,
-            self._one(link.new_connections),
-        )
+        series = (
+            (gauge, "connected", "1 once the router welcomed this edge, 0 while it says hello again.",
+             1.0 if link.welcomed.is_set() else 0.0),
+            (gauge, "heartbeat_age_seconds", "Seconds since the router was last heard.", link.silent_for),
+            (gauge, "control_held", "Control messages waiting for room on the link to the router.",
+             link.control_held),
+            (gauge, "control_held_peak",
+             "The most control messages held at once for the router since the edge started.",
+             link.control_held_peak),
+            (counter, "control_refused",
+             "Control messages refused because --max-queued-control were held (the edge then"
+             " registers its clients again).", link.control_refused),
+            (counter, "new_connections",
+             "Control connections replaced because the router was silent past the heartbeat timeout.",
+             link.new_connections),
+        )  # fmt: skip
+        for family, name, documentation, value in series:
+            yield family(f"switchboard_edge_router_{name}", documentation, LABELS, self._one(value))
 
     def _traffic(self, stats: EdgeStats) -> Iterator[Metric]:
         link = self.edge.link

@@ -360,19 +360,15 @@ class Lane:
     def missed(self, first: int, last: int) -> None:
         """Messages ``first`` to ``last`` never reached the edge: the skip before the next frame
         covers them. The caller hands the lane that next frame at once."""
-        count = last - first + 1
-        self.queue.dropped[DropReason.NOT_RECEIVED] += count
-        self.drops += count
+        skip = Skip(NOT_RECEIVED, first)
+        skip.last, skip.count = last, last - first + 1
+        self.queue.dropped[DropReason.NOT_RECEIVED] += skip.count
+        self.drops += skip.count
         items = self._deque()
-        tail = items[-1] if items else None
-        if not isinstance(tail, Skip):
-            tail = Skip(NOT_RECEIVED, first)
-            tail.count = 0
-            items.append(tail)
-        tail.reasons |= NOT_RECEIVED
-        tail.first = min(tail.first, first)
-        tail.last = max(tail.last, last)
-        tail.count += count
+        if items and isinstance(items[-1], Skip):
+            items[-1].absorb(skip)
+        else:
+            items.append(skip)
 
     def restarted(self, epoch: int) -> None:
         """The topic's sequence started over in ``epoch``: the frame before the next one says so.

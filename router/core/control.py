@@ -323,10 +323,9 @@ class ControlPlane:
         if not 0 < len(edge_id.encode()) <= MAX_EDGE_ID_BYTES:
             raise RefusedError(ErrorCode.BAD_REQUEST, f"edge_id must be 1 to {MAX_EDGE_ID_BYTES} bytes")
         again = self.manager.is_edge_known(edge_id)
-        if not again and len(self.manager.edge_ids()) >= self.manager.limits.max_edges:
-            raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.manager.limits.max_edges} edges")
-        session = self.claims.claim(edge_id, peer, key, hello.session)
+        self.claims.check(edge_id, peer, key, hello.session)
         actions = self.manager.edge_hello(edge_id, hello.protocol, now)
+        session = self.claims.claim(edge_id, peer, key, hello.session)
         if again:
             self._edges_down([edge_id], EDGE_RESTARTED, unix_time)
         out = self._carry_out(actions, unix_time)

@@ -51,13 +51,10 @@ class EdgeClaims:
         """The connection that speaks for ``edge_id`` now, if any."""
         return self._peer_of.get(edge_id)
 
-    def claim(self, edge_id: str, peer: bytes, key: str | None, proof: str) -> str:
-        """Let ``peer`` speak for ``edge_id``, or raise ``edge_id_in_use`` (nothing changed).
-
-        ``key`` is the peer's Curve key, ``None`` without Curve; ``proof`` the ``session`` of its
-        ``hello``. Returns the secret for the ``welcome``, new at every claim. Call
-        :meth:`release` when the router forgets the edge.
-        """
+    def check(self, edge_id: str, peer: bytes, key: str | None, proof: str) -> None:
+        """Raise ``edge_id_in_use`` (or ``bad_request``) unless ``peer`` may speak for ``edge_id``;
+        changes nothing. ``key`` is the peer's Curve key, ``None`` without Curve; ``proof`` the
+        ``session`` of its ``hello``."""
         owner = self._owner_of.get(edge_id)
         if key is not None and owner is not None and owner != key:
             raise RefusedError(ErrorCode.EDGE_ID_IN_USE, f"edge id {edge_id!r} belongs to another Curve key")
@@ -71,6 +68,13 @@ class EdgeClaims:
         spoken_for = self._edge_of.get(peer)
         if spoken_for is not None and spoken_for != edge_id:
             raise RefusedError(ErrorCode.BAD_REQUEST, f"this connection speaks for edge {spoken_for!r}")
+
+    def claim(self, edge_id: str, peer: bytes, key: str | None, proof: str) -> str:
+        """Let ``peer`` speak for ``edge_id``, or raise as :meth:`check` does (nothing changed).
+        Returns the secret for the ``welcome``, new at every claim. Call :meth:`release` when the
+        router forgets the edge."""
+        self.check(edge_id, peer, key, proof)
+        holder = self._peer_of.get(edge_id)
         if holder is not None:
             del self._edge_of[holder]
         self._edge_of[peer] = edge_id

@@ -394,3 +394,14 @@ async def connected_client(url: str, receive_buffer: int | None = None) -> Clien
     assert isinstance(reply, str)
     assert json.loads(reply)["op"] == "connected", reply
     return ws
+
+
+def refused_start(module: str, *args: str) -> str:
+    """Run ``python -m module args``, which must refuse to start: status 2 and one line on stderr
+    (no traceback); returns that line."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    return line

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import pytest
 
 from router.http_limits import HttpLimits
-from tests.io.harness import ROOT, RouterProcess
+from tests.io.harness import RouterProcess, refused_start
 from tests.io.metrics_scrape import Scrape
 from tests.io.rtc_client import WebRtcEdgeProcess, loopback_only
 
@@ -302,9 +302,5 @@ def test_a_port_that_cannot_be_bound_stops_the_process_with_status_2(module: str
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         argv = [arg.replace("ADDRESS", f"127.0.0.1:{port}").replace("PORT", str(port)) for arg in args]
-        done = subprocess.run(
-            [sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.splitlines()
+        line = refused_start(module, *argv)
     assert str(port) in line

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.io.harness import LOOPBACK_ANY_PORT, ROOT, WebSocketEdgeProcess, configured_router, running
+from tests.io.harness import (
+    LOOPBACK_ANY_PORT,
+    WebSocketEdgeProcess,
+    configured_router,
+    refused_start,
+    running,
+)
 from tests.io.test_jwt_sessions import open_client
 from tests.io.test_websocket_edge import Client
 from tests.jwks_server import JwksServer, jwk, jwks_server
@@ -127,15 +131,7 @@ def test_without_any_key_at_start_the_router_does_not_start(tmp_path: Path) -> N
     with jwks_server() as server:
         url = server.url
     (tmp_path / "router.toml").write_text(CONFIG.format(url=url, cooldown=COOLDOWN, wait=WAIT))
-    done = subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(tmp_path / "router.toml"), *ANY_PORTS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.splitlines()
+    line = refused_start("router", "--config", str(tmp_path / "router.toml"), *ANY_PORTS)
     assert line.startswith("switchboard router: [sessions] jwks_url = ")
     assert "no key to start with" in line
     assert "refused" in line

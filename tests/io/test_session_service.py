@@ -9,7 +9,6 @@ import contextlib
 import json
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -22,11 +21,11 @@ from websockets.asyncio.client import connect
 from router.curve import write_key_pair
 from tests.io.harness import (
     LOOPBACK_ANY_PORT,
-    ROOT,
     AnnouncingProcess,
     RouterProcess,
     WebSocketEdgeProcess,
     eventually,
+    refused_start,
     running,
     running_router,
 )
@@ -218,15 +217,7 @@ def test_with_curve_on_the_router_refuses_an_external_service_without_its_key(
     config = tmp_path / "router.toml"
     text = CURVE_CONFIG.format(endpoint=free_endpoint(), timeout=TIMEOUT)
     config.write_text(text.replace('service_public_key_file = "keys/sessions.key"', ""))
-    done = subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(config), *ANY_PORTS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.splitlines()
+    line = refused_start("router", "--config", str(config), *ANY_PORTS)
     assert "service_public_key_file is required" in line
 
 

@@ -54,6 +54,18 @@ def text_of(element_id: str) -> str:
     return f"document.getElementById('{element_id}').textContent"
 
 
+async def view(url: str) -> tuple[str, str]:
+    """Open the viewer at ``url`` in Chromium until telemetry flows: the client id it shows, and
+    what it logged."""
+    async with Chromium() as browser:
+        await browser.goto(url)
+        await browser.wait_for(f"{text_of('status')} === 'connected'")
+        client_id: str = await browser.evaluate(text_of("client-id"))
+        await browser.wait_for(f"Number({text_of('telemetry-count')}) >= 5")
+        log: str = await browser.evaluate(text_of("log"))
+    return client_id, log
+
+
 async def test_a_listed_viewer_origin_serves_the_viewer(edges: Edges) -> None:
     listed = origin(edges.listed)
     status, headers, page = await http("GET", edges.page.http_url)
@@ -63,22 +75,13 @@ async def test_a_listed_viewer_origin_serves_the_viewer(edges: Edges) -> None:
     assert "script-src" not in policy, "default-src 'self' covers scripts"
     assert "default-src 'self'" in policy
     assert f'content="{listed}"'.encode() in page
-    async with Chromium() as browser:
-        await browser.goto(f"{edges.page.http_url}?ws={listed.replace('http://', 'ws://')}/")
-        await browser.wait_for(f"{text_of('status')} === 'connected'")
-        client_id = await browser.evaluate(text_of("client-id"))
-        assert client_id.startswith(f"{edges.listed.announced['edge_id']}."), client_id
-        await browser.wait_for(f"Number({text_of('telemetry-count')}) >= 5")
-        assert "a viewer origin of this edge" in await browser.evaluate(text_of("log"))
+    client_id, log = await view(f"{edges.page.http_url}?ws={listed.replace('http://', 'ws://')}/")
+    assert client_id.startswith(f"{edges.listed.announced['edge_id']}."), client_id
+    assert "a viewer origin of this edge" in log
 
 
 async def test_an_unlisted_origin_is_ignored_and_the_page_says_so(edges: Edges) -> None:
     unlisted = origin(edges.unlisted).replace("http://", "ws://") + "/"
-    async with Chromium() as browser:
-        await browser.goto(f"{edges.page.http_url}?ws={unlisted}")
-        await browser.wait_for(f"{text_of('status')} === 'connected'")
-        client_id = await browser.evaluate(text_of("client-id"))
-        assert client_id.startswith(f"{edges.page.announced['edge_id']}."), client_id
-        await browser.wait_for(f"Number({text_of('telemetry-count')}) >= 5")
-        log = await browser.evaluate(text_of("log"))
-        assert f"ignored ws={unlisted}: not this page's host nor a viewer origin of this edge" in log
+    client_id, log = await view(f"{edges.page.http_url}?ws={unlisted}")
+    assert client_id.startswith(f"{edges.page.announced['edge_id']}."), client_id
+    assert f"ignored ws={unlisted}: not this page's host nor a viewer origin of this edge" in log
