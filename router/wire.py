@@ -37,7 +37,9 @@ __all__ = [
     "Refreshed",
     "RegisterClient",
     "Registered",
+    "RouterEndpoints",
     "RouterMessage",
+    "ShardMap",
     "Stats",
     "StatsRequest",
     "Subscribe",
@@ -357,6 +359,27 @@ class Stats(_Control, tag="stats"):
     stats: dict[str, object]
 
 
+class RouterEndpoints(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an edge reaches one router of a cluster."""
+
+    control: str
+    xpub: str
+
+
+NO_OWNER: Final = ("", 0)
+
+
+class ShardMap(_Control, tag="shards"):
+    """Router -> edge, in cluster mode only, after each ``welcome`` and whenever it changes: each
+    shard's owner as ``[router_id, fencing token]`` (:data:`NO_OWNER` while it has none) and where
+    every live router is. Maps from different routers can disagree for a moment; an edge keeps,
+    shard by shard, the owner with the highest token, and takes a shard's data only from it."""
+
+    shards: int
+    owners: list[tuple[str, int]]
+    routers: dict[str, RouterEndpoints] = {}
+
+
 EdgeMessage = (
     Hello
     | Heartbeat
@@ -381,6 +404,7 @@ RouterMessage = (
     | PolicyUpdate
     | DropClient
     | Stats
+    | ShardMap
 )
 
 MAX_CONTROL_BYTES: Final = 64 * 1024

@@ -26,6 +26,9 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     """Told to clients only: the router does not know the client right now (its edge is
     registering its clients again, after a router restart or a lost link). Retry shortly."""
+    NOT_OWNER = "not_owner"
+    """Cluster mode: the topic's shard is served by another router (the edge's shard map is
+    behind); send the request to the owner in the newest ``shards`` message."""
     RATE_LIMITED = "rate_limited"
     """A client's message over its rate at the edge (also a router drop reason: ``ingest_max_rate``)."""
 

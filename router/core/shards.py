@@ -1,0 +1,257 @@
+"""Topic shards and the leases that give each one owner, with no I/O.
+
+A topic belongs to one of a fixed number of shards: the FNV-1a 32-bit hash of its UTF-8 bytes,
+modulo the shard count (:func:`shard_of`; ``docs/cluster.md`` shows it in C and JavaScript).
+
+In cluster mode each shard has exactly one owner among the live routers, which holds a lease in
+Redis. Taking a lease increments the shard's fencing token, so a newer owner always shows a higher
+token than every owner before it. :class:`ShardLeases` is one router's side of this: the shell
+reads the leases, the live routers and the routers whose Redis connection is open, hands them to
+:meth:`ShardLeases.plan`, carries out the returned :class:`LeaseSteps` against Redis, and reports
+each result back. The object answers which shards the router may serve at a given time.
+
+The rules:
+
+- A shard's *preferred* owner is the live router that ranks it highest by rendezvous hashing, so
+  every router computes the same placement from the same list, and a router joining or leaving
+  moves only its own share of the shards.
+- A router takes a free shard it prefers; a free shard nobody has taken for ``orphan_after``
+  seconds, whoever prefers it; and the shard of a router whose Redis connection is gone (a dead
+  process), replacing exactly that holder.
+- It hands a shard over (stops serving it, then releases the lease) when another live router
+  prefers it.
+- It serves a shard only until ``safety`` of the lease time before the lease would run out without
+  a renewal, counted from when it *asked*, so a router that was paused or cut off stops serving
+  before Redis lets anyone else take the lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+FNV_OFFSET: Final = 0x811C9DC5
+FNV_PRIME: Final = 0x01000193
+DEFAULT_SHARDS: Final = 64
+
+
+def shard_of(topic: bytes, shards: int) -> int:
+    """The shard of a topic given as its UTF-8 bytes: FNV-1a 32-bit, modulo ``shards``."""
+    value = FNV_OFFSET
+    for byte in topic:
+        value = ((value ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return value % shards
+
+
+def preferred_owner(shard: int, routers: Iterable[str]) -> str | None:
+    """The router that ranks ``shard`` highest (rendezvous hashing); ``None`` with no router."""
+    best: tuple[bytes, str] | None = None
+    for router_id in routers:
+        rank = (hashlib.blake2b(f"{shard}/{router_id}".encode(), digest_size=8).digest(), router_id)
+        if best is None or rank > best:
+            best = rank
+    return best[1] if best is not None else None
+
+
+class Holder(NamedTuple):
+    """Who holds a shard's lease, and the fencing token it got when it took it."""
+
+    router_id: str
+    token: int
+
+
+class LeaseSteps(NamedTuple):
+    """What the shell does against Redis after :meth:`ShardLeases.plan`."""
+
+    renew: list[tuple[int, int]]
+    """``(shard, token)`` of every lease held, to renew in one call."""
+    acquire: list[tuple[int, Holder | None]]
+    """Shards to take: free ones (``None``), or from exactly that holder, known dead."""
+    release: list[tuple[int, int]]
+    """``(shard, token)`` of leases handed over; the router has already stopped serving them."""
+
+
+class Gained(NamedTuple):
+    shard: int
+    token: int
+
+
+class Lost(NamedTuple):
+    shard: int
+    token: int
+    reason: str
+    """``handed_over``, ``taken`` (another router holds it), ``expired`` (not renewed in time)."""
+
+
+Change = Gained | Lost
+HANDED_OVER: Final = "handed_over"
+TAKEN: Final = "taken"
+EXPIRED: Final = "expired"
+
+
+@dataclass(slots=True)
+class _Lease:
+    token: int
+    serve_until: float
+
+
+@dataclass
+class ShardLeases:
+    """One router's leases. ``now`` is a monotonic clock's seconds, passed in on every call."""
+
+    router_id: str
+    shards: int
+    lease_time: float
+    safety: float = 0.25
+    """The share of ``lease_time`` the router stops early: room for clock drift and slow replies."""
+    orphan_after: float = 0.0
+    """How long a free shard waits for its preferred owner; 0: two lease times."""
+    _held: dict[int, _Lease] = field(default_factory=dict)
+    _free_since: dict[int, float] = field(default_factory=dict)
+    _view: list[Holder | None] = field(default_factory=list)
+    _live: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("a cluster has at least one shard")
+        if not 0 < self.safety < 1:
+            raise ValueError("safety is a share of the lease time, between 0 and 1")
+        self.orphan_after = self.orphan_after or 2 * self.lease_time
+        self._view = [None] * self.shards
+
+    # ------------------------------------------------------------ reading
+
+    def token(self, shard: int, now: float) -> int | None:
+        """The fencing token under which this router serves ``shard`` at ``now``, or ``None``."""
+        lease = self._held.get(shard)
+        if lease is None or now >= lease.serve_until:
+            return None
+        return lease.token
+
+    def served(self, now: float) -> dict[int, int]:
+        """Every shard this router serves at ``now``, with its token."""
+        return {shard: lease.token for shard, lease in self._held.items() if now < lease.serve_until}
+
+    def owners(self) -> list[Holder | None]:
+        """Each shard's holder as last read from Redis, with this router's own leases over it."""
+        view = list(self._view)
+        for shard, lease in self._held.items():
+            view[shard] = Holder(self.router_id, lease.token)
+        return view
+
+    @property
+    def live(self) -> frozenset[str]:
+        """The routers counted live at the last :meth:`plan`, this one included."""
+        return self._live
+
+    # ------------------------------------------------------------ planning
+
+    def plan(
+        self,
+        announced: Iterable[str],
+        holders: Sequence[Holder | None],
+        now: float,
+        connected: Iterable[str] | None = None,
+    ) -> tuple[LeaseSteps, list[Change]]:
+        """Decide the next steps from what Redis says now: the routers ``announced`` alive, each
+        shard's lease holder, and (when known) the routers whose Redis connection is open.
+
+        Returns the steps, and the changes already made: a shard held here that Redis shows held by
+        another is lost, a shard another router prefers is handed over (so not served any more
+        from this call on), and a shard whose serving time ran out is lost.
+        """
+        if len(holders) != self.shards:
+            raise ValueError(f"{len(holders)} holders for {self.shards} shards")
+        live = set(announced) | {self.router_id}
+        if connected is not None:
+            live &= set(connected) | {self.router_id}
+        self._live = frozenset(live)
+        self._view = list(holders)
+        changes: list[Change] = self.expire(now)
+        changes += self._notice_taken(holders)
+        steps = LeaseSteps([], [], [])
+        for shard in range(self.shards):
+            preferred = preferred_owner(shard, live)
+            holder = holders[shard]
+            if shard in self._held:
+                if preferred != self.router_id:
+                    lost = self._hand_over(shard)
+                    steps.release.append((shard, lost.token))
+                    changes.append(lost)
+                else:
+                    steps.renew.append((shard, self._held[shard].token))
+                continue
+            self._plan_acquire(steps, shard, holder, preferred, live, now)
+        return steps, changes
+
+    def _notice_taken(self, holders: Sequence[Holder | None]) -> list[Change]:
+        changes: list[Change] = []
+        for shard, lease in list(self._held.items()):
+            holder = holders[shard]
+            if holder is not None and holder != Holder(self.router_id, lease.token):
+                changes.append(self._lose(shard, TAKEN))
+        return changes
+
+    def _plan_acquire(
+        self,
+        steps: LeaseSteps,
+        shard: int,
+        holder: Holder | None,
+        preferred: str | None,
+        live: set[str],
+        now: float,
+    ) -> None:
+        if holder is None:
+            since = self._free_since.setdefault(shard, now)
+            if preferred == self.router_id or now - since >= self.orphan_after:
+                steps.acquire.append((shard, None))
+            return
+        self._free_since.pop(shard, None)
+        if holder.router_id not in live and preferred == self.router_id:
+            steps.acquire.append((shard, holder))
+
+    def _hand_over(self, shard: int) -> Lost:
+        return self._lose(shard, HANDED_OVER)
+
+    def _lose(self, shard: int, reason: str) -> Lost:
+        lease = self._held.pop(shard)
+        return Lost(shard, lease.token, reason)
+
+    # ------------------------------------------------------------ results
+
+    def acquired(self, shard: int, token: int, asked_at: float) -> list[Change]:
+        """Redis gave this router ``shard`` under ``token``, for a request sent at ``asked_at``."""
+        if shard in self._held:
+            raise ValueError(f"shard {shard} is held already")
+        self._held[shard] = _Lease(token, self._serve_until(asked_at))
+        self._free_since.pop(shard, None)
+        self._view[shard] = Holder(self.router_id, token)
+        return [Gained(shard, token)]
+
+    def renewed(self, results: Sequence[tuple[int, int, bool]], asked_at: float) -> list[Change]:
+        """The answers to the renewal of ``(shard, token)`` pairs sent at ``asked_at``: a lease
+        Redis renewed is served longer, one it refused is lost."""
+        changes: list[Change] = []
+        for shard, token, renewed in results:
+            lease = self._held.get(shard)
+            if lease is None or lease.token != token:
+                continue
+            if renewed:
+                lease.serve_until = max(lease.serve_until, self._serve_until(asked_at))
+            else:
+                changes.append(self._lose(shard, TAKEN))
+        return changes
+
+    def expire(self, now: float) -> list[Change]:
+        """Stop serving every shard whose serving time ran out (Redis slow or unreachable)."""
+        ended = [shard for shard, lease in self._held.items() if now >= lease.serve_until]
+        return [self._lose(shard, EXPIRED) for shard in ended]
+
+    def drop_all(self) -> list[Change]:
+        """Stop serving everything (shutting down); the shell releases the returned leases."""
+        return [self._hand_over(shard) for shard in list(self._held)]
+
+    def _serve_until(self, asked_at: float) -> float:
+        return asked_at + self.lease_time * (1 - self.safety)
