@@ -172,6 +172,9 @@ class Model:
     bytes_in: int = 0
     messages_routed: int = 0
     deliveries: int = 0
+    shards: int = 0
+    """Cluster mode: the shard count (0: off) and the shards served."""
+    served: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------ views
 
@@ -213,6 +216,31 @@ class Model:
     def _resolve_refusal(self, topic: str) -> ErrorCode | None:
         fate = self.catalogue[topic]
         return fate if isinstance(fate, ErrorCode) else None
+
+    def _owner_refusal(self, topic: str) -> ErrorCode | None:
+        if not self.shards or self.shard(topic) in self.served:
+            return None
+        return ErrorCode.NOT_OWNER
+
+    def shard(self, topic: str) -> int:
+        """FNV-1a 32-bit, written out again from docs/cluster.md."""
+        value = 0x811C9DC5
+        for byte in topic.encode():
+            value = ((value ^ byte) * 0x01000193) % 2**32
+        return value % self.shards
+
+    def apply_shard_lost(self, shard: int) -> list[Action]:
+        self.served.discard(shard)
+        actions: list[Action] = []
+        for topic in sorted(t for t in self.subscribers if self.shard(t) == shard):
+            for client_id in sorted(self.subscribers[topic]):
+                actions += self._remove(client_id, topic)
+            self.idle.remove(topic)
+            del self.subscribers[topic]
+            del self.positions[topic]
+            self.histories.pop(topic, None)
+            self.buckets.pop(topic, None)
+        return actions
 
     def observe_epoch(self, topic: str, epoch: int) -> None:
         """Record the epoch the manager reported; a topic (re)created must get a never-seen one."""
@@ -303,7 +331,7 @@ class Model:
     def check_subscribe(self, client_id: str, topic: str) -> ErrorCode | None:
         if client_id not in self.clients:
             return ErrorCode.UNKNOWN_CLIENT
-        refusal = self._resolve_refusal(topic)
+        refusal = self._resolve_refusal(topic) or self._owner_refusal(topic)
         if refusal is not None:
             return refusal
         if client_id in self.guests and not topic.startswith(self.guest_prefix):
@@ -366,7 +394,7 @@ class Model:
 
     def check_route(self, topic: str, size: int) -> ErrorCode | None:
         if topic not in self.subscribers:
-            refusal = self._resolve_refusal(topic)
+            refusal = self._resolve_refusal(topic) or self._owner_refusal(topic)
             if refusal is not None:
                 return refusal
         if size > self.max_payload(topic):
@@ -462,7 +490,7 @@ class Model:
     ) -> ErrorCode | None:
         if edge_id not in self.edges:
             return ErrorCode.UNKNOWN_EDGE
-        refusal = self._resolve_refusal(topic)
+        refusal = self._resolve_refusal(topic) or self._owner_refusal(topic)
         if refusal is not None:
             return refusal
         if after < 0 or (upto is not None and upto < after):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -46,6 +46,7 @@ from router.core.events import (
     SubscribeRefused,
 )
 from router.core.events import Subscribed as SubscribedEvent
+from router.core.shards import Change, Gained, Lost
 from router.logs import ThrottledLog
 from router.wire import (
     CLOSE_GOING_AWAY,
@@ -65,6 +66,7 @@ from router.wire import (
     RegisterClient,
     Registered,
     RouterMessage,
+    ShardMap,
     Stats,
     StatsRequest,
     Subscribe,
@@ -139,6 +141,10 @@ class ControlPlane:
         """Who hears of clients and edges coming and going (``router/core/events.py``)."""
         self.claims = EdgeClaims(new_secret)
         """Which control connection speaks for which edge (``router/core/edge_claims.py``)."""
+        self.shard_map: ShardMap | None = None
+        """Cluster mode: the newest shard map, sent after each ``welcome``; ``None`` outside it."""
+        self.shard_changes: Counter[str] = Counter()
+        """Shards gained (``gained``) and lost (by reason), for metrics."""
 
     def handle(
         self,
@@ -339,7 +345,30 @@ class ControlPlane:
             heartbeat_timeout=self.heartbeat_timeout,
             session=session,
         )
-        return [*out, ToEdge(edge_id, welcome)]
+        shard_map = [ToEdge(edge_id, self.shard_map)] if self.shard_map is not None else []
+        return [*out, ToEdge(edge_id, welcome), *shard_map]
+
+    # ------------------------------------------------------------ cluster shards
+
+    def shards_changed(self, changes: Sequence[Change], shard_map: ShardMap | None = None) -> list[Outbound]:
+        """Shards gained and lost (``router/core/shards.py``), and the shard map when it changed,
+        which every edge gets at once. A lost shard's topics are unwatched upstream."""
+        actions: list[Action] = []
+        for change in changes:
+            match change:
+                case Gained(shard, token):
+                    self.manager.shard_gained(shard)
+                    self.shard_changes["gained"] += 1
+                    log.info("serving shard %d (token %d)", shard, token)
+                case Lost(shard, token, reason):
+                    actions += self.manager.shard_lost(shard)
+                    self.shard_changes[reason] += 1
+                    log.info("shard %d (token %d) lost: %s", shard, token, reason)
+        out = self._outbound(actions)
+        if shard_map is not None and shard_map != self.shard_map:
+            self.shard_map = shard_map
+            out += [ToEdge(edge_id, shard_map) for edge_id in self.manager.edge_ids()]
+        return out
 
     def _refresh(self, edge_id: str, message: RefreshToken, unix_time: float) -> list[Outbound]:
         refresh = self.manager.refresh_client(message.client_id, message.token, unix_time)

@@ -36,6 +36,7 @@ from router.core.history import (
 )
 from router.core.policy import DeliveryPolicy
 from router.core.sessions import AllowAllSessions, Identity, SessionManager
+from router.core.shards import shard_of
 from router.core.token_bucket import TokenBucket
 from router.core.topics import TopicRegistry, TopicSpec, decode_topic
 from router.core.views import ClientView, EdgeView, HistorySize, TopicView
@@ -277,6 +278,8 @@ class _Topic:
     keeps_history: bool = False
     bucket: TokenBucket | None = None
     """Applies the policy's ``ingest_max_rate``; ``None`` without one."""
+    shard: int = 0
+    """The topic's shard in cluster mode (:meth:`ConnectionManager.serve_shards`), else 0."""
 
     def resnapshot(self) -> None:
         self.snapshot = frozenset(self.subscribers)
@@ -352,6 +355,8 @@ class ConnectionManager:
         self._bytes_in = 0
         self._messages_routed = 0
         self._deliveries = 0
+        self._served: bytearray | None = None
+        """Cluster mode: 1 for each shard this router serves; ``None``: every topic is served."""
 
     # ------------------------------------------------------------ edges
 
@@ -524,6 +529,7 @@ class ConnectionManager:
         """
         client = self._client(client_id)
         spec = self.registry.resolve(topic)
+        self._check_served(topic)
         if not self.sessions.authorize(client.identity, topic):
             raise RefusedError(ErrorCode.FORBIDDEN, f"{client.identity.user!r} may not read {topic!r}")
         state = self._topics.get(topic)
@@ -607,7 +613,7 @@ class ConnectionManager:
     def _create_topic(self, name: str, spec: TopicSpec) -> _Topic:
         if len(self._topics) >= self.limits.max_topics:
             self._evict_idle_topic()
-        state = _Topic(name, spec, self._new_epoch(), self._max_payload(spec))
+        state = _Topic(name, spec, self._new_epoch(), self._max_payload(spec), shard=self._check_served(name))
         self._topics[name] = state
         self._wire_topics[name.encode()] = state
         self._idle_topics[name] = None
@@ -620,10 +626,13 @@ class ConnectionManager:
         return most if most is not None else self.limits.max_payload_bytes
 
     def _evict_idle_topic(self) -> None:
-        name = next(iter(self._idle_topics))
-        del self._idle_topics[name]
-        self._drop_history(self._topics.pop(name))
-        del self._wire_topics[name.encode()]
+        self._forget_topic(self._topics[next(iter(self._idle_topics))])
+
+    def _forget_topic(self, state: _Topic) -> None:
+        """Forget an idle topic's state: its sequence and history."""
+        del self._idle_topics[state.name]
+        self._drop_history(self._topics.pop(state.name))
+        del self._wire_topics[state.name.encode()]
 
     def route_data(self, topic: str, payload: bytes, header: bytes = b"", now: float = 0.0) -> Route:
         """Place one message from a producer in its topic's sequence, and record it in the topic's
@@ -670,6 +679,7 @@ class ConnectionManager:
     def _topic_for_producer(self, raw_topic: bytes, size: int) -> _Topic:
         name = decode_topic(raw_topic)
         spec = self.registry.resolve(name)
+        self._check_served(name)
         if size > self._max_payload(spec):
             raise _too_large(name, self._max_payload(spec))
         if len(self._topics) >= self.limits.max_topics and not self._idle_topics:
@@ -723,6 +733,7 @@ class ConnectionManager:
         """
         edge = self._edge(edge_id) if edge_id is not None else None
         self.registry.resolve(topic)
+        self._check_served(topic)
         _check_range(from_offset, to_offset)
         if edge is not None and topic not in edge.topics:
             raise RefusedError(ErrorCode.NOT_SUBSCRIBED, f"no client of {edge_id!r} is on {topic!r}")
@@ -796,6 +807,59 @@ class ConnectionManager:
             del self._histories[state.name]
             state.history = None
             state.keeps_history = False
+
+    # ------------------------------------------------------------ cluster shards
+
+    def serve_shards(self, shards: int) -> None:
+        """Turn cluster mode on: from now on only the topics of the shards given to
+        :meth:`shard_gained` are served. The others are refused as ``not_owner``: a producer's
+        message (counted as a drop of that reason), a ``subscribe`` and a ``recover``."""
+        if self._topics:
+            raise ValueError("cluster mode starts before the first topic")
+        self._served = bytearray(shards)
+
+    def shard_gained(self, shard: int) -> None:
+        """This router serves ``shard`` from now on."""
+        self._cluster()[shard] = 1
+
+    def shard_lost(self, shard: int) -> list[Action]:
+        """This router serves ``shard`` no more: its topics' subscriptions end without a word to
+        the edges, which move them to the new owner, and their state is forgotten, since the next
+        owner continues (reliable topics) or starts (the others) their sequences."""
+        self._cluster()[shard] = 0
+        actions: list[Action] = []
+        for state in [state for state in self._topics.values() if state.shard == shard]:
+            for client_id in sorted(state.subscribers):
+                actions += self._remove_subscriber(state, self._clients[client_id])
+            self._forget_topic(state)
+        return actions
+
+    def served_shards(self) -> list[int] | None:
+        """The shards this router serves, in cluster mode; ``None`` outside it."""
+        if self._served is None:
+            return None
+        return [shard for shard, served in enumerate(self._served) if served]
+
+    def shard_of(self, topic: str) -> int | None:
+        """The topic's shard in cluster mode; ``None`` outside it."""
+        return None if self._served is None else shard_of(topic.encode(), len(self._served))
+
+    def _cluster(self) -> bytearray:
+        if self._served is None:
+            raise ValueError("not in cluster mode: call serve_shards first")
+        return self._served
+
+    def _check_served(self, topic: str) -> int:
+        """The topic's shard (0 outside cluster mode). Raises ``not_owner`` if it is not served."""
+        served = self._served
+        if served is None:
+            return 0
+        shard = shard_of(topic.encode(), len(served))
+        if not served[shard]:
+            raise RefusedError(
+                ErrorCode.NOT_OWNER, f"{topic!r} is in shard {shard}, served by another router"
+            )
+        return shard
 
     # ------------------------------------------------------------ policies
 

@@ -731,6 +731,61 @@ HistoryMachine.TestCase.settings = settings(
 )
 TestHistoryMachine = HistoryMachine.TestCase
 
+CLUSTER_SHARDS = 4
+
+
+class ClusterMachine(ManagerMachine):
+    """The same machine in cluster mode: shards are gained and lost between the other steps, and a
+    topic of a shard not served is refused as ``not_owner`` (``route``, ``subscribe``,
+    ``recover``); losing a shard ends its subscriptions and forgets its topics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manager.serve_shards(CLUSTER_SHARDS)
+        self.model.shards = CLUSTER_SHARDS
+        for shard in range(CLUSTER_SHARDS - 1):
+            self.manager.shard_gained(shard)
+            self.model.served.add(shard)
+
+    @rule(shard=st.integers(0, CLUSTER_SHARDS - 1))
+    def gain_shard(self, shard: int) -> None:
+        note(f"shard {shard} is served here from now on")
+        self.manager.shard_gained(shard)
+        self.model.served.add(shard)
+
+    @rule(shard=st.integers(0, CLUSTER_SHARDS - 1))
+    def lose_shard(self, shard: int) -> None:
+        note(f"shard {shard} is served by another router from now on")
+        actions = self.manager.shard_lost(shard)
+        self._check_actions(actions, self.model.apply_shard_lost(shard))
+        event(f"shard lost with {len(actions)} topics watched")
+
+    @invariant()
+    def only_served_shards_hold_topics(self) -> None:
+        served = self.manager.served_shards()
+        assert served == sorted(self.model.served)
+        for topic in TOPICS:
+            if self.manager.topic_position(topic) is not None:
+                assert self.manager.shard_of(topic) in self.model.served, topic
+
+
+ClusterMachine.TestCase.settings = settings(
+    max_examples=scaled_examples(100),
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestClusterMachine = ClusterMachine.TestCase
+
+
+def test_cluster_mode_starts_before_the_first_topic() -> None:
+    manager = _manager()
+    manager.route_data("/a", b"x")
+    with pytest.raises(ValueError, match="before the first topic"):
+        manager.serve_shards(4)
+    assert manager.served_shards() is None
+    assert manager.shard_of("/a") is None
+
 
 def _check_rate_windows(bucket: Bucket, now: float, accepted: bool) -> None:
     """What a token bucket promises, whatever its arithmetic: in every window of time from an
