@@ -1,0 +1,12 @@
+"""Cluster mode: several routers share one Redis 7 (or Valkey) for shard leases and reliable history."""
+
+from router.cluster.store import (
+    Append,
+    AppendResult,
+    ClusterStore,
+    Entry,
+    Holder,
+    StoreUnavailable,
+)
+
+__all__ = ["Append", "AppendResult", "ClusterStore", "Entry", "Holder", "StoreUnavailable"]
