@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from router.admin.config import AdminSection
+from router.cluster.config import ClusterSection
 from router.core.manager import Limits
 from router.core.policy import DeliveryPolicy
 from router.core.topics import TopicRegistry
@@ -28,7 +29,7 @@ DEFAULT_EVENTS = "tcp://127.0.0.1:7754"
 """Where ``[events] publish`` usually goes; the events socket is off unless it is set."""
 METRICS_LIMITS = HttpLimits(max_connections=64, max_connections_per_address=8, max_body_bytes=0)
 """The bounds of the ``/metrics`` listener; ``[router]`` sets its connection caps and header deadline."""
-TABLES = {"router", "security", "sessions", "limits", "admin", "topics", "events"}
+TABLES = {"router", "security", "sessions", "limits", "admin", "topics", "events", "cluster"}
 
 
 class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -133,6 +134,7 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     topics: dict[str, Any] = {}
     admin: AdminSection = AdminSection()
     events: EventsSection = EventsSection()
+    cluster: ClusterSection = ClusterSection()
 
     def registry(self) -> TopicRegistry:
         return TopicRegistry.from_config(self.topics)
@@ -149,7 +151,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     unknown = set(raw) - TABLES
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(sorted(unknown))}")
-    for table in ("router", "security", "sessions", "events"):
+    for table in ("router", "security", "sessions", "events", "cluster"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table} must be a table: [{table}]")
     if path is not None:
@@ -180,6 +182,7 @@ OVERRIDDEN_TABLES = {
     "security": SecuritySection.__struct_fields__,
     "admin": AdminSection.__struct_fields__,
     "events": EventsSection.__struct_fields__,
+    "cluster": ("url",),
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from router.admin.api import AdminApi
 from router.admin.listener import AdminListener
+from router.cluster.node import ClusterError
 from router.config import ConfigError, RouterConfig, load_config
 from router.http_limits import parse_address
 from router.http_listener import HttpListener, ListenerCollector, serve_metrics
@@ -42,6 +43,12 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         help="publish events on a PUB socket here ('' for none)",
     )
     parser.add_argument(
+        "--cluster",
+        dest="url",
+        metavar="REDIS_URL",
+        help="cluster mode: shard leases in this Redis (redis://host:port); overrides [cluster] url",
+    )
+    parser.add_argument(
         "--announce", action="store_true", help="print the bound endpoints as one JSON line on stdout"
     )
 
@@ -60,6 +67,7 @@ ROUTER_OVERRIDES = (
     "metrics",
     "listen",
     "publish",
+    "url",
 )
 """The ``switchboard router`` options that override the configuration file, by key."""
 
@@ -85,6 +93,12 @@ async def _serve_router(config: RouterConfig, announce: bool) -> None:
     try:
         endpoints = server.bind()
     except BindError as error:
+        print(f"switchboard router: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        await server.join_cluster()
+    except ClusterError as error:
+        server.close()
         print(f"switchboard router: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     listeners: dict[str, HttpListener] = {}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import zmq
 
+from router.cluster.node import ClusterNode
 from router.config import RouterConfig
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
 from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
@@ -23,6 +24,7 @@ from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
+from router.core.shards import Change
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
@@ -30,6 +32,7 @@ from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
 from router.wire import (
     MAX_CONTROL_BYTES,
+    ShardMap,
     WireError,
     check_producer_header,
     data_frame_head,
@@ -111,6 +114,10 @@ class RouterServer:
         self._curve = config.security.curve_server()
         self._monitors: dict[str, zmq.Socket[bytes]] = {}
         """With Curve on: a monitor of each socket's failed handshakes, by socket name."""
+        self.cluster: ClusterNode | None = None
+        """Cluster mode (``[cluster]``): this router's leases; ``None`` for a router on its own."""
+        if config.cluster.enabled:
+            self.manager.serve_shards(config.cluster.shards)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -159,6 +166,20 @@ class RouterServer:
         self._sockets.append(sock)
         return sock
 
+    async def join_cluster(self) -> None:
+        """In cluster mode, after :meth:`bind`: connect to Redis and announce this router's
+        endpoints. Raises :class:`~router.cluster.node.ClusterError`; nothing to do otherwise."""
+        if not self.config.cluster.enabled or self.cluster is not None:
+            return
+        cluster = ClusterNode(
+            self.config.cluster, self.control.router_id, self.endpoints, self._shards_changed, self._clock
+        )
+        await cluster.start()
+        self.cluster = cluster
+
+    def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
+        self._send(self.control.shards_changed(changes, shard_map))
+
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.
 
@@ -167,6 +188,7 @@ class RouterServer:
         """
         if not self._sockets:
             self.bind()
+        await self.join_cluster()
         self._readable = {sock: Readable(sock) for sock in [*self._sockets, *self._monitors.values()]}
         roles = {
             "ingest-pull": self._ingest(self.pull),
@@ -178,6 +200,9 @@ class RouterServer:
         }
         if self.jwks is not None:
             roles["jwks"] = self.jwks.run(self._keys_fetched)
+        if self.cluster is not None:
+            roles["cluster"] = self.cluster.run()
+            roles["cluster-expiry"] = self.cluster.watch_expiry()
         if isinstance(self.manager.sessions, ExternalSessions) and isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
@@ -204,6 +229,8 @@ class RouterServer:
             for task in [stopped, *tasks]:
                 task.cancel()
             await asyncio.gather(stopped, *tasks, return_exceptions=True)
+            if self.cluster is not None:
+                await self.cluster.stop()
             self._close()
 
     async def fetch_keys(self) -> str | None:
@@ -213,6 +240,10 @@ class RouterServer:
             return None
         error = await self.jwks.refresh()
         return error if not self.jwks.sessions.keys else None
+
+    def close(self) -> None:
+        """Close the sockets of a router that will not :meth:`serve`."""
+        self._close()
 
     def _close(self) -> None:
         for readable in self._readable.values():

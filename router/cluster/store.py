@@ -71,6 +71,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.core.shards import Holder
+
 __all__ = [
     "CLIENT_NAME_PREFIX",
     "Append",
@@ -92,13 +94,6 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDo
 
 class StoreUnavailable(RuntimeError):  # noqa: N818 - the name says what the caller learns
     """Redis could not be reached or did not answer in time; nothing is known about the operation."""
-
-
-class Holder(NamedTuple):
-    """Who holds a shard's lease, and the fencing token it got with it."""
-
-    router_id: str
-    token: int
 
 
 class Entry(NamedTuple):

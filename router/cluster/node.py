@@ -1,0 +1,170 @@
+"""One router's part in a cluster: the rounds of reading, renewing and taking shard leases.
+
+The decisions are :class:`~router.core.shards.ShardLeases`'; this shell only talks to Redis
+(:class:`~router.cluster.store.ClusterStore`) and hands every change, and the shard map the edges
+get, to the router as it happens. A shard is given up before its lease is released, and stops
+being served when its serving time runs out even while Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from router.cluster.config import ClusterSection
+from router.cluster.store import ClusterStore, StoreUnavailable
+from router.core.shards import Change, ShardLeases
+from router.logs import ThrottledLog
+from router.wire import NO_OWNER, RouterEndpoints, ShardMap
+
+log = logging.getLogger("switchboard.router")
+
+Apply = Callable[[list[Change], ShardMap], None]
+"""Where the node hands shard changes and the newest shard map: the router's control plane."""
+
+
+class ClusterError(RuntimeError):
+    """The router cannot join the cluster (Redis unreachable at start, another shard count)."""
+
+
+class ClusterNode:
+    """Takes part in the cluster until :meth:`stop`; :meth:`start` first."""
+
+    def __init__(
+        self,
+        section: ClusterSection,
+        router_id: str,
+        endpoints: dict[str, str],
+        apply: Apply,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.section = section
+        self.router_id = router_id
+        self.announcement = {
+            name: _advertised(endpoint, section.advertise) for name, endpoint in endpoints.items()
+        }
+        self.leases = ShardLeases(router_id, section.shards, section.lease_time)
+        self.routers: dict[str, dict[str, str]] = {}
+        """The live routers' announcements, as last read."""
+        self.unavailable = 0
+        """Rounds that failed because Redis did not answer."""
+        self.changes: Counter[str] = Counter()
+        self._apply = apply
+        self._clock = clock
+        self._store: ClusterStore | None = None
+        self._log = ThrottledLog(log)
+
+    @property
+    def store(self) -> ClusterStore:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    async def start(self) -> None:
+        """Connect to Redis and check the shard count. Raises :class:`ClusterError`."""
+        section = self.section
+        assert section.url is not None or section.sentinels
+        try:
+            self._store = await ClusterStore.open(
+                section.url or "",
+                router_id=self.router_id,
+                prefix=section.prefix,
+                timeout=section.timeout,
+                sentinels=section.sentinel_addresses(),
+                sentinel_service=section.sentinel_service,
+            )
+            shards = await self._store.check_shards(section.shards)
+        except StoreUnavailable as error:
+            raise ClusterError(f"[cluster] cannot reach {error}; start Redis or fix [cluster] url") from None
+        if shards != section.shards:
+            await self._store.close()
+            raise ClusterError(
+                f"[cluster] shards = {section.shards}, but this cluster (prefix {section.prefix!r}) has "
+                f"{shards}: every router of a cluster must use the same count"
+            )
+
+    async def run(self) -> None:
+        """A round every ``tick``, forever."""
+        while True:
+            await self.round()
+            await asyncio.sleep(self.section.tick)
+
+    async def watch_expiry(self) -> None:
+        """Stop serving a shard the moment its serving time runs out, whatever Redis is doing."""
+        while True:
+            await asyncio.sleep(self.section.tick / 2)
+            self._hand_over(self.leases.expire(self._clock()))
+
+    async def round(self) -> None:
+        """Read the cluster, then renew, release and take leases as :class:`ShardLeases` plans."""
+        try:
+            await self._round()
+        except StoreUnavailable as error:
+            self.unavailable += 1
+            self._log.warning("redis", "cluster: %s", error, now=self._clock())
+            self._hand_over(self.leases.expire(self._clock()))
+
+    async def _round(self) -> None:
+        store, leases, ttl = self.store, self.leases, self._ttl_ms()
+        asked = self._clock()
+        await store.announce(self.router_id, self.announcement, ttl_ms=3 * ttl)
+        self.routers = await store.routers()
+        holders = await store.holders(self.section.shards)
+        connected = await store.connected_routers()
+        steps, changes = leases.plan(self.routers, holders, asked, connected=connected)
+        self._hand_over(changes)
+        for shard, token in steps.release:
+            await store.release(shard, self.router_id, token)
+        if steps.renew:
+            asked = self._clock()
+            renewed = await store.renew(self.router_id, steps.renew, ttl)
+            answers = [(shard, token, ok) for (shard, token), ok in zip(steps.renew, renewed, strict=True)]
+            self._hand_over(leases.renewed(answers, asked))
+        for shard, replacing in steps.acquire:
+            asked = self._clock()
+            taken = await store.acquire(shard, self.router_id, ttl, replacing=replacing)
+            if taken is not None:
+                self._hand_over(leases.acquired(shard, taken, asked))
+        self._hand_over([])
+
+    async def stop(self) -> None:
+        """Leave the cluster: stop serving, release every lease, withdraw the announcement."""
+        if self._store is None:
+            return
+        changes = self.leases.drop_all()
+        self._hand_over(changes)
+        try:
+            for change in changes:
+                await self._store.release(change.shard, self.router_id, change.token)
+            await self._store.leave(self.router_id)
+        except StoreUnavailable as error:
+            log.warning("cluster: could not release the leases: %s", error)
+        await self._store.close()
+
+    def shard_map(self) -> ShardMap:
+        """Who serves each shard, and where every live router is, as this router knows it."""
+        owners = [NO_OWNER if holder is None else tuple(holder) for holder in self.leases.owners()]
+        routers = {}
+        for router_id, info in self.routers.items():
+            if router_id in self.leases.live and "control" in info and "xpub" in info:
+                routers[router_id] = RouterEndpoints(control=info["control"], xpub=info["xpub"])
+        return ShardMap(shards=self.section.shards, owners=owners, routers=routers)  # type: ignore[arg-type]
+
+    def _hand_over(self, changes: list[Change]) -> None:
+        for change in changes:
+            self.changes[type(change).__name__.lower()] += 1
+        self._apply(changes, self.shard_map())
+
+    def _ttl_ms(self) -> int:
+        return round(self.section.lease_time * 1000)
+
+
+def _advertised(endpoint: str, host: str | None) -> str:
+    """``endpoint`` with a wildcard host replaced by ``host``."""
+    transport, _, address = endpoint.partition("://")
+    bound, _, port = address.rpartition(":")
+    if host is None or bound not in ("0.0.0.0", "*", "[::]", "::"):
+        return endpoint
+    return f"{transport}://{host}:{port}"

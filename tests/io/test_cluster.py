@@ -1,0 +1,143 @@
+"""Cluster mode with real routers on a real Redis: shards split between routers, each edge told who
+serves what, requests for another router's shard refused, and a killed router's shards taken over
+by the survivor before its lease would have run out."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.core.errors import ErrorCode
+from router.core.shards import shard_of
+from router.wire import Error, RouterMessage, ShardMap, SubscribeOk
+from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
+from tests.io.redis_server import RedisServer, running_redis
+
+SHARDS = 8
+LEASE_TIME = 3.0
+"""Longer than any takeover the tests wait for: a dead router's shards move when its Redis
+connection closes, not when its lease runs out."""
+
+
+def cluster_config(directory: Path, redis: RedisServer, shards: int = SHARDS) -> Path:
+    path = directory / f"cluster-{shards}.toml"
+    path.write_text(
+        f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {LEASE_TIME}\n'
+        "tick = 0.05\ntimeout = 0.3\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def cluster_router(config: Path) -> Iterator[RouterProcess]:
+    router = RouterProcess(["--config", str(config)])
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
+class MapWatcher:
+    """The shard maps an edge link receives, newest last."""
+
+    def __init__(self, edge: TestEdge) -> None:
+        self.maps: list[ShardMap] = []
+        edge.link.on_message = self._on_message
+
+    def _on_message(self, message: RouterMessage) -> None:
+        if isinstance(message, ShardMap):
+            self.maps.append(message)
+
+    @property
+    def newest(self) -> ShardMap | None:
+        return self.maps[-1] if self.maps else None
+
+    def owners(self) -> set[str]:
+        newest = self.newest
+        return set() if newest is None else {owner for owner, _ in newest.owners}
+
+
+def topic_in_shard_of(router_id: str, shard_map: ShardMap) -> str:
+    """A topic whose shard ``router_id`` serves in ``shard_map``."""
+    for n in range(10_000):
+        topic = f"/cluster/t{n}"
+        if shard_map.owners[shard_of(topic.encode(), shard_map.shards)][0] == router_id:
+            return topic
+    raise AssertionError(f"no topic of {router_id}")
+
+
+async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps, other_maps = MapWatcher(edge), MapWatcher(other_edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            shard_map = maps.newest
+            assert shard_map is not None
+            assert shard_map.shards == SHARDS
+            assert len(shard_map.routers) == 2
+            first_id, second_id = edge.link.router_id, other_edge.link.router_id
+            assert set(shard_map.routers) == {first_id, second_id}
+            assert shard_map.routers[second_id].control == second.endpoints["control"]
+            await eventually(lambda: other_maps.newest == maps.newest, timeout=5)
+
+            theirs = topic_in_shard_of(second_id, shard_map)
+            await edge.register("c1")
+            refused = await edge.subscribe("c1", theirs)
+            assert isinstance(refused, Error)
+            assert refused.code == ErrorCode.NOT_OWNER
+            await other_edge.register("c2")
+            granted = await other_edge.subscribe("c2", theirs)
+            assert isinstance(granted, SubscribeOk), granted
+            with push_socket(second.endpoints["pull"]) as push:
+                push.send_multipart([theirs.encode(), b"from the owner"])
+                meta, payload = await other_edge.next_message()
+            assert (meta.topic, payload) == (theirs.encode(), b"from the owner")
+
+            killed_at = time.monotonic()
+            second.kill()
+            await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME)
+            took = time.monotonic() - killed_at
+            assert took < LEASE_TIME, f"the shards moved after {took:.2f} s, at the lease's end"
+            newest = maps.newest
+            assert newest is not None
+            assert set(newest.routers) == {first_id}
+            granted = await edge.subscribe("c1", theirs)
+            assert isinstance(granted, SubscribeOk), granted
+            with push_socket(first.endpoints["pull"]) as push:
+                push.send_multipart([theirs.encode(), b"from the new owner"])
+                meta, payload = await edge.next_message()
+            assert (meta.topic, payload) == (theirs.encode(), b"from the new owner")
+
+
+def test_a_router_with_another_shard_count_does_not_join(tmp_path: Path, redis: RedisServer) -> None:
+    with cluster_router(cluster_config(tmp_path, redis)):
+        line = refused_start("router", "--config", str(cluster_config(tmp_path, redis, shards=SHARDS * 2)))
+    assert line.startswith("switchboard router: [cluster] shards = 16, but this cluster"), line
+
+
+def test_a_router_that_cannot_reach_redis_says_so(tmp_path: Path, redis: RedisServer) -> None:
+    config = cluster_config(tmp_path, redis)
+    redis.stop()
+    line = refused_start("router", "--config", str(config), *free_endpoints())
+    assert "[cluster] cannot reach Redis at redis://127.0.0.1:" in line, line
+    assert line.endswith("start Redis or fix [cluster] url"), line
+
+
+def free_endpoints() -> list[str]:
+    return [arg for name in ("pull", "xsub", "xpub", "control") for arg in (f"--{name}", "tcp://127.0.0.1:0")]
