@@ -123,7 +123,7 @@ def cluster_reply(view: ClusterView) -> ClusterReply:
         ClusterRouterRow(
             router_id=router_id,
             live=router_id in view.live,
-            endpoints=dict(view.routers.get(router_id, {})),
+            endpoints=dict(sorted(view.routers.get(router_id, {}).items())),
             shards_served=served[router_id],
         )
         for router_id in sorted(view.routers.keys() | view.live, key=lambda r: (r not in view.live, r))

@@ -180,7 +180,7 @@ def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, cl
         available=True,
         unavailable_rounds=3,
         routers={
-            "r1": {"control": "tcp://10.0.0.1:7753", "xpub": "tcp://10.0.0.1:7752"},
+            "r1": {"xpub": "tcp://10.0.0.1:7752", "control": "tcp://10.0.0.1:7753"},
             "r0": {"control": "tcp://10.0.0.9:7753"},
             "r2": {"control": "tcp://10.0.0.2:7753"},
         },
@@ -231,6 +231,7 @@ def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, cl
         ],
         "changes": {"gained": 3, "handed_over": 0, "taken": 1, "expired": 0},
     }
+    assert list(body["routers"][0]["endpoints"]) == ["control", "xpub"], "in the same order for every router"
 
 
 def test_clients_list_what_the_router_and_their_edge_know(router: Router, clock: Clock) -> None:
