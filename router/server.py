@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import zmq
 
+from router.cluster.history import ClusterHistory, Pending
 from router.cluster.node import ClusterNode
 from router.config import RouterConfig
 from router.core import ConnectionManager, DeliveryPolicy, RefusedError
@@ -24,7 +25,7 @@ from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
-from router.core.shards import Change
+from router.core.shards import EXPIRED, Change, Gained
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
@@ -116,6 +117,8 @@ class RouterServer:
         """With Curve on: a monitor of each socket's failed handshakes, by socket name."""
         self.cluster: ClusterNode | None = None
         """Cluster mode (``[cluster]``): this router's leases; ``None`` for a router on its own."""
+        self.history: ClusterHistory | None = None
+        """Cluster mode: reliable topics written to Redis before they are published."""
         if config.cluster.enabled:
             self.manager.serve_shards(config.cluster.shards)
 
@@ -175,10 +178,31 @@ class RouterServer:
             self.config.cluster, self.control.router_id, self.endpoints, self._shards_changed, self._clock
         )
         await cluster.start()
+        section = self.config.cluster
+        cluster.history = self.history = ClusterHistory(
+            self.manager,
+            cluster.leases,
+            lambda: cluster.store,
+            self._publish,
+            max_pending_messages=section.max_pending_messages,
+            max_pending_bytes=section.max_pending_bytes,
+            clock=self._clock,
+        )
         self.cluster = cluster
 
     def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
         self._send(self.control.shards_changed(changes, shard_map))
+        if self.history is None:
+            return
+        for change in changes:
+            if isinstance(change, Gained):
+                self.history.wake()
+            elif change.reason != EXPIRED:
+                self.history.forget_shard(change.shard)
+
+    def _publish(self, topic: bytes, epoch: int, offset: int, header: bytes, payload: bytes) -> None:
+        self.xpub.send(data_frame_head(topic, epoch, offset, header), SNDMORE_NOBLOCK)
+        self.xpub.send(payload, NOBLOCK)
 
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.
@@ -203,6 +227,8 @@ class RouterServer:
         if self.cluster is not None:
             roles["cluster"] = self.cluster.run()
             roles["cluster-expiry"] = self.cluster.watch_expiry()
+        if self.history is not None:
+            roles["cluster-history"] = self.history.run()
         if isinstance(self.manager.sessions, ExternalSessions) and isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
@@ -322,6 +348,7 @@ class RouterServer:
         send = self.xpub.send
         route = self.manager.route_wire
         record = self.manager.record
+        history = self.history
         batch = self.config.router.max_batch
         clock = self._clock
         while True:
@@ -343,6 +370,12 @@ class RouterServer:
                     self._count_bad_input(error)
                     continue
                 if where.keeps_history:
+                    if history is not None:
+                        durable = Pending(
+                            where.topic, topic, where.epoch, where.offset, header, payload.bytes
+                        )
+                        history.add(durable)
+                        continue
                     record(where.topic, where.offset, header, payload.bytes, now)
                 if where.clients:
                     send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)

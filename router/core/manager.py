@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -833,6 +833,30 @@ class ConnectionManager:
                 actions += self._remove_subscriber(state, self._clients[client_id])
             self._forget_topic(state)
         return actions
+
+    def adopt_topic(
+        self, topic: str, epoch: int, last_offset: int, entries: Sequence[HistoryEntry], now: float
+    ) -> None:
+        """Cluster mode: continue a reliable topic's sequence where the router that served its
+        shard before left it: its epoch, its last offset and the newest messages of its history
+        (oldest first, the last one at ``last_offset``, ages counted from ``now``). Call it after
+        :meth:`shard_gained` and before any message of the topic; a topic held already is kept.
+        Raises :class:`RefusedError` for a topic this router does not serve or know."""
+        if topic in self._topics:
+            return
+        state = self._create_topic(topic, self.registry.resolve(topic))
+        state.epoch, state.offset = epoch, last_offset
+        if state.history is None:
+            return
+        state.history.clear(entries[0].offset - 1 if entries else last_offset)
+        for entry in entries:
+            self.record(topic, entry.offset, entry.header, entry.payload, now)
+        if state.history.last != last_offset:
+            state.history.clear(last_offset)
+
+    def history_limits(self, topic: str) -> HistoryLimits | None:
+        """The bounds of the topic's history under its policy now; ``None`` if it keeps none."""
+        return self.limits.history_limits(self.get_delivery_policy(topic))
 
     def served_shards(self) -> list[int] | None:
         """The shards this router serves, in cluster mode; ``None`` outside it."""

@@ -13,7 +13,7 @@ import pytest
 
 from router.core.errors import ErrorCode
 from router.core.shards import shard_of
-from router.wire import Error, RouterMessage, ShardMap, SubscribeOk
+from router.wire import Error, Recover, Recovered, RouterMessage, ShardMap, Subscribe, SubscribeOk
 from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
 from tests.io.redis_server import RedisServer, running_redis
 
@@ -27,7 +27,8 @@ def cluster_config(directory: Path, redis: RedisServer, shards: int = SHARDS) ->
     path = directory / f"cluster-{shards}.toml"
     path.write_text(
         f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {LEASE_TIME}\n'
-        "tick = 0.05\ntimeout = 0.3\n",
+        "tick = 0.05\ntimeout = 0.3\n"
+        '[[topics.declare]]\npattern = "/reliable/**"\n[topics.declare.policy]\nkind = "reliable"\n',
         encoding="utf-8",
     )
     return path
@@ -69,10 +70,10 @@ class MapWatcher:
         return set() if newest is None else {owner for owner, _ in newest.owners}
 
 
-def topic_in_shard_of(router_id: str, shard_map: ShardMap) -> str:
+def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/cluster") -> str:
     """A topic whose shard ``router_id`` serves in ``shard_map``."""
     for n in range(10_000):
-        topic = f"/cluster/t{n}"
+        topic = f"{prefix}/t{n}"
         if shard_map.owners[shard_of(topic.encode(), shard_map.shards)][0] == router_id:
             return topic
     raise AssertionError(f"no topic of {router_id}")
@@ -141,3 +142,62 @@ def test_a_router_that_cannot_reach_redis_says_so(tmp_path: Path, redis: RedisSe
 
 def free_endpoints() -> list[str]:
     return [arg for name in ("pull", "xsub", "xpub", "control") for arg in (f"--{name}", "tcp://127.0.0.1:0")]
+
+
+async def test_a_reliable_topic_continues_on_the_next_owner_with_its_history(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            shard_map = maps.newest
+            assert shard_map is not None
+            topic = topic_in_shard_of(edge.link.router_id, shard_map, "/reliable")
+            await edge.register("c1")
+            granted = await edge.subscribe("c1", topic)
+            assert isinstance(granted, SubscribeOk), granted
+            with push_socket(first.endpoints["pull"]) as push:
+                for n in range(1, 31):
+                    push.send_multipart([topic.encode(), b"m%d" % n])
+                received = [await edge.next_message() for _ in range(30)]
+            epoch = received[0][0].epoch
+            assert [(m.epoch, m.offset, p) for m, p in received] == [
+                (epoch, n, b"m%d" % n) for n in range(1, 31)
+            ]
+
+            first.kill()
+            other_id = other_edge.link.router_id
+            other_maps = MapWatcher(other_edge)
+            await eventually(lambda: other_maps.owners() == {other_id}, timeout=LEASE_TIME)
+            await other_edge.register("c2")
+            resumed = await other_edge.request(
+                Subscribe(
+                    request_id=other_edge.link.next_request_id(),
+                    client_id="c2",
+                    topic=topic,
+                    resume_epoch=epoch,
+                    resume_offset=20,
+                )
+            )
+            assert isinstance(resumed, SubscribeOk), resumed
+            assert (resumed.epoch, resumed.offset, resumed.resume, resumed.resume_from) == (
+                epoch,
+                30,
+                "ok",
+                20,
+            )
+            other_edge.link.watch(topic)
+            recovered = await other_edge.request(
+                Recover(
+                    request_id=other_edge.link.next_request_id(), topic=topic, epoch=epoch, from_offset=20
+                )
+            )
+            assert isinstance(recovered, Recovered), recovered
+            assert [(o, p) for o, _, p in recovered.messages] == [(n, b"m%d" % n) for n in range(21, 31)]
+            with push_socket(second.endpoints["pull"]) as push:
+                push.send_multipart([topic.encode(), b"after"])
+                meta, payload = await other_edge.next_message()
+            assert (meta.epoch, meta.offset, payload) == (epoch, 31, b"after")
