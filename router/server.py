@@ -18,8 +18,9 @@ import zmq
 
 from router.cluster.history import ClusterHistory, Pending
 from router.cluster.node import ClusterNode
+from router.cluster.relay import PeerRelay
 from router.config import RouterConfig
-from router.core import ConnectionManager, DeliveryPolicy, RefusedError
+from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
@@ -32,6 +33,7 @@ from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
 from router.wire import (
+    FORWARDED,
     MAX_CONTROL_BYTES,
     ShardMap,
     WireError,
@@ -119,6 +121,8 @@ class RouterServer:
         """Cluster mode (``[cluster]``): this router's leases; ``None`` for a router on its own."""
         self.history: ClusterHistory | None = None
         """Cluster mode: reliable topics written to Redis before they are published."""
+        self.relay: PeerRelay | None = None
+        """Cluster mode: passes producer messages of other routers' shards on to them."""
         if config.cluster.enabled:
             self.manager.serve_shards(config.cluster.shards)
 
@@ -174,10 +178,15 @@ class RouterServer:
         endpoints. Raises :class:`~router.cluster.node.ClusterError`; nothing to do otherwise."""
         if not self.config.cluster.enabled or self.cluster is not None:
             return
+        announced = dict(self.endpoints)
+        if self._curve is not None:
+            announced["curve_public_key"] = self._curve.public_key.decode()
         cluster = ClusterNode(
-            self.config.cluster, self.control.router_id, self.endpoints, self._shards_changed, self._clock
+            self.config.cluster, self.control.router_id, announced, self._shards_changed, self._clock
         )
         await cluster.start()
+        shards = self.config.cluster.shards
+        self.relay = PeerRelay(self._context, self.control.router_id, shards, self._curve)
         section = self.config.cluster
         cluster.history = self.history = ClusterHistory(
             self.manager,
@@ -192,6 +201,8 @@ class RouterServer:
 
     def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
         self._send(self.control.shards_changed(changes, shard_map))
+        if self.relay is not None and self.cluster is not None:
+            self.relay.sync(self.cluster.routers)
         if self.history is None:
             return
         for change in changes:
@@ -280,6 +291,8 @@ class RouterServer:
             sock.close(linger=0)
         if self._session_service is not None:
             self._session_service.close()
+        if self.relay is not None:
+            self.relay.close()
         if self._curve is not None:
             self._curve.stop()
         self._context.term()
@@ -361,12 +374,21 @@ class RouterServer:
                     break
                 while frames[-1].more:
                     frames.append(receive(NOBLOCK, copy=False))
+                forwarded = len(frames) == 4 and frames[3].bytes == FORWARDED
+                if forwarded:
+                    frames.pop()
                 try:
                     topic_frame, header_frame, payload = split_producer_frames(frames)
                     topic = topic_frame.bytes
                     header = b"" if header_frame is None else check_producer_header(header_frame.bytes)
                     where = route(topic, len(payload), now)
-                except (WireError, RefusedError) as error:
+                except RefusedError as error:
+                    if error.code is ErrorCode.NOT_OWNER:
+                        self._not_served(topic, frames, forwarded)
+                    else:
+                        self._count_bad_input(error)
+                    continue
+                except WireError as error:
                     self._count_bad_input(error)
                     continue
                 if where.keeps_history:
@@ -382,6 +404,17 @@ class RouterServer:
                     send(payload, NOBLOCK, copy=False)
             else:
                 await asyncio.sleep(0)
+
+    def _not_served(self, topic: bytes, frames: list[zmq.Frame], forwarded: bool) -> None:
+        """A message of another router's shard: passed on to that router, once."""
+        reason = "not_owner"
+        if self.relay is not None and self.cluster is not None and not forwarded:
+            reason = self.relay.forward(topic, frames, self.cluster.leases.owners()) or ""
+        if reason:
+            self.manager.count_drop(reason)
+            self._drop_log.warning(
+                reason, "dropped a message of another router's shard: %s", reason, now=self._clock()
+            )
 
     def _count_bad_input(self, error: WireError | RefusedError) -> None:
         if isinstance(error, WireError):

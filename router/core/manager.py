@@ -649,7 +649,9 @@ class ConnectionManager:
         This is the router's hot path: a known topic costs one dict look-up.
 
         Raises ``bad_topic``, ``unknown_topic``, ``too_large`` or ``limit_exceeded``; each such
-        refusal is counted as a drop under its code. A message over the topic's
+        refusal is counted as a drop under its code. In cluster mode it also raises ``not_owner``,
+        not counted: the caller forwards the message to the shard's owner, or counts the drop. A
+        message over the topic's
         ``ingest_max_rate`` is not an error: it is counted as a ``rate_limited`` drop and its
         route has offset 0, no clients and no history, so a caller that sends to ``clients`` and
         records when ``keeps_history`` needs nothing more.
@@ -661,7 +663,8 @@ class ConnectionManager:
             elif size > state.max_payload:
                 raise _too_large(state.name, state.max_payload)
         except RefusedError as refused:
-            self._drops[refused.code.value] += 1
+            if refused.code is not ErrorCode.NOT_OWNER:
+                self._drops[refused.code.value] += 1
             raise
         if state.bucket is not None and not state.bucket.take(now):
             self._drops[RATE_LIMITED] += 1

@@ -17,7 +17,7 @@ from router.wire import Error, Recover, Recovered, RouterMessage, ShardMap, Subs
 from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
 from tests.io.redis_server import RedisServer, running_redis
 
-SHARDS = 8
+SHARDS = 32
 LEASE_TIME = 3.0
 """Longer than any takeover the tests wait for: a dead router's shards move when its Redis
 connection closes, not when its lease runs out."""
@@ -109,6 +109,10 @@ async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
                 push.send_multipart([theirs.encode(), b"from the owner"])
                 meta, payload = await other_edge.next_message()
             assert (meta.topic, payload) == (theirs.encode(), b"from the owner")
+            with push_socket(first.endpoints["pull"]) as push:
+                push.send_multipart([theirs.encode(), b"\x81\xa1k\xa1v", b"passed on"])
+                meta, payload = await other_edge.next_message()
+            assert (meta.topic, meta.header, payload) == (theirs.encode(), b"\x81\xa1k\xa1v", b"passed on")
 
             killed_at = time.monotonic()
             second.kill()
@@ -129,7 +133,7 @@ async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
 def test_a_router_with_another_shard_count_does_not_join(tmp_path: Path, redis: RedisServer) -> None:
     with cluster_router(cluster_config(tmp_path, redis)):
         line = refused_start("router", "--config", str(cluster_config(tmp_path, redis, shards=SHARDS * 2)))
-    assert line.startswith("switchboard router: [cluster] shards = 16, but this cluster"), line
+    assert line.startswith("switchboard router: [cluster] shards = 64, but this cluster"), line
 
 
 def test_a_router_that_cannot_reach_redis_says_so(tmp_path: Path, redis: RedisServer) -> None:
