@@ -5,15 +5,28 @@ by the survivor before its lease would have run out."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from router.core.errors import ErrorCode
 from router.core.shards import shard_of
-from router.wire import Error, Recover, Recovered, RouterMessage, ShardMap, Subscribe, SubscribeOk
+from router.wire import (
+    Error,
+    Recover,
+    Recovered,
+    RouterMessage,
+    ShardMap,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    SubscribeOk,
+)
 from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
 from tests.io.redis_server import RedisServer, running_redis
 
@@ -23,11 +36,13 @@ LEASE_TIME = 3.0
 connection closes, not when its lease runs out."""
 
 
-def cluster_config(directory: Path, redis: RedisServer, shards: int = SHARDS) -> Path:
-    path = directory / f"cluster-{shards}.toml"
+def cluster_config(
+    directory: Path, redis: RedisServer, shards: int = SHARDS, lease_time: float = LEASE_TIME
+) -> Path:
+    path = directory / f"cluster-{shards}-{lease_time}.toml"
     path.write_text(
-        f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {LEASE_TIME}\n'
-        "tick = 0.05\ntimeout = 0.3\n"
+        f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {lease_time}\n'
+        "tick = 0.05\ntimeout = 0.2\n"
         '[[topics.declare]]\npattern = "/reliable/**"\n[topics.declare.policy]\nkind = "reliable"\n',
         encoding="utf-8",
     )
@@ -205,3 +220,58 @@ async def test_a_reliable_topic_continues_on_the_next_owner_with_its_history(
                 push.send_multipart([topic.encode(), b"after"])
                 meta, payload = await other_edge.next_message()
             assert (meta.epoch, meta.offset, payload) == (epoch, 31, b"after")
+
+
+async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_over(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """SIGSTOP the owner of a reliable topic until another router holds the shard, send it messages
+    meanwhile, SIGCONT it: it writes none of them under its old lease. Each is either dropped and
+    counted, or passed on to the new owner, which writes it after its own."""
+    config = cluster_config(tmp_path, redis, lease_time=1.0)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps, other_maps = MapWatcher(edge), MapWatcher(other_edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            topic = topic_in_shard_of(edge.link.router_id, maps.newest, "/reliable")
+            stream = Redis.from_url(redis.url)
+            key = f"switchboard:history:{topic}"
+            with push_socket(first.endpoints["pull"]) as push:
+                for n in range(1, 6):
+                    push.send_multipart([topic.encode(), b"before %d" % n])
+                await eventually(lambda: stream.xlen(key) == 5, timeout=5)
+                os.kill(first.pid, signal.SIGSTOP)
+                try:
+                    other_id = other_edge.link.router_id
+                    await eventually(lambda: other_maps.owners() == {other_id}, timeout=5)
+                    for n in range(1, 6):
+                        push.send_multipart([topic.encode(), b"while paused %d" % n])
+                    with push_socket(second.endpoints["pull"]) as other_push:
+                        for n in range(6, 9):
+                            other_push.send_multipart([topic.encode(), b"new owner %d" % n])
+                        await eventually(lambda: stream.xlen(key) == 8, timeout=5)
+                finally:
+                    os.kill(first.pid, signal.SIGCONT)
+
+                async def accounted_for() -> bool:
+                    try:
+                        reply = await edge.request(StatsRequest(request_id=edge.link.next_request_id()))
+                    except ConnectionError:
+                        return False
+                    if not isinstance(reply, Stats):
+                        return False
+                    drops = reply.stats["drops"]
+                    assert isinstance(drops, dict)
+                    refused = int(drops.get("not_owner", 0)) + int(drops.get("fenced", 0))
+                    return refused + stream.xlen(key) - 8 == 5
+
+                await eventually(accounted_for, timeout=10)
+            entries = [(entry_id, fields[b"p"]) for entry_id, fields in stream.xrange(key)]
+            written = [(f"{n}-0".encode(), b"before %d" % n) for n in range(1, 6)]
+            written += [(f"{n}-0".encode(), b"new owner %d" % n) for n in range(6, 9)]
+            assert entries[:8] == written
+            passed_on = [payload for _, payload in entries[8:]]
+            assert all(payload.startswith(b"while paused") for payload in passed_on), passed_on
+            stream.close()
