@@ -47,7 +47,7 @@ from router.core.events import (
     SubscribeRefused,
 )
 from router.core.events import Subscribed as SubscribedEvent
-from router.core.shards import GAINED, Change, Gained, Lost
+from router.core.shards import EXPIRED, GAINED, Change, Gained, Lost
 from router.logs import ThrottledLog
 from router.wire import (
     CLOSE_GOING_AWAY,
@@ -355,7 +355,8 @@ class ControlPlane:
         self, changes: Sequence[Change], shard_map: ShardMap | None = None, *, unix_time: float
     ) -> list[Outbound]:
         """Shards gained and lost (``router/core/shards.py``), and the shard map when it changed,
-        which every edge gets at once. A lost shard's topics are unwatched upstream. ``unix_time``
+        which every edge gets at once. A lost shard's topics are unwatched upstream; an expired
+        one's stay served from memory (it is degraded) until another router takes it. ``unix_time``
         stamps the events."""
         actions: list[Action] = []
         for change in changes:
@@ -365,7 +366,8 @@ class ControlPlane:
                     reason = GAINED
                     log.info("serving shard %d (token %d)", shard, token)
                 case Lost(shard, token, reason):
-                    actions += self.manager.shard_lost(shard)
+                    if reason != EXPIRED:
+                        actions += self.manager.shard_lost(shard)
                     log.info("shard %d (token %d) lost: %s", shard, token, reason)
             self.shard_changes[reason] += 1
             if self.events:
