@@ -213,11 +213,14 @@ class RouterCollector:
 
 
 def _cluster(view: ClusterView) -> Iterator[Metric]:
-    served = sum(
-        1 for shard in view.shards if shard.holder is not None and shard.holder.router_id == view.router_id
-    )
+    served = view.served()[view.router_id]
+    yield gauge("switchboard_router_shards_served", "Shards this router serves.", [], [((), served)])
+    degraded = sum(1 for shard in view.shards if shard.degraded)
     yield gauge(
-        "switchboard_router_shards_served", "Shards whose lease this router holds.", [], [((), served)]
+        "switchboard_router_shards_degraded",
+        "Shards whose serving time ran out here, with no other holder yet: topics from memory only.",
+        [],
+        [((), degraded)],
     )
     yield counter(
         "switchboard_router_shard_changes",

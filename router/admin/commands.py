@@ -224,7 +224,7 @@ def _cluster_lines(reply: Any) -> str:
                 s["shard"],
                 s["owner"],
                 s["token"],
-                None if s["lease_ms_left"] is None else f"{s['lease_ms_left'] / 1000:.1f}s",
+                _lease_cell(s),
             ]
             for s in reply["shards"]
         ],
@@ -236,6 +236,13 @@ def _cluster_lines(reply: Any) -> str:
         lines.append(f"shards without an owner: {free}")
     lines.append(f"shard changes on this router: {changes}")
     return "\n".join(lines)
+
+
+def _lease_cell(shard: dict[str, Any]) -> str | None:
+    left = None if shard["lease_ms_left"] is None else f"{shard['lease_ms_left'] / 1000:.1f}s"
+    if shard.get("degraded"):
+        return f"{left or '-'} degraded"
+    return left
 
 
 def _policy_lines(reply: Any) -> str:

@@ -5,7 +5,6 @@ The core keeps the router's monotonic clock; rows show Unix times, through :clas
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -118,7 +117,7 @@ def edge_rows(views: Iterable[EdgeView], clocks: Clocks, heartbeat_interval: flo
 def cluster_reply(view: ClusterView) -> ClusterReply:
     """The cluster as ``view`` shows it: every router announced or sharing the shards, live ones
     first, and every shard."""
-    served = Counter(shard.holder.router_id for shard in view.shards if shard.holder is not None)
+    served = view.served()
     routers = [
         ClusterRouterRow(
             router_id=router_id,
@@ -134,6 +133,7 @@ def cluster_reply(view: ClusterView) -> ClusterReply:
             owner=None if shard.holder is None else shard.holder.router_id,
             token=None if shard.holder is None else shard.holder.token,
             lease_ms_left=None if shard.lease_left is None else int(shard.lease_left * 1000),
+            degraded=shard.degraded,
         )
         for shard in view.shards
     ]

@@ -123,6 +123,8 @@ class ShardRow(msgspec.Struct, kw_only=True):
     token: int | None
     lease_ms_left: int | None
     """Milliseconds, at least, before the lease runs out unless renewed; ``null`` when unknown."""
+    degraded: bool
+    """The answering router's serving time ran out and nobody else holds the lease yet."""
 
 
 class ClusterReply(msgspec.Struct, kw_only=True):

@@ -187,6 +187,7 @@ class ClusterNode:
         """What this router knows of the cluster now; ``changes``: the shards gained and lost, by
         reason (the control plane counts them)."""
         now, leases = self._clock(), self.leases
+        degraded = leases.degraded()
         return ClusterView(
             router_id=self.router_id,
             lease_time=self.section.lease_time,
@@ -196,7 +197,7 @@ class ClusterNode:
             routers={**self.routers, self.router_id: self.announcement},
             live=leases.live | {self.router_id},
             shards=[
-                ShardView(shard, holder, leases.lease_left(shard, now))
+                ShardView(shard, holder, leases.lease_left(shard, now), shard in degraded)
                 for shard, holder in enumerate(leases.owners())
             ],
             changes=dict(changes),

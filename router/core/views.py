@@ -8,6 +8,7 @@ received them.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import NamedTuple
 
 from router.core.clients import ClientInfo
@@ -71,6 +72,9 @@ class ShardView(NamedTuple):
     """Who holds its lease, as last read from Redis (this router's own leases as it knows them)."""
     lease_left: float | None
     """Seconds, at least, before the lease runs out unless renewed; ``None``: free, or not known."""
+    degraded: bool = False
+    """This router's serving time ran out and nobody else holds the lease yet: the shard's topics
+    flow from memory only, without history (``router/core/shards.py``)."""
 
 
 class ClusterView(NamedTuple):
@@ -88,3 +92,7 @@ class ClusterView(NamedTuple):
     shards: list[ShardView]
     changes: dict[str, int]
     """Shards gained (``gained``) and lost (``handed_over``, ``taken``, ``expired``) since the start."""
+
+    def served(self) -> Counter[str]:
+        """How many shards each router serves: those whose lease it holds, but the degraded ones."""
+        return Counter(shard.holder.router_id for shard in self.shards if shard.holder and not shard.degraded)

@@ -224,6 +224,48 @@ async def test_a_router_outside_cluster_mode_says_so_and_has_no_cluster_series()
         router.stop()
 
 
+async def test_a_router_cut_off_from_redis_shows_it_and_its_shards_degraded(
+    config: Path, redis: RedisServer
+) -> None:
+    with cluster_router(config) as router:
+        await eventually(lambda: _all_owned_by_one(router), timeout=10)
+        redis.freeze()
+        try:
+
+            async def degraded() -> bool:
+                reply = await cluster_of(router)
+                return not reply["redis"]["available"] and all(s["degraded"] for s in reply["shards"])
+
+            await eventually(degraded, timeout=LEASE_TIME * 3)
+            reply = await cluster_of(router)
+            assert reply["redis"]["unavailable_rounds"] > 0
+            assert reply["changes"]["expired"] == SHARDS
+            assert [row["shards_served"] for row in reply["routers"]] == [0]
+            metrics = await scrape(router.endpoints["metrics"])
+            assert metrics("switchboard_router_redis_unavailable_total") > 0
+            assert metrics("switchboard_router_shards_degraded") == SHARDS
+            assert metrics("switchboard_router_shards_served") == 0
+            printed = await asyncio.to_thread(switchboard, "cluster", "--admin", router.admin_url)
+            assert f"Redis {redis.url} NOT REACHABLE at the last round" in printed.stdout
+            assert all(
+                row[-1].endswith("degraded") for row in table_after(printed.stdout, ["SHARD", "OWNER"])
+            )
+        finally:
+            redis.thaw()
+
+        async def served_again() -> bool:
+            reply = await cluster_of(router)
+            return reply["redis"]["available"] and not any(s["degraded"] for s in reply["shards"])
+
+        await eventually(served_again, timeout=LEASE_TIME * 3)
+        reply = await cluster_of(router)
+        assert set(owners(reply)) == {reply["router_id"]}
+        assert reply["changes"]["gained"] == 2 * SHARDS
+        metrics = await scrape(router.endpoints["metrics"])
+        assert metrics("switchboard_router_shards_degraded") == 0
+        assert metrics("switchboard_router_shards_served") == SHARDS
+
+
 # ---------------------------------------------------------------- events
 
 

@@ -85,11 +85,13 @@ def test_cluster_series_are_there_in_cluster_mode_only() -> None:
             ShardView(1, Holder("r2", 1), None),
             ShardView(2, None, None),
             ShardView(3, Holder("r1", 6), 0.2),
+            ShardView(4, Holder("r1", 2), 0.1, degraded=True),
         ],
         changes={"gained": 5, "handed_over": 2, "expired": 1},
     )
     samples = parse(RouterMetrics(RouterCollector(manager, cluster=lambda: view)).render())
     assert value(samples, "switchboard_router_shards_served") == 2
+    assert value(samples, "switchboard_router_shards_degraded") == 1
     assert value(samples, "switchboard_router_cluster_routers") == 3
     assert value(samples, "switchboard_router_redis_unavailable_total") == 4
     changes = {

@@ -176,10 +176,12 @@ function showCluster(cluster) {
     return tr;
   });
   fillTable("cluster-shards", cluster.shards, (s) => {
-    const left = s.lease_ms_left === null ? null : `${(s.lease_ms_left / 1000).toFixed(1)} s`;
+    let left = s.lease_ms_left === null ? null : `${(s.lease_ms_left / 1000).toFixed(1)} s`;
+    if (s.degraded) left = `${left ?? "–"} degraded`;
     const tr = row([s.shard, s.owner, s.token, left], { shard: s.shard });
     tr.cells[1].classList.add("owner");
     if (s.owner === null) tr.cells[1].classList.add("late");
+    if (s.degraded) tr.cells[3].className = "late";
     return tr;
   });
 }

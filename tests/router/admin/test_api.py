@@ -191,6 +191,7 @@ def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, cl
             ShardView(2, None, None),
             ShardView(3, Holder("r0", 2), None),
             ShardView(4, Holder("r1", 1), 0.0),
+            ShardView(5, Holder("r1", 8), 0.3, degraded=True),
         ],
         changes={"gained": 3, "taken": 1},
     )
@@ -199,7 +200,7 @@ def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, cl
     assert body == {
         "cluster": True,
         "router_id": "r1",
-        "shard_count": 5,
+        "shard_count": 6,
         "lease_time": 2.0,
         "redis": {"where": "redis://:***@127.0.0.1:6379/0", "available": True, "unavailable_rounds": 3},
         "routers": [
@@ -223,11 +224,12 @@ def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, cl
             },
         ],
         "shards": [
-            {"shard": 0, "owner": "r1", "token": 4, "lease_ms_left": 1999},
-            {"shard": 1, "owner": "r2", "token": 9, "lease_ms_left": 500},
-            {"shard": 2, "owner": None, "token": None, "lease_ms_left": None},
-            {"shard": 3, "owner": "r0", "token": 2, "lease_ms_left": None},
-            {"shard": 4, "owner": "r1", "token": 1, "lease_ms_left": 0},
+            {"shard": 0, "owner": "r1", "token": 4, "lease_ms_left": 1999, "degraded": False},
+            {"shard": 1, "owner": "r2", "token": 9, "lease_ms_left": 500, "degraded": False},
+            {"shard": 2, "owner": None, "token": None, "lease_ms_left": None, "degraded": False},
+            {"shard": 3, "owner": "r0", "token": 2, "lease_ms_left": None, "degraded": False},
+            {"shard": 4, "owner": "r1", "token": 1, "lease_ms_left": 0, "degraded": False},
+            {"shard": 5, "owner": "r1", "token": 8, "lease_ms_left": 300, "degraded": True},
         ],
         "changes": {"gained": 3, "handed_over": 0, "taken": 1, "expired": 0},
     }

@@ -20,9 +20,9 @@ REPLY = {
         {"router_id": "r2", "live": False, "endpoints": {"control": "tcp://h2:7753"}, "shards_served": 0},
     ],
     "shards": [
-        {"shard": 0, "owner": "r1", "token": 12, "lease_ms_left": 1940},
-        {"shard": 1, "owner": None, "token": None, "lease_ms_left": None},
-        {"shard": 2, "owner": "r1", "token": 3, "lease_ms_left": 55},
+        {"shard": 0, "owner": "r1", "token": 12, "lease_ms_left": 1940, "degraded": False},
+        {"shard": 1, "owner": None, "token": None, "lease_ms_left": None, "degraded": True},
+        {"shard": 2, "owner": "r1", "token": 3, "lease_ms_left": 55, "degraded": False},
     ],
     "changes": {"gained": 3, "handed_over": 0, "taken": 0, "expired": 1},
 }
@@ -39,7 +39,7 @@ def test_the_cluster_is_a_summary_two_tables_and_the_changes() -> None:
         "",
         "SHARD  OWNER  TOKEN  LEASE LEFT",
         "    0  r1        12  1.9s",
-        "    1  -          -  -",
+        "    1  -          -  - degraded",
         "    2  r1         3  0.1s",
         "",
         "shards without an owner: 1",
