@@ -4,6 +4,7 @@ by the survivor before its lease would have run out."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -275,3 +276,49 @@ async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_
             passed_on = [payload for _, payload in entries[8:]]
             assert all(payload.startswith(b"while paused") for payload in passed_on), passed_on
             stream.close()
+
+
+async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: RedisServer) -> None:
+    """While Redis is down, best_effort messages keep flowing from memory and reliable ones wait;
+    once it is back, the reliable ones are written and delivered, in order, none lost."""
+    config = cluster_config(tmp_path, redis, lease_time=1.0)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge = TestEdge(first.endpoints)
+        maps = MapWatcher(edge)
+        async with edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            router_id = edge.link.router_id
+            telemetry = topic_in_shard_of(router_id, maps.newest, "/telemetry")
+            reliable = topic_in_shard_of(router_id, maps.newest, "/reliable")
+            await edge.register("c1")
+            for topic in (telemetry, reliable):
+                assert isinstance(await edge.subscribe("c1", topic), SubscribeOk)
+            received: dict[bytes, list[int]] = {telemetry.encode(): [], reliable.encode(): []}
+
+            def take() -> None:
+                for meta, _ in edge.drain():
+                    received[meta.topic].append(meta.offset)
+
+            with push_socket(first.endpoints["pull"]) as push:
+
+                async def send(count: int) -> None:
+                    for _ in range(count):
+                        push.send_multipart([telemetry.encode(), b"t"])
+                        push.send_multipart([reliable.encode(), b"r"])
+                        await asyncio.sleep(0.005)
+
+                await send(100)
+                redis.kill()
+                await send(300)
+                take()
+                during = len(received[telemetry.encode()])
+                await send(100)
+                redis.restart()
+                await send(100)
+                await eventually(lambda: take() or len(received[reliable.encode()]) == 600, timeout=10)
+            take()
+            assert len(received[telemetry.encode()]) > during, "best_effort stopped while Redis was down"
+            assert received[reliable.encode()] == list(range(1, 601))
+            assert first.alive
+            assert second.alive
