@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from redis import Redis
 
 from router.core.errors import ErrorCode
@@ -322,3 +323,36 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: Redi
             assert received[reliable.encode()] == list(range(1, 601))
             assert first.alive
             assert second.alive
+
+
+async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            topic = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/pub")
+            await other_edge.register("c1")
+            assert isinstance(await other_edge.subscribe("c1", topic), SubscribeOk)
+            context = zmq.Context.instance()
+            with context.socket(zmq.PUB) as pub:
+                pub.linger = 0
+                for router in (first, second):
+                    pub.connect(router.endpoints["xsub"])
+
+                async def arrived() -> bool:
+                    pub.send_multipart([topic.encode(), b"probe"])
+                    return bool(other_edge.drain())
+
+                await eventually(arrived, timeout=10)
+                for n in range(20):
+                    pub.send_multipart([topic.encode(), b"%d" % n])
+                payloads: list[bytes] = []
+                while b"19" not in payloads:
+                    payloads.append((await other_edge.next_message())[1])
+            assert [p for p in payloads if p != b"probe"] == [b"%d" % n for n in range(20)]
+            assert (await edge.stats())["messages_in"] == 0, "a router asked upstream for a shard not its own"
