@@ -87,6 +87,12 @@ class MapWatcher:
         return set() if newest is None else {owner for owner, _ in newest.owners}
 
 
+def stream_entries(stream: Redis, key: str) -> list[tuple[bytes, bytes]]:
+    """Each entry of a history stream as ``(id, payload)``."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = stream.xrange(key)  # type: ignore[assignment]
+    return [(entry_id, fields[b"p"]) for entry_id, fields in entries]
+
+
 def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/cluster") -> str:
     """A topic whose shard ``router_id`` serves in ``shard_map``."""
     for n in range(10_000):
@@ -270,7 +276,7 @@ async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_
                     return refused + stream.xlen(key) - 8 == 5
 
                 await eventually(accounted_for, timeout=10)
-            entries = [(entry_id, fields[b"p"]) for entry_id, fields in stream.xrange(key)]
+            entries = stream_entries(stream, key)
             written = [(f"{n}-0".encode(), b"before %d" % n) for n in range(1, 6)]
             written += [(f"{n}-0".encode(), b"new owner %d" % n) for n in range(6, 9)]
             assert entries[:8] == written
@@ -317,7 +323,11 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: Redi
                 await send(100)
                 redis.restart()
                 await send(100)
-                await eventually(lambda: take() or len(received[reliable.encode()]) == 600, timeout=10)
+                def all_reliable_in() -> bool:
+                    take()
+                    return len(received[reliable.encode()]) == 600
+
+                await eventually(all_reliable_in, timeout=10)
             take()
             assert len(received[telemetry.encode()]) > during, "best_effort stopped while Redis was down"
             assert received[reliable.encode()] == list(range(1, 601))
@@ -338,7 +348,7 @@ async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
             topic = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/pub")
             await other_edge.register("c1")
             assert isinstance(await other_edge.subscribe("c1", topic), SubscribeOk)
-            context = zmq.Context.instance()
+            context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
             with context.socket(zmq.PUB) as pub:
                 pub.linger = 0
                 for router in (first, second):
