@@ -50,10 +50,11 @@ The rules this module keeps:
   does ``SET NX GET``). A script that only reads starts with ``#!lua flags=no-writes``, which
   Redis runs in those cases too.
 - **Unavailability is one exception.** Connection errors, timeouts, a server still loading its
-  data or a replica that will not take writes raise :class:`StoreUnavailable`, naming the server
-  but never a password. Each connection waits at most ``timeout`` to connect and to read a reply,
-  and one that broke is retried once (the server may have restarted), so a call gives up within
-  about twice ``timeout``.
+  data, a replica that will not take writes, and any refusal the server answers with (a wrong
+  password, protected mode, out of memory) raise :class:`StoreUnavailable`, naming the server and
+  saying what it answered, but never a password. Each connection waits at most ``timeout`` to
+  connect and to read a reply, and one that broke is retried once (the server may have
+  restarted), so a call gives up within about twice ``timeout``.
 - **Who is connected.** Every connection of a store is named ``switchboard-router-{router_id}``
   (again after a reconnection), so :meth:`ClusterStore.connected_routers` tells a router whose
   process died, and whose connections closed with it, before its leases run out.
@@ -73,7 +74,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError
+from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.core.shards import Holder
@@ -94,7 +95,14 @@ T = TypeVar("T")
 CLIENT_NAME_PREFIX = "switchboard-router-"
 """What each router's Redis connections are named: this and its id."""
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, OSError)
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+    ResponseError,
+    OSError,
+)
 
 
 class StoreUnavailable(RuntimeError):  # noqa: N818 - the name says what the caller learns
