@@ -526,8 +526,8 @@ class EdgeHub:
 
     def _unmatched(self, message: Reply, router: str) -> None:
         """A reply that answers no request in flight: another router's answer to a register or
-        refresh answered already (a refresh's revocations still apply), a ``not_owner`` for a
-        request that moved since, or unexpected."""
+        refresh answered already (a refresh's revocations still apply), the answer to a request
+        whose topic moved since, or unexpected."""
         if self._routes is not None:
             later = self._requests.take_later(message, router)
             if later is not None:
@@ -536,7 +536,7 @@ class EdgeHub:
                     client.revoke(message.revoked)
                     self._settle(client)
                 return
-            if isinstance(message, wire.Error) and message.code == ErrorCode.NOT_OWNER:
+            if self._requests.take_retired(message, router):
                 return
         self._counters.unexpected_replies += 1
 

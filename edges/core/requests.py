@@ -93,6 +93,9 @@ class RouterRequests:
         self._later: dict[int, tuple[RouterRequest, set[str]]] = {}
         """With a cluster: requests answered once, and the routers whose reply is still to come."""
         self._by_topic: dict[str, set[int]] = {}
+        self._retired: dict[int, set[str]] = {}
+        """With a cluster: requests no longer in flight (their topic moved) that these routers may
+        still answer; their answers are dropped."""
 
     def add(self, request: RouterRequest) -> int:
         """Record ``request``; returns the id to send it with."""
@@ -220,15 +223,33 @@ class RouterRequests:
             routers.discard(router)
             if not routers:
                 del self._later[request_id]
+        for request_id, routers in list(self._retired.items()):
+            routers.discard(router)
+            if not routers:
+                del self._retired[request_id]
         return lost
 
     def lose_topic(self, topic: str) -> dict[int, RouterRequest]:
         """The requests in flight for ``topic``, which no router will answer usefully now (its
-        subscriptions moved), no longer in flight."""
+        subscriptions moved), no longer in flight; their answers will be dropped
+        (:meth:`take_retired`)."""
         lost = {request_id: self._pending[request_id] for request_id in self._by_topic.get(topic, ())}
         for request_id in lost:
+            routers = self._to.get(request_id)
+            if routers:
+                self._retired[request_id] = set(routers)
             self.discard(request_id)
         return lost
+
+    def take_retired(self, reply: Reply, router: str) -> bool:
+        """Whether ``reply`` is ``router``'s answer to a request :meth:`lose_topic` gave up."""
+        routers = self._retired.get(reply.request_id)
+        if routers is None or router not in routers:
+            return False
+        routers.discard(router)
+        if not routers:
+            del self._retired[reply.request_id]
+        return True
 
     def lose_all(self) -> dict[int, RouterRequest]:
         """Everything in flight, which the router lost (it restarted); none is in flight after."""

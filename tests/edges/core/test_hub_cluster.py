@@ -6,16 +6,23 @@ cluster_routers.py's."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import HealthCheck, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
 from edges.core.hub import EdgeHub, ToRouter, UnwatchData, WatchData
-from edges.core.output import Reply
-from edges.core.session import ClientSession
+from edges.core.output import Data, Reply, Skipped
+from edges.core.session import ClientSession, EdgeLimits, State
 from router import wire
 from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
+from router.wire import ShardMap
 from tests.edges.core.cluster_routers import FakeCluster, client_op, connect, topic_in
 from tests.edges.core.hub_clients import view
+from tests.strategies import scaled_examples
 
 A0, A1, B2, B3 = topic_in(0), topic_in(1), topic_in(2), topic_in(3)
 """Topics of shards 0 and 1 (router ra's at first) and 2 and 3 (rb's)."""
@@ -274,6 +281,42 @@ def test_data_from_the_old_owner_is_fenced_off() -> None:
     assert routes.owners == {}
 
 
+def test_a_lane_behind_stays_behind_across_owners_and_is_refilled_by_the_new_one() -> None:
+    hub = EdgeHub(EdgeLimits(queue_max_messages=2))
+    cluster = FakeCluster(hub)
+    for shard, router_id in enumerate(["ra", "ra", "rb", "rb"]):
+        cluster.give(shard, router_id)
+    cluster.welcome("ra")
+    cluster.send_map("ra")
+    cluster.welcome("rb")
+    session = connect(hub, cluster, "c1")
+    cluster.answer_all()
+    subscribed(hub, cluster, "c1", A0)
+    replies(session)
+    for _ in range(5):
+        cluster.publish(A0)
+    assert [frame[2] for frame in data(session)] == [1, 2]
+    cluster.carry_out()
+    [recover] = cluster.routers["ra"].inbox
+    assert isinstance(recover, wire.Recover)
+    assert (recover.from_offset, recover.to_offset) == (2, 5)
+
+    cluster.give(0, "rb")
+    cluster.send_map("rb")
+    [moved, again] = cluster.routers["rb"].inbox
+    assert isinstance(moved, wire.Subscribe)
+    assert (moved.resume_epoch, moved.resume_offset) == (7, 2)
+    assert isinstance(again, wire.Recover)
+    cluster.answer_all()
+    got = data(session)
+    cluster.answer_all()
+    cluster.carry_out()
+    cluster.answer_all()
+    got += data(session)
+    assert [frame[2] for frame in got] == [3, 4, 5], "nothing skipped, nothing twice"
+    assert hub.stats().unexpected_replies == 0
+
+
 def test_a_sequence_the_new_owner_starts_anew_is_told_as_a_restart() -> None:
     hub, cluster, sessions = started("c1")
     cluster.sequence(A0, DeliveryPolicy())
@@ -391,6 +434,24 @@ def test_a_subscription_left_behind_by_a_lost_router_follows_the_view() -> None:
     assert ("c1", B2) in cluster.routers["ra"].subs
 
 
+def test_a_link_welcomed_by_a_new_router_process_loses_what_the_old_one_had() -> None:
+    hub, cluster, sessions = started("c1")
+    subscribed(hub, cluster, "c1", A0)
+    replies(sessions["c1"])
+    client_op(hub, cluster, "c1", op="unsubscribe", id=4, topic=A0)
+    client_op(hub, cluster, "c1", op="subscribe", id=5, topic=A1)
+    cluster.routers["ra"].inbox.clear()
+    messages = cluster.welcome("rz", replaces="ra")
+    assert [type(m).__name__ for m in messages] == ["RegisterClient"], "rz serves nothing yet"
+    assert replies(sessions["c1"]) == [{"op": "unsubscribed", "id": 4, "topic": A0}]
+    cluster.give(0, "rz")
+    cluster.give(1, "rz")
+    cluster.send_map("rz")
+    cluster.answer_all()
+    assert [(r["op"], r["id"]) for r in replies(sessions["c1"])] == [("subscribed", 5)]
+    assert cluster.routers["rz"].subs == {("c1", A1)}
+
+
 def test_each_router_gets_its_own_reports() -> None:
     hub, cluster, _ = started("c1", "c2")
     [first_a] = hub.report("ra")
@@ -426,3 +487,257 @@ def test_watch_and_unwatch_stay_one_per_topic() -> None:
     cluster.answer_all()
     hub.client_text("c1", json.dumps({"op": "unsubscribe", "id": 2, "topic": A0}))
     assert [a for a in hub.drain_actions() if isinstance(a, UnwatchData)] == [UnwatchData(A0)]
+
+
+# ---------------------------------------------------------------- the machine
+
+ROUTERS = ["ra", "rb", "rc"]
+CLIENTS = ["c0", "c1", "c2"]
+TOPICS = [topic_in(shard, prefix) for shard in range(4) for prefix in ("/m", "/n")]
+
+
+@dataclass
+class Reader:
+    """What one client read: each request's replies, and each topic's data offsets."""
+
+    replies: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    channels: dict[int, str] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=dict)
+    offsets: dict[str, list[int]] = field(default_factory=dict)
+    other: list[object] = field(default_factory=list)
+
+
+class ClusterMachine(RuleBasedStateMachine):
+    """Clients of one edge and three routers of a cluster: shards change owner, maps arrive late
+    and out of order, routers lose the edge and welcome it again, replies come whenever. Once
+    everything has settled, every subscription is held by its topic's owner and no other router,
+    every request was answered once, and each client got every message of its topics, in order,
+    once (``reliable`` topics keep their sequence across owners)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub = EdgeHub(EdgeLimits(queue_max_messages=3))
+        self.cluster = FakeCluster(self.hub)
+        self.readers: dict[str, Reader] = {}
+        self.sessions: dict[str, ClientSession] = {}
+        self.request_ids = iter(range(1, 1_000_000))
+        self.lost: set[str] = set()
+        self.maps: list[ShardMap] = []
+        self.orphans = False
+        """A client left while routers had requests to answer: their replies are unexpected."""
+
+    @initialize()
+    def start(self) -> None:
+        for shard in range(4):
+            self.cluster.give(shard, ROUTERS[shard % 2])
+        self.cluster.welcome("ra")
+        self.cluster.send_map("ra")
+        self.cluster.welcome("rb")
+        self.cluster.router("rc")
+        self.lost.add("rc")
+        self.maps.append(self.cluster.shard_map())
+
+    # ------------------------------------------------------------ clients
+
+    @precondition(lambda self: len(self.sessions) < len(CLIENTS))
+    @rule()
+    def client_connects(self) -> None:
+        client_id = next(c for c in CLIENTS if c not in self.sessions)
+        note(f"{client_id} connects")
+        self.sessions[client_id] = connect(self.hub, self.cluster, client_id)
+        self.readers[client_id] = Reader()
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data(), topic=st.sampled_from(TOPICS))
+    def client_subscribes(self, data: st.DataObject, topic: str) -> None:
+        client_id = data.draw(st.sampled_from(sorted(self.sessions)))
+        session = self.sessions[client_id]
+        if session.state is not State.READY:
+            return
+        reader = self.readers[client_id]
+        if topic in reader.starts or any(r["asked"] == topic for r in self._waiting(reader)):
+            return
+        request_id = next(self.request_ids)
+        note(f"{client_id} subscribes to {topic} ({request_id})")
+        reader.replies[request_id] = []
+        client_op(self.hub, self.cluster, client_id, op="subscribe", id=request_id, topic=topic)
+        reader.replies[request_id].append({"asked": topic})
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data())
+    def client_unsubscribes(self, data: st.DataObject) -> None:
+        client_id = data.draw(st.sampled_from(sorted(self.sessions)))
+        reader = self.readers[client_id]
+        if not reader.starts:
+            return
+        topic = data.draw(st.sampled_from(sorted(reader.starts)))
+        request_id = next(self.request_ids)
+        note(f"{client_id} unsubscribes from {topic} ({request_id})")
+        reader.replies[request_id] = [{"asked": topic}]
+        del reader.starts[topic]
+        client_op(self.hub, self.cluster, client_id, op="unsubscribe", id=request_id, topic=topic)
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data())
+    def client_leaves(self, data: st.DataObject) -> None:
+        client_id = data.draw(st.sampled_from(sorted(self.sessions)))
+        note(f"{client_id} leaves")
+        self.read()
+        if any(router.inbox for router in self.cluster.routers.values()):
+            self.orphans = True
+        del self.sessions[client_id]
+        del self.readers[client_id]
+        self.hub.client_closed(client_id)
+        self.cluster.carry_out()
+
+    @staticmethod
+    def _waiting(reader: Reader) -> list[dict[str, Any]]:
+        return [got[0] for got in reader.replies.values() if len(got) == 1]
+
+    # ------------------------------------------------------------ routers
+
+    @rule(router=st.sampled_from(ROUTERS), count=st.integers(1, 4))
+    def router_answers(self, router: str, count: int) -> None:
+        if router not in self.lost:
+            note(f"{router} answers {count}")
+            self.cluster.answer(router, count)
+
+    @rule(shard=st.integers(0, 3), router=st.sampled_from(ROUTERS))
+    def shard_changes_owner(self, shard: int, router: str) -> None:
+        note(f"shard {shard} -> {router}")
+        self.cluster.give(shard, router)
+        self.maps.append(self.cluster.shard_map())
+
+    @rule(data=st.data(), sender=st.sampled_from(ROUTERS))
+    def a_map_arrives(self, data: st.DataObject, sender: str) -> None:
+        """The newest map, or an older one (a router that has not heard yet)."""
+        if sender in self.lost:
+            return
+        sent = data.draw(st.sampled_from(self.maps))
+        note(f"{sender} sends the map {sent.owners}")
+        self.hub.shard_map(sender, sent, self.cluster.now)
+        self.cluster.carry_out()
+
+    @precondition(lambda self: len(self.lost) < 2)
+    @rule(router=st.sampled_from(ROUTERS))
+    def router_loses_the_edge(self, router: str) -> None:
+        if router in self.lost:
+            return
+        note(f"{router} loses the edge")
+        self.lost.add(router)
+        self.cluster.routers[router].inbox.clear()
+        self.hub.router_lost(router)
+        self.cluster.carry_out()
+
+    @rule(router=st.sampled_from(ROUTERS))
+    def router_welcomes(self, router: str) -> None:
+        note(f"{router} welcomes the edge")
+        self.lost.discard(router)
+        self.cluster.welcome(router)
+
+    @rule()
+    def a_second_passes(self) -> None:
+        self.hub.cluster_tick()
+        self.cluster.carry_out()
+
+    @rule(topic=st.sampled_from(TOPICS), count=st.sampled_from([1, 1, 5]))
+    def messages_are_published(self, topic: str, count: int) -> None:
+        """One message, or more than a client's queue holds: its lane falls behind and is refilled
+        from the history, at whichever router serves the topic then."""
+        for _ in range(count):
+            offset = self.cluster.publish(topic)
+        note(f"{topic} up to @{offset}")
+
+    # ------------------------------------------------------------ what clients read
+
+    def read(self) -> None:
+        for client_id, session in self.sessions.items():
+            reader = self.readers[client_id]
+            for item in session.data_to_send():
+                if isinstance(item, Reply):
+                    self._reply(reader, json.loads(item.text))
+                    continue
+                if not isinstance(item, Data | Skipped):
+                    continue
+                [seen] = view([item])
+                assert seen[0] == "data", f"{client_id}: nothing is lost or restarted here: {seen}"
+                _, channel, offset = seen
+                assert isinstance(channel, int)
+                assert isinstance(offset, int)
+                topic = reader.channels[channel]
+                got = reader.offsets.setdefault(topic, [])
+                assert not got or got[-1] == offset - 1, (client_id, topic, got[-3:], offset)
+                got.append(offset)
+
+    def _reply(self, reader: Reader, reply: dict[str, Any]) -> None:
+        assert reply.get("code") != ErrorCode.NOT_OWNER, reply
+        assert reply["op"] != "error", reply
+        request_id = reply.get("id")
+        if request_id is None:
+            reader.other.append(reply)
+            return
+        asked = reader.replies[request_id]
+        assert len(asked) == 1, f"a second reply to {request_id}: {[*asked, reply]}"
+        asked.append(reply)
+        if reply["op"] == "subscribed":
+            reader.channels[reply["channel"]] = reply["topic"]
+            reader.starts[reply["topic"]] = reply["offset"]
+            reader.offsets[reply["topic"]] = [reply["offset"]]
+
+    @invariant()
+    def each_request_is_answered_at_most_once(self) -> None:
+        self.read()
+        assert self.orphans or self.hub.stats().unexpected_replies == 0
+
+    @invariant()
+    def a_subscription_is_at_its_topics_owner_or_nowhere(self) -> None:
+        for router in self.cluster.routers.values():
+            for client_id, topic in router.subs:
+                assert router.serves(topic), (router, client_id, topic)
+
+    def settle(self) -> None:
+        """Clients read and routers answer until nothing is left to do."""
+        for _ in range(100):
+            self.read()
+            self.cluster.carry_out()
+            if not any(router.inbox for router in self.cluster.routers.values()):
+                return
+            self.cluster.answer_all()
+        raise AssertionError("still busy after 100 rounds")
+
+    def teardown(self) -> None:
+        """Everything settles: every router welcomes the edge, each sends the newest map, ticks
+        pass and every router answers all; then one more message of each topic."""
+        for router in sorted(self.lost):
+            self.cluster.welcome(router)
+        self.lost.clear()
+        for router in ROUTERS:
+            self.cluster.send_map(router)
+        for _ in range(3):
+            self.cluster.answer_all()
+            self.hub.cluster_tick()
+            self.cluster.carry_out()
+        self.settle()
+        for topic in TOPICS:
+            self.cluster.publish(topic)
+        self.settle()
+        for router in self.cluster.routers.values():
+            held = {(c, t) for c, reader in self.readers.items() for t in reader.starts if router.serves(t)}
+            assert router.subs == held, (router, router.subs ^ held)
+        for client_id, reader in self.readers.items():
+            for request_id, got in reader.replies.items():
+                assert len(got) == 2, f"{client_id}'s request {request_id} unanswered: {got}"
+            for topic, start in reader.starts.items():
+                owner = next(r for r in self.cluster.routers.values() if r.serves(topic))
+                assert (client_id, topic) in owner.subs, (client_id, topic, owner)
+                last = self.cluster.sequences[topic].offset
+                assert reader.offsets[topic] == list(range(start, last + 1)), (client_id, topic)
+
+
+ClusterMachine.TestCase.settings = settings(
+    max_examples=scaled_examples(150),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestClusterMachine = ClusterMachine.TestCase
