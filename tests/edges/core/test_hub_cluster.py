@@ -708,11 +708,11 @@ class ClusterMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         """Everything settles: every router welcomes the edge, each sends the newest map, ticks
         pass and every router answers all; then one more message of each topic."""
-        for router in sorted(self.lost):
-            self.cluster.welcome(router)
+        for router_id in sorted(self.lost):
+            self.cluster.welcome(router_id)
         self.lost.clear()
-        for router in ROUTERS:
-            self.cluster.send_map(router)
+        for router_id in ROUTERS:
+            self.cluster.send_map(router_id)
         for _ in range(3):
             self.cluster.answer_all()
             self.hub.cluster_tick()
