@@ -16,21 +16,24 @@ from collections.abc import Callable
 
 import zmq
 
+from router.cluster.history import ClusterHistory, Pending
 from router.cluster.node import ClusterNode
+from router.cluster.relay import PeerRelay
 from router.config import RouterConfig
-from router.core import ConnectionManager, DeliveryPolicy, RefusedError
+from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
-from router.core.shards import Change
+from router.core.shards import EXPIRED, Change, Gained
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
 from router.metrics import RouterCollector, RouterMetrics
 from router.session_link import SessionServiceLink
 from router.wire import (
+    FORWARDED,
     MAX_CONTROL_BYTES,
     ShardMap,
     WireError,
@@ -116,6 +119,10 @@ class RouterServer:
         """With Curve on: a monitor of each socket's failed handshakes, by socket name."""
         self.cluster: ClusterNode | None = None
         """Cluster mode (``[cluster]``): this router's leases; ``None`` for a router on its own."""
+        self.history: ClusterHistory | None = None
+        """Cluster mode: reliable topics written to Redis before they are published."""
+        self.relay: PeerRelay | None = None
+        """Cluster mode: passes producer messages of other routers' shards on to them."""
         if config.cluster.enabled:
             self.manager.serve_shards(config.cluster.shards)
 
@@ -171,14 +178,42 @@ class RouterServer:
         endpoints. Raises :class:`~router.cluster.node.ClusterError`; nothing to do otherwise."""
         if not self.config.cluster.enabled or self.cluster is not None:
             return
+        announced = dict(self.endpoints)
+        if self._curve is not None:
+            announced["curve_public_key"] = self._curve.public_key.decode()
         cluster = ClusterNode(
-            self.config.cluster, self.control.router_id, self.endpoints, self._shards_changed, self._clock
+            self.config.cluster, self.control.router_id, announced, self._shards_changed, self._clock
         )
         await cluster.start()
+        shards = self.config.cluster.shards
+        self.relay = PeerRelay(self._context, self.control.router_id, shards, self._curve)
+        section = self.config.cluster
+        cluster.history = self.history = ClusterHistory(
+            self.manager,
+            cluster.leases,
+            lambda: cluster.store,
+            self._publish,
+            max_pending_messages=section.max_pending_messages,
+            max_pending_bytes=section.max_pending_bytes,
+            clock=self._clock,
+        )
         self.cluster = cluster
 
     def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
         self._send(self.control.shards_changed(changes, shard_map))
+        if self.relay is not None and self.cluster is not None:
+            self.relay.sync(self.cluster.routers)
+        if self.history is None:
+            return
+        for change in changes:
+            if isinstance(change, Gained):
+                self.history.wake()
+            elif change.reason != EXPIRED:
+                self.history.forget_shard(change.shard)
+
+    def _publish(self, topic: bytes, epoch: int, offset: int, header: bytes, payload: bytes) -> None:
+        self.xpub.send(data_frame_head(topic, epoch, offset, header), SNDMORE_NOBLOCK)
+        self.xpub.send(payload, NOBLOCK)
 
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.
@@ -203,6 +238,8 @@ class RouterServer:
         if self.cluster is not None:
             roles["cluster"] = self.cluster.run()
             roles["cluster-expiry"] = self.cluster.watch_expiry()
+        if self.history is not None:
+            roles["cluster-history"] = self.history.run()
         if isinstance(self.manager.sessions, ExternalSessions) and isinstance(self.dispatch, SessionGate):
             endpoint = self.config.sessions.endpoint
             assert endpoint is not None
@@ -254,6 +291,8 @@ class RouterServer:
             sock.close(linger=0)
         if self._session_service is not None:
             self._session_service.close()
+        if self.relay is not None:
+            self.relay.close()
         if self._curve is not None:
             self._curve.stop()
         self._context.term()
@@ -322,6 +361,7 @@ class RouterServer:
         send = self.xpub.send
         route = self.manager.route_wire
         record = self.manager.record
+        history = self.history
         batch = self.config.router.max_batch
         clock = self._clock
         while True:
@@ -334,21 +374,47 @@ class RouterServer:
                     break
                 while frames[-1].more:
                     frames.append(receive(NOBLOCK, copy=False))
+                forwarded = len(frames) == 4 and frames[3].bytes == FORWARDED
+                if forwarded:
+                    frames.pop()
                 try:
                     topic_frame, header_frame, payload = split_producer_frames(frames)
                     topic = topic_frame.bytes
                     header = b"" if header_frame is None else check_producer_header(header_frame.bytes)
                     where = route(topic, len(payload), now)
-                except (WireError, RefusedError) as error:
+                except RefusedError as error:
+                    if error.code is ErrorCode.NOT_OWNER:
+                        self._not_served(topic, frames, forwarded)
+                    else:
+                        self._count_bad_input(error)
+                    continue
+                except WireError as error:
                     self._count_bad_input(error)
                     continue
                 if where.keeps_history:
+                    if history is not None:
+                        durable = Pending(
+                            where.topic, topic, where.epoch, where.offset, header, payload.bytes
+                        )
+                        history.add(durable)
+                        continue
                     record(where.topic, where.offset, header, payload.bytes, now)
                 if where.clients:
                     send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
                     send(payload, NOBLOCK, copy=False)
             else:
                 await asyncio.sleep(0)
+
+    def _not_served(self, topic: bytes, frames: list[zmq.Frame], forwarded: bool) -> None:
+        """A message of another router's shard: passed on to that router, once."""
+        reason = "not_owner"
+        if self.relay is not None and self.cluster is not None and not forwarded:
+            reason = self.relay.forward(topic, frames, self.cluster.leases.owners()) or ""
+        if reason:
+            self.manager.count_drop(reason)
+            self._drop_log.warning(
+                reason, "dropped a message of another router's shard: %s", reason, now=self._clock()
+            )
 
     def _count_bad_input(self, error: WireError | RefusedError) -> None:
         if isinstance(error, WireError):

@@ -21,6 +21,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CONTROL_VERSION",
     "DATA_VERSION",
+    "FORWARDED",
     "DataMeta",
     "DropClient",
     "EdgeMessage",
@@ -110,6 +111,12 @@ def split_producer_frames(frames: Sequence[_Frame]) -> tuple[_Frame, _Frame | No
     if len(frames) == 3:
         return frames[0], frames[1], frames[2]
     raise WireError("bad_frames", f"a producer message has 2 or 3 frames, not {len(frames)}")
+
+
+FORWARDED: Final = b"\0switchboard:forwarded"
+"""The fourth frame of a producer message one router of a cluster passes to the shard's owner:
+``[topic, header, payload, FORWARDED]``. The owner handles it like any other, but never forwards
+it again."""
 
 
 def check_producer_header(header: bytes) -> bytes:

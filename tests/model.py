@@ -405,7 +405,9 @@ class Model:
         return None
 
     def refuse_route(self, code: ErrorCode) -> None:
-        self.drops[code.value] += 1
+        """A refused message is a drop, but one of another router's shard: that router may get it."""
+        if code is not ErrorCode.NOT_OWNER:
+            self.drops[code.value] += 1
 
     def apply_route(self, topic: str, size: int, now: float) -> tuple[int, frozenset[str], bool]:
         """Place one message; returns its offset, who must receive it and whether to record it.

@@ -32,6 +32,10 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """``host:port`` of Redis Sentinels: then the master of ``sentinel_service`` is used, and of
     ``url`` only its user, password and database."""
     sentinel_service: str = "mymaster"
+    max_pending_messages: int = 100_000
+    """Reliable messages that may wait for Redis (unavailable, or the shard degraded); past it,
+    new ones are dropped and counted as ``history_unavailable``."""
+    max_pending_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
@@ -42,6 +46,8 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
             raise ValueError(
                 "[cluster] lease_time must leave room for renewals: more than (2 tick + 2 timeout) / 0.75"
             )
+        if min(self.max_pending_messages, self.max_pending_bytes) < 1:
+            raise ValueError("[cluster] max_pending_messages and max_pending_bytes must be at least 1")
         for address in self.sentinels:
             self._host_port(address)
 

@@ -9,12 +9,14 @@ being served when its serving time runs out even while Redis does not answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from router.cluster.config import ClusterSection
+from router.cluster.history import ClusterHistory
 from router.cluster.store import ClusterStore, StoreUnavailable
 from router.core.shards import Change, ShardLeases
 from router.logs import ThrottledLog
@@ -54,6 +56,8 @@ class ClusterNode:
         self.changes: Counter[str] = Counter()
         self._apply = apply
         self._clock = clock
+        self.history: ClusterHistory | None = None
+        """Reliable topics' history in Redis: loaded before a shard taken is served."""
         self._store: ClusterStore | None = None
         self._log = ThrottledLog(log)
 
@@ -126,8 +130,23 @@ class ClusterNode:
             asked = self._clock()
             taken = await store.acquire(shard, self.router_id, ttl, replacing=replacing)
             if taken is not None:
-                self._hand_over(leases.acquired(shard, taken, asked))
+                await self._take(shard, taken, asked)
         self._hand_over([])
+
+    async def _take(self, shard: int, token: int, asked: float) -> None:
+        """Serve a shard just acquired, its reliable topics loaded first; if they cannot be, the
+        lease goes back, and a later round tries again."""
+        loaded = []
+        if self.history is not None:
+            try:
+                loaded = await self.history.load(shard)
+            except StoreUnavailable:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.release(shard, self.router_id, token)
+                raise
+        self._hand_over(self.leases.acquired(shard, token, asked))
+        if self.history is not None:
+            self.history.adopt(loaded)
 
     async def stop(self) -> None:
         """Leave the cluster: stop serving, release every lease, withdraw the announcement."""

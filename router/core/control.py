@@ -46,7 +46,7 @@ from router.core.events import (
     SubscribeRefused,
 )
 from router.core.events import Subscribed as SubscribedEvent
-from router.core.shards import Change, Gained, Lost
+from router.core.shards import EXPIRED, Change, Gained, Lost
 from router.logs import ThrottledLog
 from router.wire import (
     CLOSE_GOING_AWAY,
@@ -352,7 +352,8 @@ class ControlPlane:
 
     def shards_changed(self, changes: Sequence[Change], shard_map: ShardMap | None = None) -> list[Outbound]:
         """Shards gained and lost (``router/core/shards.py``), and the shard map when it changed,
-        which every edge gets at once. A lost shard's topics are unwatched upstream."""
+        which every edge gets at once. A lost shard's topics are unwatched upstream; an expired
+        one's stay served from memory (it is degraded) until another router takes it."""
         actions: list[Action] = []
         for change in changes:
             match change:
@@ -361,7 +362,8 @@ class ControlPlane:
                     self.shard_changes["gained"] += 1
                     log.info("serving shard %d (token %d)", shard, token)
                 case Lost(shard, token, reason):
-                    actions += self.manager.shard_lost(shard)
+                    if reason != EXPIRED:
+                        actions += self.manager.shard_lost(shard)
                     self.shard_changes[reason] += 1
                     log.info("shard %d (token %d) lost: %s", shard, token, reason)
         out = self._outbound(actions)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -649,7 +649,9 @@ class ConnectionManager:
         This is the router's hot path: a known topic costs one dict look-up.
 
         Raises ``bad_topic``, ``unknown_topic``, ``too_large`` or ``limit_exceeded``; each such
-        refusal is counted as a drop under its code. A message over the topic's
+        refusal is counted as a drop under its code. In cluster mode it also raises ``not_owner``,
+        not counted: the caller forwards the message to the shard's owner, or counts the drop. A
+        message over the topic's
         ``ingest_max_rate`` is not an error: it is counted as a ``rate_limited`` drop and its
         route has offset 0, no clients and no history, so a caller that sends to ``clients`` and
         records when ``keeps_history`` needs nothing more.
@@ -661,7 +663,8 @@ class ConnectionManager:
             elif size > state.max_payload:
                 raise _too_large(state.name, state.max_payload)
         except RefusedError as refused:
-            self._drops[refused.code.value] += 1
+            if refused.code is not ErrorCode.NOT_OWNER:
+                self._drops[refused.code.value] += 1
             raise
         if state.bucket is not None and not state.bucket.take(now):
             self._drops[RATE_LIMITED] += 1
@@ -833,6 +836,30 @@ class ConnectionManager:
                 actions += self._remove_subscriber(state, self._clients[client_id])
             self._forget_topic(state)
         return actions
+
+    def adopt_topic(
+        self, topic: str, epoch: int, last_offset: int, entries: Sequence[HistoryEntry], now: float
+    ) -> None:
+        """Cluster mode: continue a reliable topic's sequence where the router that served its
+        shard before left it: its epoch, its last offset and the newest messages of its history
+        (oldest first, the last one at ``last_offset``, ages counted from ``now``). Call it after
+        :meth:`shard_gained` and before any message of the topic; a topic held already is kept.
+        Raises :class:`RefusedError` for a topic this router does not serve or know."""
+        if topic in self._topics:
+            return
+        state = self._create_topic(topic, self.registry.resolve(topic))
+        state.epoch, state.offset = epoch, last_offset
+        if state.history is None:
+            return
+        state.history.clear(entries[0].offset - 1 if entries else last_offset)
+        for entry in entries:
+            self.record(topic, entry.offset, entry.header, entry.payload, now)
+        if state.history.last != last_offset:
+            state.history.clear(last_offset)
+
+    def history_limits(self, topic: str) -> HistoryLimits | None:
+        """The bounds of the topic's history under its policy now; ``None`` if it keeps none."""
+        return self.limits.history_limits(self.get_delivery_policy(topic))
 
     def served_shards(self) -> list[int] | None:
         """The shards this router serves, in cluster mode; ``None`` outside it."""

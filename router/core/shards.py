@@ -23,6 +23,12 @@ The rules:
 - It serves a shard only until ``safety`` of the lease time before the lease would run out without
   a renewal, counted from when it *asked*, so a router that was paused or cut off stops serving
   before Redis lets anyone else take the lease.
+- A shard whose serving time ran out is *degraded*, not gone: with no token, nothing of it is
+  written to history or delivered from history, but the router may go on delivering its other
+  topics from memory (Redis down for everyone must not stop them; edges take a shard's data only
+  from the highest token they know, so a router cut off alone is fenced off as soon as another
+  takes the shard). It is lost for good once Redis shows another holder, and served again if this
+  router takes the lease back.
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class ShardLeases:
     orphan_after: float = 0.0
     """How long a free shard waits for its preferred owner; 0: two lease times."""
     _held: dict[int, _Lease] = field(default_factory=dict)
+    _degraded: dict[int, int] = field(default_factory=dict)
+    """Shards whose serving time ran out, with the token they had."""
     _free_since: dict[int, float] = field(default_factory=dict)
     _view: list[Holder | None] = field(default_factory=list)
     _live: frozenset[str] = frozenset()
@@ -133,6 +141,10 @@ class ShardLeases:
     def served(self, now: float) -> dict[int, int]:
         """Every shard this router serves at ``now``, with its token."""
         return {shard: lease.token for shard, lease in self._held.items() if now < lease.serve_until}
+
+    def degraded(self) -> dict[int, int]:
+        """Shards whose lease ran out without another holder known yet, with their last token."""
+        return dict(self._degraded)
 
     def owners(self) -> list[Holder | None]:
         """Each shard's holder as last read from Redis, with this router's own leases over it."""
@@ -175,6 +187,10 @@ class ShardLeases:
         for shard in range(self.shards):
             preferred = preferred_owner(shard, live)
             holder = holders[shard]
+            if shard in self._degraded and holder == Holder(self.router_id, self._degraded[shard]):
+                if preferred == self.router_id:
+                    steps.renew.append((shard, holder.token))
+                continue
             if shard in self._held:
                 if preferred != self.router_id:
                     lost = self._hand_over(shard)
@@ -188,6 +204,11 @@ class ShardLeases:
 
     def _notice_taken(self, holders: Sequence[Holder | None]) -> list[Change]:
         changes: list[Change] = []
+        for shard, token in list(self._degraded.items()):
+            holder = holders[shard]
+            if holder is not None and holder.router_id != self.router_id:
+                del self._degraded[shard]
+                changes.append(Lost(shard, token, TAKEN))
         for shard, lease in list(self._held.items()):
             holder = holders[shard]
             if holder is not None and holder != Holder(self.router_id, lease.token):
@@ -226,6 +247,7 @@ class ShardLeases:
         if shard in self._held:
             raise ValueError(f"shard {shard} is held already")
         self._held[shard] = _Lease(token, self._serve_until(asked_at))
+        self._degraded.pop(shard, None)
         self._free_since.pop(shard, None)
         self._view[shard] = Holder(self.router_id, token)
         return [Gained(shard, token)]
@@ -235,6 +257,11 @@ class ShardLeases:
         Redis renewed is served longer, one it refused is lost."""
         changes: list[Change] = []
         for shard, token, renewed in results:
+            if renewed and self._degraded.get(shard) == token:
+                del self._degraded[shard]
+                self._held[shard] = _Lease(token, self._serve_until(asked_at))
+                changes.append(Gained(shard, token))
+                continue
             lease = self._held.get(shard)
             if lease is None or lease.token != token:
                 continue
@@ -245,13 +272,21 @@ class ShardLeases:
         return changes
 
     def expire(self, now: float) -> list[Change]:
-        """Stop serving every shard whose serving time ran out (Redis slow or unreachable)."""
-        ended = [shard for shard, lease in self._held.items() if now >= lease.serve_until]
-        return [self._lose(shard, EXPIRED) for shard in ended]
+        """Degrade every shard whose serving time ran out (Redis slow or unreachable, the process
+        paused): ``Lost(reason=expired)``, and the shard is :meth:`degraded` from now on."""
+        changes: list[Change] = []
+        for shard in [shard for shard, lease in self._held.items() if now >= lease.serve_until]:
+            lost = self._lose(shard, EXPIRED)
+            self._degraded[shard] = lost.token
+            changes.append(lost)
+        return changes
 
     def drop_all(self) -> list[Change]:
-        """Stop serving everything (shutting down); the shell releases the returned leases."""
-        return [self._hand_over(shard) for shard in list(self._held)]
+        """Stop serving everything (shutting down); the shell releases the returned leases.
+        Degraded shards are lost too, with reason ``handed_over``."""
+        degraded = [Lost(shard, token, HANDED_OVER) for shard, token in self._degraded.items()]
+        self._degraded.clear()
+        return [*degraded, *(self._hand_over(shard) for shard in list(self._held))]
 
     def _serve_until(self, asked_at: float) -> float:
         return asked_at + self.lease_time * (1 - self.safety)

@@ -5,29 +5,45 @@ by the survivor before its lease would have run out."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from router.core.errors import ErrorCode
 from router.core.shards import shard_of
-from router.wire import Error, RouterMessage, ShardMap, SubscribeOk
+from router.wire import (
+    Error,
+    Recover,
+    Recovered,
+    RouterMessage,
+    ShardMap,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    SubscribeOk,
+)
 from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
 from tests.io.redis_server import RedisServer, running_redis
 
-SHARDS = 8
+SHARDS = 32
 LEASE_TIME = 3.0
 """Longer than any takeover the tests wait for: a dead router's shards move when its Redis
 connection closes, not when its lease runs out."""
 
 
-def cluster_config(directory: Path, redis: RedisServer, shards: int = SHARDS) -> Path:
-    path = directory / f"cluster-{shards}.toml"
+def cluster_config(
+    directory: Path, redis: RedisServer, shards: int = SHARDS, lease_time: float = LEASE_TIME
+) -> Path:
+    path = directory / f"cluster-{shards}-{lease_time}.toml"
     path.write_text(
-        f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {LEASE_TIME}\n'
-        "tick = 0.05\ntimeout = 0.3\n",
+        f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {lease_time}\n'
+        "tick = 0.05\ntimeout = 0.2\n"
+        '[[topics.declare]]\npattern = "/reliable/**"\n[topics.declare.policy]\nkind = "reliable"\n',
         encoding="utf-8",
     )
     return path
@@ -69,10 +85,10 @@ class MapWatcher:
         return set() if newest is None else {owner for owner, _ in newest.owners}
 
 
-def topic_in_shard_of(router_id: str, shard_map: ShardMap) -> str:
+def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/cluster") -> str:
     """A topic whose shard ``router_id`` serves in ``shard_map``."""
     for n in range(10_000):
-        topic = f"/cluster/t{n}"
+        topic = f"{prefix}/t{n}"
         if shard_map.owners[shard_of(topic.encode(), shard_map.shards)][0] == router_id:
             return topic
     raise AssertionError(f"no topic of {router_id}")
@@ -108,6 +124,10 @@ async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
                 push.send_multipart([theirs.encode(), b"from the owner"])
                 meta, payload = await other_edge.next_message()
             assert (meta.topic, payload) == (theirs.encode(), b"from the owner")
+            with push_socket(first.endpoints["pull"]) as push:
+                push.send_multipart([theirs.encode(), b"\x81\xa1k\xa1v", b"passed on"])
+                meta, payload = await other_edge.next_message()
+            assert (meta.topic, meta.header, payload) == (theirs.encode(), b"\x81\xa1k\xa1v", b"passed on")
 
             killed_at = time.monotonic()
             second.kill()
@@ -128,7 +148,7 @@ async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
 def test_a_router_with_another_shard_count_does_not_join(tmp_path: Path, redis: RedisServer) -> None:
     with cluster_router(cluster_config(tmp_path, redis)):
         line = refused_start("router", "--config", str(cluster_config(tmp_path, redis, shards=SHARDS * 2)))
-    assert line.startswith("switchboard router: [cluster] shards = 16, but this cluster"), line
+    assert line.startswith("switchboard router: [cluster] shards = 64, but this cluster"), line
 
 
 def test_a_router_that_cannot_reach_redis_says_so(tmp_path: Path, redis: RedisServer) -> None:
@@ -141,3 +161,117 @@ def test_a_router_that_cannot_reach_redis_says_so(tmp_path: Path, redis: RedisSe
 
 def free_endpoints() -> list[str]:
     return [arg for name in ("pull", "xsub", "xpub", "control") for arg in (f"--{name}", "tcp://127.0.0.1:0")]
+
+
+async def test_a_reliable_topic_continues_on_the_next_owner_with_its_history(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            shard_map = maps.newest
+            assert shard_map is not None
+            topic = topic_in_shard_of(edge.link.router_id, shard_map, "/reliable")
+            await edge.register("c1")
+            granted = await edge.subscribe("c1", topic)
+            assert isinstance(granted, SubscribeOk), granted
+            with push_socket(first.endpoints["pull"]) as push:
+                for n in range(1, 31):
+                    push.send_multipart([topic.encode(), b"m%d" % n])
+                received = [await edge.next_message() for _ in range(30)]
+            epoch = received[0][0].epoch
+            assert [(m.epoch, m.offset, p) for m, p in received] == [
+                (epoch, n, b"m%d" % n) for n in range(1, 31)
+            ]
+
+            first.kill()
+            other_id = other_edge.link.router_id
+            other_maps = MapWatcher(other_edge)
+            await eventually(lambda: other_maps.owners() == {other_id}, timeout=LEASE_TIME)
+            await other_edge.register("c2")
+            resumed = await other_edge.request(
+                Subscribe(
+                    request_id=other_edge.link.next_request_id(),
+                    client_id="c2",
+                    topic=topic,
+                    resume_epoch=epoch,
+                    resume_offset=20,
+                )
+            )
+            assert isinstance(resumed, SubscribeOk), resumed
+            assert (resumed.epoch, resumed.offset, resumed.resume, resumed.resume_from) == (
+                epoch,
+                30,
+                "ok",
+                20,
+            )
+            other_edge.link.watch(topic)
+            recovered = await other_edge.request(
+                Recover(
+                    request_id=other_edge.link.next_request_id(), topic=topic, epoch=epoch, from_offset=20
+                )
+            )
+            assert isinstance(recovered, Recovered), recovered
+            assert [(o, p) for o, _, p in recovered.messages] == [(n, b"m%d" % n) for n in range(21, 31)]
+            with push_socket(second.endpoints["pull"]) as push:
+                push.send_multipart([topic.encode(), b"after"])
+                meta, payload = await other_edge.next_message()
+            assert (meta.epoch, meta.offset, payload) == (epoch, 31, b"after")
+
+
+async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_over(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """SIGSTOP the owner of a reliable topic until another router holds the shard, send it messages
+    meanwhile, SIGCONT it: it writes none of them under its old lease. Each is either dropped and
+    counted, or passed on to the new owner, which writes it after its own."""
+    config = cluster_config(tmp_path, redis, lease_time=1.0)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps, other_maps = MapWatcher(edge), MapWatcher(other_edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            topic = topic_in_shard_of(edge.link.router_id, maps.newest, "/reliable")
+            stream = Redis.from_url(redis.url)
+            key = f"switchboard:history:{topic}"
+            with push_socket(first.endpoints["pull"]) as push:
+                for n in range(1, 6):
+                    push.send_multipart([topic.encode(), b"before %d" % n])
+                await eventually(lambda: stream.xlen(key) == 5, timeout=5)
+                os.kill(first.pid, signal.SIGSTOP)
+                try:
+                    other_id = other_edge.link.router_id
+                    await eventually(lambda: other_maps.owners() == {other_id}, timeout=5)
+                    for n in range(1, 6):
+                        push.send_multipart([topic.encode(), b"while paused %d" % n])
+                    with push_socket(second.endpoints["pull"]) as other_push:
+                        for n in range(6, 9):
+                            other_push.send_multipart([topic.encode(), b"new owner %d" % n])
+                        await eventually(lambda: stream.xlen(key) == 8, timeout=5)
+                finally:
+                    os.kill(first.pid, signal.SIGCONT)
+
+                async def accounted_for() -> bool:
+                    try:
+                        reply = await edge.request(StatsRequest(request_id=edge.link.next_request_id()))
+                    except ConnectionError:
+                        return False
+                    if not isinstance(reply, Stats):
+                        return False
+                    drops = reply.stats["drops"]
+                    assert isinstance(drops, dict)
+                    refused = int(drops.get("not_owner", 0)) + int(drops.get("fenced", 0))
+                    return refused + stream.xlen(key) - 8 == 5
+
+                await eventually(accounted_for, timeout=10)
+            entries = [(entry_id, fields[b"p"]) for entry_id, fields in stream.xrange(key)]
+            written = [(f"{n}-0".encode(), b"before %d" % n) for n in range(1, 6)]
+            written += [(f"{n}-0".encode(), b"new owner %d" % n) for n in range(6, 9)]
+            assert entries[:8] == written
+            passed_on = [payload for _, payload in entries[8:]]
+            assert all(payload.startswith(b"while paused") for payload in passed_on), passed_on
+            stream.close()

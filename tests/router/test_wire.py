@@ -34,7 +34,9 @@ from router.wire import (
     RefreshToken,
     RegisterClient,
     Registered,
+    RouterEndpoints,
     RouterMessage,
+    ShardMap,
     Stats,
     StatsRequest,
     Subscribe,
@@ -169,6 +171,12 @@ ROUTER_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     DropClient: st.builds(DropClient, client_id=ids, reason=texts, code=st.integers(0, 2**16)),
     Stats: st.builds(
         Stats, request_id=request_ids, stats=st.dictionaries(st.text(max_size=12), msgpack_values, max_size=6)
+    ),
+    ShardMap: st.builds(
+        ShardMap,
+        shards=st.integers(1, 1024),
+        owners=st.lists(st.tuples(ids, offsets), max_size=8),
+        routers=st.dictionaries(ids, st.builds(RouterEndpoints, control=texts, xpub=texts), max_size=3),
     ),
 }
 edge_messages = st.one_of(*EDGE_STRATEGIES.values())

@@ -417,7 +417,7 @@ class ManagerMachine(RuleBasedStateMachine):
         code = self.model.check_route(topic, size)
         if code is not None:
             refused = functools.partial(self.manager.route_data, topic, payload, header, self.now)
-            self._refused(code, refused, counted=True)
+            self._refused(code, refused, counted=code is not ErrorCode.NOT_OWNER)
             self.model.refuse_route(code)
             return
         self._note_eviction(topic)
@@ -443,7 +443,8 @@ class ManagerMachine(RuleBasedStateMachine):
         note(f"a producer sends 1 byte on {topic!r}, which is not recorded")
         code = self.model.check_route(topic, 1)
         if code is not None:
-            self._refused(code, lambda: self.manager.route_wire(topic.encode(), 1, self.now), counted=True)
+            unrecorded = functools.partial(self.manager.route_wire, topic.encode(), 1, self.now)
+            self._refused(code, unrecorded, counted=code is not ErrorCode.NOT_OWNER)
             self.model.refuse_route(code)
             return
         self._note_eviction(topic)

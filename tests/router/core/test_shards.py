@@ -77,6 +77,20 @@ def test_a_lone_router_takes_every_shard_and_serves_until_its_lease_would_end() 
     assert leases.token(1, 0.74) == 8
     assert leases.token(1, 0.75) is None
     assert leases.expire(0.75) == [Lost(0, 7, EXPIRED), Lost(1, 8, EXPIRED), Lost(2, 9, EXPIRED)]
+    assert leases.degraded() == {0: 7, 1: 8, 2: 9}
+
+
+def test_a_degraded_shard_is_renewed_while_redis_still_holds_it_and_lost_to_another_holder() -> None:
+    leases = ShardLeases("r1", 2, LEASE)
+    leases.acquired(0, 3, asked_at=0.0)
+    leases.acquired(1, 4, asked_at=0.0)
+    assert leases.expire(0.8) == [Lost(0, 3, EXPIRED), Lost(1, 4, EXPIRED)]
+    steps, changes = leases.plan(["r1"], [Holder("r1", 3), Holder("r2", 5)], now=0.9)
+    assert changes == [Lost(1, 4, TAKEN)]
+    assert steps.renew == [(0, 3)]
+    assert leases.renewed([(0, 3, True)], asked_at=0.9) == [Gained(0, 3)]
+    assert leases.served(1.0) == {0: 3}
+    assert leases.degraded() == {}
 
 
 def test_a_renewal_counts_from_when_it_was_asked() -> None:

@@ -1,0 +1,245 @@
+"""Reliable topics in cluster mode: durable in Redis before any client sees them.
+
+A message of a reliable topic waits here after the manager placed it in its sequence. Messages are
+written in batches, one fenced call per shard (:meth:`ClusterStore.append`), and only a batch Redis
+accepted under the shard's current token is recorded in the router's memory and published. So a
+router that lost its lease writes nothing, and publishes nothing of what it could not write.
+
+When a router takes a shard, :meth:`ClusterHistory.load` reads each of its reliable topics' epoch,
+last offset and newest messages, and the manager continues the same sequence.
+
+What waits is bounded (``[cluster] max_pending_messages`` and ``max_pending_bytes``): while Redis
+is unavailable, or the shard is degraded, messages wait; past the bound, new ones are dropped and
+counted as ``history_unavailable``. Their offsets were taken, so the clients see a gap, which their
+edges try to refill and, failing that, report as skipped: no loss is silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from router.cluster.store import Append, ClusterStore, Entry, StoreUnavailable
+from router.core import ConnectionManager, HistoryEntry
+from router.core.errors import RefusedError
+from router.core.shards import ShardLeases, shard_of
+from router.logs import ThrottledLog
+
+log = logging.getLogger("switchboard.router")
+
+BATCH_MESSAGES = 1000
+BATCH_BYTES = 4 * 1024 * 1024
+RETRY_AFTER = 0.05
+"""Seconds before a write that found Redis unavailable is tried again."""
+
+Publish = Callable[[bytes, int, int, bytes, bytes], None]
+"""Sends one message to the edges: ``(raw topic, epoch, offset, header, payload)``."""
+
+
+class Pending(NamedTuple):
+    topic: str
+    raw_topic: bytes
+    epoch: int
+    offset: int
+    header: bytes
+    payload: bytes
+
+
+class Loaded(NamedTuple):
+    """A reliable topic's sequence as the previous owner left it in Redis."""
+
+    topic: str
+    epoch: int
+    last_offset: int
+    entries: list[HistoryEntry]
+
+
+class ClusterHistory:
+    """Writes reliable messages to Redis before publishing them; loads a taken shard's topics."""
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        leases: ShardLeases,
+        store: Callable[[], ClusterStore],
+        publish: Publish,
+        *,
+        max_pending_messages: int,
+        max_pending_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manager = manager
+        self.leases = leases
+        self._store = store
+        self._publish = publish
+        self.max_pending_messages = max_pending_messages
+        self.max_pending_bytes = max_pending_bytes
+        self._clock = clock
+        self._pending: dict[int, deque[Pending]] = {}
+        self.pending_messages = 0
+        self.pending_bytes = 0
+        self.written = 0
+        self._shards: dict[str, int] = {}
+        self._registered: set[tuple[str, int]] = set()
+        """``(topic, epoch)`` whose epoch is in Redis already."""
+        self._wake = asyncio.Event()
+        self._log = ThrottledLog(log)
+
+    # ------------------------------------------------------------ ingest side
+
+    def add(self, message: Pending) -> None:
+        """Queue a routed message of a reliable topic; drop it, counted, past the bound."""
+        shard = self._shards.get(message.topic)
+        if shard is None:
+            shard = self._shards[message.topic] = shard_of(message.raw_topic, self.leases.shards)
+        size = len(message.header) + len(message.payload)
+        full = self.pending_messages >= self.max_pending_messages
+        if full or self.pending_bytes + size > self.max_pending_bytes:
+            self.manager.count_drop("history_unavailable")
+            self._log.warning(
+                "history_unavailable",
+                "reliable messages wait for Redis past [cluster] max_pending_*: dropping %s offset %d",
+                message.topic,
+                message.offset,
+                now=self._clock(),
+            )
+            return
+        self._pending.setdefault(shard, deque()).append(message)
+        self.pending_messages += 1
+        self.pending_bytes += size
+        self._wake.set()
+
+    def forget_shard(self, shard: int) -> None:
+        """The shard went to another router: what waits for it will never be written here."""
+        waiting = self._pending.pop(shard, deque())
+        if waiting:
+            self.manager.count_drop("not_owner", len(waiting))
+        for message in waiting:
+            self._took(message)
+
+    def wake(self) -> None:
+        """Try the waiting messages again now (a shard was gained back)."""
+        self._wake.set()
+
+    # ------------------------------------------------------------ writing
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while await self._flush_once():
+                pass
+
+    async def _flush_once(self) -> bool:
+        """Write one batch of each shard that can be written; whether more could go at once."""
+        more = False
+        for shard in list(self._pending):
+            token = self.leases.token(shard, self._clock())
+            if token is None:
+                if shard not in self.leases.degraded():
+                    self.forget_shard(shard)
+                continue
+            try:
+                more |= await self._write(shard, token)
+            except StoreUnavailable as error:
+                self._log.warning("redis-history", "cluster history: %s", error, now=self._clock())
+                await asyncio.sleep(RETRY_AFTER)
+                self._wake.set()
+                return False
+        return more
+
+    async def _write(self, shard: int, token: int) -> bool:
+        waiting = self._pending[shard]
+        batch = _take_batch(waiting)
+        store = self._store()
+        try:
+            await self._register_epochs(store, shard, batch)
+            result = await store.append(shard, store.router_id, token, self._appends(batch))
+        except StoreUnavailable:
+            waiting.extendleft(reversed(batch))
+            raise
+        for message in batch:
+            self._took(message)
+        if not waiting:
+            del self._pending[shard]
+        if not result.accepted or self.leases.token(shard, self._clock()) != token:
+            self.manager.count_drop("fenced", len(batch))
+            log.warning("cluster history: %d messages of shard %d fenced off", len(batch), shard)
+            return False
+        self._deliver(batch)
+        return bool(waiting)
+
+    async def _register_epochs(self, store: ClusterStore, shard: int, batch: list[Pending]) -> None:
+        for topic, epoch in {(m.topic, m.epoch) for m in batch} - self._registered:
+            kept = await store.epoch(topic, shard, epoch)
+            if kept != epoch:
+                self.manager.count_drop("epoch_conflict")
+                log.error("cluster history: %s has epoch %d in Redis, %d here", topic, kept, epoch)
+            self._registered.add((topic, epoch))
+
+    def _appends(self, batch: list[Pending]) -> list[Append]:
+        by_topic: dict[str, list[Entry]] = {}
+        for message in batch:
+            entry = Entry(message.offset, message.header, message.payload)
+            by_topic.setdefault(message.topic, []).append(entry)
+        appends = []
+        for topic, entries in by_topic.items():
+            limits = self.manager.history_limits(topic)
+            most = limits.max_messages if limits is not None else len(entries)
+            appends.append(Append(topic, entries, max(most, 1)))
+        return appends
+
+    def _deliver(self, batch: list[Pending]) -> None:
+        now = self._clock()
+        for message in batch:
+            self.written += 1
+            self.manager.record(message.topic, message.offset, message.header, message.payload, now)
+            if self.manager.get_clients_for_topic(message.topic):
+                self._publish(
+                    message.raw_topic, message.epoch, message.offset, message.header, message.payload
+                )
+
+    def _took(self, message: Pending) -> None:
+        self.pending_messages -= 1
+        self.pending_bytes -= len(message.header) + len(message.payload)
+
+    # ------------------------------------------------------------ taking a shard over
+
+    async def load(self, shard: int) -> list[Loaded]:
+        """The reliable topics of ``shard`` as Redis holds them. Raises :class:`StoreUnavailable`."""
+        store = self._store()
+        loaded = []
+        for topic in await store.shard_topics(shard):
+            epoch = await store.epoch(topic, shard, secrets.randbits(32) or 1)
+            last = await store.last_offset(topic)
+            limits = self.manager.history_limits(topic)
+            most = limits.max_messages if limits is not None else 0
+            entries = await store.read(topic, max(0, last - most), most) if most else []
+            history = [HistoryEntry(e.offset, e.header, e.payload) for e in entries]
+            loaded.append(Loaded(topic, epoch, last, history))
+            self._registered.add((topic, epoch))
+        return loaded
+
+    def adopt(self, loaded: list[Loaded]) -> None:
+        """Continue each loaded topic's sequence (right after the shard is served here)."""
+        now = self._clock()
+        for topic in loaded:
+            try:
+                self.manager.adopt_topic(topic.topic, topic.epoch, topic.last_offset, topic.entries, now)
+            except RefusedError as refused:
+                log.warning("cluster history: %s left as it is in Redis: %s", topic.topic, refused)
+
+
+def _take_batch(waiting: deque[Pending]) -> list[Pending]:
+    batch: list[Pending] = []
+    size = 0
+    while waiting and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+        message = waiting.popleft()
+        batch.append(message)
+        size += len(message.header) + len(message.payload)
+    return batch
