@@ -224,6 +224,11 @@ class EdgeHub:
             client.forget(f"{close.reason or 'closed by the edge'} ({close.code})")
             self._actions.append(CloseClient(session.client_id, *close))
 
+    @property
+    def watched(self) -> list[str]:
+        """Every topic a local client holds, which the SUB sockets watch."""
+        return list(self._fanout.by_name)
+
     def policy_of(self, topic: str) -> DeliveryPolicy | None:
         """The topic's policy as the router last gave it, or ``None`` before any."""
         state = self._fanout.by_name.get(topic)
