@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from edges.core.client_wire import client_error_code
 from edges.core.hub import EdgeHub, ToRouter, UnwatchData, WatchData
 from edges.core.output import Data, Reply, Skipped
 from edges.core.session import ClientSession, EdgeLimits, State
@@ -60,6 +61,10 @@ def subscribed(hub: EdgeHub, cluster: FakeCluster, client_id: str, *topics: str)
 
 
 # ---------------------------------------------------------------- entering cluster mode
+
+
+def test_a_not_owner_that_reaches_a_client_says_retry() -> None:
+    assert client_error_code(ErrorCode.NOT_OWNER) == ErrorCode.UNAVAILABLE
 
 
 def test_one_router_never_addresses_a_router() -> None:
