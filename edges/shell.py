@@ -125,12 +125,19 @@ class EdgeShell(ABC, Generic[T]):
             curve=self._curve,
             max_queued_control=self._max_queued_control,
         )
-        link.on_data = lambda batch: self._on_link_data(link, batch)
+        self._hook_data(link)
         link.on_message = lambda message: self._on_router_message(message, link)
         link.resync = lambda: self._resync(link)
         link.report = lambda: self.hub.report(self._router_of(link))
         link.on_lost = lambda: self._link_lost(link)
         return link
+
+    def _hook_data(self, link: RouterLink) -> None:
+        """Hand the link's data to the hub: all of it with one router, fenced in a cluster."""
+        if self.hub.routes is None:
+            link.on_data = self._on_data
+        else:
+            link.on_data = lambda batch: self._on_link_data(link, batch)
 
     def _link_to(self, endpoints: RouterEndpoints) -> RouterLink:
         """Another router of the cluster: a link with this edge's id, watching every local topic."""
@@ -241,11 +248,9 @@ class EdgeShell(ABC, Generic[T]):
     def _on_link_data(self, link: RouterLink, batch: DataBatch) -> None:
         """In a cluster, only the messages of ``link``'s router for topics of shards it owns go to
         the hub (a local topic's owner is looked up once per message; a topic no client holds is
-        the hub's to count); the others are dropped and counted. With one router, all of them."""
+        the hub's to count); the others are dropped and counted."""
         routes = self.hub.routes
-        if routes is None:
-            self._on_data(batch)
-            return
+        assert routes is not None, "one router's data goes to _on_data"
         owners = routes.owners
         sender = link.router_id if link.welcomed.is_set() else None
         kept = [
@@ -306,7 +311,10 @@ class EdgeShell(ABC, Generic[T]):
             return  # the link says hello again, and the hub's resync repeats what was lost
         if isinstance(message, ShardMap):
             now = asyncio.get_running_loop().time()
+            alone = self.hub.routes is None
             self.hub.shard_map(link.router_id, message, now)
+            if alone:
+                self._hook_data(self.link)
             self._follow(now)
         else:
             self.hub.router_message(message, self._router_of(link))

@@ -182,7 +182,8 @@ def two_topics() -> tuple[str, str]:
 async def test_one_router_s_data_all_goes_to_the_hub(two_topics: tuple[str, str]) -> None:
     ours, theirs = two_topics
     async with shell() as (edge, delivered):
-        edge._on_link_data(edge.link, batch((ours, 1), (theirs, 1)))
+        assert edge.link.on_data == edge._on_data, "no check at all"
+        edge.link.on_data(batch((ours, 1), (theirs, 1)))
         assert delivered == [(ours.encode(), 1), (theirs.encode(), 1)]
         assert edge.hub.stats().fenced_data == 0
 
@@ -202,11 +203,11 @@ async def test_a_cluster_router_s_data_only_for_its_shards(two_topics: tuple[str
             hub.client_text(client_id, f'{{"op":"subscribe","id":1,"topic":"{topic}"}}')
             hub.drain_actions()
         assert sorted(hub.watched) == sorted([ours, theirs])
-        shards = ShardMap(shards=2, owners=[("ra", 1), ("rb", 1)], routers={"rb": endpoints("b")})
-        hub.shard_map("ra", shards, 0.0)
-        edge._on_link_data(link, batch((ours, 1), (theirs, 1), ("/nobody", 1), (ours, 2)))
+        shards = ShardMap(shards=2, owners=[("ra", 1), ("rb", 1)], routers={"ra": endpoints("a")})
+        edge._on_router_message(shards, link)
+        link.on_data(batch((ours, 1), (theirs, 1), ("/nobody", 1), (ours, 2)))
         assert delivered == [(ours.encode(), 1), (b"/nobody", 1), (ours.encode(), 2)]
         assert hub.stats().fenced_data == 1
         link.welcomed.clear()
-        edge._on_link_data(link, batch((ours, 3)))
+        link.on_data(batch((ours, 3)))
         assert hub.stats().fenced_data == 2, "a router that no longer welcomes the edge is not trusted"
