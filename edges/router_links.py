@@ -42,9 +42,14 @@ class RouterLinks:
     """
 
     def __init__(
-        self, seed: RouterLink, make: Callable[[RouterEndpoints], RouterLink], keep_for: float
+        self,
+        seed: RouterLink,
+        make: Callable[[RouterEndpoints], RouterLink],
+        keep_for: float,
+        seed_endpoints: RouterEndpoints | None = None,
     ) -> None:
         self.seed = seed
+        self.seed_endpoints = seed_endpoints
         self._make = make
         self.keep_for = keep_for
         self._extra: dict[str, _Extra] = {}
@@ -89,15 +94,18 @@ class RouterLinks:
     def follow(
         self, listed: Mapping[str, RouterEndpoints], now: float
     ) -> tuple[list[RouterLink], list[RouterLink]]:
-        """Open a link for each router of ``listed`` that no link reaches, and close those whose
-        router has not been listed for :attr:`keep_for` seconds (or that reach the same router as
-        another link). Returns the links opened and those closed; an opened one runs once
-        :meth:`run` runs."""
+        """Open a link for each router of ``listed`` that no link reaches (by its id or its
+        control endpoint), and close those whose router has not been listed for :attr:`keep_for`
+        seconds (or that reach the same router as another link). Returns the links opened and
+        those closed; an opened one runs once :meth:`run` runs."""
         closed = self._close_unlisted(listed, now)
         reached = {link.router_id for link in self if link.router_id} | set(self._extra)
+        linked = {extra.endpoints.control for extra in self._extra.values()}
+        if self.seed_endpoints is not None:
+            linked.add(self.seed_endpoints.control)
         opened = []
         for router_id, endpoints in listed.items():
-            if router_id not in reached:
+            if router_id not in reached and endpoints.control not in linked:
                 link = self._make(endpoints)
                 self._extra[router_id] = extra = _Extra(link, endpoints)
                 self._start(extra)

@@ -95,9 +95,10 @@ class EdgeShell(ABC, Generic[T]):
         self._heartbeat_interval = heartbeat_interval
         self._curve = curve
         self._max_queued_control = max_queued_control
-        self.link = self._open_link(RouterEndpoints(control=control, xpub=xpub))
+        seed = RouterEndpoints(control=control, xpub=xpub)
+        self.link = self._open_link(seed)
         """The link to the router of the command line (the first of a cluster's)."""
-        self.links = RouterLinks(self.link, self._link_to, keep_for=hub.keep_routers_for)
+        self.links = RouterLinks(self.link, self._link_to, hub.keep_routers_for, seed)
         self._welcomed_as: dict[RouterLink, str] = {}
         """The router id each link was last welcomed by."""
         self.latency = LatencySampler()

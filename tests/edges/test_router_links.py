@@ -64,7 +64,7 @@ def fake_links(seed_id: str = "ra") -> tuple[RouterLinks, FakeLink, list[FakeLin
         made.append(FakeLink(where))
         return cast(RouterLink, made[-1])
 
-    return RouterLinks(cast(RouterLink, seed), make, keep_for=KEEP), seed, made
+    return RouterLinks(cast(RouterLink, seed), make, KEEP, endpoints("seed")), seed, made
 
 
 def test_a_link_per_router_listed_but_the_seeds() -> None:
@@ -111,6 +111,16 @@ def test_a_second_link_to_a_router_already_reached_is_closed() -> None:
     made[0].router_id = "ra"
     _, closed = links.follow({"rb": endpoints("b"), "ra": endpoints("a")}, 1.0)
     assert closed == [cast(RouterLink, made[0])]
+
+
+def test_a_router_at_an_endpoint_already_linked_gets_no_second_link() -> None:
+    links, seed, made = fake_links()
+    seed.router_id = "ra2"
+    assert links.follow({"ra": endpoints("seed"), "ra2": endpoints("seed")}, 0.0) == ([], [])
+    links.follow({"rb": endpoints("b")}, 0.0)
+    made[0].router_id = "rb2"
+    assert links.follow({"rb": endpoints("b"), "rb2": endpoints("b")}, 1.0) == ([], [])
+    assert len(made) == 1
 
 
 def test_messages_go_to_the_welcomed_link_of_their_router() -> None:
