@@ -86,7 +86,8 @@ class ClusterHistory:
         self.written = 0
         self._shards: dict[str, int] = {}
         self._registered: set[tuple[str, int]] = set()
-        """``(topic, epoch)`` whose epoch is in Redis already."""
+        """``(topic, epoch)`` whose epoch is in Redis already; cleared when Redis was unavailable,
+        since it may have restarted without its data."""
         self._wake = asyncio.Event()
         self._log = ThrottledLog(log)
 
@@ -136,18 +137,19 @@ class ClusterHistory:
                 pass
 
     async def _flush_once(self) -> bool:
-        """Write one batch of each shard that can be written; whether more could go at once."""
+        """Write one batch of each shard that can be written; whether more could go at once. A
+        shard with no token now (degraded) keeps its messages until it is served again or lost
+        (:meth:`forget_shard`)."""
         more = False
         for shard in list(self._pending):
             token = self.leases.token(shard, self._clock())
             if token is None:
-                if shard not in self.leases.degraded():
-                    self.forget_shard(shard)
                 continue
             try:
                 more |= await self._write(shard, token)
             except StoreUnavailable as error:
                 self._log.warning("redis-history", "cluster history: %s", error, now=self._clock())
+                self._registered.clear()
                 await asyncio.sleep(RETRY_AFTER)
                 self._wake.set()
                 return False
@@ -167,7 +169,7 @@ class ClusterHistory:
             self._took(message)
         if not waiting:
             del self._pending[shard]
-        if not result.accepted or self.leases.token(shard, self._clock()) != token:
+        if not result.accepted:
             self.manager.count_drop("fenced", len(batch))
             log.warning("cluster history: %d messages of shard %d fenced off", len(batch), shard)
             return False

@@ -16,7 +16,8 @@ key                         type         value
 ``{p}:router:{id}``         string, TTL  a live router's announcement: a JSON object of strings
                                          (its endpoints: control, xpub, pull, xsub, admin...)
 ``{p}:lease:{shard}``       string, TTL  ``"{router_id} {token}"``: the router that owns the shard
-``{p}:fence:{shard}``       counter      the shard's fencing token, one more at each acquisition
+``{p}:fence:{shard}``       counter      the shard's fencing token: one more at each acquisition,
+                                         and never below Redis's clock in milliseconds
 ``{p}:history:{topic}``     stream       a reliable topic's newest messages: entry id
                                          ``{offset}-0`` (offsets start at 1), fields ``h`` (the
                                          producer's header, maybe empty) and ``p`` (the payload)
@@ -28,7 +29,10 @@ The rules this module keeps:
 
 - **Fencing.** A lease names its holder and the token it got; only a write that shows both (and
   whose token is still the shard's fence) goes through. A router that lost its lease while it was
-  paused or cut off cannot write history after another router took the shard over.
+  paused or cut off cannot write history after another router took the shard over. A token is
+  never below the server's clock in milliseconds, so tokens keep growing even across a restart of
+  a Redis that kept no data: edges, which trust the highest token they have seen, follow the
+  owners after it too.
 - **A refused write writes nothing.** :meth:`ClusterStore.append` checks the lease and the fence
   before it touches any stream. Lua scripts are atomic but never roll back, so an entry that could
   fail (an offset not above the stream's last one) is added with ``redis.pcall`` and counted as
@@ -161,6 +165,12 @@ if current and current ~= ARGV[3] then
   return false
 end
 local token = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if token < floor then
+  token = floor
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', token), 'PX', ARGV[2])
 return token
 """

@@ -15,9 +15,10 @@ The rules:
 - A shard's *preferred* owner is the live router that ranks it highest by rendezvous hashing, so
   every router computes the same placement from the same list, and a router joining or leaving
   moves only its own share of the shards.
-- A router takes a free shard it prefers; a free shard nobody has taken for ``orphan_after``
-  seconds, whoever prefers it; and the shard of a router whose Redis connection is gone (a dead
-  process), replacing exactly that holder.
+- A router takes a free shard it prefers among the routers live at its previous reading or in the
+  last ``orphan_after`` seconds; a free shard nobody has taken for ``orphan_after`` seconds,
+  whoever prefers it; and the shard of a router whose Redis connection is gone (a dead process),
+  replacing exactly that holder at once.
 - It hands a shard over (stops serving it, then releases the lease) when another live router
   prefers it.
 - It serves a shard only until ``safety`` of the lease time before the lease would run out without
@@ -120,6 +121,8 @@ class ShardLeases:
     _free_since: dict[int, float] = field(default_factory=dict)
     _view: list[Holder | None] = field(default_factory=list)
     _live: frozenset[str] = frozenset()
+    _seen: dict[str, float] = field(default_factory=dict)
+    """When each router was last counted live."""
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -179,6 +182,9 @@ class ShardLeases:
         live = set(announced) | {self.router_id}
         if connected is not None:
             live &= set(connected) | {self.router_id}
+        self._seen.update(dict.fromkeys(live, now))
+        recent = {router_id for router_id, seen in self._seen.items() if now - seen < self.orphan_after}
+        recent |= self._live
         self._live = frozenset(live)
         self._view = list(holders)
         changes: list[Change] = self.expire(now)
@@ -199,7 +205,12 @@ class ShardLeases:
                 else:
                     steps.renew.append((shard, self._held[shard].token))
                 continue
-            self._plan_acquire(steps, shard, holder, preferred, live, now)
+            if holder is None:
+                self._plan_free(steps, shard, preferred_owner(shard, recent), now)
+            else:
+                self._free_since.pop(shard, None)
+                if holder.router_id not in live and preferred == self.router_id:
+                    steps.acquire.append((shard, holder))
         return steps, changes
 
     def _notice_taken(self, holders: Sequence[Holder | None]) -> list[Change]:
@@ -215,23 +226,13 @@ class ShardLeases:
                 changes.append(self._lose(shard, TAKEN))
         return changes
 
-    def _plan_acquire(
-        self,
-        steps: LeaseSteps,
-        shard: int,
-        holder: Holder | None,
-        preferred: str | None,
-        live: set[str],
-        now: float,
-    ) -> None:
-        if holder is None:
-            since = self._free_since.setdefault(shard, now)
-            if preferred == self.router_id or now - since >= self.orphan_after:
-                steps.acquire.append((shard, None))
-            return
-        self._free_since.pop(shard, None)
-        if holder.router_id not in live and preferred == self.router_id:
-            steps.acquire.append((shard, holder))
+    def _plan_free(self, steps: LeaseSteps, shard: int, preferred: str | None, now: float) -> None:
+        """A free shard goes to the router preferred among those live *recently*: after Redis
+        restarted without its data, the other routers have not announced themselves again yet,
+        and must not lose their shards to whichever router ticks first."""
+        since = self._free_since.setdefault(shard, now)
+        if preferred == self.router_id or now - since >= self.orphan_after:
+            steps.acquire.append((shard, None))
 
     def _hand_over(self, shard: int) -> Lost:
         return self._lose(shard, HANDED_OVER)

@@ -139,6 +139,19 @@ def test_a_dead_holder_is_replaced_by_the_router_it_prefers_and_an_orphan_by_any
     assert [s for s, _ in steps.acquire] == sorted(mine + theirs)
 
 
+def test_after_redis_forgot_every_key_a_router_leaves_the_others_their_shards() -> None:
+    shards = 16
+    leases = ShardLeases("r1", shards, LEASE)
+    everyone = [Holder("r2", 1)] * shards
+    leases.plan(["r1", "r2"], everyone, now=0.0, connected=["r1", "r2"])
+    free: list[Holder | None] = [None] * shards
+    steps, _ = leases.plan(["r1"], free, now=0.5, connected=["r1"])
+    mine = [s for s in range(shards) if preferred_owner(s, ["r1", "r2"]) == "r1"]
+    assert [s for s, _ in steps.acquire] == mine
+    steps, _ = leases.plan(["r1"], free, now=2 * LEASE + 0.5, connected=["r1"])
+    assert [s for s, _ in steps.acquire] == list(range(shards))
+
+
 # ---------------------------------------------------------------- many routers, one Redis
 
 
