@@ -18,8 +18,18 @@ from edges.link import RouterLink
 from edges.router_links import RouterLinks
 from edges.shell import EdgeShell
 from router.core.clients import Connection
-from router.wire import Heartbeat, RegisterClient, Registered, RouterEndpoints, ShardMap, data_frame_head
+from router.wire import (
+    Heartbeat,
+    Hello,
+    RegisterClient,
+    Registered,
+    RouterEndpoints,
+    ShardMap,
+    data_frame_head,
+    encode_control,
+)
 from tests.edges.core.cluster_routers import topic_in
+from tests.edges.test_link_control import SlowRouter
 
 KEEP = 5.0
 
@@ -221,3 +231,38 @@ async def test_a_cluster_router_s_data_only_for_its_shards(two_topics: tuple[str
         link.welcomed.clear()
         link.on_data(batch((ours, 3)))
         assert hub.stats().fenced_data == 2, "a router that no longer welcomes the edge is not trusted"
+
+
+async def test_a_link_says_when_its_router_is_lost() -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = SlowRouter(context)
+    xpub = context.socket(zmq.XPUB)
+    xpub.linger = 0
+    xpub_port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    link = RouterLink(
+        protocol="test",
+        control=f"tcp://127.0.0.1:{router.port}",
+        xpub=f"tcp://127.0.0.1:{xpub_port}",
+        context=context,
+    )
+    lost: list[str] = []
+    link.on_lost = lambda: lost.append(link.router_id)
+    runner = asyncio.create_task(link.run())
+    try:
+        await router.welcome()
+        async with asyncio.timeout(5):
+            await link.welcomed.wait()
+        assert lost == []
+        restarted = encode_control(Heartbeat(router_id="r2"))
+        router.sock.send_multipart([router.peer, restarted])
+        while not isinstance(await router.receive(), Hello):
+            pass
+        assert lost == ["r1"]
+        assert not link.welcomed.is_set()
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        router.sock.close()
+        xpub.close()
+        context.term()
