@@ -323,6 +323,7 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: Redi
                 await send(100)
                 redis.restart()
                 await send(100)
+
                 def all_reliable_in() -> bool:
                     take()
                     return len(received[reliable.encode()]) == 600
