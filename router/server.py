@@ -369,6 +369,7 @@ class RouterServer:
         message over the rate comes back with no clients, so nothing is sent and nothing logged.
         """
         readable = self._readable[sock]
+        passes_on = sock is self.pull
         receive = sock.recv
         send = self.xpub.send
         route = self.manager.route_wire
@@ -396,7 +397,7 @@ class RouterServer:
                     where = route(topic, len(payload), now)
                 except RefusedError as error:
                     if error.code is ErrorCode.NOT_OWNER:
-                        self._not_served(topic, frames, forwarded)
+                        self._not_served(topic, frames, forwarded or not passes_on)
                     else:
                         self._count_bad_input(error)
                     continue
@@ -418,7 +419,9 @@ class RouterServer:
                 await asyncio.sleep(0)
 
     def _not_served(self, topic: bytes, frames: list[zmq.Frame], forwarded: bool) -> None:
-        """A message of another router's shard: passed on to that router, once."""
+        """A message of another router's shard: passed on to that router, once. One that came
+        through XSUB is not: a PUB producer sends to the owner itself, and passing on the copy a
+        router still subscribed during a handover got would deliver it twice."""
         reason = "not_owner"
         if self.relay is not None and self.cluster is not None and not forwarded:
             reason = self.relay.forward(topic, frames, self.cluster.leases.owners()) or ""

@@ -48,6 +48,9 @@ class Pending(NamedTuple):
     offset: int
     header: bytes
     payload: bytes
+    dropped_until: int = 0
+    """Not 0: no message but a mark that offsets ``offset`` to ``dropped_until`` were dropped
+    (past the bound), kept in order with the others so the history breaks exactly there."""
 
 
 class Loaded(NamedTuple):
@@ -94,34 +97,42 @@ class ClusterHistory:
     # ------------------------------------------------------------ ingest side
 
     def add(self, message: Pending) -> None:
-        """Queue a routed message of a reliable topic; drop it, counted, past the bound."""
+        """Queue a routed message of a reliable topic (the manager defers its recording); past
+        the bound, drop it, counted, and mark the drop in its place."""
         shard = self._shards.get(message.topic)
         if shard is None:
             shard = self._shards[message.topic] = shard_of(message.raw_topic, self.leases.shards)
+        self.manager.defer_record(message.topic)
+        waiting = self._pending.setdefault(shard, deque())
         size = len(message.header) + len(message.payload)
         full = self.pending_messages >= self.max_pending_messages
         if full or self.pending_bytes + size > self.max_pending_bytes:
-            self.manager.count_drop("history_unavailable")
-            self._log.warning(
-                "history_unavailable",
-                "reliable messages wait for Redis past [cluster] max_pending_*: dropping %s offset %d",
-                message.topic,
-                message.offset,
-                now=self._clock(),
-            )
+            self._mark_dropped(waiting, message)
             return
-        self._pending.setdefault(shard, deque()).append(message)
+        waiting.append(message)
         self.pending_messages += 1
         self.pending_bytes += size
         self._wake.set()
 
+    def _mark_dropped(self, waiting: deque[Pending], message: Pending) -> None:
+        self.manager.count_drop("history_unavailable")
+        self._log.warning(
+            "history_unavailable",
+            "reliable messages wait for Redis past [cluster] max_pending_*: dropping %s offset %d",
+            message.topic,
+            message.offset,
+            now=self._clock(),
+        )
+        tail = waiting[-1] if waiting else None
+        if tail is not None and tail.topic == message.topic and tail.dropped_until == message.offset - 1:
+            waiting[-1] = tail._replace(dropped_until=message.offset)
+        else:
+            waiting.append(message._replace(header=b"", payload=b"", dropped_until=message.offset))
+
     def forget_shard(self, shard: int) -> None:
         """The shard went to another router: what waits for it will never be written here."""
-        waiting = self._pending.pop(shard, deque())
-        if waiting:
-            self.manager.count_drop("not_owner", len(waiting))
-        for message in waiting:
-            self._took(message)
+        waiting = list(self._pending.pop(shard, deque()))
+        self._give_up(waiting, "not_owner")
 
     def wake(self) -> None:
         """Try the waiting messages again now (a shard was gained back)."""
@@ -165,16 +176,25 @@ class ClusterHistory:
         except StoreUnavailable:
             waiting.extendleft(reversed(batch))
             raise
-        for message in batch:
-            self._took(message)
         if not waiting and self._pending.get(shard) is waiting:
             del self._pending[shard]
         if not result.accepted:
-            self.manager.count_drop("fenced", len(batch))
             log.warning("cluster history: %d messages of shard %d fenced off", len(batch), shard)
+            self._give_up(batch, "fenced")
             return False
+        for message in batch:
+            self._took(message)
         self._deliver(batch)
         return bool(waiting)
+
+    def _give_up(self, messages: list[Pending], reason: str) -> None:
+        """Messages that will never be written here: dropped, counted, the history broken there."""
+        for message in messages:
+            self._took(message)
+            if not message.dropped_until:
+                self.manager.count_drop(reason)
+            for offset in range(message.offset, max(message.offset, message.dropped_until) + 1):
+                self.manager.drop_deferred(message.topic, offset)
 
     async def _register_epochs(self, store: ClusterStore, shard: int, batch: list[Pending]) -> None:
         for topic, epoch in {(m.topic, m.epoch) for m in batch} - self._registered:
@@ -187,6 +207,8 @@ class ClusterHistory:
     def _appends(self, batch: list[Pending]) -> list[Append]:
         by_topic: dict[str, list[Entry]] = {}
         for message in batch:
+            if message.dropped_until:
+                continue
             entry = Entry(message.offset, message.header, message.payload)
             by_topic.setdefault(message.topic, []).append(entry)
         appends = []
@@ -199,6 +221,10 @@ class ClusterHistory:
     def _deliver(self, batch: list[Pending]) -> None:
         now = self._clock()
         for message in batch:
+            if message.dropped_until:
+                for offset in range(message.offset, message.dropped_until + 1):
+                    self.manager.drop_deferred(message.topic, offset)
+                continue
             self.written += 1
             self.manager.record(message.topic, message.offset, message.header, message.payload, now)
             if self.manager.get_clients_for_topic(message.topic):
@@ -207,8 +233,9 @@ class ClusterHistory:
                 )
 
     def _took(self, message: Pending) -> None:
-        self.pending_messages -= 1
-        self.pending_bytes -= len(message.header) + len(message.payload)
+        if not message.dropped_until:
+            self.pending_messages -= 1
+            self.pending_bytes -= len(message.header) + len(message.payload)
 
     # ------------------------------------------------------------ taking a shard over
 

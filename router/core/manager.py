@@ -280,6 +280,13 @@ class _Topic:
     """Applies the policy's ``ingest_max_rate``; ``None`` without one."""
     shard: int = 0
     """The topic's shard in cluster mode (:meth:`ConnectionManager.serve_shards`), else 0."""
+    deferred: int = 0
+    """Routed messages whose recording waits (:meth:`ConnectionManager.defer_record`)."""
+
+    @property
+    def published(self) -> int:
+        """The last offset clients can have: those deferred are not published yet."""
+        return self.offset - self.deferred
 
     def resnapshot(self) -> None:
         self.snapshot = frozenset(self.subscribers)
@@ -543,7 +550,7 @@ class ConnectionManager:
             actions = self._add_subscriber(state, client)
         assert state is not None
         policy = self.get_delivery_policy(topic)
-        return Subscribed(topic, state.epoch, state.offset, policy, spec.content_type, actions, resumed)
+        return Subscribed(topic, state.epoch, state.published, policy, spec.content_type, actions, resumed)
 
     def _resume(self, topic: str, state: _Topic | None, resume: tuple[int, int], now: float) -> Resume:
         epoch, after = resume
@@ -552,7 +559,7 @@ class ConnectionManager:
         if state is None or status in (RecoveryStatus.EPOCH_CHANGED, RecoveryStatus.NOT_RELIABLE):
             return Resume(status, 0, 0)
         start = self._history_start(state)
-        return Resume(status, after if status is RecoveryStatus.OK else start, state.offset)
+        return Resume(status, after if status is RecoveryStatus.OK else start, state.published)
 
     def unsubscribe(self, client_id: str, topic: str) -> list[Action]:
         """End one subscription of a client."""
@@ -707,9 +714,32 @@ class ConnectionManager:
         history = self._histories.get(topic)
         if history is None:
             return
+        state = self._topics[topic]
+        if state.deferred and offset > state.published:
+            state.deferred -= 1
         history.append(HistoryEntry(offset, header, payload), now)
         while self._history_total.bytes > self.limits.max_history_bytes:
             self._histories[max(self._histories, key=self._history_weight)].evict_oldest()
+
+    def defer_record(self, topic: str) -> None:
+        """The message just routed on ``topic`` is recorded later, once durable elsewhere (cluster
+        mode, ``router/cluster/history.py``): until then it is not published, and the topic's
+        position in replies (``subscribed``, a resume's range, recovery) stays before it. Each
+        deferred message is then :meth:`record`-ed or :meth:`drop_deferred`, in offset order."""
+        state = self._topics.get(topic)
+        if state is not None:
+            state.deferred += 1
+
+    def drop_deferred(self, topic: str, offset: int) -> None:
+        """A deferred message will never be recorded: the history's run breaks there, so a
+        recovery across it says ``history_exceeded`` rather than skip it silently. A topic no
+        longer held is ignored."""
+        state = self._topics.get(topic)
+        if state is None or not state.deferred:
+            return
+        state.deferred -= 1
+        if state.history is not None:
+            state.history.clear(offset)
 
     def recover(
         self,
@@ -745,7 +775,7 @@ class ConnectionManager:
         if state is None or state.history is None:
             return Recovery(status, state.epoch if state is not None else 0, 0, [], False)
         start = self._history_start(state)
-        if status is not RecoveryStatus.OK or from_offset == state.offset:
+        if status is not RecoveryStatus.OK or from_offset >= state.published:
             return Recovery(status, state.epoch, start, [], False)
         window = state.history.read(from_offset, to_offset, max_bytes)
         assert not isinstance(window, Missing)
@@ -784,8 +814,8 @@ class ConnectionManager:
     def _history_start(state: _Topic) -> int:
         """The smallest offset after which the history holds every message up to the newest."""
         history = state.history
-        if history is None or history.last != state.offset:
-            return state.offset
+        if history is None or history.last != state.published:
+            return state.published
         return history.start
 
     def _history_weight(self, name: str) -> tuple[int, str]:

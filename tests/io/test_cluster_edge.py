@@ -21,6 +21,7 @@ from edges.core.client_wire import (
     parse_restarted_frame,
     parse_skipped_frame,
 )
+from router.core.shards import shard_of
 from router.wire import ShardMap
 from tests.io.harness import RouterProcess, TestEdge, WebSocketEdgeProcess, eventually, push_socket
 from tests.io.metrics_scrape import scrape
@@ -217,3 +218,82 @@ async def test_the_seed_router_dying_leaves_the_edge_serving_from_the_other(
         assert [frame[0] for frame in got] == list(range(1, len(got) + 1)), got
         late = await open_client(edge)
         await late.ws.close()
+
+
+KILLS = 10
+
+
+def owner_of(shard: int, watchers: list[MapWatcher]) -> str:
+    """The shard's owner as an edge judges it: the highest token in the routers' newest maps."""
+    holders = [watcher.newest.owners[shard] for watcher in watchers if watcher.newest is not None]
+    return max(holders, key=lambda holder: holder[1])[0]
+
+
+async def test_ten_kills_of_a_reliable_topics_owner_lose_and_repeat_nothing(
+    routers: tuple[RouterProcess, RouterProcess, ShardMap], edge: WebSocketEdgeProcess
+) -> None:
+    """A PUB producer on both routers streams numbered messages on a reliable topic while the
+    router serving its shard is SIGKILLed and started again, ten times: the client gets every
+    offset once, in order, and the numbers only grow (those lost on their way into a dying router
+    never had an offset)."""
+    first, second, shard_map = routers
+    topic = topic_in_shard_of(ids(routers)[0], shard_map, "/reliable/kills")
+    shard = shard_of(topic.encode(), shard_map.shards)
+    client = await open_client(edge)
+    watchers = [TestEdge(router.endpoints) for router in (first, second)]
+    maps = [MapWatcher(watcher) for watcher in watchers]
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    async with watchers[0], watchers[1]:
+        with closing_client(client), context.socket(zmq.PUB) as pub:
+            pub.linger = 0
+            pub.immediate = True
+            for router in (first, second):
+                pub.connect(router.endpoints["xsub"])
+            reader = Reader(client)
+            await reader.subscribe(topic)
+            sent = 0
+
+            async def stream(count: int) -> None:
+                nonlocal sent
+                for _ in range(count):
+                    sent += 1
+                    pub.send_multipart([topic.encode(), b"%d" % sent])
+                    await asyncio.sleep(0.002)
+
+            async def flowing() -> bool:
+                await stream(5)
+                try:
+                    await reader.until(topic, b"%d" % sent, timeout=0.3)
+                except TimeoutError:
+                    return False
+                return True
+
+            await eventually(flowing, timeout=10)
+
+            async def owner_now() -> RouterProcess:
+                """The router process serving the shard, once both links know who is who."""
+                found: list[RouterProcess] = []
+
+                def known() -> bool:
+                    by_id = {w.link.router_id: r for w, r in zip(watchers, (first, second), strict=True)}
+                    found[:] = [by_id[owner]] if (owner := owner_of(shard, maps)) in by_id else []
+                    return bool(found)
+
+                await eventually(known, timeout=10)
+                return found[0]
+
+            for _ in range(KILLS):
+                owner = await owner_now()
+                await stream(50)
+                owner.kill()
+                await stream(50)
+                owner.restart_on_same_ports()
+                await eventually(flowing, timeout=LEASE_TIME + 10)
+            await eventually(flowing, timeout=10)
+    frames = reader.received[topic]
+    assert all(isinstance(frame[0], int) for frame in frames), f"a restart or a skip was told: {frames}"
+    offsets = [frame[0] for frame in frames]
+    assert offsets == list(range(1, len(offsets) + 1)), "an offset was lost or repeated"
+    numbers = [int(frame[1]) for frame in frames if isinstance(frame[1], bytes)]
+    assert numbers == sorted(set(numbers)), "a message came twice or out of order"
+    assert len(numbers) > 10 * KILLS

@@ -38,7 +38,9 @@ from router.core import (
     Limits,
     PolicyChanged,
     Recovery,
+    RecoveryStatus,
     RefusedError,
+    Resume,
     Route,
     TopicRegistry,
     TopicSpec,
@@ -923,3 +925,28 @@ def test_connections_per_user_are_capped_and_freed_by_unregister() -> None:
     assert refused.value.code is ErrorCode.LIMIT_EXCEEDED
     manager.unregister_client("a")
     assert manager.register_client(second).user == "anonymous"
+
+
+def test_deferred_records_stay_unpublished_until_recorded_and_a_dropped_one_breaks_the_history() -> None:
+    policy = DeliveryPolicy(kind="reliable")
+    manager = ConnectionManager(
+        TopicRegistry([TopicSpec(pattern="/r", policy=policy)]), new_epoch=itertools.count(5).__next__
+    )
+    manager.edge_hello("e", "test", 0.0)
+    manager.register_client(ClientInfo(client_id="c", edge_id="e", protocol="test"))
+    for n in range(1, 4):
+        assert manager.route_data("/r", b"m%d" % n).offset == n
+    routed = [manager.route_wire(b"/r", 2).offset for _ in range(3)]
+    assert routed == [4, 5, 6]
+    for _ in routed:
+        manager.defer_record("/r")
+    granted = manager.subscribe("c", "/r", resume=(5, 1))
+    assert granted.offset == 3, "a deferred message is not published yet"
+    assert granted.resume == Resume(RecoveryStatus.OK, 1, 3)
+    manager.record("/r", 4, b"", b"m4", 0.0)
+    assert [entry.offset for entry in manager.recover("/r", 1, 5, 0.0).messages] == [2, 3, 4]
+    manager.drop_deferred("/r", 5)
+    manager.record("/r", 6, b"", b"m6", 0.0)
+    assert manager.subscribe("c", "/r").offset == 6
+    assert manager.recover("/r", 3, 5, 0.0).status is RecoveryStatus.HISTORY_EXCEEDED
+    assert [entry.offset for entry in manager.recover("/r", 5, 5, 0.0).messages] == [6]
