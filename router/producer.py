@@ -47,15 +47,7 @@ class Producer:
             if len(self._checked) > 10_000:
                 self._checked.clear()
             self._checked.add(check_topic(topic))
-        frames = [topic.encode(), payload]
-        if content_type is not None or timestamp is not None:
-            header = ProducerHeader(content_type=content_type, timestamp=timestamp)
-            frames.insert(1, msgspec.msgpack.encode(header))
-        try:
-            self._socket.send_multipart(frames, 0 if block else zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
+        return send_message(self._socket, topic, payload, content_type, timestamp, block)
 
     def close(self) -> None:
         self._socket.close()
@@ -68,3 +60,24 @@ class Producer:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+def send_message(
+    sock: zmq.Socket[bytes],
+    topic: str,
+    payload: bytes,
+    content_type: str | None,
+    timestamp: int | None,
+    block: bool,
+) -> bool:
+    """Send ``[topic, payload]``, or ``[topic, header, payload]`` with a header; ``False`` when
+    ``block`` is off and the socket's queue is full."""
+    frames = [topic.encode(), payload]
+    if content_type is not None or timestamp is not None:
+        header = ProducerHeader(content_type=content_type, timestamp=timestamp)
+        frames.insert(1, msgspec.msgpack.encode(header))
+    try:
+        sock.send_multipart(frames, 0 if block else zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True

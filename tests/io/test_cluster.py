@@ -16,6 +16,7 @@ import pytest
 import zmq
 from redis import Redis
 
+from router.cluster.producer import ClusterProducer
 from router.core.errors import ErrorCode
 from router.core.shards import shard_of
 from router.wire import (
@@ -29,7 +30,8 @@ from router.wire import (
     Subscribe,
     SubscribeOk,
 )
-from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start
+from tests.io.harness import RouterProcess, TestEdge, eventually, push_socket, refused_start, running
+from tests.io.metrics_scrape import scrape
 from tests.io.redis_server import RedisServer, running_redis
 
 SHARDS = 32
@@ -367,3 +369,34 @@ async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
                     payloads.append((await other_edge.next_message())[1])
             assert [p for p in payloads if p != b"probe"] == [b"%d" % n for n in range(20)]
             assert (await edge.stats())["messages_in"] == 0, "a router asked upstream for a shard not its own"
+
+
+async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    metrics = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    with running(RouterProcess(metrics)) as first, running(RouterProcess(metrics)) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            ours = topic_in_shard_of(edge.link.router_id, maps.newest, "/direct")
+            theirs = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/direct")
+            for link, topic in ((edge, ours), (other_edge, theirs)):
+                await link.register("c")
+                assert isinstance(await link.subscribe("c", topic), SubscribeOk)
+            with ClusterProducer(redis.url) as producer:
+                assert producer.owner_endpoint(ours) == first.endpoints["pull"]
+                assert producer.owner_endpoint(theirs) == second.endpoints["pull"]
+                for n in range(10):
+                    producer.publish(ours, b"%d" % n)
+                    producer.publish(theirs, b"%d" % n)
+                for link in (edge, other_edge):
+                    assert [(await link.next_message())[1] for _ in range(10)] == [
+                        b"%d" % n for n in range(10)
+                    ]
+            for router in (first, second):
+                scraped = await scrape(router.endpoints["metrics"].removeprefix("http://"))
+                assert scraped.total("switchboard_router_forwarded_total") == 0
