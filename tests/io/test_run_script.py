@@ -4,11 +4,14 @@ process cannot start (a port another program holds), it says what to do in one l
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +20,8 @@ from tests.io.harness import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
-OFFSETS = (0, 1, 2, 3, 4, 10, 11, 30, 40)
-"""The ports scripts/run binds, from SWITCHBOARD_PORT_BASE."""
+OFFSETS = (0, 1, 2, 3, 4, 10, 11, 20, 30, 40, 100, 101, 102, 103, 110, 111)
+"""The ports scripts/run binds, from SWITCHBOARD_PORT_BASE (with --cluster, 20 and from 100 on)."""
 
 
 def free_base() -> int:
@@ -36,10 +39,10 @@ def free_base() -> int:
 
 
 @contextlib.contextmanager
-def run_script(base: int) -> Iterator[subprocess.Popen[str]]:
+def run_script(base: int, *args: str) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "SWITCHBOARD_PORT_BASE": str(base)}
     process = subprocess.Popen(
-        ["scripts/run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["scripts/run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         yield process
@@ -79,3 +82,38 @@ def test_a_port_another_program_holds_fails_with_what_to_do() -> None:
     assert err.strip().splitlines()[-1].startswith("scripts/run: the router stopped at start")
     assert "SWITCHBOARD_PORT_BASE" in err
     assert f"127.0.0.1:{base}" in err
+
+
+def test_cluster_starts_redis_and_two_routers_that_share_the_shards() -> None:
+    base = free_base()
+    with run_script(base, "--cluster") as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert f"Redis at redis://127.0.0.1:{base + 20}" in text, text
+        assert f"http://127.0.0.1:{base + 110}/" in text
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{base + 10}/api/cluster", timeout=5) as reply:
+                cluster = json.load(reply)
+            if sum(1 for router in cluster["routers"] if router["live"]) == 2:
+                break
+            time.sleep(0.2)
+        assert sum(1 for router in cluster["routers"] if router["live"]) == 2, cluster
+        assert all(shard["owner"] for shard in cluster["shards"]), cluster
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    assert "stopped" in out
+
+
+def test_run_refuses_an_argument_it_does_not_know() -> None:
+    done = subprocess.run(["scripts/run", "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == "scripts/run: unknown argument --bogus; the only one is --cluster"
+    )
