@@ -50,6 +50,8 @@ log = logging.getLogger("switchboard.router")
 CONTROL_SEND_HWM = 100_000
 """Replies queued per edge connection: room for every reply to a re-registration of the most
 clients. A reply past it is not dropped unseen: the send fails, and is counted."""
+HANDOVER_GRACE = 1.0
+"""Seconds a router in cluster mode keeps asking PUB producers for a topic it stopped serving."""
 BACKLOG_READ = 10
 """Batches of control messages read before each heartbeat tick."""
 
@@ -123,6 +125,8 @@ class RouterServer:
         """Cluster mode (``[cluster]``): this router's leases; ``None`` for a router on its own."""
         self.history: ClusterHistory | None = None
         """Cluster mode: reliable topics written to Redis before they are published."""
+        self._unwatching: dict[str, asyncio.TimerHandle] = {}
+        """Cluster mode: topics whose upstream unsubscription waits out :data:`HANDOVER_GRACE`."""
         self.relay: PeerRelay | None = None
         """Cluster mode: passes producer messages of other routers' shards on to them."""
         if config.cluster.enabled:
@@ -295,6 +299,8 @@ class RouterServer:
         self._close()
 
     def _close(self) -> None:
+        for pending in self._unwatching.values():
+            pending.cancel()
         for readable in self._readable.values():
             readable.close()
         for monitor in self._monitors.values():
@@ -549,6 +555,26 @@ class RouterServer:
         if self._session_service is not None:
             self._session_service.flush()
 
+    def _upstream(self, topic: str, watched: bool) -> None:
+        """Ask PUB producers for a topic, or stop. In cluster mode a router stops only
+        :data:`HANDOVER_GRACE` seconds later (unless asked again meanwhile): when a shard moves,
+        the new owner asks before the old one stops, so a PUB producer never sends into a gap."""
+        pending = self._unwatching.pop(topic, None)
+        if pending is not None:
+            pending.cancel()
+        if not watched and self.cluster is not None:
+            later = asyncio.get_running_loop().call_later(HANDOVER_GRACE, self._unwatch_now, topic)
+            self._unwatching[topic] = later
+            return
+        self.xsub.send((b"\x01" if watched else b"\x00") + topic.encode(), NOBLOCK)
+        self._readable[self.xsub].recheck()
+
+    def _unwatch_now(self, topic: str) -> None:
+        self._unwatching.pop(topic, None)
+        with contextlib.suppress(zmq.ZMQError):
+            self.xsub.send(b"\x00" + topic.encode(), NOBLOCK)
+            self._readable[self.xsub].recheck()
+
     def _send(self, outbound: list[Outbound]) -> None:
         for item in outbound:
             try:
@@ -562,8 +588,7 @@ class RouterServer:
                         self.router.send_multipart([peer, encode_control(message)], NOBLOCK)
                         self._readable[self.router].recheck()
                     case Upstream(topic, watched):
-                        self.xsub.send((b"\x01" if watched else b"\x00") + topic.encode(), NOBLOCK)
-                        self._readable[self.xsub].recheck()
+                        self._upstream(topic, watched)
             except zmq.ZMQError as error:
                 self.manager.count_drop("control_send_failed")
                 what, now = type(item).__name__, self._clock()
