@@ -8,7 +8,8 @@ import json
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ LOOPBACK_ANY_PORT = "tcp://127.0.0.1:0"
 START_TIMEOUT = 20.0
 PLACEMENT_TIMEOUT = 20.0
 POLL = 0.02
+FAST_POLL = 0.002
 STOP_TIMEOUT = 5.0
 
 
@@ -135,12 +137,13 @@ class ClusterWatch:
                 found[_text(key).rsplit(":", 1)[1]] = json.loads(value)
         return found
 
-    def router_id(self, pull: str, timeout: float = START_TIMEOUT) -> str:
-        """The id of the router that announced the PULL endpoint ``pull``."""
+    def router_id(self, pull: str, dead: Collection[str] = (), timeout: float = START_TIMEOUT) -> str:
+        """The id of the router that announced the PULL endpoint ``pull``, other than those in
+        ``dead`` (routers killed on the same endpoint, whose announcements may not have expired)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for router_id, endpoints in self.routers().items():
-                if endpoints.get("pull") == pull:
+                if endpoints.get("pull") == pull and router_id not in dead:
                     return router_id
             time.sleep(POLL)
         raise ChildError(f"no router announced {pull} in Redis within {timeout:.0f} s")
@@ -159,11 +162,26 @@ class ClusterWatch:
             if self.owners() == wanted:
                 return wanted
             time.sleep(POLL)
-        held = sum(owner is not None for owner in self.owners())
+        owners = self.owners()
+        held = Counter(owner or "nobody" for owner in owners)
+        misplaced = sum(owner != want for owner, want in zip(owners, wanted, strict=True))
         raise ChildError(
-            f"the shards were not placed on {len(router_ids)} router(s) within {timeout:.0f} s "
-            f"({held} of {self.shards} held)"
+            f"the shards were not placed on routers {', '.join(router_ids)} within {timeout:.0f} s: "
+            f"{misplaced} of {self.shards} elsewhere; held by {dict(held)}; "
+            f"announced: {', '.join(sorted(self.routers()))}"
         )
+
+    def wait_taken(self, topics: Sequence[str], dead: str, timeout: float) -> int | None:
+        """``time.monotonic_ns()`` when every shard of ``topics`` was held by a router other than
+        ``dead``; ``None`` if that did not happen within ``timeout`` seconds."""
+        shards = {shard_of(topic.encode(), self.shards) for topic in topics}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            owners = self.owners()
+            if all(owners[shard] not in (None, dead) for shard in shards):
+                return time.monotonic_ns()
+            time.sleep(FAST_POLL)
+        return None
 
 
 def placement(router_ids: Sequence[str], shards: int) -> list[str]:
