@@ -83,6 +83,9 @@ class Findings:
     """Seconds from each kill until Redis showed every measured shard held by the survivor."""
     restored: list[float | None] = field(default_factory=list)
     """Seconds from each kill until every moved topic reached every client again."""
+    kill_times: list[int] = field(default_factory=list)
+    rejoin_times: list[int] = field(default_factory=list)
+    """When each kill was made and each killed router was started again (``time.monotonic_ns()``)."""
     lost_subscriptions: int = 0
     stopped: str = ""
     """Why the kills stopped early, if they did."""
@@ -134,15 +137,16 @@ def run(plan: Plan) -> tuple[list[Figure], list[str]]:
         edge = start_edge(children, cluster.endpoints[0])
         producer = start_producer(children, cluster.endpoints, every, plan.rate, plan.immediate)
         clients = start_clients(children, edge, every, plan.clients)
-        if not flowing_again(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
-            raise ChildError(f"the clients did not get every topic within {STEADY_TIMEOUT:.0f} s")
+        if missing := not_flowing(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
+            raise ChildError(f"no message of {', '.join(missing)} within {STEADY_TIMEOUT:.0f} s")
         findings = Findings()
         for kill in range(plan.kills):
             if not kill_once(kill, plan, cluster, clients, topics, findings):
                 break
         producer.send({"op": "stop"})
         last: dict[str, int] = producer.expect("done", START_TIMEOUT)["last"]
-        clients.send({"op": "tally", "last": last, "timeout": DRAIN_TIMEOUT})
+        phases = {"kills": findings.kill_times, "rejoins": findings.rejoin_times}
+        clients.send({"op": "tally", "last": last, **phases, "timeout": DRAIN_TIMEOUT})
         counted = clients.expect("tally", DRAIN_TIMEOUT + START_TIMEOUT)
     add_tallies(findings, topics, counted)
     return summarize(findings, plan)
@@ -206,9 +210,10 @@ def latest(times: list[int | None]) -> int | None:
     return max(known) if len(known) == len(times) else None
 
 
-def flowing_again(clients: Child, topics: list[str], since: int, timeout: float) -> bool:
+def not_flowing(clients: Child, topics: list[str], since: int, timeout: float) -> list[str]:
+    """The topics of which some client got no message sent at ``since`` or later within ``timeout``."""
     ask_first_deliveries(clients, topics, since, timeout)
-    return None not in first_deliveries(clients, timeout).values()
+    return [topic for topic, first in first_deliveries(clients, timeout).items() if first is None]
 
 
 def victim(kill: int, ids: list[str], owners: list[str], topics: dict[str, list[str]]) -> int:
@@ -242,6 +247,7 @@ def kill_once(
     moved = {p: [t for t in topics[p] if owner_of(t, placed) == cluster.ids[index]] for p in POLICIES}
     every_moved = [t for p in POLICIES for t in moved[p]]
     at = cluster.kill(index)
+    findings.kill_times.append(at)
     ask_first_deliveries(clients, every_moved, at, FAILOVER_TIMEOUT)
     taken = cluster.watch.wait_taken(every_moved, cluster.ids[index], FAILOVER_TIMEOUT)
     first = first_deliveries(clients, FAILOVER_TIMEOUT)
@@ -252,6 +258,7 @@ def kill_once(
     findings.restored.append(seconds(latest(list(first.values())), at))
     line = progress(index, moved, first, at, taken)
     print(f"failover [{kill + 1}/{plan.kills}] {line}", file=sys.stderr, flush=True)
+    findings.rejoin_times.append(time.monotonic_ns())
     cluster.restart(index)
     try:
         cluster.placed()
@@ -259,9 +266,14 @@ def kill_once(
         findings.stopped = f"kill {kill + 1}: after the restart, {error}"
         return False
     every = [t for p in POLICIES for t in topics[p]]
-    if not flowing_again(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
+    if missing := not_flowing(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
+        owners = cluster.watch.owners()
+        where = ", ".join(
+            f"{topic} (at {owners[shard_of(topic.encode(), len(owners))]})" for topic in missing
+        )
         findings.stopped = (
-            f"kill {kill + 1}: not every topic reached every client again in {STEADY_TIMEOUT:.0f} s"
+            f"kill {kill + 1}: after the restart no message of {where} reached every client within "
+            f"{STEADY_TIMEOUT:.0f} s; the routers are {', '.join(cluster.ids)}, the edge's first is router 0"
         )
         return False
     return True
@@ -327,6 +339,7 @@ def tally_figures(policy: str, tally: Tally) -> list[Figure]:
         Figure(f"{name}.received", tally.received, "messages"),
         Figure(f"{name}.lost", tally.lost, "messages", 0),
         Figure(f"{name}.lost_without_offset_gap", tally.lost_silent_no_offset_gap, "messages"),
+        Figure(f"{name}.lost_at_rejoins", tally.lost_silent_at_rejoins, "messages"),
         Figure(f"{name}.lost_reported", tally.lost_reported, "messages"),
         Figure(f"{name}.duplicated", tally.duplicated, "messages", 0),
     ]
@@ -368,7 +381,9 @@ def reliable_verdict(tally: Tally) -> str:
         f"{tally.lost_silent_no_offset_gap} left no gap in the offsets: no router that lived on ever "
         "sequenced them (the producer's PUB socket drops a topic's messages while no router has asked "
         "for it, as between a router's death and the survivor's asking upstream, or the killed router "
-        f"took them and died before they were durable); {tally.lost_at_end} were still missing "
+        f"took them and died before they were durable); {tally.lost_silent_at_rejoins} were lost while "
+        "shards moved to a router that had joined again, where no router died; "
+        f"{tally.lost_at_end} were still missing "
         f"{DRAIN_TIMEOUT:g} s after the producer stopped. {tally.lost_reported} more were reported to the "
         "clients by skipped or restarted frames"
     )

@@ -7,9 +7,10 @@ on stdin, each wait bounded by its ``timeout`` seconds:
 - ``{"op": "flowing", "since": NS, "topics": [...], "timeout": S}``: waits until every client got,
   on each topic, a message sent at ``NS`` (``time.monotonic_ns()``) or later; prints
   ``{"event": "flowing", "first": {topic: [when each client got the first such message, or null]}}``;
-- ``{"op": "tally", "last": {topic: last sequence number sent}, "timeout": S}``: waits until every
-  client got the last one of each topic, then prints ``{"event": "tally", "topics": {topic: [each
-  client's tally]}, "lost_subscriptions": n}`` (see :mod:`benchlib.sequence_tally`) and exits.
+- ``{"op": "tally", "last": {topic: last sequence number sent}, "kills": [NS, ...], "rejoins":
+  [NS, ...], "timeout": S}``: waits until every client got the last one of each topic, then prints
+  ``{"event": "tally", "topics": {topic: [each client's tally]}, "lost_subscriptions": n}`` (see
+  :mod:`benchlib.sequence_tally`) and exits.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class Arrivals:
         self.received: list[int] = []
         self.high = 0
 
-    def add(self, seq: int, sent_ns: int) -> None:
+    def add(self, seq: int, sent_ns: int) -> int:
+        """Note a message sent at ``sent_ns``; returns when it arrived."""
+        arrived = time.monotonic_ns()
         self.sent.append(sent_ns)
-        self.received.append(time.monotonic_ns())
+        self.received.append(arrived)
         self.high = max(self.high, seq)
+        return arrived
 
     def first_sent_since(self, since: int) -> int | None:
         """When the first message sent at ``since`` or later arrived."""
@@ -108,8 +112,8 @@ class Client:
             topic = self.channels.get(data.channel)
             if topic is not None and len(data.payload) >= PAYLOAD.size:
                 seq, sent_ns = PAYLOAD.unpack_from(data.payload)
-                self.frames[topic].append(Data(seq, data.offset))
-                self.arrivals[topic].add(seq, sent_ns)
+                arrived = self.arrivals[topic].add(seq, sent_ns)
+                self.frames[topic].append(Data(seq, data.offset, arrived))
                 self.changed.set()
         elif kind == FRAME_SKIPPED:
             skipped = parse_skipped_frame(message)
@@ -180,8 +184,9 @@ async def answer_tally(clients: list[Client], command: dict[str, Any], changed: 
         return all(client.arrivals[topic].high >= seq for client in clients for topic, seq in last.items())
 
     await wait_until(arrived, changed, command["timeout"])
+    kills, rejoins = command.get("kills", []), command.get("rejoins", [])
     topics = {
-        topic: [tally(client.frames[topic], seq).as_dict() for client in clients]
+        topic: [tally(client.frames[topic], seq, kills, rejoins).as_dict() for client in clients]
         for topic, seq in last.items()
     }
     emit("tally", topics=topics, lost_subscriptions=sum(client.lost_subscriptions for client in clients))

@@ -14,6 +14,10 @@ between the first one received and the last one sent is lost:
 - *at the end* when it was sent after the last one the client received.
 
 A sequence number that arrives a second time is duplicated.
+
+Given the times a router was started again (``rejoins``, and the ``kills`` after them), the silent
+loss of a gap that closed after a rejoin and before the next kill is counted apart too: it happened
+while shards moved to a router that joined, not to one that was killed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import NamedTuple
 class Data(NamedTuple):
     seq: int
     offset: int
+    at: int = 0
+    """When it arrived, in ``time.monotonic_ns()``."""
 
 
 class Told(NamedTuple):
@@ -45,6 +51,8 @@ class Tally:
     lost_silent: int = 0
     lost_silent_no_offset_gap: int = 0
     """Part of :attr:`lost_silent`: the offsets around them have no gap."""
+    lost_silent_at_rejoins: int = 0
+    """Part of :attr:`lost_silent`: while shards moved to a router that joined again."""
     lost_at_end: int = 0
 
     @property
@@ -64,9 +72,12 @@ class _Gap(NamedTuple):
     last: int
     reported: bool
     offset_gap: bool
+    closed_at: int
 
 
-def tally(frames: Sequence[Frame], last_sent: int) -> Tally:
+def tally(
+    frames: Sequence[Frame], last_sent: int, kills: Sequence[int] = (), rejoins: Sequence[int] = ()
+) -> Tally:
     """Count ``frames`` against the sequence numbers up to ``last_sent``."""
     result = Tally()
     seen: set[int] = set()
@@ -84,7 +95,7 @@ def tally(frames: Sequence[Frame], last_sent: int) -> Tally:
         seen.add(frame.seq)
         result.received += 1
         if high is not None and frame.seq > high + 1:
-            gaps.append(_Gap(high + 1, frame.seq - 1, told, frame.offset != offset + 1))
+            gaps.append(_Gap(high + 1, frame.seq - 1, told, frame.offset != offset + 1, frame.at))
         if high is None or frame.seq > high:
             high = frame.seq
         offset, told = frame.offset, False
@@ -98,4 +109,13 @@ def tally(frames: Sequence[Frame], last_sent: int) -> Tally:
             result.lost_silent += missing
             if not gap.offset_gap:
                 result.lost_silent_no_offset_gap += missing
+            if _after_rejoin(gap.closed_at, kills, rejoins):
+                result.lost_silent_at_rejoins += missing
     return result
+
+
+def _after_rejoin(at: int, kills: Sequence[int], rejoins: Sequence[int]) -> bool:
+    """Whether the last of ``kills`` and ``rejoins`` at or before ``at`` is a rejoin."""
+    kill = max((t for t in kills if t <= at), default=None)
+    rejoin = max((t for t in rejoins if t <= at), default=None)
+    return rejoin is not None and (kill is None or rejoin > kill)

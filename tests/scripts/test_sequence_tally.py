@@ -39,3 +39,10 @@ def test_tallies_add_up() -> None:
         received=4, duplicated=1, lost_reported=2
     )
     assert Tally(received=2, lost_at_end=1).as_dict()["lost_at_end"] == 1
+
+
+def test_silent_loss_after_a_rejoin_is_counted_apart() -> None:
+    frames = [Data(1, 1, at=10), Data(3, 2, at=20), Data(6, 3, at=40), Data(8, 4, at=60)]
+    found = tally(frames, last_sent=8, kills=[15, 50], rejoins=[30])
+    assert found.lost_silent == 4
+    assert found.lost_silent_at_rejoins == 2
