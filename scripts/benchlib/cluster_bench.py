@@ -56,17 +56,21 @@ def run(args: argparse.Namespace) -> Report:
             cluster_failover.Plan(kills, args.topics, args.rate, args.clients, args.immediate)
         ),
     }
+    chosen = args.only or PARTS
     report = Report(
-        f"scripts/bench cluster: {trials} trial(s) per mode, alternating, fresh processes and a "
-        "redis-server of the bench's own per trial on 127.0.0.1; medians"
+        f"scripts/bench cluster ({', '.join(chosen)}) on 127.0.0.1, a redis-server of the bench's own"
     )
     load_before = load_average()
-    for name in args.only or PARTS:
+    for name in chosen:
         figures, notes = parts[name]()
         report.figures += figures
         report.notes += notes
+    if "cost" in chosen or "scale" in chosen:
+        report.notes.append(
+            f"cost and scale: {trials} trial(s) per mode, alternating, each on fresh processes; medians; "
+            f"{messages:,} messages of 100 B per producer and trial"
+        )
     report.notes.append(
-        f"{messages:,} messages of 100 B per producer and trial; load average {load_before:.2f} before, "
-        f"{load_average():.2f} after, on {os.cpu_count()} CPUs"
+        f"load average {load_before:.2f} before, {load_average():.2f} after, on {os.cpu_count()} CPUs"
     )
     return report

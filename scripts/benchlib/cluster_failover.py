@@ -259,8 +259,8 @@ def kill_once(
     line = progress(index, moved, first, at, taken)
     print(f"failover [{kill + 1}/{plan.kills}] {line}", file=sys.stderr, flush=True)
     findings.rejoin_times.append(time.monotonic_ns())
-    cluster.restart(index)
     try:
+        cluster.restart(index)
         cluster.placed()
     except ChildError as error:
         findings.stopped = f"kill {kill + 1}: after the restart, {error}"

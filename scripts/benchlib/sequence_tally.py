@@ -91,14 +91,15 @@ def tally(
             continue
         if frame.seq in seen:
             result.duplicated += 1
-            continue
-        seen.add(frame.seq)
-        result.received += 1
-        if high is not None and frame.seq > high + 1:
-            gaps.append(_Gap(high + 1, frame.seq - 1, told, frame.offset != offset + 1, frame.at))
-        if high is None or frame.seq > high:
-            high = frame.seq
-        offset, told = frame.offset, False
+        else:
+            seen.add(frame.seq)
+            result.received += 1
+            if high is not None and frame.seq > high + 1:
+                gaps.append(_Gap(high + 1, frame.seq - 1, told, frame.offset != offset + 1, frame.at))
+            if high is None or frame.seq > high:
+                high = frame.seq
+            told = False
+        offset = frame.offset
     if high is not None and last_sent > high:
         result.lost_at_end = last_sent - high
     for gap in gaps:

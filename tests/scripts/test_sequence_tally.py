@@ -46,3 +46,10 @@ def test_silent_loss_after_a_rejoin_is_counted_apart() -> None:
     found = tally(frames, last_sent=8, kills=[15, 50], rejoins=[30])
     assert found.lost_silent == 4
     assert found.lost_silent_at_rejoins == 2
+
+
+def test_the_offsets_of_duplicates_count_for_the_gap_after_them() -> None:
+    frames = [Data(1, 1), Data(2, 2), Data(1, 3), Data(5, 4)]
+    assert tally(frames, last_sent=5) == Tally(
+        received=3, duplicated=1, lost_silent=2, lost_silent_no_offset_gap=2
+    )
