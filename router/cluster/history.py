@@ -167,7 +167,7 @@ class ClusterHistory:
             raise
         for message in batch:
             self._took(message)
-        if not waiting:
+        if not waiting and self._pending.get(shard) is waiting:
             del self._pending[shard]
         if not result.accepted:
             self.manager.count_drop("fenced", len(batch))
