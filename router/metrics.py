@@ -5,8 +5,8 @@ Nothing here runs per message: :class:`RouterCollector` asks the
 figures at scrape time. :meth:`RouterMetrics.render` returns the text exposition format, for the
 metrics listener (``router/http_listener.py``, ``serve_metrics``).
 
-Per-topic series are bounded by :class:`TopicSeries`; ``docs/operations.md`` ("Metrics") lists
-every series.
+Per-topic series are bounded by :class:`TopicSeries`; the cluster's series are there in cluster
+mode only. ``docs/operations.md`` ("Metrics") lists every series.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import InfoMetricFamily, Metric
 
 from router.core.manager import ConnectionManager, ConnectionStats, TopicCounters
+from router.core.shards import CHANGES
 from router.core.topics import TopicRegistry
+from router.core.views import ClusterView
 from router.metric_families import counter, gauge
 
 __all__ = [
@@ -73,7 +75,8 @@ class RouterCollector:
     """A Prometheus collector over the router's core (``prometheus_client.registry.Collector``).
 
     ``refusals`` maps ``(request, code)`` to how many control requests were refused so;
-    ``clock`` is the clock the manager's ``now`` came from, for heartbeat ages.
+    ``clock`` is the clock the manager's ``now`` came from, for heartbeat ages; ``cluster`` gives
+    the view of the cluster at a scrape, ``None`` outside cluster mode.
     """
 
     def __init__(
@@ -83,12 +86,14 @@ class RouterCollector:
         router_id: str = "",
         clock: Callable[[], float] = time.monotonic,
         edges_lost: Mapping[str, int] | None = None,
+        cluster: Callable[[], ClusterView | None] = lambda: None,
     ) -> None:
         self.manager = manager
         self.refusals: Mapping[tuple[str, str], int] = refusals if refusals is not None else Counter()
         self.edges_lost: Mapping[str, int] = edges_lost if edges_lost is not None else Counter()
         self.router_id = router_id
         self.topic_series = TopicSeries(manager.registry)
+        self.cluster = cluster
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -99,6 +104,9 @@ class RouterCollector:
         yield from self._topics(stats)
         yield from self._traffic(stats)
         yield from self._drops(stats)
+        view = self.cluster()
+        if view is not None:
+            yield from _cluster(view)
 
     def _edges(self) -> Iterator[Metric]:
         edges = self.manager.edge_statuses()
@@ -202,6 +210,36 @@ class RouterCollector:
         yield counter(
             "switchboard_router_refused_requests", "Control requests refused.", ["request", "code"], refused
         )
+
+
+def _cluster(view: ClusterView) -> Iterator[Metric]:
+    served = view.served()[view.router_id]
+    yield gauge("switchboard_router_shards_served", "Shards this router serves.", [], [((), served)])
+    degraded = sum(1 for shard in view.shards if shard.degraded)
+    yield gauge(
+        "switchboard_router_shards_degraded",
+        "Shards whose serving time ran out here, with no other holder yet: topics from memory only.",
+        [],
+        [((), degraded)],
+    )
+    yield counter(
+        "switchboard_router_shard_changes",
+        "Shards this router gained, and lost by reason (handed_over, taken, expired).",
+        ["change"],
+        [((change,), view.changes.get(change, 0)) for change in CHANGES],
+    )
+    yield gauge(
+        "switchboard_router_cluster_routers",
+        "Routers sharing the shards as this router last read Redis, itself included.",
+        [],
+        [((), len(view.live))],
+    )
+    yield counter(
+        "switchboard_router_redis_unavailable",
+        "Rounds of reading and renewing the leases that failed because Redis did not answer.",
+        [],
+        [((), view.unavailable_rounds)],
+    )
 
 
 class RouterMetrics:

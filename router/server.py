@@ -27,6 +27,7 @@ from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.session_gate import SessionGate
 from router.core.shards import EXPIRED, Change, Gained
+from router.core.views import ClusterView
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
 from router.logs import ThrottledLog
@@ -106,6 +107,7 @@ class RouterServer:
                 self.control.router_id,
                 clock,
                 edges_lost=self.control.edges_lost,
+                cluster=self.cluster_view,
             )
         )
         self._clock = clock
@@ -200,7 +202,7 @@ class RouterServer:
         self.cluster = cluster
 
     def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
-        self._send(self.control.shards_changed(changes, shard_map))
+        self._send(self.control.shards_changed(changes, shard_map, unix_time=time.time()))
         if self.relay is not None and self.cluster is not None:
             self.relay.sync(self.cluster.routers)
         if self.history is None:
@@ -214,6 +216,10 @@ class RouterServer:
     def _publish(self, topic: bytes, epoch: int, offset: int, header: bytes, payload: bytes) -> None:
         self.xpub.send(data_frame_head(topic, epoch, offset, header), SNDMORE_NOBLOCK)
         self.xpub.send(payload, NOBLOCK)
+
+    def cluster_view(self) -> ClusterView | None:
+        """What this router knows of the cluster, in cluster mode (after :meth:`join_cluster`)."""
+        return None if self.cluster is None else self.cluster.view(self.control.shard_changes)
 
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.

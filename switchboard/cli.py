@@ -1,5 +1,6 @@
 """The ``switchboard`` command: ``router``, ``publish``, ``tap``, ``events``, ``keys``, ``edge KIND``,
-and the admin commands ``clients``, ``topics``, ``edges``, ``stats``, ``policy``, ``kick`` and ``drain``."""
+and the admin commands ``clients``, ``topics``, ``edges``, ``stats``, ``cluster``, ``policy``, ``kick``
+and ``drain``."""
 
 from __future__ import annotations
 

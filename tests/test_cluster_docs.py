@@ -16,8 +16,9 @@ SHARDS = [1, 7, 64, 1024, 2**32 - 1]
 
 
 def snippet(language: str) -> str:
-    [code] = re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
-    return code
+    found = re.search(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    assert found is not None, f"no {language} block in {DOC}"
+    return found.group(1)
 
 
 def expected() -> list[str]:

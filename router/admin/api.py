@@ -24,7 +24,7 @@ import msgspec
 
 from router.admin.config import is_loopback
 from router.admin.rates import RateMeter
-from router.admin.rows import Clocks, client_rows, edge_rows, topic_rows
+from router.admin.rows import Clocks, client_rows, cluster_reply, edge_rows, topic_rows
 from router.admin.shapes import (
     ClientList,
     DrainReply,
@@ -32,11 +32,13 @@ from router.admin.shapes import (
     ErrorBody,
     ErrorReply,
     KickReply,
+    NoCluster,
     PolicyReply,
     TopicList,
 )
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED
+from router.core.views import ClusterView
 from router.http_messages import PAGE_HEADERS, HttpRequest, HttpResponse
 
 __all__ = ["AdminApi", "AdminTarget", "ApiError"]
@@ -65,6 +67,8 @@ class AdminTarget(Protocol):
     def kick_client(self, client_id: str, reason: str = KICKED) -> str: ...
 
     def drain_edge(self, edge_id: str) -> list[str]: ...
+
+    def cluster_view(self) -> ClusterView | None: ...
 
 
 class ApiError(Exception):
@@ -144,7 +148,7 @@ class AdminApi:
     def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path
         listing = {"/api/stats": self._stats, "/api/clients": self._clients}
-        listing |= {"/api/topics": self._topics, "/api/edges": self._edges}
+        listing |= {"/api/topics": self._topics, "/api/edges": self._edges, "/api/cluster": self._cluster}
         if path in listing:
             _allow(request, "GET")
             return _json(listing[path](request))
@@ -176,6 +180,10 @@ class AdminApi:
     def _edges(self, request: HttpRequest) -> object:
         views = self.target.manager.edge_views()
         return EdgeList(edges=edge_rows(views, self._clocks(), self._heartbeat_interval))
+
+    def _cluster(self, request: HttpRequest) -> object:
+        view = self.target.cluster_view()
+        return NoCluster() if view is None else cluster_reply(view)
 
     def _policy(self, request: HttpRequest, topic: str) -> HttpResponse:
         _allow(request, "GET", "PUT")

@@ -1,4 +1,4 @@
-"""``switchboard clients|topics|edges|stats|policy|kick|drain``: the admin API from a terminal."""
+"""``switchboard clients|topics|edges|stats|cluster|policy|kick|drain``: the admin API from a terminal."""
 
 from __future__ import annotations
 
@@ -82,12 +82,20 @@ def _drain(client: AdminClient, args: argparse.Namespace) -> Any:
     return client.request("POST", f"/api/edges/{quote(args.edge_id, safe='')}/drain", {})
 
 
+def _cluster(client: AdminClient, args: argparse.Namespace) -> Any:
+    reply = client.get("/api/cluster")
+    if reply.get("cluster") is not True:
+        raise AdminError(f"the router at {client.url} is not in cluster mode ([cluster] url is not set)")
+    return reply
+
+
 Request = Callable[[AdminClient, argparse.Namespace], Any]
 ADMIN_COMMANDS: dict[str, tuple[str, Request]] = {
     "clients": ("list the clients (admin API)", _clients),
     "topics": ("list the topics with their rates (admin API)", lambda c, a: c.get("/api/topics")),
     "edges": ("list the edges (admin API)", lambda c, a: c.get("/api/edges")),
     "stats": ("the router's counters, with the edges' (admin API)", lambda c, a: c.get("/api/stats")),
+    "cluster": ("the routers of the cluster and who serves each shard (admin API)", _cluster),
     "policy": ("show or change a topic's delivery policy (admin API)", _policy),
     "kick": ("close a client (admin API)", _kick),
     "drain": ("ask every client of an edge to reconnect elsewhere (admin API)", _drain),
@@ -103,6 +111,7 @@ def _render(command: str, reply: Any) -> str:
         "topics": _topics_table,
         "edges": _edges_table,
         "stats": _stats_lines,
+        "cluster": _cluster_lines,
         "policy": _policy_lines,
         "kick": lambda r: f"kicked {r['client_id']} (edge {r['edge_id']})",
         "drain": lambda r: f"drained {r['edge_id']}: {len(r['clients'])} clients told to reconnect",
@@ -186,6 +195,54 @@ def _stats_lines(reply: Any) -> str:
             value = size(value)
         lines.append(f"{key.replace('_', ' ')}: {value}")
     return "\n".join(lines)
+
+
+def _cluster_lines(reply: Any) -> str:
+    redis = reply["redis"]
+    state = "reachable" if redis["available"] else "NOT REACHABLE at the last round"
+    this = reply["router_id"]
+    head = (
+        f"router {this}: {reply['shard_count']} shards, lease {reply['lease_time']:g}s, "
+        f"Redis {redis['where']} {state} ({redis['unavailable_rounds']} rounds failed)"
+    )
+    routers = render_table(
+        ["ROUTER", "LIVE", "SHARDS", "CONTROL", "XPUB", "PULL"],
+        [
+            [
+                r["router_id"] + (" (this)" if r["router_id"] == this else ""),
+                "yes" if r["live"] else "no",
+                r["shards_served"],
+                *(r["endpoints"].get(name) for name in ("control", "xpub", "pull")),
+            ]
+            for r in reply["routers"]
+        ],
+    )
+    shards = render_table(
+        ["SHARD", "OWNER", "TOKEN", "LEASE LEFT"],
+        [
+            [
+                s["shard"],
+                s["owner"],
+                s["token"],
+                _lease_cell(s),
+            ]
+            for s in reply["shards"]
+        ],
+    )
+    free = sum(1 for s in reply["shards"] if s["owner"] is None)
+    changes = ", ".join(f"{change} {count}" for change, count in reply["changes"].items())
+    lines = [head, "", routers, "", shards, ""]
+    if free:
+        lines.append(f"shards without an owner: {free}")
+    lines.append(f"shard changes on this router: {changes}")
+    return "\n".join(lines)
+
+
+def _lease_cell(shard: dict[str, Any]) -> str | None:
+    left = None if shard["lease_ms_left"] is None else f"{shard['lease_ms_left'] / 1000:.1f}s"
+    if shard.get("degraded"):
+        return f"{left or '-'} degraded"
+    return left
 
 
 def _policy_lines(reply: Any) -> str:

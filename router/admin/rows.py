@@ -9,10 +9,21 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from router.admin.rates import RateMeter
-from router.admin.shapes import ClientRow, EdgeRow, HistoryRow, TopicRow
+from router.admin.shapes import (
+    ClientRow,
+    ClusterReply,
+    ClusterRouterRow,
+    EdgeRow,
+    HistoryRow,
+    RedisState,
+    ShardRow,
+    TopicRow,
+)
 from router.core import ClientView, EdgeView, TopicView
+from router.core.shards import CHANGES
+from router.core.views import ClusterView
 
-__all__ = ["Clocks", "client_rows", "edge_rows", "topic_rows"]
+__all__ = ["Clocks", "client_rows", "cluster_reply", "edge_rows", "topic_rows"]
 
 LATE_AFTER = 2.0
 """An edge silent for this many heartbeat intervals is shown ``late``."""
@@ -101,3 +112,39 @@ def edge_rows(views: Iterable[EdgeView], clocks: Clocks, heartbeat_interval: flo
             )
         )
     return sorted(rows, key=lambda row: row.edge_id)
+
+
+def cluster_reply(view: ClusterView) -> ClusterReply:
+    """The cluster as ``view`` shows it: every router announced or sharing the shards, live ones
+    first, and every shard."""
+    served = view.served()
+    routers = [
+        ClusterRouterRow(
+            router_id=router_id,
+            live=router_id in view.live,
+            endpoints=dict(sorted(view.routers.get(router_id, {}).items())),
+            shards_served=served[router_id],
+        )
+        for router_id in sorted(view.routers.keys() | view.live, key=lambda r: (r not in view.live, r))
+    ]
+    shards = [
+        ShardRow(
+            shard=shard.shard,
+            owner=None if shard.holder is None else shard.holder.router_id,
+            token=None if shard.holder is None else shard.holder.token,
+            lease_ms_left=None if shard.lease_left is None else int(shard.lease_left * 1000),
+            degraded=shard.degraded,
+        )
+        for shard in view.shards
+    ]
+    return ClusterReply(
+        router_id=view.router_id,
+        shard_count=len(view.shards),
+        lease_time=view.lease_time,
+        redis=RedisState(
+            where=view.redis, available=view.available, unavailable_rounds=view.unavailable_rounds
+        ),
+        routers=routers,
+        shards=shards,
+        changes={change: view.changes.get(change, 0) for change in CHANGES},
+    )

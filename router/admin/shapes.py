@@ -12,6 +12,8 @@ from router.core import DeliveryPolicy
 __all__ = [
     "ClientList",
     "ClientRow",
+    "ClusterReply",
+    "ClusterRouterRow",
     "DrainReply",
     "EdgeList",
     "EdgeRow",
@@ -19,7 +21,10 @@ __all__ = [
     "ErrorReply",
     "HistoryRow",
     "KickReply",
+    "NoCluster",
     "PolicyReply",
+    "RedisState",
+    "ShardRow",
     "TopicList",
     "TopicRow",
 ]
@@ -91,6 +96,55 @@ class EdgeRow(msgspec.Struct, kw_only=True):
 
 class EdgeList(msgspec.Struct, kw_only=True):
     edges: list[EdgeRow]
+
+
+class RedisState(msgspec.Struct, kw_only=True):
+    where: str
+    """The server as the router names it, never with a password."""
+    available: bool
+    """The router's last round of reading and renewing the leases reached it."""
+    unavailable_rounds: int
+
+
+class ClusterRouterRow(msgspec.Struct, kw_only=True):
+    router_id: str
+    live: bool
+    """Shares the shards: announced and connected to Redis. An announced router whose connection
+    closed (its process died) is listed, not live, until its announcement runs out."""
+    endpoints: dict[str, str]
+    """What it announced: ``control``, ``xpub``, ``pull``, ``xsub``, maybe ``events``."""
+    shards_served: int
+
+
+class ShardRow(msgspec.Struct, kw_only=True):
+    shard: int
+    owner: str | None
+    """The router holding its lease; ``null`` while nobody does."""
+    token: int | None
+    lease_ms_left: int | None
+    """Milliseconds, at least, before the lease runs out unless renewed; ``null`` when unknown."""
+    degraded: bool
+    """The answering router's serving time ran out and nobody else holds the lease yet."""
+
+
+class ClusterReply(msgspec.Struct, kw_only=True):
+    cluster: bool = True
+    router_id: str
+    """The router that answered."""
+    shard_count: int
+    lease_time: float
+    redis: RedisState
+    routers: list[ClusterRouterRow]
+    shards: list[ShardRow]
+    changes: dict[str, int]
+    """Shards this router gained and lost since it started: ``gained``, ``handed_over``,
+    ``taken``, ``expired``."""
+
+
+class NoCluster(msgspec.Struct, kw_only=True):
+    """The answer of a router outside cluster mode."""
+
+    cluster: bool = False
 
 
 class PolicyReply(msgspec.Struct, kw_only=True):

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from router.cluster.config import ClusterSection
 from router.cluster.history import ClusterHistory
 from router.cluster.store import ClusterStore, StoreUnavailable
 from router.core.shards import Change, ShardLeases
+from router.core.views import ClusterView, ShardView
 from router.logs import ThrottledLog
 from router.wire import NO_OWNER, RouterEndpoints, ShardMap
 
@@ -26,6 +27,8 @@ log = logging.getLogger("switchboard.router")
 
 Apply = Callable[[list[Change], ShardMap], None]
 """Where the node hands shard changes and the newest shard map: the router's control plane."""
+TTLS_EVERY = 1.0
+"""Seconds between two readings of how long the other routers' leases have left."""
 
 
 class ClusterError(RuntimeError):
@@ -54,6 +57,9 @@ class ClusterNode:
         self.unavailable = 0
         """Rounds that failed because Redis did not answer."""
         self.changes: Counter[str] = Counter()
+        self.available = False
+        """Whether the last round reached Redis."""
+        self._ttls_read_at: float | None = None
         self._apply = apply
         self._clock = clock
         self.history: ClusterHistory | None = None
@@ -105,7 +111,9 @@ class ClusterNode:
         """Read the cluster, then renew, release and take leases as :class:`ShardLeases` plans."""
         try:
             await self._round()
+            self.available = True
         except StoreUnavailable as error:
+            self.available = False
             self.unavailable += 1
             self._log.warning("redis", "cluster: %s", error, now=self._clock())
             self._hand_over(self.leases.expire(self._clock()))
@@ -132,6 +140,10 @@ class ClusterNode:
             if taken is not None:
                 await self._take(shard, taken, asked)
         self._hand_over([])
+        asked = self._clock()
+        if self._ttls_read_at is None or asked - self._ttls_read_at >= TTLS_EVERY:
+            leases.ttls_read(await store.lease_ttls(self.section.shards), asked)
+            self._ttls_read_at = asked
 
     async def _take(self, shard: int, token: int, asked: float) -> None:
         """Serve a shard just acquired, its reliable topics loaded first; if they cannot be, the
@@ -170,6 +182,26 @@ class ClusterNode:
             if router_id in self.leases.live and "control" in info and "xpub" in info:
                 routers[router_id] = RouterEndpoints(control=info["control"], xpub=info["xpub"])
         return ShardMap(shards=self.section.shards, owners=owners, routers=routers)  # type: ignore[arg-type]
+
+    def view(self, changes: Mapping[str, int]) -> ClusterView:
+        """What this router knows of the cluster now; ``changes``: the shards gained and lost, by
+        reason (the control plane counts them)."""
+        now, leases = self._clock(), self.leases
+        degraded = leases.degraded()
+        return ClusterView(
+            router_id=self.router_id,
+            lease_time=self.section.lease_time,
+            redis=self._store.where if self._store is not None else "",
+            available=self.available,
+            unavailable_rounds=self.unavailable,
+            routers={**self.routers, self.router_id: self.announcement},
+            live=leases.live | {self.router_id},
+            shards=[
+                ShardView(shard, holder, leases.lease_left(shard, now), shard in degraded)
+                for shard, holder in enumerate(leases.owners())
+            ],
+            changes=dict(changes),
+        )
 
     def _hand_over(self, changes: list[Change]) -> None:
         for change in changes:

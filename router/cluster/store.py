@@ -47,12 +47,14 @@ The rules this module keeps:
   The script runs atomically, so nobody sees a stream above its bound.
 - **Writing scripts start with ``#!lua``.** Redis then refuses such a script as a whole when it is
   over ``maxmemory`` or talking to a replica, before it writes anything. This needs Redis 7 (as
-  does ``SET NX GET``).
+  does ``SET NX GET``). A script that only reads starts with ``#!lua flags=no-writes``, which
+  Redis runs in those cases too.
 - **Unavailability is one exception.** Connection errors, timeouts, a server still loading its
-  data or a replica that will not take writes raise :class:`StoreUnavailable`, naming the server
-  but never a password. Each connection waits at most ``timeout`` to connect and to read a reply,
-  and one that broke is retried once (the server may have restarted), so a call gives up within
-  about twice ``timeout``.
+  data, a replica that will not take writes, and any refusal the server answers with (a wrong
+  password, protected mode, out of memory) raise :class:`StoreUnavailable`, naming the server and
+  saying what it answered, but never a password. Each connection waits at most ``timeout`` to
+  connect and to read a reply, and one that broke is retried once (the server may have
+  restarted), so a call gives up within about twice ``timeout``.
 - **Who is connected.** Every connection of a store is named ``switchboard-router-{router_id}``
   (again after a reconnection), so :meth:`ClusterStore.connected_routers` tells a router whose
   process died, and whose connections closed with it, before its leases run out.
@@ -72,7 +74,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError
+from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.core.shards import Holder
@@ -93,7 +95,14 @@ T = TypeVar("T")
 CLIENT_NAME_PREFIX = "switchboard-router-"
 """What each router's Redis connections are named: this and its id."""
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, OSError)
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+    ResponseError,
+    OSError,
+)
 
 
 class StoreUnavailable(RuntimeError):  # noqa: N818 - the name says what the caller learns
@@ -197,6 +206,16 @@ end
 return 0
 """
 
+_LEASE_TTLS = """#!lua flags=no-writes
+-- KEYS: leases. Returns each one's value ('' for none) and milliseconds to live (PTTL), in turn.
+local found = {}
+for i = 1, #KEYS do
+  found[2 * i - 1] = redis.call('GET', KEYS[i]) or ''
+  found[2 * i] = redis.call('PTTL', KEYS[i])
+end
+return found
+"""
+
 _EPOCH = """#!lua
 -- KEYS: the epochs, the shard's topics. ARGV: the topic, the epoch proposed.
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
@@ -252,6 +271,7 @@ class ClusterStore:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._lease_ttls = client.register_script(_LEASE_TTLS)
         self._epoch = client.register_script(_EPOCH)
         self._append = client.register_script(_APPEND)
 
@@ -322,6 +342,11 @@ class ClusterStore:
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"Redis at {self._where}: {error}") from error
 
+    @property
+    def where(self) -> str:
+        """The server, as messages name it: its URL without a password, or the Sentinels'."""
+        return self._where
+
     def _key(self, *parts: object) -> str:
         return ":".join((self.prefix, *map(str, parts)))
 
@@ -378,6 +403,19 @@ class ClusterStore:
         keys = [self._key("lease", shard) for shard in range(shards)]
         values = await self._do(self._redis.mget(keys))
         return [_holder(key, value) for key, value in zip(keys, values, strict=True)]
+
+    async def lease_ttls(self, shards: int) -> list[tuple[Holder, int] | None]:
+        """Who holds the lease of each shard ``0 .. shards - 1`` and how many milliseconds it has
+        left, read together; ``None`` for a shard nobody holds (or whose lease has no time to live)."""
+        if shards <= 0:
+            return []
+        keys = [self._key("lease", shard) for shard in range(shards)]
+        flat = await self._do(self._lease_ttls(keys=keys))
+        found: list[tuple[Holder, int] | None] = []
+        for key, value, ttl in zip(keys, flat[::2], flat[1::2], strict=True):
+            holder = _holder(key, value or None)
+            found.append(None if holder is None or _as_int(ttl) < 0 else (holder, _as_int(ttl)))
+        return found
 
     async def acquire(
         self, shard: int, router_id: str, ttl_ms: int, *, replacing: Holder | None = None

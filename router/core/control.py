@@ -42,11 +42,12 @@ from router.core.events import (
     EdgeDown,
     EdgeUp,
     EventHooks,
+    ShardChanged,
     SlowClientDrops,
     SubscribeRefused,
 )
 from router.core.events import Subscribed as SubscribedEvent
-from router.core.shards import EXPIRED, Change, Gained, Lost
+from router.core.shards import EXPIRED, GAINED, Change, Gained, Lost
 from router.logs import ThrottledLog
 from router.wire import (
     CLOSE_GOING_AWAY,
@@ -350,22 +351,27 @@ class ControlPlane:
 
     # ------------------------------------------------------------ cluster shards
 
-    def shards_changed(self, changes: Sequence[Change], shard_map: ShardMap | None = None) -> list[Outbound]:
+    def shards_changed(
+        self, changes: Sequence[Change], shard_map: ShardMap | None = None, *, unix_time: float
+    ) -> list[Outbound]:
         """Shards gained and lost (``router/core/shards.py``), and the shard map when it changed,
         which every edge gets at once. A lost shard's topics are unwatched upstream; an expired
-        one's stay served from memory (it is degraded) until another router takes it."""
+        one's stay served from memory (it is degraded) until another router takes it. ``unix_time``
+        stamps the events."""
         actions: list[Action] = []
         for change in changes:
             match change:
                 case Gained(shard, token):
                     self.manager.shard_gained(shard)
-                    self.shard_changes["gained"] += 1
+                    reason = GAINED
                     log.info("serving shard %d (token %d)", shard, token)
                 case Lost(shard, token, reason):
                     if reason != EXPIRED:
                         actions += self.manager.shard_lost(shard)
-                    self.shard_changes[reason] += 1
                     log.info("shard %d (token %d) lost: %s", shard, token, reason)
+            self.shard_changes[reason] += 1
+            if self.events:
+                self.events.emit(ShardChanged(time=unix_time, shard=shard, token=token, reason=reason))
         out = self._outbound(actions)
         if shard_map is not None and shard_map != self.shard_map:
             self.shard_map = shard_map

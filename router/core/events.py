@@ -7,7 +7,7 @@ event's name and its JSON (:func:`event_frames`); embedders add Python callables
 ``RouterServer.add_event_listener``.
 
 Every event names itself in ``event`` (``client.connected``, ...), so a subscriber filters by
-prefix (``client.``, ``edge.``), and carries ``time``, the Unix time it happened at, in seconds.
+prefix (``client.``, ``edge.``, ``shard.``), and carries ``time``, the Unix time it happened at, in seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "EventHooks",
     "EventListener",
+    "ShardChanged",
     "SlowClientDrops",
     "SubscribeRefused",
     "Subscribed",
@@ -106,6 +107,15 @@ class EdgeDown(_Event, frozen=True, tag="edge.down"):
     reason: str
 
 
+class ShardChanged(_Event, frozen=True, tag="shard.changed"):
+    """Cluster mode: this router started serving a shard (``reason`` ``gained``) or stopped
+    (``handed_over``, ``taken``, ``expired``); ``token`` is the fencing token of its lease."""
+
+    shard: int
+    token: int
+    reason: str
+
+
 Event = (
     ClientConnected
     | ClientRefused
@@ -115,6 +125,7 @@ Event = (
     | SlowClientDrops
     | EdgeUp
     | EdgeDown
+    | ShardChanged
 )
 EventListener = Callable[[Event], None]
 

@@ -8,7 +8,8 @@ Redis. Taking a lease increments the shard's fencing token, so a newer owner alw
 token than every owner before it. :class:`ShardLeases` is one router's side of this: the shell
 reads the leases, the live routers and the routers whose Redis connection is open, hands them to
 :meth:`ShardLeases.plan`, carries out the returned :class:`LeaseSteps` against Redis, and reports
-each result back. The object answers which shards the router may serve at a given time.
+each result back. The object answers which shards the router may serve at a given time, and how
+long, at least, each shard's lease has left.
 
 The rules:
 
@@ -93,9 +94,12 @@ class Lost(NamedTuple):
 
 
 Change = Gained | Lost
+GAINED: Final = "gained"
 HANDED_OVER: Final = "handed_over"
 TAKEN: Final = "taken"
 EXPIRED: Final = "expired"
+CHANGES: Final = (GAINED, HANDED_OVER, TAKEN, EXPIRED)
+"""How shard changes are counted and told: gained, or lost for one of three reasons."""
 
 
 @dataclass(slots=True)
@@ -121,6 +125,7 @@ class ShardLeases:
     _free_since: dict[int, float] = field(default_factory=dict)
     _view: list[Holder | None] = field(default_factory=list)
     _live: frozenset[str] = frozenset()
+    _others_until: list[tuple[Holder, float] | None] = field(default_factory=list)
     _seen: dict[str, float] = field(default_factory=dict)
     """When each router was last counted live."""
 
@@ -131,6 +136,7 @@ class ShardLeases:
             raise ValueError("safety is a share of the lease time, between 0 and 1")
         self.orphan_after = self.orphan_after or 2 * self.lease_time
         self._view = [None] * self.shards
+        self._others_until = [None] * self.shards
 
     # ------------------------------------------------------------ reading
 
@@ -155,6 +161,21 @@ class ShardLeases:
         for shard, lease in self._held.items():
             view[shard] = Holder(self.router_id, lease.token)
         return view
+
+    def lease_left(self, shard: int, now: float) -> float | None:
+        """Seconds, at least, before ``shard``'s lease runs out in Redis unless it is renewed.
+
+        This router's own lease is counted from when it last asked for it; another router's from
+        the last :meth:`ttls_read`, if the holder read then still holds it. ``None`` for a free
+        shard, and for another's lease not read since it changed hands.
+        """
+        lease = self._held.get(shard)
+        if lease is not None:
+            return max(0.0, lease.serve_until + self.lease_time * self.safety - now)
+        seen = self._others_until[shard]
+        if seen is None or seen[0] != self._view[shard]:
+            return None
+        return max(0.0, seen[1] - now)
 
     @property
     def live(self) -> frozenset[str]:
@@ -271,6 +292,14 @@ class ShardLeases:
             else:
                 changes.append(self._lose(shard, TAKEN))
         return changes
+
+    def ttls_read(self, ttls: Sequence[tuple[Holder, int] | None], asked_at: float) -> None:
+        """Each shard's holder and the milliseconds its lease had left, or ``None`` (free, or no
+        time to live), as Redis answered a request sent at ``asked_at``: what
+        :meth:`lease_left` tells of other routers' leases."""
+        if len(ttls) != self.shards:
+            raise ValueError(f"{len(ttls)} lease times for {self.shards} shards")
+        self._others_until = [None if seen is None else (seen[0], asked_at + seen[1] / 1000) for seen in ttls]
 
     def expire(self, now: float) -> list[Change]:
         """Degrade every shard whose serving time ran out (Redis slow or unreachable, the process

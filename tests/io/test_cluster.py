@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from redis import Redis
 
 from router.core.errors import ErrorCode
@@ -84,6 +85,12 @@ class MapWatcher:
     def owners(self) -> set[str]:
         newest = self.newest
         return set() if newest is None else {owner for owner, _ in newest.owners}
+
+
+def stream_entries(stream: Redis, key: str) -> list[tuple[bytes, bytes]]:
+    """Each entry of a history stream as ``(id, payload)``."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = stream.xrange(key)  # type: ignore[assignment]
+    return [(entry_id, fields[b"p"]) for entry_id, fields in entries]
 
 
 def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/cluster") -> str:
@@ -269,7 +276,7 @@ async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_
                     return refused + stream.xlen(key) - 8 == 5
 
                 await eventually(accounted_for, timeout=10)
-            entries = [(entry_id, fields[b"p"]) for entry_id, fields in stream.xrange(key)]
+            entries = stream_entries(stream, key)
             written = [(f"{n}-0".encode(), b"before %d" % n) for n in range(1, 6)]
             written += [(f"{n}-0".encode(), b"new owner %d" % n) for n in range(6, 9)]
             assert entries[:8] == written
@@ -316,9 +323,47 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: Redi
                 await send(100)
                 redis.restart()
                 await send(100)
-                await eventually(lambda: take() or len(received[reliable.encode()]) == 600, timeout=10)
+
+                def all_reliable_in() -> bool:
+                    take()
+                    return len(received[reliable.encode()]) == 600
+
+                await eventually(all_reliable_in, timeout=10)
             take()
             assert len(received[telemetry.encode()]) > during, "best_effort stopped while Redis was down"
             assert received[reliable.encode()] == list(range(1, 601))
             assert first.alive
             assert second.alive
+
+
+async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    config = cluster_config(tmp_path, redis)
+    with cluster_router(config) as first, cluster_router(config) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+            assert maps.newest is not None
+            topic = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/pub")
+            await other_edge.register("c1")
+            assert isinstance(await other_edge.subscribe("c1", topic), SubscribeOk)
+            context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+            with context.socket(zmq.PUB) as pub:
+                pub.linger = 0
+                for router in (first, second):
+                    pub.connect(router.endpoints["xsub"])
+
+                async def arrived() -> bool:
+                    pub.send_multipart([topic.encode(), b"probe"])
+                    return bool(other_edge.drain())
+
+                await eventually(arrived, timeout=10)
+                for n in range(20):
+                    pub.send_multipart([topic.encode(), b"%d" % n])
+                payloads: list[bytes] = []
+                while b"19" not in payloads:
+                    payloads.append((await other_edge.next_message())[1])
+            assert [p for p in payloads if p != b"probe"] == [b"%d" % n for n in range(20)]
+            assert (await edge.stats())["messages_in"] == 0, "a router asked upstream for a shard not its own"

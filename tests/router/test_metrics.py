@@ -16,7 +16,9 @@ from edges.drop_log import MOST, DropBursts
 from edges.latency import LatencySampler
 from router import ClientInfo, ConnectionManager
 from router.core.control import ControlPlane
+from router.core.shards import Holder
 from router.core.topics import TopicRegistry
+from router.core.views import ClusterView, ShardView
 from router.http_limits import HttpLimits, parse_address
 from router.http_listener import HttpListener, serve_metrics
 from router.metrics import OTHER_TOPICS, RouterCollector, RouterMetrics
@@ -64,6 +66,40 @@ def test_router_series_follow_the_core() -> None:
     assert value(samples, "switchboard_router_topic_subscribers", topic="/a") == 1
     assert value(samples, "switchboard_router_deliveries_total") == 3
     assert value(samples, "switchboard_router_drops_total", reason="bad_topic") == 2
+
+
+def test_cluster_series_are_there_in_cluster_mode_only() -> None:
+    manager = manager_with_client()
+    alone = parse(RouterMetrics(RouterCollector(manager)).render())
+    assert not [name for name, _ in alone if "shard" in name or "cluster" in name or "redis" in name]
+    view = ClusterView(
+        router_id="r1",
+        lease_time=2.0,
+        redis="redis://127.0.0.1:6379/0",
+        available=False,
+        unavailable_rounds=4,
+        routers={},
+        live=frozenset({"r1", "r2", "r3"}),
+        shards=[
+            ShardView(0, Holder("r1", 1), 1.0),
+            ShardView(1, Holder("r2", 1), None),
+            ShardView(2, None, None),
+            ShardView(3, Holder("r1", 6), 0.2),
+            ShardView(4, Holder("r1", 2), 0.1, degraded=True),
+        ],
+        changes={"gained": 5, "handed_over": 2, "expired": 1},
+    )
+    samples = parse(RouterMetrics(RouterCollector(manager, cluster=lambda: view)).render())
+    assert value(samples, "switchboard_router_shards_served") == 2
+    assert value(samples, "switchboard_router_shards_degraded") == 1
+    assert value(samples, "switchboard_router_cluster_routers") == 3
+    assert value(samples, "switchboard_router_redis_unavailable_total") == 4
+    changes = {
+        dict(labels)["change"]: n
+        for (name, labels), n in samples.items()
+        if name == "switchboard_router_shard_changes_total"
+    }
+    assert changes == {"gained": 5, "handed_over": 2, "taken": 0, "expired": 1}
 
 
 def test_topic_series_are_bounded_and_other_only_grows() -> None:

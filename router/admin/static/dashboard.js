@@ -47,8 +47,8 @@ async function api(path, options = {}) {
 
 async function poll() {
   try {
-    const [stats, edges, topics, clients] = await Promise.all(
-      ["/api/stats", "/api/edges", "/api/topics", "/api/clients"].map((path) => api(path)),
+    const [stats, edges, topics, clients, cluster] = await Promise.all(
+      ["/api/stats", "/api/edges", "/api/topics", "/api/clients", "/api/cluster"].map((path) => api(path)),
     );
     $("token-form").hidden = true;
     setStatus("live", "ok");
@@ -56,6 +56,7 @@ async function poll() {
     showEdges(edges.edges);
     showTopics(topics.topics);
     showClients(clients.clients);
+    showCluster(cluster);
     addSamples(topics.topics);
   } catch (error) {
     if (error.status === 401) {
@@ -152,6 +153,36 @@ function showClients(clients) {
        c.queued_messages, c.drops, since, kick],
       { client: c.client_id },
     );
+  });
+}
+
+// Outside cluster mode the API answers {"cluster": false} and the panel stays hidden.
+function showCluster(cluster) {
+  $("cluster").hidden = cluster.cluster !== true;
+  if (cluster.cluster !== true) return;
+  const redis = cluster.redis;
+  $("cluster-redis").textContent =
+    `${cluster.shard_count} shards, lease ${cluster.lease_time} s; Redis ${redis.where}: ` +
+    `${redis.available ? "reachable" : "not reachable"}, ${redis.unavailable_rounds} rounds failed`;
+  $("cluster-redis").className = redis.available ? "" : "late";
+  $("cluster-changes").textContent = "shard changes here: " +
+    Object.entries(cluster.changes).map(([change, count]) => `${change.replace("_", " ")} ${count}`).join(", ");
+  fillTable("cluster-routers", cluster.routers, (r) => {
+    const name = r.router_id + (r.router_id === cluster.router_id ? " (this)" : "");
+    const tr = row([name, r.live ? "yes" : "no", r.shards_served, r.endpoints.control, r.endpoints.xpub],
+      { router: r.router_id });
+    tr.cells[2].classList.add("served");
+    if (!r.live) tr.cells[1].className = "late";
+    return tr;
+  });
+  fillTable("cluster-shards", cluster.shards, (s) => {
+    let left = s.lease_ms_left === null ? null : `${(s.lease_ms_left / 1000).toFixed(1)} s`;
+    if (s.degraded) left = `${left ?? "–"} degraded`;
+    const tr = row([s.shard, s.owner, s.token, left], { shard: s.shard });
+    tr.cells[1].classList.add("owner");
+    if (s.owner === null) tr.cells[1].classList.add("late");
+    if (s.degraded) tr.cells[3].className = "late";
+    return tr;
   });
 }
 

@@ -24,6 +24,8 @@ from router.core import (
     TopicSpec,
 )
 from router.core.control import DRAINED, KICKED, ControlPlane, Outbound, ToEdge
+from router.core.shards import Holder
+from router.core.views import ClusterView, ShardView
 from router.http_messages import HttpRequest, HttpResponse
 from router.wire import CLOSE_GOING_AWAY, DropClient, PolicyUpdate
 
@@ -41,6 +43,7 @@ class Router:
             self.manager, heartbeat_interval=1.0, heartbeat_timeout=5.0, router_id="r1", new_secret=str
         )
         self.sent: list[Outbound] = []
+        self.cluster: ClusterView | None = None
 
     def set_delivery_policy(self, topic: str, policy: DeliveryPolicy) -> list[str]:
         out = self.control.set_delivery_policy(topic, policy)
@@ -57,6 +60,9 @@ class Router:
         clients = [c.client_id for c in self.manager.get_active_clients(edge_id)]
         self.sent += self.control.drain(edge_id, unix_time=0.0)
         return clients
+
+    def cluster_view(self) -> ClusterView | None:
+        return self.cluster
 
 
 class Clock:
@@ -157,6 +163,77 @@ def test_without_a_token_only_loopback_hosts_are_served(router: Router, clock: C
         assert call(api, "GET", "/api/stats", token=None, headers={"host": host})[0] == HTTPStatus.OK
     rebound = call(api, "GET", "/api/stats", token=None, headers={"host": "attacker.example:7760"})
     assert rebound[0] == HTTPStatus.FORBIDDEN
+
+
+def test_outside_cluster_mode_the_cluster_is_false(router: Router, clock: Clock) -> None:
+    api = make_api(router, clock)
+    assert call(api, "GET", "/api/cluster") == (HTTPStatus.OK, {"cluster": False})
+    assert call(api, "GET", "/api/cluster", token=None)[0] == HTTPStatus.UNAUTHORIZED
+    assert call(api, "POST", "/api/cluster")[0] == HTTPStatus.METHOD_NOT_ALLOWED
+
+
+def test_the_cluster_lists_routers_live_first_and_every_shard(router: Router, clock: Clock) -> None:
+    router.cluster = ClusterView(
+        router_id="r1",
+        lease_time=2.0,
+        redis="redis://:***@127.0.0.1:6379/0",
+        available=True,
+        unavailable_rounds=3,
+        routers={
+            "r1": {"xpub": "tcp://10.0.0.1:7752", "control": "tcp://10.0.0.1:7753"},
+            "r0": {"control": "tcp://10.0.0.9:7753"},
+            "r2": {"control": "tcp://10.0.0.2:7753"},
+        },
+        live=frozenset({"r1", "r2"}),
+        shards=[
+            ShardView(0, Holder("r1", 4), 1.9996),
+            ShardView(1, Holder("r2", 9), 0.5),
+            ShardView(2, None, None),
+            ShardView(3, Holder("r0", 2), None),
+            ShardView(4, Holder("r1", 1), 0.0),
+            ShardView(5, Holder("r1", 8), 0.3, degraded=True),
+        ],
+        changes={"gained": 3, "taken": 1},
+    )
+    status, body = call(make_api(router, clock), "GET", "/api/cluster")
+    assert status == HTTPStatus.OK
+    assert body == {
+        "cluster": True,
+        "router_id": "r1",
+        "shard_count": 6,
+        "lease_time": 2.0,
+        "redis": {"where": "redis://:***@127.0.0.1:6379/0", "available": True, "unavailable_rounds": 3},
+        "routers": [
+            {
+                "router_id": "r1",
+                "live": True,
+                "endpoints": {"control": "tcp://10.0.0.1:7753", "xpub": "tcp://10.0.0.1:7752"},
+                "shards_served": 2,
+            },
+            {
+                "router_id": "r2",
+                "live": True,
+                "endpoints": {"control": "tcp://10.0.0.2:7753"},
+                "shards_served": 1,
+            },
+            {
+                "router_id": "r0",
+                "live": False,
+                "endpoints": {"control": "tcp://10.0.0.9:7753"},
+                "shards_served": 1,
+            },
+        ],
+        "shards": [
+            {"shard": 0, "owner": "r1", "token": 4, "lease_ms_left": 1999, "degraded": False},
+            {"shard": 1, "owner": "r2", "token": 9, "lease_ms_left": 500, "degraded": False},
+            {"shard": 2, "owner": None, "token": None, "lease_ms_left": None, "degraded": False},
+            {"shard": 3, "owner": "r0", "token": 2, "lease_ms_left": None, "degraded": False},
+            {"shard": 4, "owner": "r1", "token": 1, "lease_ms_left": 0, "degraded": False},
+            {"shard": 5, "owner": "r1", "token": 8, "lease_ms_left": 300, "degraded": True},
+        ],
+        "changes": {"gained": 3, "handed_over": 0, "taken": 1, "expired": 0},
+    }
+    assert list(body["routers"][0]["endpoints"]) == ["control", "xpub"], "in the same order for every router"
 
 
 def test_clients_list_what_the_router_and_their_edge_know(router: Router, clock: Clock) -> None:

@@ -98,7 +98,8 @@ async def test_replacing_takes_over_only_from_exactly_that_holder(open_store: Op
     assert await b.holders(3) == [None, None, Holder("a", first)]
 
     second = await b.acquire(2, "b", LONG, replacing=Holder("a", first))
-    assert second == first + 1
+    assert second is not None
+    assert second > first
     assert await c.acquire(2, "c", LONG, replacing=Holder("a", first)) is None
     assert await c.holders(3) == [None, None, Holder("b", second)]
 
@@ -125,6 +126,25 @@ async def test_only_the_holder_releases(open_store: OpenStore) -> None:
 
 async def test_no_shards_no_holders(open_store: OpenStore) -> None:
     assert await (await open_store("a")).holders(0) == []
+
+
+async def test_lease_ttls_name_each_holder_with_the_time_its_lease_has_left(
+    open_store: OpenStore, raw: Redis
+) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    assert await a.lease_ttls(0) == []
+    token_a = await a.acquire(0, "a", LONG)
+    token_b = await b.acquire(2, "b", 5_000)
+    assert token_a is not None
+    assert token_b is not None
+    await raw.set("switchboard:lease:3", "c 9")
+    first, free, third, unlimited = await b.lease_ttls(4)
+    assert (free, unlimited) == (None, None), "a free shard, and a lease with no time to live"
+    assert first is not None
+    assert third is not None
+    assert (first[0], third[0]) == (Holder("a", token_a), Holder("b", token_b))
+    assert LONG - 1_000 < first[1] <= LONG
+    assert 4_000 < third[1] <= 5_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +323,7 @@ async def test_every_call_raises_store_unavailable_when_the_server_is_gone(
         lambda: a.leave("a"),
         a.connected_routers,
         lambda: a.holders(4),
+        lambda: a.lease_ttls(4),
         lambda: a.acquire(1, "a", LONG),
         lambda: a.renew("a", [(0, token)], LONG),
         lambda: a.release(0, "a", token),

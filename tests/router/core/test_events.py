@@ -20,6 +20,7 @@ from router.core.events import (
     EdgeDown,
     EdgeUp,
     Event,
+    ShardChanged,
     SlowClientDrops,
     Subscribed,
     SubscribeRefused,
@@ -27,6 +28,7 @@ from router.core.events import (
     event_frames,
 )
 from router.core.sessions import Identity
+from router.core.shards import EXPIRED, HANDED_OVER, TAKEN, Gained, Lost
 from router.event_watch import format_event
 from router.server import RouterServer
 from router.wire import (
@@ -214,6 +216,27 @@ def test_slow_client_drops_are_the_growth_per_topic_between_reports() -> None:
     )
     plane.send(EdgeStatsReport(totals=EdgeTotals(), topic_drops={"/video/main": 12}), now=3.5)
     assert plane.take() == [SlowClientDrops(time=T, edge_id="e1", topic="/video/main", count=7, window=1.5)]
+
+
+def test_shards_gained_and_lost_are_shard_changed_with_token_and_reason() -> None:
+    plane = Plane()
+    plane.plane.manager.serve_shards(4)
+    gained = [Gained(0, 7), Gained(1, 3), Gained(2, 5)]
+    plane.plane.shards_changed(gained, unix_time=T)
+    lost = [Lost(0, 7, HANDED_OVER), Lost(1, 3, TAKEN), Lost(2, 5, EXPIRED)]
+    plane.plane.shards_changed(lost, unix_time=T + 1)
+    assert plane.take() == [
+        ShardChanged(time=T, shard=0, token=7, reason="gained"),
+        ShardChanged(time=T, shard=1, token=3, reason="gained"),
+        ShardChanged(time=T, shard=2, token=5, reason="gained"),
+        ShardChanged(time=T + 1, shard=0, token=7, reason="handed_over"),
+        ShardChanged(time=T + 1, shard=1, token=3, reason="taken"),
+        ShardChanged(time=T + 1, shard=2, token=5, reason="expired"),
+    ]
+    assert plane.plane.shard_changes == {"gained": 3, "handed_over": 1, "taken": 1, "expired": 1}
+    name, body = event_frames(ShardChanged(time=T, shard=2, token=5, reason="expired"))
+    assert name == b"shard.changed"
+    assert body == b'{"event":"shard.changed","shard":2,"token":5,"reason":"expired","time":1700000000.0}'
 
 
 def test_drop_increases_start_again_when_a_count_went_down() -> None:

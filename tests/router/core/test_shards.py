@@ -139,6 +139,32 @@ def test_a_dead_holder_is_replaced_by_the_router_it_prefers_and_an_orphan_by_any
     assert [s for s, _ in steps.acquire] == sorted(mine + theirs)
 
 
+def test_the_own_lease_has_left_the_lease_time_from_when_it_was_last_asked() -> None:
+    leases = ShardLeases("r1", 2, LEASE)
+    assert leases.lease_left(0, 0.0) is None
+    leases.acquired(0, 1, asked_at=0.0)
+    assert leases.lease_left(0, 0.3) == pytest.approx(0.7)
+    leases.renewed([(0, 1, True)], asked_at=0.5)
+    assert leases.lease_left(0, 0.6) == pytest.approx(0.9)
+    assert leases.lease_left(0, 1.7) == 0.0
+    leases.expire(1.7)
+    assert leases.lease_left(0, 1.7) is None
+
+
+def test_another_routers_lease_has_left_what_redis_said_while_the_same_router_holds_it() -> None:
+    leases = ShardLeases("r1", 3, LEASE)
+    leases.plan(["r1", "r2"], [Holder("r2", 3), Holder("r2", 4), None], now=1.0)
+    leases.ttls_read([(Holder("r2", 3), 800), (Holder("r2", 4), 200), None], asked_at=1.0)
+    assert leases.lease_left(0, 1.3) == pytest.approx(0.5)
+    assert leases.lease_left(1, 1.3) == 0.0
+    assert leases.lease_left(2, 1.3) is None
+    leases.plan(["r1", "r2", "r3"], [Holder("r2", 3), Holder("r3", 5), None], now=1.4)
+    assert leases.lease_left(0, 1.4) == pytest.approx(0.4)
+    assert leases.lease_left(1, 1.4) is None, "read while r2 held it; r3 holds it now"
+    with pytest.raises(ValueError, match="2 lease times for 3 shards"):
+        leases.ttls_read([None, None], asked_at=2.0)
+
+
 def test_after_redis_forgot_every_key_a_router_leaves_the_others_their_shards() -> None:
     shards = 16
     leases = ShardLeases("r1", shards, LEASE)
@@ -186,6 +212,12 @@ class RedisModel:
         if self.holder(shard, now) == holder:
             del self.leases[shard]
 
+    def ttl(self, shard: int, now: float) -> tuple[Holder, int] | None:
+        lease = self.leases.get(shard)
+        if lease is None or now >= lease[1]:
+            return None
+        return lease[0], int((lease[1] - now) * 1000)
+
     def fenced_write(self, shard: int, holder: Holder, now: float) -> bool:
         return self.holder(shard, now) == holder and self.fences.get(shard) == holder.token
 
@@ -220,6 +252,7 @@ class Cluster(RuleBasedStateMachine):
                 self.served_by[shard] = Holder(router_id, taken)
                 changes += leases.acquired(shard, taken, self.now)
         note(f"t={self.now:.2f} {router_id}: {steps} {changes}")
+        leases.ttls_read([redis.ttl(s, self.now) for s in range(SHARDS)], self.now)
 
     @rule(dt=st.sampled_from([0.05, 0.2, 0.4, 0.9, 1.5]))
     def time_passes(self, dt: float) -> None:
@@ -273,6 +306,17 @@ class Cluster(RuleBasedStateMachine):
         for router_id in self.running:
             for shard, token in self.routers[router_id].served(self.now).items():
                 assert self.redis.fenced_write(shard, Holder(router_id, token), self.now), (router_id, shard)
+
+    @invariant()
+    def a_router_never_counts_more_time_left_on_its_own_lease_than_redis(self) -> None:
+        for router_id in self.running:
+            leases = self.routers[router_id]
+            for shard, token in leases.served(self.now).items():
+                left = leases.lease_left(shard, self.now)
+                assert left is not None
+                holder, until = self.redis.leases[shard]
+                assert holder == Holder(router_id, token)
+                assert left <= until - self.now + 1e-9, (router_id, shard, left, until - self.now)
 
     @invariant()
     def no_two_running_routers_serve_one_shard(self) -> None:
