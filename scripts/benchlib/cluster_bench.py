@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> Report:
         figures, notes = parts[name]()
         report.figures += figures
         report.notes += notes
-    if "cost" in chosen or "scale" in chosen:
+    if timed := [name for name in ("cost", "scale") if name in chosen]:
         report.notes.append(
-            f"cost and scale: {trials} trial(s) per mode, alternating, each on fresh processes; medians; "
-            f"{messages:,} messages of 100 B per producer and trial"
+            f"{' and '.join(timed)}: {trials} trial(s) per mode, alternating, each on fresh processes; "
+            f"medians; {messages:,} messages of 100 B per producer and trial"
         )
     report.notes.append(
         f"load average {load_before:.2f} before, {load_average():.2f} after, on {os.cpu_count()} CPUs"

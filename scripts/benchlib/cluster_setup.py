@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from benchlib.procs import Child, ChildError, Children, python_module
+from router.admin.client import AdminClient
 from router.core.shards import DEFAULT_SHARDS, preferred_owner, shard_of
 
 PREFIX = "switchboard"
@@ -87,16 +88,15 @@ def write_config(
     reliable: bool = False,
     lease_time: float | None = None,
     tick: float | None = None,
+    max_pending_messages: int | None = None,
 ) -> Path:
     """A router TOML: cluster mode on ``redis_url`` (in memory with ``None``), with
     :data:`RELIABLE_PATTERN` declared reliable if asked."""
     lines: list[str] = []
     if redis_url is not None:
         lines += ["[cluster]", f'url = "{redis_url}"']
-        if lease_time is not None:
-            lines.append(f"lease_time = {lease_time}")
-        if tick is not None:
-            lines.append(f"tick = {tick}")
+        settings = {"lease_time": lease_time, "tick": tick, "max_pending_messages": max_pending_messages}
+        lines += [f"{key} = {value}" for key, value in settings.items() if value is not None]
     if reliable:
         lines += ["[[topics.declare]]", f'pattern = "{RELIABLE_PATTERN}"', "[topics.declare.policy]"]
         lines.append('kind = "reliable"')
@@ -111,6 +111,12 @@ def router_command(config: Path, endpoints: dict[str, str] | None = None) -> lis
     options = [word for name in SOCKETS for word in (f"--{name}", wanted[name])]
     admin = endpoints["admin"].removeprefix("http://") if endpoints else "127.0.0.1:0"
     return python_module("router", "--announce", "--config", str(config), "--admin", admin, *options)
+
+
+def router_drops(endpoints: dict[str, str]) -> dict[str, int]:
+    """The router's drop counters, by reason, from its admin API."""
+    drops: dict[str, int] = AdminClient(endpoints["admin"], None).get("/api/stats")["drops"]
+    return drops
 
 
 def start_router(children: Children, name: str, config: Path) -> tuple[Child, dict[str, str]]:
