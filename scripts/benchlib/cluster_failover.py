@@ -33,6 +33,7 @@ from typing import Any
 from benchlib import sequence_clients, sequence_producer
 from benchlib.cluster_setup import (
     FAST_POLL,
+    PLACEMENT_TIMEOUT,
     ClusterWatch,
     router_command,
     start_redis,
@@ -135,8 +136,8 @@ def run(plan: Plan) -> tuple[list[Figure], list[str]]:
         topics = pick_topics(cluster.ids, cluster.placed(), plan.topics)
         every = [topic for policy in POLICIES for topic in topics[policy]]
         edge = start_edge(children, cluster.endpoints[0])
-        producer = start_producer(children, cluster.endpoints, every, plan.rate, plan.immediate)
-        clients = start_clients(children, edge, every, plan.clients)
+        producer = start_producer(children, cluster.endpoints, every, plan)
+        clients = start_clients(children, edge, every, plan)
         if missing := not_flowing(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
             raise ChildError(f"no message of {', '.join(missing)} within {STEADY_TIMEOUT:.0f} s")
         findings = Findings()
@@ -172,21 +173,31 @@ def start_edge(children: Children, seed: dict[str, str]) -> str:
     return f"ws://127.0.0.1:{edge.expect('ready', START_TIMEOUT)['port']}/"
 
 
+def cap(plan: Plan) -> float:
+    """Seconds the producer and the clients may run at most."""
+    return (
+        START_TIMEOUT
+        + STEADY_TIMEOUT
+        + DRAIN_TIMEOUT
+        + plan.kills * (FAILOVER_TIMEOUT + START_TIMEOUT + PLACEMENT_TIMEOUT + STEADY_TIMEOUT)
+    )
+
+
 def start_producer(
-    children: Children, endpoints: list[dict[str, str]], topics: list[str], rate: float, immediate: bool
+    children: Children, endpoints: list[dict[str, str]], topics: list[str], plan: Plan
 ) -> Child:
     args = [word for router in endpoints for word in ("--xsub", router["xsub"])]
-    args += ["--immediate"] if immediate else []
+    args += ["--immediate"] if plan.immediate else []
     args += [word for topic in topics for word in ("--topic", topic)]
-    producer = children.start(
-        "producer", python_module(sequence_producer.__name__, *args, "--rate", str(rate)), stdin=True
-    )
+    args += ["--rate", str(plan.rate), "--cap", str(cap(plan))]
+    producer = children.start("producer", python_module(sequence_producer.__name__, *args), stdin=True)
     producer.expect("ready", START_TIMEOUT)
     return producer
 
 
-def start_clients(children: Children, url: str, topics: list[str], count: int) -> Child:
-    args = ["--url", url, "--clients", str(count), *(word for topic in topics for word in ("--topic", topic))]
+def start_clients(children: Children, url: str, topics: list[str], plan: Plan) -> Child:
+    args = ["--url", url, "--clients", str(plan.clients), "--cap", str(cap(plan))]
+    args += [word for topic in topics for word in ("--topic", topic)]
     clients = children.start("clients", python_module(sequence_clients.__name__, *args), stdin=True)
     clients.expect("ready", START_TIMEOUT)
     return clients

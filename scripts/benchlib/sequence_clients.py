@@ -2,7 +2,7 @@
 ``--topic`` of :mod:`benchlib.sequence_producer`, noting every frame they get.
 
 Prints ``{"event": "ready"}`` once every client is subscribed to every topic, then answers JSON lines
-on stdin, each wait bounded by its ``timeout`` seconds:
+on stdin (for ``--cap`` seconds at most), each wait bounded by its ``timeout`` seconds:
 
 - ``{"op": "flowing", "since": NS, "topics": [...], "timeout": S}``: waits until every client got,
   on each topic, a message sent at ``NS`` (``time.monotonic_ns()``) or later; prints
@@ -144,13 +144,14 @@ async def run(args: argparse.Namespace) -> None:
     emit("ready")
     commands = await stdin_lines()
     try:
-        while (line := await commands.readline()) != b"":
-            command = json.loads(line)
-            if command["op"] == "flowing":
-                await answer_flowing(clients, command, changed)
-            elif command["op"] == "tally":
-                await answer_tally(clients, command, changed)
-                return
+        async with asyncio.timeout(args.cap):
+            while (line := await commands.readline()) != b"":
+                command = json.loads(line)
+                if command["op"] == "flowing":
+                    await answer_flowing(clients, command, changed)
+                elif command["op"] == "tally":
+                    await answer_tally(clients, command, changed)
+                    return
     finally:
         for reader in readers:
             reader.cancel()
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="the edge's ws:// URL")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--topic", action="append", required=True, help="a topic to subscribe to (repeat)")
+    parser.add_argument("--cap", type=float, default=600.0, help="stop after this many seconds")
     asyncio.run(run(parser.parse_args(argv)))
     return 0
 
