@@ -84,6 +84,9 @@ class RouterLink:
         self.max_batch_bytes = max_batch_bytes
         self.on_message: Callable[[RouterMessage], None] = lambda message: None
         self.on_data: Callable[[DataBatch], None] = lambda batch: None
+        self.on_lost: Callable[[], None] = lambda: None
+        """Called when the router that welcomed this edge is known to be lost (the link says hello
+        again)."""
         self.welcomed = asyncio.Event()
         """Set while the router has welcomed this edge and is not known to be lost."""
         self.data_messages = 0
@@ -357,8 +360,9 @@ class RouterLink:
             self.send(message)
         if self._link.connected:
             self.welcomed.set()
-        else:
+        elif self.welcomed.is_set():
             self.welcomed.clear()
+            self.on_lost()
 
     async def _control_loop(self, dealer: zmq.Socket[bytes]) -> None:
         readable = self._readable[dealer] = Readable(dealer)

@@ -20,6 +20,7 @@ from edges.core.hub import EdgeHub, EdgeStats
 from edges.core.session import ClientSession
 from edges.latency import LatencySampler
 from edges.link import RouterLink
+from edges.router_links import RouterLinks
 from router.metric_families import counter, gauge
 
 __all__ = ["BAD_INPUT", "BadProxyHeaders", "EdgeCollector", "EdgeMetrics", "EdgeProbe", "RefusedHandshakes"]
@@ -34,6 +35,7 @@ class EdgeProbe(Protocol):
 
     hub: EdgeHub
     link: RouterLink
+    links: RouterLinks
     latency: LatencySampler
 
     def client_sessions(self) -> Iterable[ClientSession]:
@@ -101,26 +103,45 @@ class EdgeCollector:
         )  # fmt: skip
         for family, name, documentation, value in series:
             yield family(f"switchboard_edge_router_{name}", documentation, LABELS, self._one(value))
+        links = self.edge.links
+        yield gauge(
+            "switchboard_edge_router_links",
+            "Links to routers: 1, or one per router of a cluster.",
+            LABELS,
+            self._one(len(links)),
+        )
+        yield gauge(
+            "switchboard_edge_router_links_welcomed",
+            "Links whose router welcomed this edge and is not known to be lost.",
+            LABELS,
+            self._one(sum(link.welcomed.is_set() for link in links)),
+        )
 
     def _traffic(self, stats: EdgeStats) -> Iterator[Metric]:
-        link = self.edge.link
+        links = list(self.edge.links)
         yield counter(
             "switchboard_edge_messages_in",
-            "Data messages from the router.",
+            "Data messages from the router (from every router of a cluster).",
             LABELS,
-            self._one(link.data_messages),
+            self._one(sum(link.data_messages for link in links)),
         )
         yield counter(
             "switchboard_edge_bytes_in",
             "Payload bytes of the data messages.",
             LABELS,
-            self._one(link.data_bytes),
+            self._one(sum(link.data_bytes for link in links)),
         )
         yield counter(
             "switchboard_edge_malformed_data",
             "Data messages from the router dropped as malformed.",
             LABELS,
-            self._one(link.malformed_data),
+            self._one(sum(link.malformed_data for link in links)),
+        )
+        yield counter(
+            "switchboard_edge_fenced_data",
+            "Data messages of a cluster's router for a topic whose shard another router owns, dropped.",
+            LABELS,
+            self._one(stats.fenced_data),
         )
         yield counter(
             "switchboard_edge_deliveries",

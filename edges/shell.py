@@ -1,11 +1,16 @@
 """What every edge process does between its clients and the router, whatever the client protocol.
 
-An edge is a thin shell around two I/O-free objects: the :class:`~edges.core.hub.EdgeHub` (every
-client's session) and the :class:`~edges.link.RouterLink` (the DEALER and SUB sockets). The
+An edge is a thin shell around the I/O-free :class:`~edges.core.hub.EdgeHub` (every client's
+session) and its :class:`~edges.link.RouterLink` (the DEALER and SUB sockets). The
 :class:`EdgeShell` feeds the hub what the link receives, carries out the hub's actions, writes each
 session that has output to its client's transport, and runs the hub's tick timer. A subclass
 (``edges/websocket/edge.py``, ``edges/webrtc/edge.py``) accepts clients, keeps their transports in
 :attr:`EdgeShell._transports`, and says how one is closed.
+
+When the router is one of a cluster (it sends a shard map), the shell keeps a link to every router
+the map lists (:class:`~edges.router_links.RouterLinks`), sends each of the hub's messages to the
+router it names, tells the hub which router welcomed or lost the edge, and hands the hub a router's
+data only for the topics whose shard that router owns (the others are dropped and counted).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import signal
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import msgspec
@@ -28,13 +33,22 @@ from edges.core.hub import CloseClient, EdgeAction, EdgeHub, ToRouter, UnwatchDa
 from edges.core.session import EdgeLimits
 from edges.latency import LatencySampler
 from edges.link import MAX_QUEUED_CONTROL, DataBatch, RouterLink
+from edges.router_links import RouterLinks
 from router.core.clients import Connection
 from router.core.errors import ErrorCode
 from router.curve import CurveClient
 from router.forwarding import ProxyHeaders
 from router.logfmt import configure_logging
 from router.logs import ThrottledLog
-from router.wire import Error, RouterMessage, WireError, parse_data_head
+from router.wire import (
+    EdgeMessage,
+    Error,
+    RouterEndpoints,
+    RouterMessage,
+    ShardMap,
+    WireError,
+    parse_data_head,
+)
 
 __all__ = [
     "DataFeed",
@@ -78,18 +92,15 @@ class EdgeShell(ABC, Generic[T]):
         max_queued_control: int = MAX_QUEUED_CONTROL,
     ) -> None:
         self.hub = hub
-        self.link = RouterLink(
-            protocol=hub.protocol,
-            control=control,
-            xpub=xpub,
-            heartbeat_interval=heartbeat_interval,
-            curve=curve,
-            max_queued_control=max_queued_control,
-        )
-        self.link.on_data = self._on_data
-        self.link.on_message = self._on_router_message
-        self.link.resync = hub.resync
-        self.link.report = hub.report
+        self._heartbeat_interval = heartbeat_interval
+        self._curve = curve
+        self._max_queued_control = max_queued_control
+        seed = RouterEndpoints(control=control, xpub=xpub)
+        self.link = self._open_link(seed)
+        """The link to the router of the command line (the first of a cluster's)."""
+        self.links = RouterLinks(self.link, self._link_to, hub.keep_routers_for, seed)
+        self._welcomed_as: dict[RouterLink, str] = {}
+        """The router id each link was last welcomed by."""
         self.latency = LatencySampler()
         self._transports: dict[str, T] = {}
         """The transport of each client with a session, by client id."""
@@ -102,6 +113,87 @@ class EdgeShell(ABC, Generic[T]):
     @abstractmethod
     def _close_transport(self, transport: T, code: int, reason: str) -> None:
         """Close a client's transport, as the hub asked (``CloseClient``)."""
+
+    # ------------------------------------------------------------ router links
+
+    def _open_link(self, endpoints: RouterEndpoints, edge_id: str | None = None) -> RouterLink:
+        link = RouterLink(
+            protocol=self.hub.protocol,
+            control=endpoints.control,
+            xpub=endpoints.xpub,
+            edge_id=edge_id,
+            heartbeat_interval=self._heartbeat_interval,
+            curve=self._curve,
+            max_queued_control=self._max_queued_control,
+        )
+        self._hook_data(link)
+        link.on_message = lambda message: self._on_router_message(message, link)
+        link.resync = lambda: self._resync(link)
+        link.report = lambda: self.hub.report(self._router_of(link))
+        link.on_lost = lambda: self._link_lost(link)
+        return link
+
+    def _hook_data(self, link: RouterLink) -> None:
+        """Hand the link's data to the hub: all of it with one router, fenced in a cluster."""
+        if self.hub.routes is None:
+            link.on_data = self._on_data
+        else:
+            link.on_data = lambda batch: self._on_link_data(link, batch)
+
+    def _link_to(self, endpoints: RouterEndpoints) -> RouterLink:
+        """Another router of the cluster: a link with this edge's id, watching every local topic."""
+        link = self._open_link(endpoints, self.link.edge_id)
+        for topic in self.hub.watched:
+            link.watch(topic)
+        return link
+
+    def run_links(self) -> Coroutine[None, None, None]:
+        """What the edge's serving task runs: every router link until cancelled."""
+        return self.links.run(self._heartbeat_interval, self._cluster_tick)
+
+    def _router_of(self, link: RouterLink) -> str:
+        """How the hub names the router of ``link``: by its id in a cluster, ``""`` without one."""
+        return link.router_id if self.hub.routes is not None else ""
+
+    def _resync(self, link: RouterLink) -> Sequence[EdgeMessage]:
+        """What ``link`` sends after a ``welcome``: everything, to the one router; in a cluster, what
+        is that router's (the hub's other messages go at the next turn of the loop)."""
+        previous = self._welcomed_as.get(link, "")
+        self._welcomed_as[link] = link.router_id
+        if self.hub.routes is None:
+            return self.hub.resync() if link is self.link else []
+        messages = self.hub.router_welcomed(link.router_id, previous)
+        asyncio.get_running_loop().call_soon(self._carry_out)
+        return messages
+
+    def _link_lost(self, link: RouterLink) -> None:
+        if self.hub.routes is not None and self.links.to(link.router_id) is None:
+            self.hub.router_lost(link.router_id)
+            self._carry_out()
+
+    def _cluster_tick(self) -> None:
+        """Once a heartbeat interval: the routers heard from keep their maps counting, the hub asks
+        again what was refused as ``not_owner``, and links follow the routers listed."""
+        routes = self.hub.routes
+        if routes is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for link in self.links:
+            if link.welcomed.is_set():
+                routes.view.heard(link.router_id, now)
+        self.hub.cluster_tick()
+        self._follow(now)
+        self._carry_out()
+
+    def _follow(self, now: float) -> None:
+        routes = self.hub.routes
+        if routes is None:
+            return
+        _, closed = self.links.follow(routes.view.routers(now), now)
+        for link in closed:
+            router_id = self._welcomed_as.pop(link, "")
+            if router_id and self.links.to(router_id) is None:
+                self.hub.router_lost(router_id)
 
     # ------------------------------------------------------------ running
 
@@ -134,12 +226,14 @@ class EdgeShell(ABC, Generic[T]):
     def _act(self, actions: list[EdgeAction]) -> None:
         for action in actions:
             match action:
-                case ToRouter(message):
+                case ToRouter(message, ""):
                     self.link.send(message)
+                case ToRouter(message, router):
+                    self.links.send(router, message)
                 case WatchData(topic):
-                    self.link.watch(topic)
+                    self.links.watch(topic)
                 case UnwatchData(topic):
-                    self.link.unwatch(topic)
+                    self.links.unwatch(topic)
                 case CloseClient(client_id, code, reason):
                     transport = self._transports.get(client_id)
                     if transport is not None:
@@ -151,6 +245,24 @@ class EdgeShell(ABC, Generic[T]):
             self._act(self.hub.drain_actions())
 
     # ------------------------------------------------------------ router
+
+    def _on_link_data(self, link: RouterLink, batch: DataBatch) -> None:
+        """In a cluster, only the messages of ``link``'s router for topics of shards it owns go to
+        the hub (a local topic's owner is looked up once per message; a topic no client holds is
+        the hub's to count); the others are dropped and counted."""
+        routes = self.hub.routes
+        assert routes is not None, "one router's data goes to _on_data"
+        owners = routes.owners
+        sender = link.router_id if link.welcomed.is_set() else None
+        kept = [
+            message
+            for message in batch
+            if (owner := owners.get(message[0][: message[0].find(b"\0")])) is None or owner == sender
+        ]
+        if len(kept) < len(batch):
+            self.hub.fenced(len(batch) - len(kept))
+        if kept:
+            self._on_data(kept)
 
     def _on_data(self, batch: DataBatch) -> None:
         """Fan the batch out and write it; the latency sampler sees each message that has a
@@ -194,10 +306,19 @@ class EdgeShell(ABC, Generic[T]):
                 timer.cancel()
             self._tick_timer = asyncio.get_running_loop().call_at(when, self._tick)
 
-    def _on_router_message(self, message: RouterMessage) -> None:
+    def _on_router_message(self, message: RouterMessage, link: RouterLink | None = None) -> None:
+        link = link or self.link
         if isinstance(message, Error) and message.code == ErrorCode.UNKNOWN_EDGE:
             return  # the link says hello again, and the hub's resync repeats what was lost
-        self.hub.router_message(message)
+        if isinstance(message, ShardMap):
+            now = asyncio.get_running_loop().time()
+            alone = self.hub.routes is None
+            self.hub.shard_map(link.router_id, message, now)
+            if alone:
+                self._hook_data(self.link)
+            self._follow(now)
+        else:
+            self.hub.router_message(message, self._router_of(link))
         self._carry_out()
 
 

@@ -235,6 +235,24 @@ def _cluster(view: ClusterView) -> Iterator[Metric]:
         [((), len(view.live))],
     )
     yield counter(
+        "switchboard_router_forwarded",
+        "Producer messages of other routers' shards passed on to their owner.",
+        [],
+        [((), view.forwarded)],
+    )
+    yield gauge(
+        "switchboard_router_history_pending",
+        "Reliable messages waiting to be written to Redis before they are published.",
+        [],
+        [((), view.history_pending)],
+    )
+    yield counter(
+        "switchboard_router_history_written",
+        "Reliable messages written to Redis and published.",
+        [],
+        [((), view.history_written)],
+    )
+    yield counter(
         "switchboard_router_redis_unavailable",
         "Rounds of reading and renewing the leases that failed because Redis did not answer.",
         [],

@@ -219,7 +219,13 @@ class RouterServer:
 
     def cluster_view(self) -> ClusterView | None:
         """What this router knows of the cluster, in cluster mode (after :meth:`join_cluster`)."""
-        return None if self.cluster is None else self.cluster.view(self.control.shard_changes)
+        if self.cluster is None:
+            return None
+        view = self.cluster.view(self.control.shard_changes)
+        forwarded = sum(self.relay.forwarded.values()) if self.relay is not None else 0
+        history = self.history
+        pending, written = (history.pending_messages, history.written) if history is not None else (0, 0)
+        return view._replace(forwarded=forwarded, history_pending=pending, history_written=written)
 
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.

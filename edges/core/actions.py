@@ -10,9 +10,11 @@ __all__ = ["CloseClient", "EdgeAction", "ToRouter", "UnwatchData", "WatchData"]
 
 
 class ToRouter(NamedTuple):
-    """Send this control message to the router on the DEALER socket."""
+    """Send this control message to the router on the DEALER socket: with ``router``, to that
+    router of a cluster (``edges/core/routes.py``)."""
 
     message: wire.EdgeMessage
+    router: str = ""
 
 
 class WatchData(NamedTuple):

@@ -99,6 +99,7 @@ class CatchUp:
                     self._ask(sub)
 
     def _ask(self, sub: Subscription) -> None:
+        """Ask for what ``sub`` owes; in a cluster, only once its topic's owner can be asked."""
         first, last = sub.owed
         request_id = self._requests.send(
             RouterRequest(RequestKind.RECOVER, sub.client_id, sub.topic, subscription=sub),
@@ -110,7 +111,8 @@ class CatchUp:
                 to_offset=last,
             ),
         )
-        sub.ask(request_id)
+        if request_id:
+            sub.ask(request_id)
 
     # ------------------------------------------------------------ answers
 
@@ -138,6 +140,13 @@ class CatchUp:
             return False
         self._give_up(sub)
         return True
+
+    def redirect(self, request_id: int, request: RouterRequest) -> None:
+        """A ``recover`` will get no useful answer (its router lost the topic or the edge): the
+        subscription waiting for it asks again, the topic's owner this time."""
+        sub = request.subscription
+        if sub is not None and sub.waits_for(request_id):
+            sub.redirect()
 
     def _give_up(self, sub: Subscription) -> None:
         sub.give_up()

@@ -138,11 +138,14 @@ class EdgeClient:
         elif not sub.confirmed:
             self.session.send_error(request.id, ErrorCode.BAD_REQUEST, "wait for the subscribe reply first")
         else:
-            self._requests.send(
-                RouterRequest(RequestKind.UNSUBSCRIBE, client_id, name, request.id),
+            asked = RouterRequest(RequestKind.UNSUBSCRIBE, client_id, name, request.id)
+            sent = self._requests.send(
+                asked,
                 lambda request_id: wire.Unsubscribe(request_id=request_id, client_id=client_id, topic=name),
             )
             self.leave(sub)
+            if not sent:
+                self.unsubscribed(asked)
 
     def refresh(self, request: Refresh) -> None:
         client_id, token = self.client_id, request.token
@@ -181,7 +184,13 @@ class EdgeClient:
         session = self.session
         session.token = request.token
         session.send(Refreshed(id=_int(request.client_request), expires_at=reply.expires_at))
-        for name in reply.revoked:
+        self.revoke(reply.revoked)
+
+    def revoke(self, names: list[str]) -> None:
+        """The router ended these subscriptions after a refresh (each router of a cluster names
+        those of its own topics): each ends as a lost one, unless the client asked again already."""
+        session = self.session
+        for name in names:
             sub = self.subscriptions.get(name)
             if sub is not None and sub.confirmed:
                 self.leave(sub)
@@ -191,6 +200,9 @@ class EdgeClient:
     def _subscribed(self, request: RouterRequest, ok: wire.SubscribeOk) -> None:
         sub = request.subscription_for(ok.request_id)
         if sub is None:
+            return
+        if request.moved:
+            self._fanout.moved(sub, ok)
             return
         if request.silent:
             self._fanout.reconfirm(sub, ok)
@@ -247,6 +259,63 @@ class EdgeClient:
                 sub.sent(request_id)
             messages.append(wire.Subscribe(request_id=request_id, client_id=client_id, topic=name))
         return messages
+
+    # ------------------------------------------------------------ a cluster of routers
+
+    def register_with(self, protocol: str, router: str) -> None:
+        """Register this client with ``router``, which was welcomed (again): silently, unless the
+        client still waits to be connected and no other router has its register."""
+        session = self.session
+        if session.state not in (State.REGISTERING, State.READY):
+            return
+        silent = session.state is State.READY or self._requests.pending(self.client_id, RequestKind.REGISTER)
+        self.known_to_router = True
+        self._requests.send(
+            RouterRequest(RequestKind.REGISTER, self.client_id, silent=silent),
+            lambda request_id: self._register_message(request_id, protocol, session.token),
+            to=(router,),
+        )
+
+    def register_again(self, protocol: str) -> None:
+        """The register the client waits for reached no router that will answer: send it again."""
+        if self.session.state is State.REGISTERING:
+            self.connect(self.session.token, protocol)
+
+    def refresh_again(self, request: RouterRequest, to: tuple[str, ...] | None = None) -> None:
+        """A refresh no router answered: send it again (to ``to``, or every welcomed router)."""
+        if self.session.state is State.READY:
+            client_id, token = self.client_id, request.token
+            self._requests.send(
+                request,
+                lambda request_id: wire.RefreshToken(request_id=request_id, client_id=client_id, token=token),
+                to=to,
+            )
+
+    def send_subscribe(self, sub: Subscription, position: tuple[int, int] | None) -> None:
+        """Ask the topic's owner for ``sub`` (the topic moved, or its router was welcomed again).
+        The client still waits for a requested one; a confirmed one moves silently and continues
+        after ``position``, the last message the edge handed it."""
+        client_id, name = self.client_id, sub.topic
+        if sub.confirmed:
+            request = RouterRequest(
+                RequestKind.SUBSCRIBE, client_id, name, silent=True, subscription=sub, moved=True
+            )
+            resume = position
+        else:
+            request = RouterRequest(RequestKind.SUBSCRIBE, client_id, name, subscription=sub)
+            resume = (sub.resume.epoch, sub.resume.offset) if sub.resume is not None else None
+        request_id = self._requests.send(
+            request,
+            lambda request_id: wire.Subscribe(
+                request_id=request_id,
+                client_id=client_id,
+                topic=name,
+                resume_epoch=resume[0] if resume is not None else None,
+                resume_offset=resume[1] if resume is not None else None,
+            ),
+        )
+        if not sub.confirmed:
+            sub.sent(request_id)
 
 
 def _int(value: int | None) -> int:

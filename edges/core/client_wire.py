@@ -91,9 +91,12 @@ CLIENT_ERROR_CODES: Final = frozenset(
         ErrorCode.INTERNAL,
     )
 )
-RETRY_LATER: Final = frozenset({ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.UNKNOWN_EDGE.value})
-"""Router codes that mean the router lost this edge's or client's session for a while: the edge
-registers them again, so the client is told to retry (``unavailable``)."""
+RETRY_LATER: Final = frozenset(
+    {ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.UNKNOWN_EDGE.value, ErrorCode.NOT_OWNER.value}
+)
+"""Router codes that mean the router lost this edge's or client's session for a while (the edge
+registers them again), or that the topic's shard is moving: the client is told to retry
+(``unavailable``)."""
 
 
 def client_error_code(router_code: str) -> str:

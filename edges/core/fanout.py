@@ -12,18 +12,22 @@ import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from edges.core.actions import EdgeAction, UnwatchData, WatchData
 from edges.core.catch_up import CatchUp
 from edges.core.client_wire import Resume
 from edges.core.output import Data, Payload
 from edges.core.reports import EdgeCounters
+from edges.core.routes import Routes
 from edges.core.session import ClientSession
-from edges.core.subscription import Subscription
+from edges.core.subscription import Subscription, SubState
 from router import wire
 from router.core.policy import DeliveryPolicy
 
 __all__ = ["Fanout", "Topic"]
+
+_OWING: Final = frozenset({SubState.BEHIND, SubState.ASKING})
 
 
 @dataclass(eq=False, slots=True)
@@ -95,6 +99,8 @@ class Fanout:
         self._held: dict[Subscription, None] = {}
         """Subscriptions holding a rate-limited ``latest`` frame, for :meth:`tick`."""
         self.too_slow: list[ClientSession] = []
+        self.routes: Routes | None = None
+        """With a cluster of routers: learns each topic that comes and goes."""
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -147,6 +153,33 @@ class Fanout:
             else:
                 sub.lane.missed(first, last)
 
+    def moved(self, sub: Subscription, ok: wire.SubscribeOk) -> None:
+        """The new owner of the topic's shard accepted ``sub`` (a cluster). A sequence it continues
+        (a ``reliable`` topic keeps its epoch and offsets across owners) continues for the
+        subscription too: what its lane owes stays owed, and what never reached the edge is owed
+        by every subscriber, or skipped (``not received``), as for any gap. A sequence it started
+        anew is told as a restart, and what the lane owed is given up."""
+        topic = self.by_name[sub.topic]
+        self._set_policy(topic, ok.policy)
+        if topic.epoch != ok.epoch:
+            sub.reconfirm(ok.epoch, ok.offset)
+            self._catch_up.discard(sub)
+            self._new_epoch(topic, ok.epoch, ok.offset)
+        elif ok.offset > topic.offset:
+            first, last = topic.offset + 1, ok.offset
+            topic.offset = ok.offset
+            self._missed(topic, ok.epoch, first, last)
+
+    def position(self, sub: Subscription) -> tuple[int, int]:
+        """The epoch and offset of the last message the edge handed ``sub`` (or that it owes up to
+        the first it misses), from which it continues at another router."""
+        topic = self.by_name[sub.topic]
+        if sub.lane_behind:
+            return sub.behind_epoch if sub.state in _OWING else topic.epoch, sub.owed[0] - 1
+        if sub.start_epoch == topic.epoch:
+            return topic.epoch, max(topic.offset, sub.start_offset)
+        return topic.epoch, topic.offset
+
     def leave(self, sub: Subscription) -> None:
         """End ``sub``; its queued data goes, and the topic with its last subscription."""
         topic = self.by_name[sub.topic]
@@ -160,6 +193,8 @@ class Fanout:
             del self._by_wire[topic.name.encode()]
             heapq.heappush(self._free_channels, topic.channel)
             self._actions.append(UnwatchData(topic.name))
+            if self.routes is not None:
+                self.routes.topic_removed(topic.name)
 
     def _add(self, name: str) -> Topic:
         if self._free_channels:
@@ -168,6 +203,8 @@ class Fanout:
             channel, self._next_channel = self._next_channel, self._next_channel + 1
         topic = self.by_name[name] = self._by_wire[name.encode()] = Topic(name, channel)
         self._actions.append(WatchData(name))
+        if self.routes is not None:
+            self.routes.topic_added(name)
         return topic
 
     def set_policy(self, name: str, policy: DeliveryPolicy) -> None:

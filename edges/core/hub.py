@@ -14,6 +14,11 @@ owe messages are refilled from the router's history (:mod:`edges.core.catch_up`)
 the actions again after writing to clients while :attr:`EdgeHub.catching_up`. After a router
 restart, :meth:`EdgeHub.resync` rebuilds the edge's state there.
 
+With a cluster of routers (from the first :meth:`EdgeHub.shard_map` on), each request goes where
+:attr:`EdgeHub.routes` say (``ToRouter.router``), a topic's subscriptions move when its shard
+changes owner, and a router welcomed again gets back only what is its own
+(:meth:`EdgeHub.router_welcomed`); with one router, none of this happens.
+
 The hub logs one thing itself, through a :class:`~router.logs.ThrottledLog`: the subscribes it
 refuses without asking the router (bad topic, the per-client limit, a repeated subscribe), which
 :attr:`EdgeStats.refused_requests` also counts.
@@ -33,8 +38,11 @@ from edges.core.fanout import Fanout
 from edges.core.output import Data, Framing, Payload, data_frame
 from edges.core.reports import EdgeCounters, EdgeStats
 from edges.core.requests import Reply, RequestKind, RouterRequest, RouterRequests
+from edges.core.routes import Routes
 from edges.core.session import ClientSession, EdgeLimits, State
+from edges.core.shard_view import KEEP_FOR, ShardView
 from router import wire
+from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
 from router.logs import ThrottledLog
 
@@ -65,14 +73,18 @@ class EdgeHub:
         protocol: str = "websocket",
         framing: Framing | None = None,
         recovery: bool = True,
+        keep_routers_for: float = KEEP_FOR,
     ) -> None:
         """``framing`` heads each data frame for the transport, once per message (the WebSocket
         edge frames it as a WebSocket binary message), and each skipped frame; by default frames go
         as they are. Without ``recovery`` the hub never asks the router's history: a
-        ``reliable`` client that fell behind skips what it missed once its queue is drained."""
+        ``reliable`` client that fell behind skips what it missed once its queue is drained.
+        ``keep_routers_for``: see :attr:`ShardView.keep_for`."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
         self.recovery = recovery
+        self.keep_routers_for = keep_routers_for
+        self._routes: Routes | None = None
         self._framing = framing
         self._clients: dict[str, EdgeClient] = {}
         self._actions: list[EdgeAction] = []
@@ -141,6 +153,8 @@ class EdgeHub:
                 refusal = client.subscribe(subscribe, self.limits.max_subscriptions)
                 if refusal is not None:
                     self._refused_subscribe(client_id, subscribe.topic, refusal)
+                elif self._routes is not None:
+                    self._settle_topic(subscribe.topic)
             case Unsubscribe() as unsubscribe:
                 client.unsubscribe(unsubscribe)
             case Refresh() as refresh:
@@ -210,6 +224,11 @@ class EdgeHub:
             client.forget(f"{close.reason or 'closed by the edge'} ({close.code})")
             self._actions.append(CloseClient(session.client_id, *close))
 
+    @property
+    def watched(self) -> list[str]:
+        """Every topic a local client holds, which the SUB sockets watch."""
+        return list(self._fanout.by_name)
+
     def policy_of(self, topic: str) -> DeliveryPolicy | None:
         """The topic's policy as the router last gave it, or ``None`` before any."""
         state = self._fanout.by_name.get(topic)
@@ -272,24 +291,35 @@ class EdgeHub:
 
     # ------------------------------------------------------------ router messages
 
-    def router_message(self, message: wire.RouterMessage) -> None:
-        """A message from the router. Welcome, Heartbeat and Stats belong to the link and are ignored."""
+    def router_message(self, message: wire.RouterMessage, router: str = "") -> None:
+        """A message from the router (with a cluster: from the router ``router``). Welcome,
+        Heartbeat and Stats belong to the link, and ShardMap to :meth:`shard_map`: ignored. In a
+        cluster, a topic's policy is taken from its owner only."""
         match message:
             case wire.Registered() | wire.Refreshed() | wire.SubscribeOk() | wire.Unsubscribed():
-                self._reply(message)
+                self._reply(message, router)
             case wire.Recovered() | wire.Error():
-                self._reply(message)
+                self._reply(message, router)
             case wire.DropClient():
                 self._drop(message)
             case wire.PolicyUpdate():
-                self._fanout.set_policy(message.topic, message.policy)
+                if self._routes is None or self._routes.owner(message.topic) == router:
+                    self._fanout.set_policy(message.topic, message.policy)
         if self._fanout.too_slow:
             self._close_too_slow()
 
-    def _reply(self, message: Reply) -> None:
-        request = self._requests.take(message)
+    def _reply(self, message: Reply, router: str) -> None:
+        request = self._requests.take(message, router)
         if request is None:
-            self._counters.unexpected_replies += 1
+            self._unmatched(message, router)
+            return
+        if (
+            self._routes is not None
+            and isinstance(message, wire.Error)
+            and message.code == ErrorCode.NOT_OWNER
+            and request.topic
+        ):
+            self._not_owner(message.request_id, request, router)
             return
         client = self._clients[request.client_id]
         match message:
@@ -351,16 +381,201 @@ class EdgeHub:
                 )
         return messages
 
+    # ------------------------------------------------------------ a cluster of routers
+
+    @property
+    def routes(self) -> Routes | None:
+        """Where requests go in a cluster of routers, and who owns each local topic; ``None``
+        until a router sends a shard map (with one router, always)."""
+        return self._routes
+
+    def shard_map(self, router: str, shard_map: wire.ShardMap, now: float) -> None:
+        """A shard map from ``router`` (the id its link was welcomed with), received at ``now``.
+
+        The first one starts cluster mode: that router has every request in flight and every
+        subscription so far, and those of topics it does not serve move. From then on, each topic
+        whose shard changed owner (another router, or a new lease: the old holder forgot its
+        subscriptions) moves to the new owner, and topics refused as ``not_owner`` are asked for
+        again."""
+        routes = self._routes
+        first = routes is None
+        if routes is None:
+            routes = self._start_cluster(router)
+        changed = set(routes.view.apply(router, shard_map, now))
+        if not (changed or first):
+            return
+        routes.view_changed()
+        shard_of = routes.view.shard_of
+        for name in list(self._fanout.by_name):
+            elsewhere = routes.home(name) != routes.owner(name)
+            if elsewhere if first else shard_of(name.encode()) in changed:
+                self._unsettle(name)
+        routes.unblock()
+        self._settle_all()
+
+    def _start_cluster(self, router: str) -> Routes:
+        routes = self._routes = Routes(ShardView(self.keep_routers_for))
+        routes.welcomed.add(router)
+        self._requests.route(routes.destinations, routes.everyone, router)
+        self._fanout.routes = routes
+        for name in self._fanout.by_name:
+            routes.topic_added(name)
+            routes.settle(name, router)
+        self._counters.report_all_again()
+        log.info("router %s sent a shard map: talking to a cluster of routers", router)
+        return routes
+
+    def router_welcomed(self, router: str, replaces: str = "") -> list[wire.EdgeMessage]:
+        """A router of the cluster welcomed the edge (again; its link was welcomed as ``replaces``
+        before, when that is another id): what to send it, in order.
+
+        What was in flight to it is lost, and nothing else: unsubscribes are answered now,
+        recovers asked again, refreshes sent again. It gets a register for every client (silent
+        but for a client still waiting for its only register), then the subscriptions of every
+        topic it owns. Messages for other routers (topics that could not go anywhere before) wait
+        in :meth:`drain_actions`."""
+        routes = self._routes
+        assert routes is not None, "a router of a cluster"
+        start = len(self._actions)
+        lost = self._forget_router(router)
+        if replaces and replaces != router:
+            lost |= self._forget_router(replaces)
+        routes.welcomed.add(router)
+        self._counters.report_all_again(router)
+        refreshes = []
+        for request_id, request in lost.items():
+            if request.kind is RequestKind.REFRESH:
+                refreshes.append(request)
+            elif request.kind is not RequestKind.REGISTER:
+                self._lost(request_id, request)
+        for client in self._clients.values():
+            client.register_with(self.protocol, router)
+        for request in refreshes:
+            self._clients[request.client_id].refresh_again(request, (router,))
+        self._settle_all()
+        mine: list[wire.EdgeMessage] = []
+        others: list[EdgeAction] = []
+        for action in self._actions[start:]:
+            if isinstance(action, ToRouter) and action.router == router:
+                mine.append(action.message)
+            else:
+                others.append(action)
+        self._actions[start:] = others
+        return mine
+
+    def router_lost(self, router: str) -> None:
+        """A router of the cluster no longer welcomes the edge (silent, restarted, or its link was
+        closed): it will answer nothing it was asked, and forgets the edge's clients when it says
+        ``welcome`` again. Registers and refreshes it alone had go to the other routers; its
+        topics wait for it, or go to their new owner."""
+        routes = self._routes
+        if routes is None:
+            return
+        lost = self._forget_router(router)
+        self._counters.report_all_again(router)
+        for request_id, request in lost.items():
+            client = self._clients[request.client_id]
+            if request.kind is RequestKind.REGISTER:
+                if not request.silent:
+                    client.register_again(self.protocol)
+            elif request.kind is RequestKind.REFRESH:
+                client.refresh_again(request)
+            else:
+                self._lost(request_id, request)
+        self._settle_all()
+
+    def cluster_tick(self) -> None:
+        """Ask again for the topics a router answered ``not_owner`` for (call about once a second)."""
+        routes = self._routes
+        if routes is not None and routes.unblock():
+            self._settle_all()
+
+    def fenced(self, count: int) -> None:
+        """The shell dropped ``count`` data messages of routers that do not own their topic."""
+        self._counters.fenced_data += count
+
+    def _forget_router(self, router: str) -> dict[int, RouterRequest]:
+        routes = self._routes
+        assert routes is not None
+        routes.welcomed.discard(router)
+        for name in routes.homed_at(router):
+            routes.unsettle(name)
+        return self._requests.lose_router(router)
+
+    def _unsettle(self, name: str) -> None:
+        """The topic's subscriptions are no longer at its home: what was in flight there is lost."""
+        assert self._routes is not None
+        self._routes.unsettle(name)
+        for request_id, request in self._requests.lose_topic(name).items():
+            self._lost(request_id, request)
+
+    def _lost(self, request_id: int, request: RouterRequest) -> None:
+        """A topic's request no router will answer: an unsubscribe is done (its router forgot the
+        subscription), a recover is asked again. A subscribe is sent again with its topic's."""
+        match request.kind:
+            case RequestKind.UNSUBSCRIBE:
+                client = self._clients[request.client_id]
+                client.unsubscribed(request)
+                self._settle(client)
+            case RequestKind.RECOVER:
+                self._catch_up.redirect(request_id, request)
+
+    def _not_owner(self, request_id: int, request: RouterRequest, router: str) -> None:
+        """``router`` does not serve the topic (the view is behind): it holds none of its
+        subscriptions, and is asked again once the view changes or at :meth:`cluster_tick`."""
+        assert self._routes is not None
+        self._routes.block(request.topic, router)
+        self._lost(request_id, request)
+        for other_id, other in self._requests.lose_topic(request.topic).items():
+            self._lost(other_id, other)
+
+    def _unmatched(self, message: Reply, router: str) -> None:
+        """A reply that answers no request in flight: another router's answer to a register or
+        refresh answered already (a refresh's revocations still apply), the answer to a request
+        whose topic moved since, or unexpected."""
+        if self._routes is not None:
+            later = self._requests.take_later(message, router)
+            if later is not None:
+                if isinstance(message, wire.Refreshed) and message.revoked:
+                    client = self._clients[later.client_id]
+                    client.revoke(message.revoked)
+                    self._settle(client)
+                return
+            if self._requests.take_retired(message, router):
+                return
+        self._counters.unexpected_replies += 1
+
+    def _settle_all(self) -> None:
+        routes = self._routes
+        assert routes is not None
+        for name in list(self._fanout.by_name):
+            if routes.home(name) is None:
+                self._settle_topic(name)
+
+    def _settle_topic(self, name: str) -> None:
+        """Send every subscription of a topic without a home to its owner, if it can go there now."""
+        routes = self._routes
+        assert routes is not None
+        target = routes.target(name)
+        if target is None or routes.home(name) is not None:
+            return
+        routes.settle(name, target)
+        fanout = self._fanout
+        for sub in list(fanout.by_name[name].holders.values()):
+            position = fanout.position(sub) if sub.confirmed else None
+            self._clients[sub.client_id].send_subscribe(sub, position)
+
     # ------------------------------------------------------------ counters
 
-    def report(self) -> list[wire.EdgeStatsReport]:
-        """The ``edge_stats`` messages to send the router now (every heartbeat interval): the
-        totals, every topic's drops, and each registered client whose figures changed since the
-        last report (all of them after :meth:`resync`), split to fit control messages."""
+    def report(self, router: str = "") -> list[wire.EdgeStatsReport]:
+        """The ``edge_stats`` messages to send the router (with a cluster: ``router``) now (every
+        heartbeat interval): the totals, every topic's drops, and each registered client whose
+        figures changed since the last report to it (all of them after :meth:`resync`), split to
+        fit control messages."""
         sessions = [client.session for client in self._clients.values()]
         registered = [client.session for client in self._clients.values() if client.known_to_router]
         topic_drops = {name: topic.drops() for name, topic in self._fanout.by_name.items()}
-        return self._counters.report(self.stats(), sessions, registered, topic_drops)
+        return self._counters.report(self.stats(), sessions, registered, topic_drops, router)
 
     def stats(self) -> EdgeStats:
         sessions = [client.session for client in self._clients.values()]

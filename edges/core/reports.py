@@ -41,6 +41,8 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     """Messages of ``reliable`` topics the edge never received from the router (offset gaps)."""
     refused_requests: dict[str, int] = msgspec.field(default_factory=dict)
     """Subscribes the edge refused by itself, without asking the router, by error code."""
+    fenced_data: int = 0
+    """Data messages of a cluster's router that did not own their topic's shard, dropped."""
 
 
 class EdgeCounters:
@@ -55,18 +57,25 @@ class EdgeCounters:
         self._retired_drops: Counter[str] = Counter()
         self._retired_bad = 0
         self._retired_rate_limited = 0
-        self._reported: dict[str, ClientFigures] = {}
+        self.fenced_data = 0
+        self._reported: dict[str, dict[str, ClientFigures]] = {}
+        """What the last report to each router (``""``: the one router) said of each client."""
 
     def retire(self, session: ClientSession) -> None:
         """A closed client's counts stay in the totals."""
         self._retired_drops.update(session.dropped)
         self._retired_bad += session.bad_messages
         self._retired_rate_limited += session.rate_limited
-        self._reported.pop(session.client_id, None)
+        for reported in self._reported.values():
+            reported.pop(session.client_id, None)
 
-    def report_all_again(self) -> None:
-        """The next report lists every registered client (a new router knows none)."""
-        self._reported.clear()
+    def report_all_again(self, router: str | None = None) -> None:
+        """The next report (to ``router``; by default to every router) lists every registered
+        client (a new router knows none)."""
+        if router is None:
+            self._reported.clear()
+        else:
+            self._reported.pop(router, None)
 
     def stats(self, sessions: Collection[ClientSession], topics: int, recovered: int, gaps: int) -> EdgeStats:
         dropped = Counter(self._retired_drops)
@@ -88,6 +97,7 @@ class EdgeCounters:
             recovered=recovered,
             gaps=gaps,
             refused_requests=dict(self.refused),
+            fenced_data=self.fenced_data,
         )
 
     def report(
@@ -96,9 +106,11 @@ class EdgeCounters:
         sessions: Collection[ClientSession],
         registered: Iterable[ClientSession],
         topic_drops: Mapping[str, int],
+        router: str = "",
     ) -> list[wire.EdgeStatsReport]:
         """The ``edge_stats`` messages for ``stats``, the open ``sessions`` (the ``registered`` ones
-        reported when their figures changed) and each topic's drops."""
+        reported when their figures changed since the last report to ``router``) and each topic's
+        drops."""
         totals = EdgeTotals(
             clients=stats.clients,
             delivered=stats.delivered,
@@ -106,14 +118,15 @@ class EdgeCounters:
             queued_bytes=sum(session.queued_bytes for session in sessions),
             dropped=stats.dropped,
         )
-        return split_report(totals, topic_drops, self._changed(registered))
+        return split_report(totals, topic_drops, self._changed(registered, router))
 
-    def _changed(self, sessions: Iterable[ClientSession]) -> list[ClientFigures]:
+    def _changed(self, sessions: Iterable[ClientSession], router: str) -> list[ClientFigures]:
+        reported = self._reported.setdefault(router, {})
         changed = []
         for session in sessions:
             figures = client_figures(session)
-            if self._reported.get(figures.client_id) != figures:
-                self._reported[figures.client_id] = figures
+            if reported.get(figures.client_id) != figures:
+                reported[figures.client_id] = figures
                 changed.append(figures)
         return changed
 

@@ -63,6 +63,9 @@ class SubEvent(StrEnum):
     ASK = "ask"
     ANSWER = "answer"
     """The router's history brought some of what is owed, not all."""
+    REDIRECT = "redirect"
+    """The ``recover`` out will get no useful answer (its router no longer serves the topic, or no
+    longer knows the edge): ask the topic's owner again."""
     CATCH_UP = "catch_up"
     """The lane queues live messages again: refilled, or what it owed became a skipped frame."""
     GIVE_UP = "give_up"
@@ -92,6 +95,7 @@ TRANSITIONS: Final[Mapping[SubState, Mapping[SubEvent, SubState]]] = {
     SubState.ASKING: {
         **_CONFIRMED_EVENTS,
         SubEvent.ANSWER: SubState.BEHIND,
+        SubEvent.REDIRECT: SubState.BEHIND,
         SubEvent.CATCH_UP: SubState.ACTIVE,
     },
     SubState.CLOSED: {},
@@ -275,6 +279,11 @@ class Subscription:
     def ask(self, request_id: int) -> None:
         self._advance(SubEvent.ASK)
         self.asked = request_id
+
+    def redirect(self) -> None:
+        """The ``recover`` out is lost: still behind, ask again."""
+        self._advance(SubEvent.REDIRECT)
+        self.asked = 0
 
     def waits_for(self, request_id: int) -> bool:
         """Whether the ``recover`` ``request_id`` is the one this subscription waits for."""

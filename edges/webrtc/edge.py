@@ -107,7 +107,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
         welcomed this edge."""
         apply_ice_settings(self.config)
         await self.http.start()
-        link = asyncio.create_task(self.link.run(), name="router-link")
+        link = asyncio.create_task(self.run_links(), name="router-links")
         stopped = asyncio.create_task(self._stopped.wait())
         try:
             if ready is not None and await self._when_welcomed(link, stopped):
@@ -152,7 +152,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
     async def open_peer(self, offer: str, token: str | None, remote: str) -> Answer:
         if len(self._peers) + len(self._registering) >= self.config.max_connections:
             raise SignalingError(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
-        if not self.link.welcomed.is_set():
+        if not self.links.welcomed:
             raise SignalingError(
                 HTTPStatus.SERVICE_UNAVAILABLE, _json_error("no router; try again later", "internal")
             )

@@ -196,7 +196,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
             raise CannotServeError(f"--host {config.host} --port {config.port}: {error.strerror}") from None
         self.port = server.sockets[0].getsockname()[1]
         self._keepalive.start()
-        link = asyncio.create_task(self.link.run(), name="router-link")
+        link = asyncio.create_task(self.run_links(), name="router-links")
         stopped = asyncio.create_task(self._stopped.wait())
         drops = asyncio.create_task(self._watch_drops(), name="drop-bursts")
         try:
@@ -308,7 +308,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         if connection.subprotocol != SUBPROTOCOL:
             connection.close(WebSocketCloseCode.PROTOCOL_ERROR, f"use the {SUBPROTOCOL} subprotocol")
             return None
-        if not self.link.welcomed.is_set():
+        if not self.links.welcomed:
             self.refused_handshakes["no_router"] += 1
             connection.close(WebSocketCloseCode.TRY_AGAIN_LATER, "no router; try again later")
             return None

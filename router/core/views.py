@@ -92,6 +92,11 @@ class ClusterView(NamedTuple):
     shards: list[ShardView]
     changes: dict[str, int]
     """Shards gained (``gained``) and lost (``handed_over``, ``taken``, ``expired``) since the start."""
+    forwarded: int = 0
+    """Producer messages of other routers' shards passed on to them."""
+    history_pending: int = 0
+    """Reliable messages waiting to be written to Redis."""
+    history_written: int = 0
 
     def served(self) -> Counter[str]:
         """How many shards each router serves: those whose lease it holds, but the degraded ones."""

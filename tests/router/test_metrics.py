@@ -88,12 +88,18 @@ def test_cluster_series_are_there_in_cluster_mode_only() -> None:
             ShardView(4, Holder("r1", 2), 0.1, degraded=True),
         ],
         changes={"gained": 5, "handed_over": 2, "expired": 1},
+        forwarded=7,
+        history_pending=3,
+        history_written=11,
     )
     samples = parse(RouterMetrics(RouterCollector(manager, cluster=lambda: view)).render())
     assert value(samples, "switchboard_router_shards_served") == 2
     assert value(samples, "switchboard_router_shards_degraded") == 1
     assert value(samples, "switchboard_router_cluster_routers") == 3
     assert value(samples, "switchboard_router_redis_unavailable_total") == 4
+    assert value(samples, "switchboard_router_forwarded_total") == 7
+    assert value(samples, "switchboard_router_history_pending") == 3
+    assert value(samples, "switchboard_router_history_written_total") == 11
     changes = {
         dict(labels)["change"]: n
         for (name, labels), n in samples.items()
