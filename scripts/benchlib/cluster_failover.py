@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from benchlib.cluster_setup import (
     PLACEMENT_TIMEOUT,
     ClusterWatch,
     router_command,
+    router_drops,
     start_redis,
     start_router,
     topic_of,
@@ -87,6 +89,8 @@ class Findings:
     kill_times: list[int] = field(default_factory=list)
     rejoin_times: list[int] = field(default_factory=list)
     """When each kill was made and each killed router was started again (``time.monotonic_ns()``)."""
+    router_drops: Counter[str] = field(default_factory=Counter)
+    """What the routers counted as dropped, each read just before it was killed or at the end."""
     lost_subscriptions: int = 0
     stopped: str = ""
     """Why the kills stopped early, if they did."""
@@ -145,6 +149,8 @@ def run(plan: Plan) -> tuple[list[Figure], list[str]]:
             if not kill_once(kill, plan, cluster, clients, topics, findings):
                 break
         producer.send({"op": "stop"})
+        for endpoints in cluster.endpoints:
+            findings.router_drops.update(router_drops(endpoints))
         last: dict[str, int] = producer.expect("done", START_TIMEOUT)["last"]
         phases = {"kills": findings.kill_times, "rejoins": findings.rejoin_times}
         clients.send({"op": "tally", "last": last, **phases, "timeout": DRAIN_TIMEOUT})
@@ -257,6 +263,7 @@ def kill_once(
     index = victim(kill, cluster.ids, placed, topics)
     moved = {p: [t for t in topics[p] if owner_of(t, placed) == cluster.ids[index]] for p in POLICIES}
     every_moved = [t for p in POLICIES for t in moved[p]]
+    findings.router_drops.update(router_drops(cluster.endpoints[index]))
     at = cluster.kill(index)
     findings.kill_times.append(at)
     ask_first_deliveries(clients, every_moved, at, FAILOVER_TIMEOUT)
@@ -367,6 +374,10 @@ def notes(findings: Findings, plan: Plan) -> list[str]:
         f"failover, best_effort: {best_effort.lost_reported} messages reported lost by restarted or "
         f"skipped frames (a moved best_effort topic starts a new epoch), {best_effort.lost} lost without "
         f"a word, {best_effort.duplicated} duplicated"
+    )
+    dropped = {reason: count for reason, count in sorted(findings.router_drops.items()) if count}
+    found.append(
+        f"failover: the routers counted as dropped (all topics, every router): {dropped or 'nothing'}"
     )
     if findings.lost_subscriptions:
         found.append(f"failover: {findings.lost_subscriptions} subscriptions ended by an error frame")
