@@ -377,7 +377,8 @@ def notes(findings: Findings, plan: Plan) -> list[str]:
     )
     dropped = {reason: count for reason, count in sorted(findings.router_drops.items()) if count}
     found.append(
-        f"failover: the routers counted as dropped (all topics, every router): {dropped or 'nothing'}"
+        f"failover: the routers counted as dropped, over every topic and router: {dropped or 'nothing'}; "
+        "the rest of the loss is counted nowhere: in the producer's PUB socket, or in a router killed"
     )
     if findings.lost_subscriptions:
         found.append(f"failover: {findings.lost_subscriptions} subscriptions ended by an error frame")
