@@ -435,6 +435,8 @@ def share_note(findings: Findings) -> list[str]:
         f"failover: by the median kill, every moved topic reached every client again after {total:.3f} s, "
         f"and Redis showed the survivor holding every moved shard after {lease:.3f} s (polled every "
         f"{FAST_POLL * 1000:g} ms): the takeover of the leases is {min(1.0, lease / total):.0%} of the "
-        "failover; the rest is the survivor's announcing the shards, the edge moving the subscriptions "
-        "there, the survivor asking the producer upstream for the topics, and the next message"
+        "failover (the survivor takes a dead router's shards one after the other, each with its own Redis "
+        "calls and the loading of its reliable topics); the rest is the survivor's announcing the shards, "
+        "the edge moving the subscriptions there, the survivor asking the producer upstream for the "
+        "topics, and the next message"
     ]
