@@ -139,15 +139,18 @@ def run(plan: Plan) -> tuple[list[Figure], list[str]]:
         cluster = Cluster(children, config, ClusterWatch(redis.client))
         topics = pick_topics(cluster.ids, cluster.placed(), plan.topics)
         every = [topic for policy in POLICIES for topic in topics[policy]]
-        edge = start_edge(children, cluster.endpoints[0])
+        edge, url = start_edge(children, cluster.endpoints[0])
         producer = start_producer(children, cluster.endpoints, every, plan)
-        clients = start_clients(children, edge, every, plan)
+        clients = start_clients(children, url, every, plan)
         if missing := not_flowing(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
             raise ChildError(f"no message of {', '.join(missing)} within {STEADY_TIMEOUT:.0f} s")
         findings = Findings()
         for kill in range(plan.kills):
             if not kill_once(kill, plan, cluster, clients, topics, findings):
                 break
+        if findings.stopped:
+            for child in (edge, *cluster.routers):
+                print(f"failover: {child.name}{child.stderr_tail(3000)}", file=sys.stderr, flush=True)
         producer.send({"op": "stop"})
         for endpoints in cluster.endpoints:
             findings.router_drops.update(router_drops(endpoints))
@@ -172,11 +175,11 @@ def pick_topics(ids: list[str], owners: list[str], per_policy: int) -> dict[str,
     return by_policy
 
 
-def start_edge(children: Children, seed: dict[str, str]) -> str:
-    """A WebSocket edge given the router ``seed``; returns its URL."""
+def start_edge(children: Children, seed: dict[str, str]) -> tuple[Child, str]:
+    """A WebSocket edge given the router ``seed``, and its URL."""
     args = ["--announce", "--port", "0", *EDGE_ARGS, "--control", seed["control"], "--xpub", seed["xpub"]]
     edge = children.start("edge", python_module("edges.websocket", *args))
-    return f"ws://127.0.0.1:{edge.expect('ready', START_TIMEOUT)['port']}/"
+    return edge, f"ws://127.0.0.1:{edge.expect('ready', START_TIMEOUT)['port']}/"
 
 
 def cap(plan: Plan) -> float:
