@@ -13,7 +13,7 @@ import signal
 import sys
 from types import FrameType
 
-from benchlib import edge_bench, policies_bench, router_bench, soak, webrtc_bench
+from benchlib import cluster_bench, edge_bench, policies_bench, router_bench, soak, webrtc_bench
 from benchlib.procs import ChildError
 from benchlib.report import BenchCommand, show
 
@@ -23,6 +23,7 @@ COMMANDS: dict[str, BenchCommand] = {
     "policies": policies_bench,
     "webrtc": webrtc_bench,
     "soak": soak,
+    "cluster": cluster_bench,
 }
 
 

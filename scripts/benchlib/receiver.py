@@ -1,13 +1,17 @@
 """Bench child: one SUB receiver that counts messages of one size on one topic.
 
 With ``--control`` it is a real edge client first: a :class:`RouterLink` says hello, registers a
-client and subscribes it, and keeps heartbeats going while data flows. Data is read the same way
-in both modes, by the drain pattern on a SUB socket subscribed to ``topic + NUL``.
+client (named after the process, so several receivers can share a router or a cluster) and
+subscribes it, and keeps heartbeats going while data flows; other router messages, such as the
+shard map of cluster mode, are ignored. Data is read the same way in both modes, by the drain
+pattern on a SUB socket subscribed to ``topic + NUL``.
 
 Messages of another size are probes: the first one prints ``{"event": "probe"}``, proof that the
 path is open. When ``--expected`` messages arrived, or none came for ``--idle`` seconds, or
-``--cap`` seconds passed, it prints ``{"event": "done", "received", "span": {...}}`` where the span
-runs from the first drained batch to the last and excludes the first batch's messages.
+``--cap`` seconds passed, it prints ``{"event": "done", "received", "span": {...}, "first_at",
+"last_at"}`` where the span runs from the first drained batch to the last and excludes the first
+batch's messages; ``first_at`` and ``last_at`` are those batches' ``time.perf_counter()``, which on
+Linux is the system-wide monotonic clock, so receivers running together can be compared.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +34,6 @@ from router.wire import RegisterClient, Registered, Subscribe, SubscribeOk
 
 BATCH = 1_000
 COPY_BELOW = 16 * 1024
-CLIENT_ID = "bench-receiver"
 
 _Receive = Callable[[int, bool], "list[bytes] | list[zmq.Frame]"]
 
@@ -58,7 +62,11 @@ class Counts:
     def done(self) -> dict[str, object]:
         span = self.last - self.first if self.first and self.last else Instant(0.0, 0.0, 0.0)
         timed = self.received - self.in_first_batch
-        return {"event": "done", "received": self.received, "timed": timed, "span": span.as_dict()}
+        ends = {
+            "first_at": self.first.wall if self.first else 0.0,
+            "last_at": self.last.wall if self.last else 0.0,
+        }
+        return {"event": "done", "received": self.received, "timed": timed, "span": span.as_dict(), **ends}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +96,13 @@ async def receive(args: argparse.Namespace) -> Counts:
 async def subscribe_client(args: argparse.Namespace) -> asyncio.Task[None]:
     """Register and subscribe a client as an edge does; the link then runs until cancelled."""
     link = RouterLink(protocol="bench", control=args.control, xpub=args.xpub)
+    client_id = f"bench-receiver-{os.getpid()}"
     task = asyncio.create_task(link.run())
     async with asyncio.timeout(10):
         await link.welcomed.wait()
-        register = RegisterClient(request_id=link.next_request_id(), client_id=CLIENT_ID)
+        register = RegisterClient(request_id=link.next_request_id(), client_id=client_id)
         registered = await link.request(register)
-        subscribe = Subscribe(request_id=link.next_request_id(), client_id=CLIENT_ID, topic=args.topic)
+        subscribe = Subscribe(request_id=link.next_request_id(), client_id=client_id, topic=args.topic)
         subscribed = await link.request(subscribe)
     if not isinstance(registered, Registered) or not isinstance(subscribed, SubscribeOk):
         raise RuntimeError(f"the router refused the bench client: {registered!r}, {subscribed!r}")
