@@ -121,7 +121,7 @@ class ClusterNode:
     async def _round(self) -> None:
         store, leases, ttl = self.store, self.leases, self._ttl_ms()
         asked = self._clock()
-        await store.announce(self.router_id, self.announcement, ttl_ms=3 * ttl)
+        await store.announce(self.router_id, self.announcement, ttl_ms=ttl)
         self.routers = await store.routers()
         holders = await store.holders(self.section.shards)
         connected = await store.connected_routers()

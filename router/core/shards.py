@@ -16,10 +16,12 @@ The rules:
 - A shard's *preferred* owner is the live router that ranks it highest by rendezvous hashing, so
   every router computes the same placement from the same list, and a router joining or leaving
   moves only its own share of the shards.
-- A router takes a free shard it prefers among the routers live at its previous reading or in the
-  last ``orphan_after`` seconds; a free shard nobody has taken for ``orphan_after`` seconds,
-  whoever prefers it; and the shard of a router whose Redis connection is gone (a dead process),
-  replacing exactly that holder at once.
+- A router takes a free shard it prefers; a free shard nobody has taken for ``orphan_after``
+  seconds, whoever prefers it; and the shard of a router that is not live any more (its Redis
+  connection closed with its process, or its announcement ran out), replacing exactly that holder
+  at once. After a reading that came half a lease time or more after the one before (Redis was
+  unavailable, or restarted without its data), the routers live before still count for a lease
+  time when it places free shards: they have not announced themselves again yet.
 - It hands a shard over (stops serving it, then releases the lease) when another live router
   prefers it.
 - It serves a shard only until ``safety`` of the lease time before the lease would run out without
@@ -126,8 +128,10 @@ class ShardLeases:
     _view: list[Holder | None] = field(default_factory=list)
     _live: frozenset[str] = frozenset()
     _others_until: list[tuple[Holder, float] | None] = field(default_factory=list)
-    _seen: dict[str, float] = field(default_factory=dict)
-    """When each router was last counted live."""
+    _last_plan: float | None = None
+    _remembered: frozenset[str] = frozenset()
+    """The routers live before an outage, counted for free shards until ``_remember_until``."""
+    _remember_until: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -203,9 +207,10 @@ class ShardLeases:
         live = set(announced) | {self.router_id}
         if connected is not None:
             live &= set(connected) | {self.router_id}
-        self._seen.update(dict.fromkeys(live, now))
-        recent = {router_id for router_id, seen in self._seen.items() if now - seen < self.orphan_after}
-        recent |= self._live
+        if self._last_plan is not None and now - self._last_plan >= self.lease_time / 2:
+            self._remembered, self._remember_until = self._live, now + self.lease_time
+        self._last_plan = now
+        recent = live | self._remembered if now < self._remember_until else live
         self._live = frozenset(live)
         self._view = list(holders)
         changes: list[Change] = self.expire(now)
@@ -248,9 +253,9 @@ class ShardLeases:
         return changes
 
     def _plan_free(self, steps: LeaseSteps, shard: int, preferred: str | None, now: float) -> None:
-        """A free shard goes to the router preferred among those live *recently*: after Redis
-        restarted without its data, the other routers have not announced themselves again yet,
-        and must not lose their shards to whichever router ticks first."""
+        """A free shard goes to its preferred router, among those live before an outage too: after
+        Redis restarted without its data, the other routers have not announced themselves again
+        yet, and must not lose their shards to whichever router ticks first."""
         since = self._free_since.setdefault(shard, now)
         if preferred == self.router_id or now - since >= self.orphan_after:
             steps.acquire.append((shard, None))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -297,3 +299,72 @@ async def test_ten_kills_of_a_reliable_topics_owner_lose_and_repeat_nothing(
     numbers = [int(frame[1]) for frame in frames if isinstance(frame[1], bytes)]
     assert numbers == sorted(set(numbers)), "a message came twice or out of order"
     assert len(numbers) > 10 * KILLS
+
+
+async def test_nothing_a_router_paused_past_its_lease_sends_reaches_a_client(
+    routers: tuple[RouterProcess, RouterProcess, ShardMap], edge: WebSocketEdgeProcess
+) -> None:
+    """SIGSTOP the owner of a best_effort topic until the other router holds its shard; a PUB
+    producer's messages wait for the paused one meanwhile. After SIGCONT, whatever it does with
+    them (publish them before it notices, or drop them), no client gets one: the edge takes the
+    shard's data only from the owner with the newest token."""
+    first, second, shard_map = routers
+    first_id, second_id = ids(routers)
+    topic = topic_in_shard_of(first_id, shard_map, "/paused")
+    client = await open_client(edge)
+    watcher = TestEdge(second.endpoints)
+    maps = MapWatcher(watcher)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    async with watcher:
+        with (
+            closing_client(client),
+            context.socket(zmq.PUB) as pub,
+            push_socket(second.endpoints["pull"]) as push,
+        ):
+            pub.linger = 0
+            pub.connect(first.endpoints["xsub"])
+            reader = Reader(client)
+            await reader.subscribe(topic)
+
+            async def flowing() -> bool:
+                pub.send_multipart([topic.encode(), b"live"])
+                try:
+                    await reader.until(topic, b"live", timeout=0.3)
+                except TimeoutError:
+                    return False
+                return True
+
+            await eventually(flowing, timeout=10)
+            os.kill(first.pid, signal.SIGSTOP)
+            try:
+                await eventually(
+                    lambda: maps.newest is not None and owner_of_shard(maps, topic) == second_id,
+                    timeout=LEASE_TIME + 5,
+                )
+                for n in range(20):
+                    pub.send_multipart([topic.encode(), b"while paused %d" % n])
+
+                async def from_the_new_owner() -> bool:
+                    send(push, topic, b"new owner")
+                    try:
+                        await reader.until(topic, b"new owner", timeout=0.3)
+                    except TimeoutError:
+                        return False
+                    return True
+
+                await eventually(from_the_new_owner, timeout=10)
+            finally:
+                os.kill(first.pid, signal.SIGCONT)
+            await asyncio.sleep(1.5)
+            send(push, topic, b"last")
+            got = await reader.until(topic, b"last")
+    paused = [
+        frame for frame in got if isinstance(frame[-1], bytes) and frame[-1].startswith(b"while paused")
+    ]
+    assert paused == [], f"the paused router's messages reached the client: {paused}"
+
+
+def owner_of_shard(maps: MapWatcher, topic: str) -> str:
+    newest = maps.newest
+    assert newest is not None
+    return newest.owners[shard_of(topic.encode(), newest.shards)][0]
