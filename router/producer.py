@@ -43,10 +43,7 @@ class Producer:
         block: bool = True,
     ) -> bool:
         """Send one message; ``timestamp`` is nanoseconds since the Unix epoch."""
-        if topic not in self._checked:
-            if len(self._checked) > 10_000:
-                self._checked.clear()
-            self._checked.add(check_topic(topic))
+        check_once(self._checked, topic)
         return send_message(self._socket, topic, payload, content_type, timestamp, block)
 
     def close(self) -> None:
@@ -60,6 +57,15 @@ class Producer:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+def check_once(checked: set[str], topic: str) -> None:
+    """Check a topic's grammar the first time a producer sends it (``checked`` remembers up to
+    10,000 topics); raises :class:`RefusedError` (``bad_topic``) before anything is sent."""
+    if topic not in checked:
+        if len(checked) > 10_000:
+            checked.clear()
+        checked.add(check_topic(topic))
 
 
 def send_message(

@@ -19,9 +19,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from router.core.shards import shard_of
-from router.core.topics import check_topic
 from router.curve import CurveClient
-from router.producer import send_message
+from router.producer import check_once, send_message
 
 DEFAULT_REFRESH = 0.5
 
@@ -70,10 +69,7 @@ class ClusterProducer:
         timestamp: int | None = None,
         block: bool = True,
     ) -> bool:
-        if topic not in self._checked:
-            if len(self._checked) > 10_000:
-                self._checked.clear()
-            self._checked.add(check_topic(topic))
+        check_once(self._checked, topic)
         if self._clock() - self._read_at >= self._refresh:
             self._read_quietly()
         endpoint = self._owners[shard_of(topic.encode(), self.shards)] or next(iter(self._sockets))

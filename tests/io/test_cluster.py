@@ -95,6 +95,13 @@ def stream_entries(stream: Redis, key: str) -> list[tuple[bytes, bytes]]:
     return [(entry_id, fields[b"p"]) for entry_id, fields in entries]
 
 
+async def both_serving(maps: MapWatcher) -> ShardMap:
+    """The newest map, once both routers serve shards in it and every shard has an owner."""
+    await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
+    assert maps.newest is not None
+    return maps.newest
+
+
 def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/cluster") -> str:
     """A topic whose shard ``router_id`` serves in ``shard_map``."""
     for n in range(10_000):
@@ -112,9 +119,7 @@ async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
         edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
         maps, other_maps = MapWatcher(edge), MapWatcher(other_edge)
         async with edge, other_edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            shard_map = maps.newest
-            assert shard_map is not None
+            shard_map = await both_serving(maps)
             assert shard_map.shards == SHARDS
             assert len(shard_map.routers) == 2
             first_id, second_id = edge.link.router_id, other_edge.link.router_id
@@ -181,9 +186,7 @@ async def test_a_reliable_topic_continues_on_the_next_owner_with_its_history(
         edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
         maps = MapWatcher(edge)
         async with edge, other_edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            shard_map = maps.newest
-            assert shard_map is not None
+            shard_map = await both_serving(maps)
             topic = topic_in_shard_of(edge.link.router_id, shard_map, "/reliable")
             await edge.register("c1")
             granted = await edge.subscribe("c1", topic)
@@ -243,9 +246,8 @@ async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_
         edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
         maps, other_maps = MapWatcher(edge), MapWatcher(other_edge)
         async with edge, other_edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            assert maps.newest is not None
-            topic = topic_in_shard_of(edge.link.router_id, maps.newest, "/reliable")
+            shard_map = await both_serving(maps)
+            topic = topic_in_shard_of(edge.link.router_id, shard_map, "/reliable")
             stream = Redis.from_url(redis.url)
             key = f"switchboard:history:{topic}"
             with push_socket(first.endpoints["pull"]) as push:
@@ -295,11 +297,10 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis: Redi
         edge = TestEdge(first.endpoints)
         maps = MapWatcher(edge)
         async with edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            assert maps.newest is not None
+            shard_map = await both_serving(maps)
             router_id = edge.link.router_id
-            telemetry = topic_in_shard_of(router_id, maps.newest, "/telemetry")
-            reliable = topic_in_shard_of(router_id, maps.newest, "/reliable")
+            telemetry = topic_in_shard_of(router_id, shard_map, "/telemetry")
+            reliable = topic_in_shard_of(router_id, shard_map, "/reliable")
             await edge.register("c1")
             for topic in (telemetry, reliable):
                 assert isinstance(await edge.subscribe("c1", topic), SubscribeOk)
@@ -346,9 +347,8 @@ async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
         edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
         maps = MapWatcher(edge)
         async with edge, other_edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            assert maps.newest is not None
-            topic = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/pub")
+            shard_map = await both_serving(maps)
+            topic = topic_in_shard_of(other_edge.link.router_id, shard_map, "/pub")
             await other_edge.register("c1")
             assert isinstance(await other_edge.subscribe("c1", topic), SubscribeOk)
             context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -380,10 +380,9 @@ async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner(
         edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
         maps = MapWatcher(edge)
         async with edge, other_edge:
-            await eventually(lambda: len(maps.owners()) == 2 and "" not in maps.owners(), timeout=10)
-            assert maps.newest is not None
-            ours = topic_in_shard_of(edge.link.router_id, maps.newest, "/direct")
-            theirs = topic_in_shard_of(other_edge.link.router_id, maps.newest, "/direct")
+            shard_map = await both_serving(maps)
+            ours = topic_in_shard_of(edge.link.router_id, shard_map, "/direct")
+            theirs = topic_in_shard_of(other_edge.link.router_id, shard_map, "/direct")
             for link, topic in ((edge, ours), (other_edge, theirs)):
                 await link.register("c")
                 assert isinstance(await link.subscribe("c", topic), SubscribeOk)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +102,15 @@ class Reader:
                     self.received[self.topics[data.channel]].append((data.offset, data.payload))
         return self.received[topic]
 
+    async def arrives(self, topic: str, payload: bytes, send_it: Callable[[], object]) -> bool:
+        """Send ``payload`` of ``topic`` with ``send_it``; whether it arrives within 0.3 s."""
+        send_it()
+        try:
+            await self.until(topic, payload, timeout=0.3)
+        except TimeoutError:
+            return False
+        return True
+
 
 def send(push: zmq.Socket[bytes], topic: str, *payloads: bytes) -> None:
     for payload in payloads:
@@ -155,13 +164,8 @@ async def test_a_client_gets_both_routers_topics_and_keeps_them_when_one_dies(
 
         second.kill()
 
-        async def theirs_flows_again() -> bool:
-            send(to_first, theirs, b"probe")
-            try:
-                await reader.until(theirs, b"probe", timeout=0.3)
-            except TimeoutError:
-                return False
-            return True
+        def theirs_flows_again() -> Awaitable[bool]:
+            return reader.arrives(theirs, b"probe", lambda: send(to_first, theirs, b"probe"))
 
         await eventually(theirs_flows_again, timeout=LEASE_TIME + 10)
         send(to_first, theirs, b"b-last")
@@ -172,13 +176,8 @@ async def test_a_client_gets_both_routers_topics_and_keeps_them_when_one_dies(
         send(to_first, ours, b"a3")
         assert (await reader.until(ours, b"a3"))[-1] == (3, b"a3")
 
-        async def plain_flows_again() -> bool:
-            send(to_first, plain, b"p-probe")
-            try:
-                await reader.until(plain, b"p-probe", timeout=0.3)
-            except TimeoutError:
-                return False
-            return True
+        def plain_flows_again() -> Awaitable[bool]:
+            return reader.arrives(plain, b"p-probe", lambda: send(to_first, plain, b"p-probe"))
 
         await eventually(plain_flows_again, timeout=10)
         frames = reader.received[plain]
@@ -206,13 +205,8 @@ async def test_the_seed_router_dying_leaves_the_edge_serving_from_the_other(
         await reader.until(topic, b"s1")
         first.kill()
 
-        async def flows_from_the_other() -> bool:
-            send(to_second, topic, b"probe")
-            try:
-                await reader.until(topic, b"probe", timeout=0.3)
-            except TimeoutError:
-                return False
-            return True
+        def flows_from_the_other() -> Awaitable[bool]:
+            return reader.arrives(topic, b"probe", lambda: send(to_second, topic, b"probe"))
 
         await eventually(flows_from_the_other, timeout=LEASE_TIME + 10)
         send(to_second, topic, b"s-last")
@@ -326,13 +320,8 @@ async def test_nothing_a_router_paused_past_its_lease_sends_reaches_a_client(
             reader = Reader(client)
             await reader.subscribe(topic)
 
-            async def flowing() -> bool:
-                pub.send_multipart([topic.encode(), b"live"])
-                try:
-                    await reader.until(topic, b"live", timeout=0.3)
-                except TimeoutError:
-                    return False
-                return True
+            def flowing() -> Awaitable[bool]:
+                return reader.arrives(topic, b"live", lambda: pub.send_multipart([topic.encode(), b"live"]))
 
             await eventually(flowing, timeout=10)
             os.kill(first.pid, signal.SIGSTOP)
@@ -344,13 +333,8 @@ async def test_nothing_a_router_paused_past_its_lease_sends_reaches_a_client(
                 for n in range(20):
                     pub.send_multipart([topic.encode(), b"while paused %d" % n])
 
-                async def from_the_new_owner() -> bool:
-                    send(push, topic, b"new owner")
-                    try:
-                        await reader.until(topic, b"new owner", timeout=0.3)
-                    except TimeoutError:
-                        return False
-                    return True
+                def from_the_new_owner() -> Awaitable[bool]:
+                    return reader.arrives(topic, b"new owner", lambda: send(push, topic, b"new owner"))
 
                 await eventually(from_the_new_owner, timeout=10)
             finally:

@@ -56,16 +56,21 @@ def run_script(base: int, *args: str) -> Iterator[subprocess.Popen[str]]:
                 process.wait()
 
 
+def greeting(process: subprocess.Popen[str]) -> str:
+    """What scripts/run printed, up to its "Press Ctrl-C" line."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Press Ctrl-C"):
+            break
+    return "".join(lines)
+
+
 def test_it_says_where_to_look_and_stops_on_ctrl_c() -> None:
     base = free_base()
     with run_script(base) as process:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("Press Ctrl-C"):
-                break
-        text = "".join(lines)
+        text = greeting(process)
         assert f"tcp://127.0.0.1:{base}" in text
         assert f"http://127.0.0.1:{base + 30}/" in text
         process.send_signal(signal.SIGINT)
@@ -87,13 +92,7 @@ def test_a_port_another_program_holds_fails_with_what_to_do() -> None:
 def test_cluster_starts_redis_and_two_routers_that_share_the_shards() -> None:
     base = free_base()
     with run_script(base, "--cluster") as process:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("Press Ctrl-C"):
-                break
-        text = "".join(lines)
+        text = greeting(process)
         assert f"Redis at redis://127.0.0.1:{base + 20}" in text, text
         assert f"http://127.0.0.1:{base + 110}/" in text
         deadline = time.monotonic() + 20
