@@ -30,8 +30,9 @@ class ClusterUnreadableError(RuntimeError):
 
 
 class ClusterProducer:
-    """PUSHes each message to its shard's owner (``ZMQ_IMMEDIATE`` on every socket, so nothing
-    waits for a router that is down); see :class:`router.producer.Producer` for ``publish``."""
+    """PUSHes each message to its shard's owner, or, when the owner is down or its queue full
+    (``ZMQ_IMMEDIATE`` on every socket), to another router, which passes it on. ``publish`` blocks
+    only while no router can take the message (``block=False``: returns ``False`` instead)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class ClusterProducer:
         self._redis: Redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._prefix = prefix
         self._refresh = refresh
+        self._timeout = timeout
         self._sndhwm = sndhwm
         self._curve = curve
         self._clock = clock
@@ -72,8 +74,30 @@ class ClusterProducer:
         check_once(self._checked, topic)
         if self._clock() - self._read_at >= self._refresh:
             self._read_quietly()
-        endpoint = self._owners[shard_of(topic.encode(), self.shards)] or next(iter(self._sockets))
-        return send_message(self._sockets[endpoint], topic, payload, content_type, timestamp, block)
+        while True:
+            for endpoint in self._candidates(topic):
+                sock = self._sockets[endpoint]
+                if send_message(sock, topic, payload, content_type, timestamp, block=False):
+                    return True
+            if not block:
+                return False
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Wait until some router's socket can take a message, reading the cluster again now and
+        then (a router may have come back under another endpoint)."""
+        poller = zmq.Poller()
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLOUT)
+        if not poller.poll(timeout=round(self._refresh * 1000)):
+            self._read_quietly()
+
+    def _candidates(self, topic: str) -> list[str]:
+        """The owner's PULL first, then every other router's (which passes the message on): a
+        router that is down or full is passed over rather than waited for."""
+        owner = self.owner_endpoint(topic)
+        others = [endpoint for endpoint in self._sockets if endpoint != owner]
+        return [owner, *others] if owner is not None else others
 
     def owner_endpoint(self, topic: str) -> str | None:
         """The PULL endpoint a message of ``topic`` goes to straight, if its owner is known."""
@@ -106,10 +130,20 @@ class ClusterProducer:
             raise ClusterUnreadableError("no router of this cluster has announced itself in Redis")
         self.shards = shards
         self._owners = [pulls.get(lease.decode().split(" ")[0]) if lease else None for lease in leases]
-        for endpoint in pulls.values():
-            if endpoint not in self._sockets:
-                self._sockets[endpoint] = self._connect(endpoint)
+        new = [endpoint for endpoint in pulls.values() if endpoint not in self._sockets]
+        for endpoint in new:
+            self._sockets[endpoint] = self._connect(endpoint)
+        self._wait_connected([self._sockets[endpoint] for endpoint in new])
         self._read_at = self._clock()
+
+    def _wait_connected(self, sockets: list[zmq.Socket[bytes]]) -> None:
+        """Give new sockets up to ``timeout`` to connect, so that the first messages go straight
+        to their owner rather than to whichever router was connected first."""
+        deadline = self._clock() + self._timeout
+        for sock in sockets:
+            left = deadline - self._clock()
+            if left <= 0 or not sock.poll(round(left * 1000), zmq.POLLOUT):
+                return
 
     def _connect(self, endpoint: str) -> zmq.Socket[bytes]:
         sock = self._context.socket(zmq.PUSH)

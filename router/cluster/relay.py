@@ -52,6 +52,7 @@ class PeerRelay:
             sock = self._context.socket(zmq.PUSH)
             sock.linger = 0
             sock.sndhwm = FORWARD_HWM
+            sock.immediate = True
             key = info.get("curve_public_key")
             if self._curve is not None and key:
                 self._curve.client_of(key.encode()).secure(sock)

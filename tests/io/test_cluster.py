@@ -371,7 +371,7 @@ async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
             assert (await edge.stats())["messages_in"] == 0, "a router asked upstream for a shard not its own"
 
 
-async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner(
+async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner_and_past_a_dead_one(
     tmp_path: Path, redis: RedisServer
 ) -> None:
     config = cluster_config(tmp_path, redis)
@@ -392,10 +392,22 @@ async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner(
                 for n in range(10):
                     producer.publish(ours, b"%d" % n)
                     producer.publish(theirs, b"%d" % n)
+                sent = [b"%d" % n for n in range(10)]
                 for link in (edge, other_edge):
-                    assert [(await link.next_message())[1] for _ in range(10)] == [
-                        b"%d" % n for n in range(10)
-                    ]
-            for router in (first, second):
-                scraped = await scrape(router.endpoints["metrics"].removeprefix("http://"))
-                assert scraped.total("switchboard_router_forwarded_total") == 0
+                    assert [(await link.next_message())[1] for _ in range(10)] == sent
+                for router in (first, second):
+                    scraped = await scrape(router.endpoints["metrics"].removeprefix("http://"))
+                    assert scraped.total("switchboard_router_forwarded_total") == 0
+
+                second.kill()
+                first_id = edge.link.router_id
+                await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME)
+                assert isinstance(await edge.subscribe("c", theirs), SubscribeOk)
+
+                def publish_all() -> None:
+                    for n in range(10):
+                        producer.publish(theirs, b"after %d" % n)
+
+                await asyncio.wait_for(asyncio.to_thread(publish_all), timeout=10)
+                after = [(await edge.next_message())[1] for _ in range(10)]
+            assert after == [b"after %d" % n for n in range(10)], "a dead owner held the producer up"
