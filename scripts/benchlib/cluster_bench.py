@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="set ZMQ_IMMEDIATE on the failover producer's PUB socket (default: libzmq's default)",
     )
+    option(
+        "--push",
+        action="store_true",
+        help="the failover producer is a ClusterProducer (PUSH to each topic's owner) instead of PUB",
+    )
     option("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
 
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> Report:
         "cost": lambda: cluster_cost.run(cluster_cost.Plan(trials, messages, cap)),
         "scale": lambda: cluster_scale.run(cluster_scale.Plan(trials, args.pairs, messages, cap)),
         "failover": lambda: cluster_failover.run(
-            cluster_failover.Plan(kills, args.topics, args.rate, args.clients, args.immediate)
+            cluster_failover.Plan(kills, args.topics, args.rate, args.clients, args.immediate, args.push)
         ),
     }
     chosen = args.only or PARTS

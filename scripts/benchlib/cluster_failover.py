@@ -72,6 +72,8 @@ class Plan:
     clients: int
     immediate: bool = False
     """Whether the producer's PUB socket has ZMQ_IMMEDIATE set."""
+    push: bool = False
+    """Whether the producer is a ClusterProducer (PUSH to each owner) rather than a PUB socket."""
 
 
 @dataclass
@@ -140,7 +142,7 @@ def run(plan: Plan) -> tuple[list[Figure], list[str]]:
         topics = pick_topics(cluster.ids, cluster.placed(), plan.topics)
         every = [topic for policy in POLICIES for topic in topics[policy]]
         edge, url = start_edge(children, cluster.endpoints[0])
-        producer = start_producer(children, cluster.endpoints, every, plan)
+        producer = start_producer(children, cluster.endpoints, every, plan, redis.url)
         clients = start_clients(children, url, every, plan)
         if missing := not_flowing(clients, every, time.monotonic_ns(), STEADY_TIMEOUT):
             raise ChildError(f"no message of {', '.join(missing)} within {STEADY_TIMEOUT:.0f} s")
@@ -193,9 +195,10 @@ def cap(plan: Plan) -> float:
 
 
 def start_producer(
-    children: Children, endpoints: list[dict[str, str]], topics: list[str], plan: Plan
+    children: Children, endpoints: list[dict[str, str]], topics: list[str], plan: Plan, redis_url: str
 ) -> Child:
     args = [word for router in endpoints for word in ("--xsub", router["xsub"])]
+    args += ["--redis", redis_url] if plan.push else []
     args += ["--immediate"] if plan.immediate else []
     args += [word for topic in topics for word in ("--topic", topic)]
     args += ["--rate", str(plan.rate), "--cap", str(cap(plan))]
@@ -381,7 +384,7 @@ def notes(findings: Findings, plan: Plan) -> list[str]:
     dropped = {reason: count for reason, count in sorted(findings.router_drops.items()) if count}
     found.append(
         f"failover: the routers counted as dropped, over every topic and router: {dropped or 'nothing'}; "
-        "the rest of the loss is counted nowhere: in the producer's PUB socket, or in a router killed"
+        "the rest of the loss is counted nowhere: in a PUB producer's socket, or in a router killed"
     )
     if findings.lost_subscriptions:
         found.append(f"failover: {findings.lost_subscriptions} subscriptions ended by an error frame")
@@ -390,9 +393,12 @@ def notes(findings: Findings, plan: Plan) -> list[str]:
 
 def setup_note(plan: Plan) -> str:
     socket = "with ZMQ_IMMEDIATE" if plan.immediate else "with libzmq's defaults (no ZMQ_IMMEDIATE)"
+    source = f"one PUB socket {socket} connected to both routers' XSUB"
+    if plan.push:
+        source = "a ClusterProducer (PUSH straight to each topic's owner, another router when it is down)"
     return (
         f"failover: {plan.topics} best_effort and {plan.topics} reliable topics at {plan.rate:g} msg/s each "
-        f"from one PUB socket {socket} connected to both routers' XSUB, {plan.clients} WebSocket "
+        f"from {source}, {plan.clients} WebSocket "
         "client(s) of one edge subscribed to all; a sample is one moved topic of one kill, from the "
         "SIGKILL to when every client got that topic's first message sent after it"
     )
@@ -405,9 +411,10 @@ def reliable_verdict(tally: Tally) -> str:
         f"{tally.received} received (by the payloads' sequence numbers, every client and topic, over "
         f"every kill and rebalance); target 0 and 0: {met}. Of the lost, "
         f"{tally.lost_silent_no_offset_gap} left no gap in the offsets: no router that lived on ever "
-        "sequenced them (the producer's PUB socket drops a topic's messages while no router has asked "
-        "for it, as between a router's death and the survivor's asking upstream, or the killed router "
-        f"took them and died before they were durable); {tally.lost_silent_at_rejoins} were lost while "
+        "sequenced them (a PUB socket drops a topic's messages while no router has asked for it; a "
+        "router drops a PUSH message of a shard with no owner yet (no_owner) or that it cannot pass "
+        "on (forward_full), counted below; or the killed router took them and died before they were "
+        f"durable); {tally.lost_silent_at_rejoins} were lost while "
         "shards moved to a router that had joined again, where no router died; "
         f"{tally.lost_at_end} were still missing "
         f"{DRAIN_TIMEOUT:g} s after the producer stopped. {tally.lost_reported} more were reported to the "
