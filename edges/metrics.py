@@ -110,6 +110,12 @@ class EdgeCollector:
             LABELS,
             self._one(len(links)),
         )
+        yield counter(
+            "switchboard_edge_router_unsent",
+            "Control messages for a router of a cluster that no welcomed link reached.",
+            LABELS,
+            self._one(links.unsent),
+        )
         yield gauge(
             "switchboard_edge_router_links_welcomed",
             "Links whose router welcomed this edge and is not known to be lost.",

@@ -16,7 +16,10 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import zmq
+
 from edges.link import RouterLink
+from router.logs import ThrottledLog
 from router.wire import EdgeMessage, RouterEndpoints
 
 __all__ = ["RouterLinks"]
@@ -55,6 +58,10 @@ class RouterLinks:
         self._extra: dict[str, _Extra] = {}
         """By the router id the view listed it under."""
         self._group: asyncio.TaskGroup | None = None
+        self.unsent = 0
+        """Messages for a router no welcomed link reached: their requests wait until that router
+        is welcomed again (a resync) or lost."""
+        self._bad_endpoint = ThrottledLog(log)
 
     def __iter__(self) -> Iterator[RouterLink]:
         yield self.seed
@@ -77,9 +84,13 @@ class RouterLinks:
         return None
 
     def send(self, router_id: str, message: EdgeMessage) -> bool:
-        """Send ``message`` to ``router_id``; ``False`` when no welcomed link reaches it."""
+        """Send ``message`` to ``router_id``; ``False``, counted in :attr:`unsent`, when no
+        welcomed link reaches it."""
         link = self.to(router_id)
-        return link is not None and link.send(message)
+        if link is not None and link.send(message):
+            return True
+        self.unsent += 1
+        return False
 
     def watch(self, topic: str) -> None:
         for link in self:
@@ -106,7 +117,13 @@ class RouterLinks:
         opened = []
         for router_id, endpoints in listed.items():
             if router_id not in reached and endpoints.control not in linked:
-                link = self._make(endpoints)
+                try:
+                    link = self._make(endpoints)
+                except zmq.ZMQError as error:
+                    self._bad_endpoint.warning(
+                        router_id, "router %s: cannot link to %s: %s", router_id, endpoints, error, now=now
+                    )
+                    continue
                 self._extra[router_id] = extra = _Extra(link, endpoints)
                 self._start(extra)
                 opened.append(link)

@@ -249,18 +249,25 @@ class EdgeShell(ABC, Generic[T]):
     def _on_link_data(self, link: RouterLink, batch: DataBatch) -> None:
         """In a cluster, only the messages of ``link``'s router for topics of shards it owns go to
         the hub (a local topic's owner is looked up once per message; a topic no client holds is
-        the hub's to count); the others are dropped and counted."""
+        the hub's to count); the others are dropped and counted. A batch with nothing to drop goes
+        on as it is, not copied."""
         routes = self.hub.routes
         assert routes is not None, "one router's data goes to _on_data"
         owners = routes.owners
         sender = link.router_id if link.welcomed.is_set() else None
+        for head, _ in batch:
+            owner = owners.get(head[: head.find(b"\0")])
+            if owner is not None and owner != sender:
+                break
+        else:
+            self._on_data(batch)
+            return
         kept = [
             message
             for message in batch
             if (owner := owners.get(message[0][: message[0].find(b"\0")])) is None or owner == sender
         ]
-        if len(kept) < len(batch):
-            self.hub.fenced(len(batch) - len(kept))
+        self.hub.fenced(len(batch) - len(kept))
         if kept:
             self._on_data(kept)
 

@@ -191,8 +191,7 @@ class RouterServer:
             self.config.cluster, self.control.router_id, announced, self._shards_changed, self._clock
         )
         await cluster.start()
-        shards = self.config.cluster.shards
-        self.relay = PeerRelay(self._context, self.control.router_id, shards, self._curve)
+        self.relay = PeerRelay(self._context, cluster.leases, self._curve)
         section = self.config.cluster
         cluster.history = self.history = ClusterHistory(
             self.manager,
@@ -429,8 +428,8 @@ class RouterServer:
         through XSUB is not: a PUB producer sends to the owner itself, and passing on the copy a
         router still subscribed during a handover got would deliver it twice."""
         reason = "not_owner"
-        if self.relay is not None and self.cluster is not None and not forwarded:
-            reason = self.relay.forward(topic, frames, self.cluster.leases.owners()) or ""
+        if self.relay is not None and not forwarded:
+            reason = self.relay.forward(topic, frames) or ""
         if reason:
             self.manager.count_drop(reason)
             self._drop_log.warning(

@@ -4,9 +4,8 @@ from router.cluster.store import (
     Append,
     AppendResult,
     ClusterStore,
-    Entry,
     Holder,
     StoreUnavailable,
 )
 
-__all__ = ["Append", "AppendResult", "ClusterStore", "Entry", "Holder", "StoreUnavailable"]
+__all__ = ["Append", "AppendResult", "ClusterStore", "Holder", "StoreUnavailable"]

@@ -24,16 +24,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from router.cluster.store import Append, ClusterStore, Entry, StoreUnavailable
+from router.cluster.store import Append, ClusterStore, StoreUnavailable
 from router.core import ConnectionManager, HistoryEntry
 from router.core.errors import RefusedError
-from router.core.shards import ShardLeases, shard_of
+from router.core.shards import ShardLeases
 from router.logs import ThrottledLog
 
 log = logging.getLogger("switchboard.router")
 
 BATCH_MESSAGES = 1000
 BATCH_BYTES = 4 * 1024 * 1024
+MAX_REGISTERED = 100_000
+"""Topics whose epoch is known to be in Redis; past it the set starts again (registering twice
+is harmless)."""
 RETRY_AFTER = 0.05
 """Seconds before a write that found Redis unavailable is tried again."""
 
@@ -87,7 +90,6 @@ class ClusterHistory:
         self.pending_messages = 0
         self.pending_bytes = 0
         self.written = 0
-        self._shards: dict[str, int] = {}
         self._registered: set[tuple[str, int]] = set()
         """``(topic, epoch)`` whose epoch is in Redis already; cleared when Redis was unavailable,
         since it may have restarted without its data."""
@@ -99,10 +101,10 @@ class ClusterHistory:
     def add(self, message: Pending) -> None:
         """Queue a routed message of a reliable topic (the manager defers its recording); past
         the bound, drop it, counted, and mark the drop in its place."""
-        shard = self._shards.get(message.topic)
+        shard = self.manager.defer_record(message.topic)
         if shard is None:
-            shard = self._shards[message.topic] = shard_of(message.raw_topic, self.leases.shards)
-        self.manager.defer_record(message.topic)
+            self.manager.count_drop("not_owner")
+            return
         waiting = self._pending.setdefault(shard, deque())
         size = len(message.header) + len(message.payload)
         full = self.pending_messages >= self.max_pending_messages
@@ -169,16 +171,19 @@ class ClusterHistory:
     async def _write(self, shard: int, token: int) -> bool:
         waiting = self._pending[shard]
         batch = _take_batch(waiting)
-        store = self._store()
-        try:
-            await self._register_epochs(store, shard, batch)
-            result = await store.append(shard, store.router_id, token, self._appends(batch))
-        except StoreUnavailable:
-            waiting.extendleft(reversed(batch))
-            raise
+        appends = self._appends(batch)
+        accepted = True
+        if appends:
+            store = self._store()
+            try:
+                await self._register_epochs(store, shard, batch)
+                accepted = (await store.append(shard, store.router_id, token, appends)).accepted
+            except StoreUnavailable:
+                waiting.extendleft(reversed(batch))
+                raise
         if not waiting and self._pending.get(shard) is waiting:
             del self._pending[shard]
-        if not result.accepted:
+        if not accepted:
             log.warning("cluster history: %d messages of shard %d fenced off", len(batch), shard)
             self._give_up(batch, "fenced")
             return False
@@ -197,6 +202,8 @@ class ClusterHistory:
                 self.manager.drop_deferred(message.topic, offset)
 
     async def _register_epochs(self, store: ClusterStore, shard: int, batch: list[Pending]) -> None:
+        if len(self._registered) > MAX_REGISTERED:
+            self._registered.clear()
         for topic, epoch in {(m.topic, m.epoch) for m in batch} - self._registered:
             kept = await store.epoch(topic, shard, epoch)
             if kept != epoch:
@@ -205,11 +212,11 @@ class ClusterHistory:
             self._registered.add((topic, epoch))
 
     def _appends(self, batch: list[Pending]) -> list[Append]:
-        by_topic: dict[str, list[Entry]] = {}
+        by_topic: dict[str, list[HistoryEntry]] = {}
         for message in batch:
             if message.dropped_until:
                 continue
-            entry = Entry(message.offset, message.header, message.payload)
+            entry = HistoryEntry(message.offset, message.header, message.payload)
             by_topic.setdefault(message.topic, []).append(entry)
         appends = []
         for topic, entries in by_topic.items():
@@ -226,7 +233,7 @@ class ClusterHistory:
                     self.manager.drop_deferred(message.topic, offset)
                 continue
             self.written += 1
-            self.manager.record(message.topic, message.offset, message.header, message.payload, now)
+            self.manager.record_deferred(message.topic, message.offset, message.header, message.payload, now)
             if self.manager.get_clients_for_topic(message.topic):
                 self._publish(
                     message.raw_topic, message.epoch, message.offset, message.header, message.payload
@@ -249,8 +256,7 @@ class ClusterHistory:
             limits = self.manager.history_limits(topic)
             most = limits.max_messages if limits is not None else 0
             entries = await store.read(topic, max(0, last - most), most) if most else []
-            history = [HistoryEntry(e.offset, e.header, e.payload) for e in entries]
-            loaded.append(Loaded(topic, epoch, last, history))
+            loaded.append(Loaded(topic, epoch, last, entries))
             self._registered.add((topic, epoch))
         return loaded
 

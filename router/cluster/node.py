@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 
 from router.cluster.config import ClusterSection
@@ -56,7 +55,6 @@ class ClusterNode:
         """The live routers' announcements, as last read."""
         self.unavailable = 0
         """Rounds that failed because Redis did not answer."""
-        self.changes: Counter[str] = Counter()
         self.available = False
         """Whether the last round reached Redis."""
         self._ttls_read_at: float | None = None
@@ -105,7 +103,8 @@ class ClusterNode:
         """Stop serving a shard the moment its serving time runs out, whatever Redis is doing."""
         while True:
             await asyncio.sleep(self.section.tick / 2)
-            self._hand_over(self.leases.expire(self._clock()))
+            if expired := self.leases.expire(self._clock()):
+                self._hand_over(expired)
 
     async def round(self) -> None:
         """Read the cluster, then renew, release and take leases as :class:`ShardLeases` plans."""
@@ -204,8 +203,6 @@ class ClusterNode:
         )
 
     def _hand_over(self, changes: list[Change]) -> None:
-        for change in changes:
-            self.changes[type(change).__name__.lower()] += 1
         self._apply(changes, self.shard_map())
 
     def _ttl_ms(self) -> int:
@@ -213,9 +210,15 @@ class ClusterNode:
 
 
 def _advertised(endpoint: str, host: str | None) -> str:
-    """``endpoint`` with a wildcard host replaced by ``host``."""
+    """``endpoint`` with a wildcard host replaced by ``host``. Raises :class:`ClusterError` for a
+    wildcard with no ``host``: nobody could connect to what the router would announce."""
     transport, _, address = endpoint.partition("://")
     bound, _, port = address.rpartition(":")
-    if host is None or bound not in ("0.0.0.0", "*", "[::]", "::"):
+    if bound not in ("0.0.0.0", "*", "[::]", "::"):
         return endpoint
+    if host is None:
+        raise ClusterError(
+            f"[cluster] advertise is not set, and the router binds {endpoint}: set it to the host"
+            " other routers, edges and producers reach this router at"
+        )
     return f"{transport}://{host}:{port}"

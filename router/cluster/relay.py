@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import zmq
 
-from router.core.shards import Holder, shard_of
+from router.core.shards import ShardLeases, shard_of
 from router.curve import CurveServer
 from router.wire import FORWARDED
 from router.zmqio import NOBLOCK
@@ -28,10 +28,10 @@ class PeerRelay:
     """One PUSH socket per other live router, to its PULL socket."""
 
     def __init__(
-        self, context: zmq.Context[zmq.Socket[bytes]], router_id: str, shards: int, curve: CurveServer | None
+        self, context: zmq.Context[zmq.Socket[bytes]], leases: ShardLeases, curve: CurveServer | None
     ) -> None:
-        self.router_id = router_id
-        self.shards = shards
+        self.router_id = leases.router_id
+        self.leases = leases
         self.forwarded: Counter[str] = Counter()
         """Messages passed on, by the router that got them."""
         self._context = context
@@ -59,17 +59,15 @@ class PeerRelay:
             sock.connect(info["pull"])
             self._peers[router_id] = (info["pull"], sock)
 
-    def forward(
-        self, topic: bytes, frames: Sequence[zmq.Frame], owners: Sequence[Holder | None]
-    ) -> str | None:
+    def forward(self, topic: bytes, frames: Sequence[zmq.Frame]) -> str | None:
         """Send a message to its shard's owner; ``None`` when sent, else the drop reason
         (``no_owner``: nobody serves the shard; ``forward_full``: the owner's queue is full)."""
         shard = self._shard_of.get(topic)
         if shard is None:
             if len(self._shard_of) >= MAX_CACHED_SHARDS:
                 self._shard_of.clear()
-            shard = self._shard_of[topic] = shard_of(topic, self.shards)
-        owner = owners[shard]
+            shard = self._shard_of[topic] = shard_of(topic, self.leases.shards)
+        owner = self.leases.holder(shard)
         peer = self._peers.get(owner.router_id) if owner is not None else None
         if peer is None or owner is None:
             return "no_owner"

@@ -77,6 +77,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.core.history import HistoryEntry
 from router.core.shards import Holder
 
 __all__ = [
@@ -84,7 +85,6 @@ __all__ = [
     "Append",
     "AppendResult",
     "ClusterStore",
-    "Entry",
     "Holder",
     "StoreUnavailable",
     "redacted",
@@ -109,19 +109,11 @@ class StoreUnavailable(RuntimeError):  # noqa: N818 - the name says what the cal
     """Redis could not be reached or did not answer in time; nothing is known about the operation."""
 
 
-class Entry(NamedTuple):
-    """One message of a reliable topic's history."""
-
-    offset: int
-    header: bytes
-    payload: bytes
-
-
 class Append(NamedTuple):
     """Entries for one topic's history, which then keeps its newest ``max_messages``."""
 
     topic: str
-    entries: Sequence[Entry]
+    entries: Sequence[HistoryEntry]
     max_messages: int
 
 
@@ -479,7 +471,7 @@ class ClusterStore:
         newest = await self._do(self._redis.xrevrange(self._key("history", topic), count=1))
         return _offset(newest[0][0]) if newest and newest[0][0] is not None else 0
 
-    async def read(self, topic: str, after: int, max_messages: int) -> list[Entry]:
+    async def read(self, topic: str, after: int, max_messages: int) -> list[HistoryEntry]:
         """``topic``'s entries with an offset above ``after``, oldest first, at most ``max_messages``."""
         if max_messages < 1:
             return []
@@ -487,7 +479,7 @@ class ClusterStore:
             self._redis.xrange(self._key("history", topic), min=f"{after + 1}-0", count=max_messages)
         )
         return [
-            Entry(_offset(entry_id), _bytes(fields.get(b"h", b"")), _bytes(fields.get(b"p", b"")))
+            HistoryEntry(_offset(entry_id), _bytes(fields.get(b"h", b"")), _bytes(fields.get(b"p", b"")))
             for entry_id, fields in entries or ()
             if entry_id is not None and fields is not None
         ]

@@ -358,7 +358,7 @@ class ControlPlane:
         which every edge gets at once. A lost shard's topics are unwatched upstream; an expired
         one's stay served from memory (it is degraded) until another router takes it. ``unix_time``
         stamps the events."""
-        actions: list[Action] = []
+        lost: list[int] = []
         for change in changes:
             match change:
                 case Gained(shard, token):
@@ -367,12 +367,12 @@ class ControlPlane:
                     log.info("serving shard %d (token %d)", shard, token)
                 case Lost(shard, token, reason):
                     if reason != EXPIRED:
-                        actions += self.manager.shard_lost(shard)
+                        lost.append(shard)
                     log.info("shard %d (token %d) lost: %s", shard, token, reason)
             self.shard_changes[reason] += 1
             if self.events:
                 self.events.emit(ShardChanged(time=unix_time, shard=shard, token=token, reason=reason))
-        out = self._outbound(actions)
+        out = self._outbound(self.manager.shards_lost(lost) if lost else [])
         if shard_map is not None and shard_map != self.shard_map:
             self.shard_map = shard_map
             out += [ToEdge(edge_id, shard_map) for edge_id in self.manager.edge_ids()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -536,7 +536,7 @@ class ConnectionManager:
         """
         client = self._client(client_id)
         spec = self.registry.resolve(topic)
-        self._check_served(topic)
+        shard = self._check_served(topic)
         if not self.sessions.authorize(client.identity, topic):
             raise RefusedError(ErrorCode.FORBIDDEN, f"{client.identity.user!r} may not read {topic!r}")
         state = self._topics.get(topic)
@@ -546,7 +546,7 @@ class ConnectionManager:
         resumed = self._resume(topic, state, resume, now) if resume is not None else None
         actions: list[Action] = []
         if joining:
-            state = state or self._create_topic(topic, spec)
+            state = state or self._create_topic(topic, spec, shard)
             actions = self._add_subscriber(state, client)
         assert state is not None
         policy = self.get_delivery_policy(topic)
@@ -617,10 +617,11 @@ class ConnectionManager:
 
     # ------------------------------------------------------------ topics and routing
 
-    def _create_topic(self, name: str, spec: TopicSpec) -> _Topic:
+    def _create_topic(self, name: str, spec: TopicSpec, shard: int) -> _Topic:
+        """A new topic state, in ``shard`` (which :meth:`_check_served` gave)."""
         if len(self._topics) >= self.limits.max_topics:
             self._evict_idle_topic()
-        state = _Topic(name, spec, self._new_epoch(), self._max_payload(spec), shard=self._check_served(name))
+        state = _Topic(name, spec, self._new_epoch(), self._max_payload(spec), shard=shard)
         self._topics[name] = state
         self._wire_topics[name.encode()] = state
         self._idle_topics[name] = None
@@ -689,12 +690,12 @@ class ConnectionManager:
     def _topic_for_producer(self, raw_topic: bytes, size: int) -> _Topic:
         name = decode_topic(raw_topic)
         spec = self.registry.resolve(name)
-        self._check_served(name)
+        shard = self._check_served(name)
         if size > self._max_payload(spec):
             raise _too_large(name, self._max_payload(spec))
         if len(self._topics) >= self.limits.max_topics and not self._idle_topics:
             raise RefusedError(ErrorCode.LIMIT_EXCEEDED, f"at most {self.limits.max_topics} topics")
-        return self._create_topic(name, spec)
+        return self._create_topic(name, spec, shard)
 
     def topic_position(self, topic: str) -> tuple[int, int] | None:
         """The topic's current ``(epoch, offset)``, or ``None`` if the router holds no state."""
@@ -714,21 +715,28 @@ class ConnectionManager:
         history = self._histories.get(topic)
         if history is None:
             return
-        state = self._topics[topic]
-        if state.deferred and offset > state.published:
-            state.deferred -= 1
         history.append(HistoryEntry(offset, header, payload), now)
         while self._history_total.bytes > self.limits.max_history_bytes:
             self._histories[max(self._histories, key=self._history_weight)].evict_oldest()
 
-    def defer_record(self, topic: str) -> None:
+    def defer_record(self, topic: str) -> int | None:
         """The message just routed on ``topic`` is recorded later, once durable elsewhere (cluster
         mode, ``router/cluster/history.py``): until then it is not published, and the topic's
         position in replies (``subscribed``, a resume's range, recovery) stays before it. Each
-        deferred message is then :meth:`record`-ed or :meth:`drop_deferred`, in offset order."""
+        deferred message is then :meth:`record_deferred` or :meth:`drop_deferred`, in offset
+        order. Returns the topic's shard, ``None`` for a topic not held."""
         state = self._topics.get(topic)
-        if state is not None:
-            state.deferred += 1
+        if state is None:
+            return None
+        state.deferred += 1
+        return state.shard
+
+    def record_deferred(self, topic: str, offset: int, header: bytes, payload: bytes, now: float) -> None:
+        """:meth:`record` a deferred message, the next one in offset order: it is published now."""
+        state = self._topics.get(topic)
+        if state is not None and state.deferred:
+            state.deferred -= 1
+        self.record(topic, offset, header, payload, now)
 
     def drop_deferred(self, topic: str, offset: int) -> None:
         """A deferred message will never be recorded: the history's run breaks there, so a
@@ -855,13 +863,16 @@ class ConnectionManager:
         """This router serves ``shard`` from now on."""
         self._cluster()[shard] = 1
 
-    def shard_lost(self, shard: int) -> list[Action]:
-        """This router serves ``shard`` no more: its topics' subscriptions end without a word to
-        the edges, which move them to the new owner, and their state is forgotten, since the next
-        owner continues (reliable topics) or starts (the others) their sequences."""
-        self._cluster()[shard] = 0
+    def shards_lost(self, shards: Collection[int]) -> list[Action]:
+        """This router serves ``shards`` no more: their topics' subscriptions end without a word
+        to the edges, which move them to the new owner, and their state is forgotten, since the
+        next owner continues (reliable topics) or starts (the others) their sequences. One pass
+        over the topics, however many shards went."""
+        served = self._cluster()
+        for shard in shards:
+            served[shard] = 0
         actions: list[Action] = []
-        for state in [state for state in self._topics.values() if state.shard == shard]:
+        for state in [state for state in self._topics.values() if not served[state.shard]]:
             for client_id in sorted(state.subscribers):
                 actions += self._remove_subscriber(state, self._clients[client_id])
             self._forget_topic(state)
@@ -877,7 +888,8 @@ class ConnectionManager:
         Raises :class:`RefusedError` for a topic this router does not serve or know."""
         if topic in self._topics:
             return
-        state = self._create_topic(topic, self.registry.resolve(topic))
+        spec = self.registry.resolve(topic)
+        state = self._create_topic(topic, spec, self._check_served(topic))
         state.epoch, state.offset = epoch, last_offset
         if state.history is None:
             return
@@ -911,7 +923,8 @@ class ConnectionManager:
         served = self._served
         if served is None:
             return 0
-        shard = shard_of(topic.encode(), len(served))
+        state = self._topics.get(topic)
+        shard = state.shard if state is not None else shard_of(topic.encode(), len(served))
         if not served[shard]:
             raise RefusedError(
                 ErrorCode.NOT_OWNER, f"{topic!r} is in shard {shard}, served by another router"

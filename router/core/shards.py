@@ -161,10 +161,12 @@ class ShardLeases:
 
     def owners(self) -> list[Holder | None]:
         """Each shard's holder as last read from Redis, with this router's own leases over it."""
-        view = list(self._view)
-        for shard, lease in self._held.items():
-            view[shard] = Holder(self.router_id, lease.token)
-        return view
+        return [self.holder(shard) for shard in range(self.shards)]
+
+    def holder(self, shard: int) -> Holder | None:
+        """:meth:`owners` of one shard."""
+        lease = self._held.get(shard)
+        return Holder(self.router_id, lease.token) if lease is not None else self._view[shard]
 
     def lease_left(self, shard: int, now: float) -> float | None:
         """Seconds, at least, before ``shard``'s lease runs out in Redis unless it is renewed.

@@ -159,7 +159,7 @@ def policy_figures(policy: str, cluster: list[Trial], memory: list[Trial]) -> li
     )
     found = [
         cost,
-        Figure(f"cluster.cost.{policy}.vs_memory", cost.ratio or 0.0, "x in-memory CPU/msg", TARGETS[policy]),
+        Figure(f"cluster.cost.{policy}.vs_memory", cost.ratio or 0.0, "x in-memory CPU/msg"),
         Figure(
             f"cluster.cost.{policy}.redis_cpu_per_msg",
             median(cluster, lambda t: t.redis_us_per_message),

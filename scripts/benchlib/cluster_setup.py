@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from benchlib.procs import Child, ChildError, Children, python_module
-from router.admin.client import AdminClient
+from router.admin.client import AdminClient, AdminError
 from router.core.shards import DEFAULT_SHARDS, preferred_owner, shard_of
 
 PREFIX = "switchboard"
@@ -29,7 +29,6 @@ START_TIMEOUT = 20.0
 PLACEMENT_TIMEOUT = 20.0
 POLL = 0.02
 FAST_POLL = 0.002
-STOP_TIMEOUT = 5.0
 
 
 def free_port() -> int:
@@ -115,7 +114,12 @@ def router_command(config: Path, endpoints: dict[str, str] | None = None) -> lis
 
 def router_drops(endpoints: dict[str, str]) -> dict[str, int]:
     """The router's drop counters, by reason, from its admin API."""
-    drops: dict[str, int] = AdminClient(endpoints["admin"], None).get("/api/stats")["drops"]
+    try:
+        drops: dict[str, int] = AdminClient(endpoints["admin"], None).get("/api/stats")["drops"]
+    except AdminError as error:
+        raise ChildError(
+            f"the router at {endpoints['admin']} did not give its drop counters: {error}"
+        ) from None
     return drops
 
 

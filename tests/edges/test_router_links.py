@@ -86,6 +86,27 @@ def test_a_link_per_router_listed_but_the_seeds() -> None:
     assert links.follow({"ra": endpoints("a"), "rb": endpoints("b")}, 1.0) == ([], [])
 
 
+def test_an_endpoint_no_link_can_reach_is_passed_over_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    seed = FakeLink(endpoints("seed"), "ra")
+    links = RouterLinks(
+        cast(RouterLink, seed),
+        lambda where: RouterLink(protocol="test", control=where.control, xpub=where.xpub),
+        KEEP,
+        endpoints("seed"),
+    )
+    wildcard = RouterEndpoints(control="tcp://*:5555", xpub="tcp://*:5556")
+    with caplog.at_level(logging.WARNING, logger="switchboard.edge"):
+        assert links.follow({"rb": wildcard}, 0.0) == ([], [])
+    assert "router rb: cannot link to" in caplog.text
+    assert len(list(links)) == 1, "only the seed link"
+
+
+def test_a_router_no_welcomed_link_reaches_gets_nothing_and_it_is_counted() -> None:
+    links, _, _ = fake_links()
+    assert not links.send("nobody", Heartbeat())
+    assert links.unsent == 1
+
+
 def test_a_link_unlisted_for_a_while_is_closed_and_the_seed_never() -> None:
     links, seed, made = fake_links()
     links.follow({"rb": endpoints("b")}, 0.0)

@@ -1,5 +1,5 @@
-"""``scripts/bench.py cluster`` cost and scale run end to end and print well-formed JSON (not a speed
-test; the failover part alone takes longer than a test should)."""
+"""``scripts/bench.py cluster`` runs end to end and prints well-formed JSON (not a speed test): cost
+and scale at their smallest, and failover with one kill."""
 
 from __future__ import annotations
 
@@ -33,3 +33,23 @@ def test_cluster_bench_prints_json_figures() -> None:
     for name, figure in figures.items():
         assert_well_formed(figure, "non-negative" if name in NOT_POSITIVE else "positive")
     assert figures["cluster.cost.reliable.delivered"]["value"] == 1.0
+    cost = figures["cluster.cost.reliable.router_cpu_per_msg"]
+    assert figures["cluster.cost.reliable.vs_memory"]["value"] == pytest.approx(cost["ratio"])
+
+
+FAILOVER = ["--only", "failover", "--kills", "1", "--topics", "1", "--clients", "1", "--immediate", "--json"]
+
+
+def test_cluster_bench_failover_kills_once_and_duplicates_nothing() -> None:
+    figures = {
+        figure["name"]: figure
+        for figure in run_bench([sys.executable, "scripts/bench.py", "cluster", *FAILOVER], timeout=100.0)
+    }
+    assert figures["cluster.failover.kills"]["value"] == 1
+    for policy in ("best_effort", "reliable"):
+        assert figures[f"cluster.failover.{policy}.samples"]["value"] >= 1
+        assert 0 < figures[f"cluster.failover.{policy}.max"]["value"] < 15
+        assert figures[f"cluster.failover.{policy}.received"]["value"] > 0
+        assert figures[f"cluster.failover.{policy}.duplicated"]["value"] == 0
+    for figure in figures.values():
+        assert_well_formed(figure, "any")

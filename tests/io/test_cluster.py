@@ -411,3 +411,14 @@ async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner_and_p
                 await asyncio.wait_for(asyncio.to_thread(publish_all), timeout=10)
                 after = [(await edge.next_message())[1] for _ in range(10)]
             assert after == [b"after %d" % n for n in range(10)], "a dead owner held the producer up"
+
+
+def test_a_router_bound_to_a_wildcard_must_say_where_it_is_reached(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    endpoints = free_endpoints()
+    endpoints[endpoints.index("--pull") + 1] = "tcp://0.0.0.0:0"
+    line = refused_start("router", "--config", str(cluster_config(tmp_path, redis)), *endpoints)
+    assert line.startswith(
+        "switchboard router: [cluster] advertise is not set, and the router binds tcp://0.0.0.0:"
+    )

@@ -79,8 +79,9 @@ def live(reply: Reply) -> list[str]:
     return [router["router_id"] for router in reply["routers"] if router["live"]]
 
 
-def switchboard(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def switchboard(*args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run ``switchboard ARGS``; it must exit with ``status``."""
+    done = subprocess.run(
         [sys.executable, "-m", "switchboard", *args],
         cwd=ROOT,
         env={**os.environ},
@@ -89,6 +90,8 @@ def switchboard(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+    assert done.returncode == status, done.stderr
+    return done
 
 
 def table_after(output: str, header: list[str]) -> list[list[str]]:
@@ -209,8 +212,7 @@ async def test_a_router_outside_cluster_mode_says_so_and_has_no_cluster_series()
     router.start()
     try:
         assert await cluster_of(router) == {"cluster": False}
-        printed = await asyncio.to_thread(switchboard, "cluster", "--admin", router.admin_url)
-        assert printed.returncode == 1
+        printed = await asyncio.to_thread(switchboard, "cluster", "--admin", router.admin_url, status=1)
         assert printed.stdout == ""
         assert printed.stderr == (
             f"switchboard cluster: the router at {router.admin_url} is not in cluster mode "
@@ -371,7 +373,8 @@ async def test_the_dashboard_shows_the_cluster_panel_only_in_cluster_mode(config
             await browser.wait_for(f"{shown} === {SHARDS}")
             for router in one["routers"]:
                 served = f'tr[data-router="{router["router_id"]}"] td.served'
-                await browser.wait_for(f"!!document.querySelector('{served}')")
+                shown_served = f"document.querySelector('{served}')?.textContent"
+                await browser.wait_for(f"{shown_served} === '{router['shards_served']}'")
             cells = "[...document.querySelectorAll('#cluster-shards td.owner')].map((td) => td.textContent)"
             ids = {router["router_id"] for router in one["routers"]}
             assert set(await browser.evaluate(cells)) == ids

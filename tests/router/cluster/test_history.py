@@ -39,14 +39,18 @@ class HeldStore:
         return AppendResult(accepted=True, skipped=0)
 
 
-def message(offset: int) -> Pending:
-    return Pending(TOPIC, TOPIC.encode(), 1, offset, b"", b"m%d" % offset)
+def routed(manager: ConnectionManager) -> Pending:
+    """The next message of the topic, placed in its sequence by the manager as the router does."""
+    route = manager.route_wire(TOPIC.encode(), 2)
+    return Pending(TOPIC, TOPIC.encode(), route.epoch, route.offset, b"", b"m%d" % route.offset)
 
 
 async def test_a_shard_handed_over_while_its_batch_is_written_leaves_the_writer_running() -> None:
     manager = ConnectionManager(
         TopicRegistry([TopicSpec(pattern=TOPIC, policy=DeliveryPolicy(kind="reliable"))])
     )
+    manager.serve_shards(1)
+    manager.shard_gained(0)
     leases = ShardLeases("r1", shards=1, lease_time=60.0)
     leases.acquired(0, token=7, asked_at=time.monotonic())
     store = HeldStore()
@@ -60,7 +64,7 @@ async def test_a_shard_handed_over_while_its_batch_is_written_leaves_the_writer_
     )
     writer = asyncio.create_task(history.run())
     try:
-        history.add(message(1))
+        history.add(routed(manager))
         await asyncio.wait_for(store.writing.wait(), 5)
         history.forget_shard(0)
         store.release.set()
@@ -68,7 +72,7 @@ async def test_a_shard_handed_over_while_its_batch_is_written_leaves_the_writer_
         store.wrote.clear()
         await asyncio.sleep(0)
         assert not writer.done(), writer.exception()
-        history.add(message(2))
+        history.add(routed(manager))
         await asyncio.wait_for(store.wrote.wait(), 5)
         assert store.written == [[1], [2]]
         assert history.pending_messages == 0

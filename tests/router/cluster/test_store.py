@@ -11,8 +11,9 @@ import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
-from router.cluster import Append, AppendResult, ClusterStore, Entry, Holder, StoreUnavailable
+from router.cluster import Append, AppendResult, ClusterStore, Holder, StoreUnavailable
 from router.cluster.store import redacted
+from router.core.history import HistoryEntry
 from tests.io.redis_server import RedisServer, free_port, running_sentinel
 from tests.router.cluster.conftest import OpenStore
 
@@ -35,9 +36,9 @@ async def lease_expired(store: ClusterStore, shard: int) -> None:
     await eventually(free)
 
 
-def entries(*offsets: int, tag: bytes = b"") -> list[Entry]:
+def entries(*offsets: int, tag: bytes = b"") -> list[HistoryEntry]:
     """Entries with a header on odd offsets only, and payloads that are not text."""
-    return [Entry(n, b"h%d" % n if n % 2 else b"", tag + b"\x00\xff%d" % n) for n in offsets]
+    return [HistoryEntry(n, b"h%d" % n if n % 2 else b"", tag + b"\x00\xff%d" % n) for n in offsets]
 
 
 # ----------------------------------------------------------------------------------------------

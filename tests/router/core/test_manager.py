@@ -756,12 +756,13 @@ class ClusterMachine(ManagerMachine):
         self.manager.shard_gained(shard)
         self.model.served.add(shard)
 
-    @rule(shard=st.integers(0, CLUSTER_SHARDS - 1))
-    def lose_shard(self, shard: int) -> None:
-        note(f"shard {shard} is served by another router from now on")
-        actions = self.manager.shard_lost(shard)
-        self._check_actions(actions, self.model.apply_shard_lost(shard))
-        event(f"shard lost with {len(actions)} topics watched")
+    @rule(shards=st.sets(st.integers(0, CLUSTER_SHARDS - 1), min_size=1))
+    def lose_shards(self, shards: set[int]) -> None:
+        note(f"shards {sorted(shards)} are served by other routers from now on")
+        actions = self.manager.shards_lost(shards)
+        expected = [action for shard in sorted(shards) for action in self.model.apply_shard_lost(shard)]
+        self._check_actions(actions, expected)
+        event(f"shards lost with {len(actions)} topics watched")
 
     @invariant()
     def only_served_shards_hold_topics(self) -> None:
@@ -943,10 +944,10 @@ def test_deferred_records_stay_unpublished_until_recorded_and_a_dropped_one_brea
     granted = manager.subscribe("c", "/r", resume=(5, 1))
     assert granted.offset == 3, "a deferred message is not published yet"
     assert granted.resume == Resume(RecoveryStatus.OK, 1, 3)
-    manager.record("/r", 4, b"", b"m4", 0.0)
+    manager.record_deferred("/r", 4, b"", b"m4", 0.0)
     assert [entry.offset for entry in manager.recover("/r", 1, 5, 0.0).messages] == [2, 3, 4]
     manager.drop_deferred("/r", 5)
-    manager.record("/r", 6, b"", b"m6", 0.0)
+    manager.record_deferred("/r", 6, b"", b"m6", 0.0)
     assert manager.subscribe("c", "/r").offset == 6
     assert manager.recover("/r", 3, 5, 0.0).status is RecoveryStatus.HISTORY_EXCEEDED
     assert [entry.offset for entry in manager.recover("/r", 5, 5, 0.0).messages] == [6]
