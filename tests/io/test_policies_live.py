@@ -16,6 +16,7 @@ import zmq
 from websockets.asyncio.client import ClientConnection
 
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess, configured_router, connected_client
+from tests.io.metrics_scrape import scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,7 +39,10 @@ pattern = "/bulk/*"
 
 [topics.declare.policy]
 priority = 0
+queue_max_messages = 4096
+queue_max_bytes = 67108864
 """
+EDGE_QUEUE = ["--queue-messages", "4096", "--queue-bytes", "67108864"]
 DATA = struct.Struct("!BBIQ")
 SKIPPED = struct.Struct("!BBIQQI")
 RATE_LIMITED = 0x02
@@ -52,7 +56,7 @@ def router(tmp_path: Path) -> Iterator[RouterProcess]:
 
 @pytest.fixture
 def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
-    process = WebSocketEdgeProcess(router)
+    process = WebSocketEdgeProcess(router, EDGE_QUEUE)
     process.start()
     yield process
     process.stop()
@@ -117,6 +121,21 @@ async def test_max_rate_caps_each_client_and_accounts_for_every_message(
     assert sum(count for _, _, count in skipped) == sent - len(during)
 
 
+async def build_a_backlog(edge: WebSocketEdgeProcess, push: zmq.Socket[bytes], at_least: int) -> int:
+    """Push 16 KiB bulk frames until the edge holds ``at_least`` of them for the stalled client
+    (kernel buffers take the first few MiB, by an amount that varies between machines); how many
+    were pushed."""
+    pushed = 0
+    for _ in range(40):
+        for _ in range(50):
+            push.send_multipart([b"/bulk/points", bytes(16_384)])
+        pushed += 50
+        await asyncio.sleep(0.2)
+        if (await scrape(edge.address)).labelled("switchboard_edge_queued_messages") >= at_least:
+            return pushed
+    raise AssertionError(f"the edge never held {at_least} frames after {pushed} were pushed")
+
+
 async def test_a_higher_priority_topic_overtakes_a_backlog(
     edge: WebSocketEdgeProcess, push: zmq.Socket[bytes]
 ) -> None:
@@ -127,10 +146,7 @@ async def test_a_higher_priority_topic_overtakes_a_backlog(
     await first_frame(ws, push, "/bulk/points")
     await first_frame(ws, push, "/urgent/events")
 
-    bulk, urgent = 300, 20
-    for _ in range(bulk):
-        push.send_multipart([b"/bulk/points", bytes(16_384)])
-    await asyncio.sleep(0.5)
+    bulk, urgent = await build_a_backlog(edge, push, at_least=100), 20
     for _ in range(urgent):
         push.send_multipart([b"/urgent/events", bytes(4_096)])
     await asyncio.sleep(0.5)
