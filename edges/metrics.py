@@ -150,6 +150,20 @@ class EdgeCollector:
             self._one(stats.fenced_data),
         )
         yield counter(
+            "switchboard_edge_unanswered_requests",
+            "Client connects and subscribes no router answered within --request-timeout (each ended"
+            " with unavailable).",
+            LABELS,
+            self._one(stats.unanswered),
+        )
+        yield gauge(
+            "switchboard_edge_topics_waiting",
+            "Topics whose subscriptions have no router to go to now (a cluster's shard with no owner,"
+            " or one the edge has no link to).",
+            LABELS,
+            self._one(stats.topics_waiting),
+        )
+        yield counter(
             "switchboard_edge_deliveries",
             "Messages handed to a client's queue (one per subscribed client).",
             LABELS,

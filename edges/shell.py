@@ -305,6 +305,14 @@ class EdgeShell(ABC, Generic[T]):
             self._tick_timer = loop.call_at(due, self._tick)
         self._carry_out()
 
+    def _client_text(self, client_id: str, text: str) -> None:
+        """A client's text message to the hub; wake for the deadline of the request it may make."""
+        self.hub.client_text(client_id, text, asyncio.get_running_loop().time())
+        due = self.hub.next_deadline()
+        if due is not None:
+            self._wake_by(due)
+        self._carry_out()
+
     def _wake_by(self, when: float) -> None:
         """Make sure :meth:`_tick` runs at ``when`` or earlier (the hub has something due then)."""
         timer = self._tick_timer
@@ -410,6 +418,12 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages per client per second, ack aside; 0: no cap",
     )
     add("--request-burst", type=int, default=defaults.request_burst)
+    add(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help="seconds a client's connect or subscribe waits for a router's answer",
+    )
 
 
 def add_front_arguments(parser: argparse.ArgumentParser) -> None:
@@ -446,4 +460,5 @@ def limits_from_args(args: argparse.Namespace) -> EdgeLimits:
         queue_max_bytes=args.queue_bytes,
         max_requests_per_second=args.max_requests_per_second or None,
         request_burst=args.request_burst,
+        request_timeout=args.request_timeout,
     )

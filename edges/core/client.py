@@ -175,7 +175,28 @@ class EdgeClient:
 
     def unsubscribed(self, request: RouterRequest) -> None:
         """An unsubscribe is done (the router confirmed it, or lost it in a restart)."""
-        self.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
+        if not request.silent:
+            self.session.send(Unsubscribed(id=_int(request.client_request), topic=request.topic))
+
+    # ------------------------------------------------------------ no answer in time
+
+    def unanswered_connect(self, message: str) -> None:
+        """No router answered ``connect`` in time: the client is told, then closed."""
+        self.session.send_error(None, ErrorCode.UNAVAILABLE, message)
+        self.session.close(CloseCode.UNANSWERED, message)
+
+    def unanswered_subscribe(self, sub: Subscription, message: str) -> None:
+        """No router answered the subscribe in time: it ends with ``unavailable``. A router it went
+        to is asked to forget it, in case the request reaches it late."""
+        went = self._requests.is_pending(sub.request_id)
+        self.leave(sub)
+        self.session.send_error(sub.client_request, ErrorCode.UNAVAILABLE, message)
+        if went:
+            client_id, name = self.client_id, sub.topic
+            self._requests.send(
+                RouterRequest(RequestKind.UNSUBSCRIBE, client_id, name, silent=True),
+                lambda request_id: wire.Unsubscribe(request_id=request_id, client_id=client_id, topic=name),
+            )
 
     def _refreshed(self, request: RouterRequest, reply: wire.Refreshed) -> None:
         """The router took the new token: it is the one to register with from now on. Each

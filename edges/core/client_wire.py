@@ -125,6 +125,9 @@ class CloseCode(IntEnum):
     ``rate_limited`` in a row."""
     CONNECT_TIMEOUT = 4005
     """The client sent no ``connect`` within the edge's connect timeout of opening."""
+    UNANSWERED = 4006
+    """No router answered the client's ``connect`` within the edge's request timeout (the ``error``
+    just before says so): connect again later."""
 
 
 MAX_CLOSE_REASON_BYTES: Final = 123

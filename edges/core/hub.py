@@ -27,13 +27,13 @@ refuses without asking the router (bad topic, the per-client limit, a repeated s
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, NamedTuple
 
 from edges.core.actions import CloseClient, EdgeAction, ToRouter, UnwatchData, WatchData
 from edges.core.catch_up import CatchUp
 from edges.core.client import EdgeClient, Refusal
 from edges.core.client_wire import CloseCode, Connect, Refresh, Subscribe, Unsubscribe
-from edges.core.connect_deadline import ConnectDeadlines
+from edges.core.deadlines import Deadlines
 from edges.core.fanout import Fanout
 from edges.core.output import Data, Framing, Payload, data_frame
 from edges.core.reports import EdgeCounters, EdgeStats
@@ -41,6 +41,7 @@ from edges.core.requests import Reply, RequestKind, RouterRequest, RouterRequest
 from edges.core.routes import Routes
 from edges.core.session import ClientSession, EdgeLimits, State
 from edges.core.shard_view import KEEP_FOR, ShardView
+from edges.core.subscription import Subscription
 from router import wire
 from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
@@ -61,6 +62,13 @@ log = logging.getLogger("switchboard.edge")
 
 REFUSAL_LOG_BURST: Final = 20
 """Lines logged per error code of refused subscribes every 5 seconds; the rest are counted."""
+
+
+class Awaited(NamedTuple):
+    """A client's connect (``subscription`` ``None``) or subscribe that waits for a router."""
+
+    client_id: str
+    subscription: Subscription | None = None
 
 
 class EdgeHub:
@@ -96,7 +104,9 @@ class EdgeHub:
         self._refusal_log = ThrottledLog(log, burst=REFUSAL_LOG_BURST)
         self._last_now = 0.0
         """The newest time a client message came with, which paces the refusal log."""
-        self._connect_deadlines = ConnectDeadlines(self.limits.connect_timeout)
+        self._connect_deadlines = Deadlines[str](self.limits.connect_timeout, "the connect timeout")
+        self._answer_deadlines = Deadlines[Awaited](self.limits.request_timeout, "the request timeout")
+        """Connects and subscribes of clients that wait for a router's answer."""
 
     # ------------------------------------------------------------ output
 
@@ -149,17 +159,25 @@ class EdgeHub:
         match client.session.receive_text(text, now):
             case Connect() as connect:
                 client.connect(connect.token, self.protocol)
+                if now is not None:
+                    self._answer_deadlines.add(Awaited(client_id), now)
             case Subscribe() as subscribe:
-                refusal = client.subscribe(subscribe, self.limits.max_subscriptions)
-                if refusal is not None:
-                    self._refused_subscribe(client_id, subscribe.topic, refusal)
-                elif self._routes is not None:
-                    self._settle_topic(subscribe.topic)
+                self._subscribe(client, subscribe, now)
             case Unsubscribe() as unsubscribe:
                 client.unsubscribe(unsubscribe)
             case Refresh() as refresh:
                 client.refresh(refresh)
         self._settle(client)
+
+    def _subscribe(self, client: EdgeClient, subscribe: Subscribe, now: float | None) -> None:
+        refusal = client.subscribe(subscribe, self.limits.max_subscriptions)
+        if refusal is not None:
+            self._refused_subscribe(client.client_id, subscribe.topic, refusal)
+            return
+        if now is not None:
+            self._answer_deadlines.add(Awaited(client.client_id, client.subscriptions[subscribe.topic]), now)
+        if self._routes is not None:
+            self._settle_topic(subscribe.topic)
 
     def _refused_subscribe(self, client_id: str, topic: str, refusal: Refusal) -> None:
         """Count and log a subscribe the edge refused, at most :data:`REFUSAL_LOG_BURST` lines per
@@ -253,22 +271,27 @@ class EdgeHub:
         return count
 
     def tick(self, now: float) -> float | None:
-        """Time passed: queue the rate-limited ``latest`` frames whose token came, and close the
-        clients that sent no ``connect`` in time.
+        """Time passed: queue the rate-limited ``latest`` frames whose token came, close the
+        clients that sent no ``connect`` in time, and end the connects and subscribes no router
+        answered in time.
 
-        Returns when to call again (the earliest time a held frame can go or a client's connect
-        deadline passes), or ``None`` when there is neither. Costs nothing when there is neither.
+        Returns when to call again (the earliest time a held frame can go or a deadline passes),
+        or ``None`` when there is neither. Costs nothing when there is neither.
         """
         due = self._fanout.tick(now)
         if self._fanout.too_slow:
             self._close_too_slow()
-        deadlines = self._connect_deadlines
-        if deadlines:
-            self._close_unconnected(deadlines.expired(now))
-            deadline = deadlines.next_due()
-            if deadline is not None and (due is None or deadline < due):
-                due = deadline
-        return due
+        if self._connect_deadlines:
+            self._close_unconnected(self._connect_deadlines.expired(now))
+        if self._answer_deadlines:
+            self._end_unanswered(self._answer_deadlines.expired(now))
+        deadline = self.next_deadline()
+        return deadline if due is None or (deadline is not None and deadline < due) else due
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`tick` has a client or a request to end, if any."""
+        dues = [d for d in (self._connect_deadlines.next_due(), self._answer_deadlines.next_due()) if d]
+        return min(dues, default=None)
 
     def _close_unconnected(self, client_ids: list[str]) -> None:
         reason = f"no connect within {self.limits.connect_timeout:g} s"
@@ -277,6 +300,23 @@ class EdgeHub:
             if client is not None and client.session.state is State.AWAITING_CONNECT:
                 client.session.close(CloseCode.CONNECT_TIMEOUT, reason)
                 self._settle(client)
+
+    def _end_unanswered(self, awaited: list[Awaited]) -> None:
+        """A connect still unanswered closes its client; a subscribe still unanswered ends with
+        ``unavailable`` (the router is told to forget it, should the request reach it late)."""
+        timeout = self.limits.request_timeout
+        for client_id, sub in awaited:
+            client = self._clients.get(client_id)
+            if client is None or not client.session.is_open:
+                continue
+            if sub is None:
+                if client.session.state is State.REGISTERING:
+                    self._counters.unanswered += 1
+                    client.unanswered_connect(f"no router answered connect within {timeout:g} s")
+            elif client.subscriptions.get(sub.topic) is sub and not sub.confirmed:
+                self._counters.unanswered += 1
+                client.unanswered_subscribe(sub, f"no router answered within {timeout:g} s; subscribe again")
+            self._settle(client)
 
     def _frame(self, channel: int, offset: int, payload: Payload) -> Data:
         return data_frame(channel, offset, payload, self._framing)
@@ -580,4 +620,8 @@ class EdgeHub:
     def stats(self) -> EdgeStats:
         sessions = [client.session for client in self._clients.values()]
         catch_up = self._catch_up
-        return self._counters.stats(sessions, len(self._fanout), catch_up.refilled, catch_up.gaps)
+        stats = self._counters.stats(sessions, len(self._fanout), catch_up.refilled, catch_up.gaps)
+        routes = self._routes
+        if routes is not None:
+            stats.topics_waiting = sum(1 for name in self._fanout.by_name if routes.home(name) is None)
+        return stats

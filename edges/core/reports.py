@@ -43,6 +43,11 @@ class EdgeStats(msgspec.Struct, kw_only=True):
     """Subscribes the edge refused by itself, without asking the router, by error code."""
     fenced_data: int = 0
     """Data messages of a cluster's router that did not own their topic's shard, dropped."""
+    unanswered: int = 0
+    """Connects and subscribes that no router answered within the request timeout."""
+    topics_waiting: int = 0
+    """Topics with subscriptions and no router to send them to (a cluster's shard with no owner,
+    or whose owner the edge has no link to yet)."""
 
 
 class EdgeCounters:
@@ -58,6 +63,7 @@ class EdgeCounters:
         self._retired_bad = 0
         self._retired_rate_limited = 0
         self.fenced_data = 0
+        self.unanswered = 0
         self._reported: dict[str, dict[str, ClientFigures]] = {}
         """What the last report to each router (``""``: the one router) said of each client."""
 
@@ -98,6 +104,7 @@ class EdgeCounters:
             gaps=gaps,
             refused_requests=dict(self.refused),
             fenced_data=self.fenced_data,
+            unanswered=self.unanswered,
         )
 
     def report(

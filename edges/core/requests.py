@@ -185,6 +185,10 @@ class RouterRequests:
                 if not topic_ids:
                     del self._by_topic[request.topic]
 
+    def is_pending(self, request_id: int) -> bool:
+        """Whether ``request_id`` went to a router and waits for its reply."""
+        return request_id in self._pending
+
     def forget_client(self, client_id: str) -> None:
         """The client is gone: replies to its requests are unexpected from now on."""
         for request_id in list(self._by_client.get(client_id, ())):

@@ -83,6 +83,10 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     connect_timeout: float = 10.0
     """Seconds a new WebSocket client has to send ``connect``; then it is closed with
     :attr:`CloseCode.CONNECT_TIMEOUT`."""
+    request_timeout: float = 10.0
+    """Seconds a client's ``connect`` or ``subscribe`` waits for a router's answer (none may be
+    up, or a cluster's shard may have no owner); then a subscribe ends with ``unavailable`` and a
+    connect closes the client with :attr:`CloseCode.UNANSWERED`."""
 
     def __post_init__(self) -> None:
         fields = (
@@ -100,6 +104,8 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             raise ValueError("max_requests_per_second must be positive")
         if not 0 < self.connect_timeout < math.inf:
             raise ValueError("connect_timeout must be positive")
+        if not 0 < self.request_timeout < math.inf:
+            raise ValueError("request_timeout must be positive")
 
 
 # ---------------------------------------------------------------- the lifecycle table

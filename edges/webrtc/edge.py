@@ -236,8 +236,7 @@ class WebRtcEdge(EdgeShell[RtcPeer]):
 
     def text_received(self, peer: RtcPeer, text: str) -> None:
         if self._peers.get(peer.session.client_id) is peer:
-            self.hub.client_text(peer.session.client_id, text, asyncio.get_running_loop().time())
-            self._carry_out()
+            self._client_text(peer.session.client_id, text)
 
     def binary_received(self, peer: RtcPeer, data: bytes) -> None:
         if self._peers.get(peer.session.client_id) is peer:

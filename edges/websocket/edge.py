@@ -326,8 +326,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
         return session
 
     def text_received(self, session: ClientSession, text: str) -> None:
-        self.hub.client_text(session.client_id, text, asyncio.get_running_loop().time())
-        self._carry_out()
+        self._client_text(session.client_id, text)
 
     def binary_received(self, session: ClientSession, data: bytes) -> None:
         self.hub.client_binary(session.client_id, data, asyncio.get_running_loop().time())

@@ -188,9 +188,67 @@ def test_a_client_that_sends_no_connect_in_time_is_closed_with_4005() -> None:
     assert hub.tick(12.0) == 12.5
     assert hub.drain_actions() == [CloseClient("idle", CloseCode.CONNECT_TIMEOUT, "no connect within 2 s")]
     assert parsed(idle) == [{"op": "closing", "code": 4005, "reason": "no connect within 2 s"}]
-    assert hub.tick(13.0) is None, "prompt connected in time; a client opened without a time waits for none"
+    assert hub.tick(13.0) == 21.0, (
+        "prompt connected in time (its connect now waits for the router until the request timeout);"
+        " a client opened without a time waits for none"
+    )
     assert hub.drain_actions() == []
     assert [hub.session(c).state for c in ("prompt", "webrtc")] == [State.REGISTERING, State.AWAITING_CONNECT]  # type: ignore[union-attr]
+
+
+def test_a_connect_no_router_answers_in_time_closes_the_client_with_4006() -> None:
+    hub = EdgeHub(EdgeLimits(request_timeout=3.0))
+    waiting, answered = hub.open_client("waiting", now=0.0), hub.open_client("answered", now=0.0)
+    hub.client_text("waiting", '{"op":"connect","token":"tok"}', 1.0)
+    hub.client_text("answered", '{"op":"connect","token":"tok"}', 1.5)
+    registers = to_router(hub.drain_actions())
+    hub.router_message(wire.Registered(request_id=registers[1].request_id, client_id="answered", user="u"))
+    parsed(answered)
+    assert hub.next_deadline() == 4.0
+    assert hub.tick(3.9) == 4.0
+    assert hub.drain_actions() == []
+    hub.tick(4.0)
+    reason = "no router answered connect within 3 s"
+    assert hub.drain_actions() == [
+        ToRouter(wire.UnregisterClient(client_id="waiting", reason=f"{reason} (4006)")),
+        CloseClient("waiting", CloseCode.UNANSWERED, reason),
+    ], "the router is told to forget the client, should the connect reach it late"
+    assert parsed(waiting) == [
+        {"op": "error", "id": None, "code": "unavailable", "message": reason},
+        {"op": "closing", "code": 4006, "reason": reason},
+    ]
+    assert hub.tick(11.0) is None
+    assert hub.drain_actions() == []
+    assert parsed(answered) == [], "answered in time: nothing happens"
+    assert hub.stats().unanswered == 1
+
+
+def test_a_subscribe_no_router_answers_in_time_ends_with_unavailable_and_is_withdrawn() -> None:
+    hub = EdgeHub(EdgeLimits(request_timeout=2.0))
+    session = connect(hub, "c1")
+    hub.client_text("c1", '{"op":"subscribe","id":7,"topic":"/slow"}', 10.0)
+    hub.client_text("c1", '{"op":"subscribe","id":8,"topic":"/quick"}', 10.5)
+    slow, quick = to_router(hub.drain_actions())
+    hub.router_message(ok_for(quick))
+    assert [m["op"] for m in parsed(session)] == ["subscribed"]
+    assert hub.tick(11.9) == 12.0
+    hub.tick(12.0)
+    withdraw = only_request(hub)
+    assert withdraw == wire.Unsubscribe(request_id=withdraw.request_id, client_id="c1", topic="/slow")
+    message = "no router answered within 2 s; subscribe again"
+    assert parsed(session) == [{"op": "error", "id": 7, "code": "unavailable", "message": message}]
+    hub.router_message(ok_for(slow))
+    hub.router_message(wire.Unsubscribed(request_id=withdraw.request_id, client_id="c1", topic="/slow"))
+    assert parsed(session) == [], "a late subscribed, and the withdrawal's reply, reach no client"
+    assert hub.stats().unexpected_replies == 1
+    hub.client_text("c1", '{"op":"subscribe","id":9,"topic":"/slow"}', 12.5)
+    again = only_request(hub)
+    hub.router_message(ok_for(again))
+    assert parsed(session)[0]["op"] == "subscribed", "the client may subscribe again"
+    hub.tick(20.0)
+    assert hub.drain_actions() == []
+    assert parsed(session) == [], "a subscription answered in time stays"
+    assert hub.stats().unanswered == 1
 
 
 def test_duplicate_and_unknown_client_ids() -> None:

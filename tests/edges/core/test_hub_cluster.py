@@ -20,7 +20,7 @@ from edges.core.session import ClientSession, EdgeLimits, State
 from router import wire
 from router.core.errors import ErrorCode
 from router.core.policy import DeliveryPolicy
-from router.wire import ShardMap
+from router.wire import NO_OWNER, ShardMap
 from tests.edges.core.cluster_routers import FakeCluster, client_op, connect, topic_in
 from tests.edges.core.hub_clients import view
 from tests.strategies import scaled_examples
@@ -746,3 +746,28 @@ ClusterMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestClusterMachine = ClusterMachine.TestCase
+
+
+# ---------------------------------------------------------------- a shard with no owner
+
+
+def test_a_subscribe_to_a_shard_with_no_owner_waits_counted_then_ends_with_unavailable() -> None:
+    hub, cluster, sessions = started("c1")
+    cluster.routers["rb"].lose(3)
+    cluster.owners[3] = NO_OWNER
+    cluster.send_map("ra")
+    hub.client_text("c1", json.dumps({"op": "subscribe", "id": 4, "topic": B3}), 100.0)
+    hub.client_text("c1", json.dumps({"op": "subscribe", "id": 5, "topic": B2}), 100.0)
+    cluster.carry_out()
+    cluster.answer_all()
+    assert [r["op"] for r in replies(sessions["c1"])] == ["subscribed"]
+    assert [getattr(m, "topic", "") for m in cluster.routers["rb"].inbox] == [], "B3 went nowhere"
+    assert hub.stats().topics_waiting == 1
+
+    hub.tick(100.0 + EdgeLimits().request_timeout)
+    cluster.carry_out()
+    message = f"no router answered within {EdgeLimits().request_timeout:g} s; subscribe again"
+    assert replies(sessions["c1"]) == [{"op": "error", "id": 4, "code": "unavailable", "message": message}]
+    assert all(not router.inbox for router in cluster.routers.values()), "nothing to withdraw"
+    assert (hub.stats().topics_waiting, hub.stats().unanswered) == (0, 1)
+    assert not cluster.stray

@@ -1,15 +1,15 @@
-"""Connect deadlines of new clients (edges/core/connect_deadline.py); the hub closing those past
-theirs is in test_hub.py."""
+"""Deadlines (edges/core/deadlines.py); the hub closing clients past theirs, and ending requests no
+router answered in time, is in test_hub.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from edges.core.connect_deadline import ConnectDeadlines
+from edges.core.deadlines import Deadlines
 
 
 def test_deadlines_expire_in_opening_order() -> None:
-    deadlines = ConnectDeadlines(10.0)
+    deadlines = Deadlines[str](10.0)
     assert deadlines.next_due() is None
     deadlines.add("a", 0.0)
     deadlines.add("b", 1.5)
@@ -22,7 +22,7 @@ def test_deadlines_expire_in_opening_order() -> None:
 
 
 def test_a_deadline_is_due_at_its_exact_time() -> None:
-    deadlines = ConnectDeadlines(2.0)
+    deadlines = Deadlines[str](2.0)
     deadlines.add("a", 1.0)
     deadlines.add("b", 2.0)
     assert deadlines.expired(3.0) == ["a"]
@@ -31,5 +31,5 @@ def test_a_deadline_is_due_at_its_exact_time() -> None:
 
 @pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
 def test_the_timeout_must_be_positive(timeout: float) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        ConnectDeadlines(timeout)
+    with pytest.raises(ValueError, match="the connect timeout must be positive"):
+        Deadlines[str](timeout, "the connect timeout")
