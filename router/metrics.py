@@ -240,6 +240,19 @@ def _cluster(view: ClusterView) -> Iterator[Metric]:
         [],
         [((), view.forwarded)],
     )
+    yield counter(
+        "switchboard_router_parked",
+        "Producer messages of other routers' shards held while their shard had no owner that could"
+        " take them ([cluster] park_time).",
+        [],
+        [((), view.parked)],
+    )
+    yield gauge(
+        "switchboard_router_parked_messages",
+        "Producer messages held now for a shard with no owner that can take them.",
+        [],
+        [((), view.parked_now)],
+    )
     yield gauge(
         "switchboard_router_history_pending",
         "Reliable messages waiting to be written to Redis before they are published.",

@@ -25,6 +25,7 @@ from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, 
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
+from router.core.manager import Route
 from router.core.session_gate import SessionGate
 from router.core.shards import EXPIRED, Change, Gained
 from router.core.views import ClusterView
@@ -191,8 +192,10 @@ class RouterServer:
             self.config.cluster, self.control.router_id, announced, self._shards_changed, self._clock
         )
         await cluster.start()
-        self.relay = PeerRelay(self._context, cluster.leases, self._curve)
         section = self.config.cluster
+        self.relay = PeerRelay(
+            self._context, cluster.leases, self._curve, section, self._clock, self._route_parked
+        )
         cluster.history = self.history = ClusterHistory(
             self.manager,
             cluster.leases,
@@ -205,9 +208,15 @@ class RouterServer:
         self.cluster = cluster
 
     def _shards_changed(self, changes: list[Change], shard_map: ShardMap) -> None:
+        """Shards gained or lost, or a round of the cluster node done (``changes`` empty). Parked
+        messages are passed on then, but not with a gain: a gained shard's reliable topics are
+        adopted first, and the node hands over again, with no change, right after."""
         self._send(self.control.shards_changed(changes, shard_map, unix_time=time.time()))
         if self.relay is not None and self.cluster is not None:
             self.relay.sync(self.cluster.routers)
+            if not any(isinstance(change, Gained) for change in changes):
+                for reason, count in self.relay.tick().items():
+                    self._dropped(reason, count)
         if self.history is None:
             return
         for change in changes:
@@ -225,10 +234,13 @@ class RouterServer:
         if self.cluster is None:
             return None
         view = self.cluster.view(self.control.shard_changes)
-        forwarded = sum(self.relay.forwarded.values()) if self.relay is not None else 0
-        history = self.history
+        relay, history = self.relay, self.history
+        if relay is not None:
+            view = view._replace(
+                forwarded=sum(relay.forwarded.values()), parked=relay.parked, parked_now=len(relay.parking)
+            )
         pending, written = (history.pending_messages, history.written) if history is not None else (0, 0)
-        return view._replace(forwarded=forwarded, history_pending=pending, history_written=written)
+        return view._replace(history_pending=pending, history_written=written)
 
     async def serve(self) -> None:
         """Run every role until :meth:`stop`; binds first if :meth:`bind` was not called.
@@ -376,10 +388,8 @@ class RouterServer:
         readable = self._readable[sock]
         passes_on = sock is self.pull
         receive = sock.recv
-        send = self.xpub.send
         route = self.manager.route_wire
-        record = self.manager.record
-        history = self.history
+        emit = self._emit
         batch = self.config.router.max_batch
         clock = self._clock
         while True:
@@ -402,39 +412,66 @@ class RouterServer:
                     where = route(topic, len(payload), now)
                 except RefusedError as error:
                     if error.code is ErrorCode.NOT_OWNER:
-                        self._not_served(topic, frames, forwarded or not passes_on)
+                        self._not_served(topic, frames, forwarded, passes_on)
                     else:
                         self._count_bad_input(error)
                     continue
                 except WireError as error:
                     self._count_bad_input(error)
                     continue
-                if where.keeps_history:
-                    if history is not None:
-                        durable = Pending(
-                            where.topic, topic, where.epoch, where.offset, header, payload.bytes
-                        )
-                        history.add(durable)
-                        continue
-                    record(where.topic, where.offset, header, payload.bytes, now)
-                if where.clients:
-                    send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
-                    send(payload, NOBLOCK, copy=False)
+                if where.keeps_history or where.clients:
+                    emit(where, topic, header, payload, now)
             else:
                 await asyncio.sleep(0)
 
-    def _not_served(self, topic: bytes, frames: list[zmq.Frame], forwarded: bool) -> None:
-        """A message of another router's shard: passed on to that router, once. One that came
-        through XSUB is not: a PUB producer sends to the owner itself, and passing on the copy a
-        router still subscribed during a handover got would deliver it twice."""
+    def _emit(
+        self, where: Route, topic: bytes, header: bytes, payload: zmq.Frame | bytes, now: float
+    ) -> None:
+        """Publish a routed message, after its history keeps it (in cluster mode, once Redis has)."""
+        if where.keeps_history:
+            body = payload if isinstance(payload, bytes) else payload.bytes
+            if self.history is not None:
+                self.history.add(Pending(where.topic, topic, where.epoch, where.offset, header, body))
+                return
+            self.manager.record(where.topic, where.offset, header, body, now)
+        if where.clients:
+            self.xpub.send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
+            self.xpub.send(payload, NOBLOCK, copy=False)
+
+    def _route_parked(self, message: list[zmq.Frame | bytes]) -> None:
+        """A message parked for a shard this router has taken since: routed here, in its turn."""
+        topic_frame, header_frame, payload = message[:3]
+        topic = topic_frame if isinstance(topic_frame, bytes) else topic_frame.bytes
+        header = header_frame if isinstance(header_frame, bytes) else header_frame.bytes
+        now = self._clock()
+        try:
+            where = self.manager.route_wire(topic, len(payload), now)
+        except RefusedError as error:
+            if error.code is ErrorCode.NOT_OWNER:
+                self._dropped("not_owner")
+            else:
+                self._count_bad_input(error)
+            return
+        self._emit(where, topic, header, payload, now)
+
+    def _not_served(self, topic: bytes, frames: list[zmq.Frame], forwarded: bool, pulled: bool) -> None:
+        """A message of another router's shard, ``pulled`` from a producer or, ``forwarded``, from
+        another router: passed on to its owner, or parked until this router serves it; one that
+        came through XSUB is dropped (a PUB producer sends to the owner itself, and passing on the
+        copy a router still subscribed during a handover got would deliver it twice)."""
         reason = "not_owner"
-        if self.relay is not None and not forwarded:
-            reason = self.relay.forward(topic, frames) or ""
+        if self.relay is not None and pulled:
+            reason = (
+                self.relay.keep(topic, frames) if forwarded else self.relay.forward(topic, frames)
+            ) or ""
         if reason:
-            self.manager.count_drop(reason)
-            self._drop_log.warning(
-                reason, "dropped a message of another router's shard: %s", reason, now=self._clock()
-            )
+            self._dropped(reason)
+
+    def _dropped(self, reason: str, count: int = 1) -> None:
+        self.manager.count_drop(reason, count)
+        self._drop_log.warning(
+            reason, "dropped a message of another router's shard: %s", reason, now=self._clock()
+        )
 
     def _count_bad_input(self, error: WireError | RefusedError) -> None:
         if isinstance(error, WireError):

@@ -36,6 +36,11 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Reliable messages that may wait for Redis (unavailable, or the shard degraded); past it,
     new ones are dropped and counted as ``history_unavailable``."""
     max_pending_bytes: int = 256 * 1024 * 1024
+    park_time: float = 5.0
+    """Seconds a PUSH producer's message for another router's shard may wait for an owner that can
+    take it (a takeover under way, an owner just killed); then it is dropped and counted."""
+    max_parked_messages: int = 50_000
+    max_parked_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
@@ -48,6 +53,10 @@ class ClusterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
             )
         if min(self.max_pending_messages, self.max_pending_bytes) < 1:
             raise ValueError("[cluster] max_pending_messages and max_pending_bytes must be at least 1")
+        if min(self.max_parked_messages, self.max_parked_bytes) < 1 or not 0 < self.park_time < 3600:
+            raise ValueError(
+                "[cluster] max_parked_messages and max_parked_bytes must be at least 1, park_time 0 to 3600 s"
+            )
         for address in self.sentinels:
             self._host_port(address)
 

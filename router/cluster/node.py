@@ -146,7 +146,8 @@ class ClusterNode:
 
     async def _take(self, shard: int, token: int, asked: float) -> None:
         """Serve a shard just acquired, its reliable topics loaded first; if they cannot be, the
-        lease goes back, and a later round tries again."""
+        lease goes back, and a later round tries again. Handing over again, with no change, once
+        the topics continue their sequences lets the messages parked for the shard be routed."""
         loaded = []
         if self.history is not None:
             try:
@@ -158,6 +159,7 @@ class ClusterNode:
         self._hand_over(self.leases.acquired(shard, token, asked))
         if self.history is not None:
             self.history.adopt(loaded)
+        self._hand_over([])
 
     async def stop(self) -> None:
         """Leave the cluster: stop serving, release every lease, withdraw the announcement."""

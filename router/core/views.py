@@ -94,6 +94,9 @@ class ClusterView(NamedTuple):
     """Shards gained (``gained``) and lost (``handed_over``, ``taken``, ``expired``) since the start."""
     forwarded: int = 0
     """Producer messages of other routers' shards passed on to them."""
+    parked: int = 0
+    """Of those, messages held at some time while their shard had no owner that could take them."""
+    parked_now: int = 0
     history_pending: int = 0
     """Reliable messages waiting to be written to Redis."""
     history_written: int = 0

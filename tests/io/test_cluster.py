@@ -9,7 +9,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,12 +41,16 @@ connection closes, not when its lease runs out."""
 
 
 def cluster_config(
-    directory: Path, redis: RedisServer, shards: int = SHARDS, lease_time: float = LEASE_TIME
+    directory: Path,
+    redis: RedisServer,
+    shards: int = SHARDS,
+    lease_time: float = LEASE_TIME,
+    park_time: float = 5.0,
 ) -> Path:
-    path = directory / f"cluster-{shards}-{lease_time}.toml"
+    path = directory / f"cluster-{shards}-{lease_time}-{park_time}.toml"
     path.write_text(
         f'[cluster]\nurl = "{redis.url}"\nshards = {shards}\nlease_time = {lease_time}\n'
-        "tick = 0.05\ntimeout = 0.2\n"
+        f"tick = 0.05\ntimeout = 0.2\npark_time = {park_time}\n"
         '[[topics.declare]]\npattern = "/reliable/**"\n[topics.declare.policy]\nkind = "reliable"\n',
         encoding="utf-8",
     )
@@ -233,6 +237,60 @@ async def test_a_reliable_topic_continues_on_the_next_owner_with_its_history(
                 push.send_multipart([topic.encode(), b"after"])
                 meta, payload = await other_edge.next_message()
             assert (meta.epoch, meta.offset, payload) == (epoch, 31, b"after")
+
+
+async def test_push_messages_for_a_dead_owners_shard_wait_for_the_next_owner_none_lost(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """A PUSH producer connected to one router, publishing a reliable topic of the other router's
+    shard: the other is killed while Redis is frozen, so for a while the shard's owner takes nothing
+    and no router can take the shard over. The messages of that window are parked, then written by
+    the next owner after those the dead one wrote, every offset in order."""
+    config = cluster_config(tmp_path, redis, park_time=20.0)
+    metrics = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    with running(RouterProcess(metrics)) as first, running(RouterProcess(metrics)) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            shard_map = await both_serving(maps)
+            topic = topic_in_shard_of(other_edge.link.router_id, shard_map, "/reliable/parked")
+            key = f"switchboard:history:{topic}"
+            stream = Redis.from_url(redis.url)
+            with push_socket(first.endpoints["pull"]) as push:
+                for n in range(1, 21):
+                    push.send_multipart([topic.encode(), b"m%d" % n])
+                await eventually(lambda: len(stream_entries(stream, key)) == 20, timeout=5)
+
+                redis.freeze()
+                second.kill()
+                await asyncio.sleep(0.3)
+                for n in range(21, 61):
+                    push.send_multipart([topic.encode(), b"m%d" % n])
+                    await asyncio.sleep(0.01)
+                metrics_address = first.endpoints["metrics"].removeprefix("http://")
+                await eventually(
+                    async_scraped_at_least(metrics_address, "switchboard_router_parked_messages", 40),
+                    timeout=5,
+                )
+                redis.thaw()
+                first_id = edge.link.router_id
+                await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME * 2)
+                await eventually(lambda: len(stream_entries(stream, key)) == 60, timeout=5)
+            entries = stream_entries(stream, key)
+            stream.close()
+            assert entries == [(b"%d-0" % n, b"m%d" % n) for n in range(1, 61)]
+            scraped = await scrape(metrics_address)
+            assert scraped.total("switchboard_router_parked_total") >= 40
+            assert scraped("switchboard_router_parked_messages") == 0
+            for reason in ("no_owner", "forward_full", "not_owner"):
+                assert scraped.total("switchboard_router_drops_total", reason=reason) == 0, reason
+
+
+def async_scraped_at_least(address: str, name: str, least: float) -> Callable[[], Awaitable[bool]]:
+    async def reached() -> bool:
+        return (await scrape(address))(name) >= least
+
+    return reached
 
 
 async def test_a_router_paused_past_its_lease_writes_nothing_after_another_took_over(
