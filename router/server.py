@@ -27,7 +27,7 @@ from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.manager import Route
 from router.core.session_gate import SessionGate
-from router.core.shards import EXPIRED, Change, Gained
+from router.core.shards import TAKEN, Change, Gained
 from router.core.views import ClusterView
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
@@ -222,7 +222,7 @@ class RouterServer:
         for change in changes:
             if isinstance(change, Gained):
                 self.history.wake()
-            elif change.reason != EXPIRED:
+            elif change.reason == TAKEN:
                 self.history.forget_shard(change.shard)
 
     def _publish(self, topic: bytes, epoch: int, offset: int, header: bytes, payload: bytes) -> None:

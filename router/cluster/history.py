@@ -39,6 +39,8 @@ MAX_REGISTERED = 100_000
 is harmless)."""
 RETRY_AFTER = 0.05
 """Seconds before a write that found Redis unavailable is tried again."""
+HAND_OVER_POLL = 0.005
+"""Seconds between two looks at a shard handed over while a batch of it is on its way to Redis."""
 
 Publish = Callable[[bytes, int, int, bytes, bytes], None]
 """Sends one message to the edges: ``(raw topic, epoch, offset, header, payload)``."""
@@ -87,6 +89,8 @@ class ClusterHistory:
         self.max_pending_bytes = max_pending_bytes
         self._clock = clock
         self._pending: dict[int, deque[Pending]] = {}
+        self._writing: set[int] = set()
+        """Shards with a batch on its way to Redis."""
         self.pending_messages = 0
         self.pending_bytes = 0
         self.written = 0
@@ -130,6 +134,21 @@ class ClusterHistory:
             waiting[-1] = tail._replace(dropped_until=message.offset)
         else:
             waiting.append(message._replace(header=b"", payload=b"", dropped_until=message.offset))
+
+    async def hand_over(self, shard: int, token: int, within: float) -> None:
+        """Write what waits for a shard this router hands over, under its lease's ``token`` (still
+        valid in Redis until it is released), so that the next owner continues after it; what
+        cannot be written ``within`` seconds is given up (:meth:`forget_shard`)."""
+        deadline = self._clock() + within
+        try:
+            while shard in self._pending and self._clock() < deadline:
+                if shard in self._writing:
+                    await asyncio.sleep(HAND_OVER_POLL)
+                elif not await self._write(shard, token):
+                    break
+        except StoreUnavailable as error:
+            self._log.warning("redis-history", "cluster history: %s", error, now=self._clock())
+        self.forget_shard(shard)
 
     def forget_shard(self, shard: int) -> None:
         """The shard went to another router: what waits for it will never be written here."""
@@ -175,12 +194,15 @@ class ClusterHistory:
         accepted = True
         if appends:
             store = self._store()
+            self._writing.add(shard)
             try:
                 await self._register_epochs(store, shard, batch)
                 accepted = (await store.append(shard, store.router_id, token, appends)).accepted
             except StoreUnavailable:
                 waiting.extendleft(reversed(batch))
                 raise
+            finally:
+                self._writing.discard(shard)
         if not waiting and self._pending.get(shard) is waiting:
             del self._pending[shard]
         if not accepted:

@@ -127,7 +127,7 @@ class ClusterNode:
         steps, changes = leases.plan(self.routers, holders, asked, connected=connected)
         self._hand_over(changes)
         for shard, token in steps.release:
-            await store.release(shard, self.router_id, token)
+            await self._release(shard, token)
         if steps.renew:
             asked = self._clock()
             renewed = await store.renew(self.router_id, steps.renew, ttl)
@@ -169,11 +169,17 @@ class ClusterNode:
         self._hand_over(changes)
         try:
             for change in changes:
-                await self._store.release(change.shard, self.router_id, change.token)
+                await self._release(change.shard, change.token)
             await self._store.leave(self.router_id)
         except StoreUnavailable as error:
             log.warning("cluster: could not release the leases: %s", error)
         await self._store.close()
+
+    async def _release(self, shard: int, token: int) -> None:
+        """Give a lease back, once the shard's reliable messages waiting here are in Redis."""
+        if self.history is not None:
+            await self.history.hand_over(shard, token, self.section.timeout)
+        await self.store.release(shard, self.router_id, token)
 
     def shard_map(self) -> ShardMap:
         """Who serves each shard, and where every live router is, as this router knows it."""

@@ -137,6 +137,8 @@ class PeerRelay:
     def _send(self, shard: int, message: Message) -> bool:
         owner = self.leases.holder(shard)
         if owner is not None and owner.router_id == self.router_id:
+            if self.leases.token(shard, self._clock()) is None:
+                return False
             self._route_here(message)
             return True
         peer = self._peers.get(owner.router_id) if owner is not None else None

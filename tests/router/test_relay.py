@@ -141,3 +141,16 @@ def test_a_message_passed_on_here_waits_for_this_router_to_serve_its_shard(relay
         [TOPIC, b"", b"k1"],
         [TOPIC, b"h", b"f", FORWARDED],
     ]
+
+
+def test_a_shard_just_handed_over_is_not_routed_here_while_redis_still_shows_this_router(
+    relayed: Relayed,
+) -> None:
+    relayed.owners(None)
+    relayed.leases.acquired(SHARD, 2, relayed.clock.now)
+    relayed.leases.drop_all()
+    assert relayed.leases.holder(SHARD) == Holder("ra", 2)
+    assert relayed.relay.forward(TOPIC, frames(b"m")) is None
+    relayed.relay.tick()
+    assert relayed.routed_here == []
+    assert len(relayed.relay.parking) == 1
