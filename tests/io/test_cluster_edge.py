@@ -183,8 +183,11 @@ async def test_a_client_gets_both_routers_topics_and_keeps_them_when_one_dies(
         frames = reader.received[plain]
         restarts = [frame for frame in frames if frame[0] == "restarted"]
         assert len(restarts) == 1, f"the new owner's sequence is told once: {frames}"
-        after = frames[frames.index(restarts[0]) + 1 :]
-        assert [frame[0] for frame in after] == list(range(1, len(after) + 1)), frames
+        # The new sequence need not start at 1 for this client: a probe the new owner routed
+        # before the subscription moved there is among what the restarted frame says is lost.
+        offsets = [frame[0] for frame in frames[frames.index(restarts[0]) + 1 :]]
+        assert isinstance(offsets[0], int), frames
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), frames
 
 
 async def test_the_seed_router_dying_leaves_the_edge_serving_from_the_other(
