@@ -189,7 +189,12 @@ class RouterServer:
         if self._curve is not None:
             announced["curve_public_key"] = self._curve.public_key.decode()
         cluster = ClusterNode(
-            self.config.cluster, self.control.router_id, announced, self._shards_changed, self._clock
+            self.config.cluster,
+            self.control.router_id,
+            announced,
+            self._shards_changed,
+            self._clock,
+            apply_policies=self._policies_shared,
         )
         await cluster.start()
         section = self.config.cluster
@@ -355,7 +360,19 @@ class RouterServer:
         Raises :class:`RefusedError` for a bad or undeclared topic."""
         out = self.control.set_delivery_policy(topic, policy)
         self._send(out)
+        if self.cluster is not None:
+            self.cluster.share_policy(topic, policy)
         return [item.edge_id for item in out if isinstance(item, ToEdge)]
+
+    def _policies_shared(self, policies: dict[str, DeliveryPolicy]) -> None:
+        """Cluster mode: the runtime policies in Redis, which any router may have set."""
+        for topic, policy in policies.items():
+            if self.manager.get_delivery_policy(topic) == policy:
+                continue
+            try:
+                self._send(self.control.set_delivery_policy(topic, policy))
+            except RefusedError as error:
+                log.warning("cluster: the policy of %s set by another router: %s", topic, error)
 
     def kick_client(self, client_id: str, reason: str = KICKED) -> str:
         """Forget a client and have its edge close it (4002); returns the edge's id. Raises

@@ -14,9 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+import msgspec
+
 from router.cluster.config import ClusterSection
 from router.cluster.history import ClusterHistory
 from router.cluster.store import ClusterStore, StoreUnavailable
+from router.core.policy import DeliveryPolicy
 from router.core.shards import Change, ShardLeases
 from router.core.views import ClusterView, ShardView
 from router.logs import ThrottledLog
@@ -26,6 +29,8 @@ log = logging.getLogger("switchboard.router")
 
 Apply = Callable[[list[Change], ShardMap], None]
 """Where the node hands shard changes and the newest shard map: the router's control plane."""
+ApplyPolicies = Callable[[dict[str, DeliveryPolicy]], None]
+"""Where the node hands every runtime policy when some router set one: the router's control plane."""
 TTLS_EVERY = 1.0
 """Seconds between two readings of how long the other routers' leases have left."""
 
@@ -44,6 +49,7 @@ class ClusterNode:
         endpoints: dict[str, str],
         apply: Apply,
         clock: Callable[[], float] = time.monotonic,
+        apply_policies: ApplyPolicies | None = None,
     ) -> None:
         self.section = section
         self.router_id = router_id
@@ -59,6 +65,9 @@ class ClusterNode:
         """Whether the last round reached Redis."""
         self._ttls_read_at: float | None = None
         self._apply = apply
+        self._apply_policies = apply_policies
+        self._policies_to_share: dict[str, DeliveryPolicy] = {}
+        self._policies_version: int | None = None
         self._clock = clock
         self.history: ClusterHistory | None = None
         """Reliable topics' history in Redis: loaded before a shard taken is served."""
@@ -124,6 +133,7 @@ class ClusterNode:
         self.routers = await store.routers()
         holders = await store.holders(self.section.shards)
         connected = await store.connected_routers()
+        await self._sync_policies(store)
         steps, changes = leases.plan(self.routers, holders, asked, connected=connected)
         self._hand_over(changes)
         for shard, token in steps.release:
@@ -143,6 +153,34 @@ class ClusterNode:
         if self._ttls_read_at is None or asked - self._ttls_read_at >= TTLS_EVERY:
             leases.ttls_read(await store.lease_ttls(self.section.shards), asked)
             self._ttls_read_at = asked
+
+    def share_policy(self, topic: str, policy: DeliveryPolicy) -> None:
+        """A policy set at run time here, for every router: written to Redis in the next round."""
+        self._policies_to_share[topic] = policy
+
+    async def _sync_policies(self, store: ClusterStore) -> None:
+        """Write the policies set here, then, when any router set one since the last look, hand
+        them all to the router (the last written wins), but those set here since, not yet written."""
+        while self._policies_to_share:
+            topic, policy = next(iter(self._policies_to_share.items()))
+            await store.set_policy(topic, msgspec.json.encode(policy))
+            if self._policies_to_share.get(topic) is policy:
+                del self._policies_to_share[topic]
+        if self._apply_policies is None or await store.policies_version() == self._policies_version:
+            return
+        version, encoded = await store.policies()
+        policies = {}
+        for topic, value in encoded.items():
+            if topic in self._policies_to_share:
+                continue
+            try:
+                policies[topic] = msgspec.json.decode(value, type=DeliveryPolicy)
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
+                self._log.warning(
+                    "policy", "cluster: the policy of %s in Redis: %s", topic, error, now=self._clock()
+                )
+        self._policies_version = version
+        self._apply_policies(policies)
 
     async def _take(self, shard: int, token: int, asked: float) -> None:
         """Serve a shard just acquired, its reliable topics loaded first; if they cannot be, the

@@ -215,6 +215,17 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
+_SET_POLICY = """#!lua
+-- KEYS: the policies, their version. ARGV: the topic, its policy (JSON). Returns the new version.
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
+_POLICIES = """#!lua
+-- KEYS: the policies, their version. Returns {version, the hash's fields and values}.
+return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('HGETALL', KEYS[1])}
+"""
+
 _APPEND = """#!lua
 -- KEYS[1]: the lease, KEYS[2]: the fence, KEYS[2 + i]: the i-th topic's stream.
 -- ARGV[1]: the lease value of the writer, ARGV[2]: its token; then, for each stream: its number
@@ -266,6 +277,8 @@ class ClusterStore:
         self._lease_ttls = client.register_script(_LEASE_TTLS)
         self._epoch = client.register_script(_EPOCH)
         self._append = client.register_script(_APPEND)
+        self._set_policy = client.register_script(_SET_POLICY)
+        self._policies = client.register_script(_POLICIES)
 
     @classmethod
     async def open(
@@ -434,6 +447,29 @@ class ClusterStore:
         keys = [self._key("lease", shard)]
         released = await self._do(self._release(keys=keys, args=[_lease_value(router_id, token)]))
         return _as_int(released) == 1
+
+    # ------------------------------------------------------------------------------------------
+    # Policies set at run time, shared by every router
+
+    async def set_policy(self, topic: str, policy: bytes) -> int:
+        """Store ``topic``'s runtime ``policy`` (JSON) for every router; returns the new version
+        of the policies."""
+        keys = [self._key("policies"), self._key("policies", "version")]
+        return _as_int(await self._do(self._set_policy(keys=keys, args=[topic, policy])))
+
+    async def policies_version(self) -> int:
+        """A number that grows with every :meth:`set_policy`; 0 before the first."""
+        version: bytes | str | None = await self._do(self._redis.get(self._key("policies", "version")))
+        return 0 if version is None else _as_int(version)
+
+    async def policies(self) -> tuple[int, dict[str, bytes]]:
+        """The version and every runtime policy (topic: JSON), read at once."""
+        keys = [self._key("policies"), self._key("policies", "version")]
+        version, flat = await self._do(self._policies(keys=keys))
+        pairs = iter(flat)
+        return _as_int(version), {
+            _text(topic): _bytes(policy) for topic, policy in zip(pairs, pairs, strict=False)
+        }
 
     # ------------------------------------------------------------------------------------------
     # Reliable topics' history

@@ -19,7 +19,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from router.admin.client import AdminClient
+from router.admin.client import AdminClient, policy_path
+from router.core.shards import shard_of
+from router.wire import PolicyUpdate, SubscribeOk
 from tests.io.admin_stack import TOKEN, call
 from tests.io.browser import Chromium, chromium_path
 from tests.io.harness import LOOPBACK_ANY_PORT, ROOT, RouterProcess, TestEdge, eventually
@@ -388,3 +390,49 @@ async def test_the_dashboard_shows_the_cluster_panel_only_in_cluster_mode(config
             assert await browser.evaluate("document.getElementById('cluster').hidden") is True
     finally:
         alone.stop()
+
+
+# ---------------------------------------------------------------- policies set at run time
+
+
+async def test_a_policy_set_on_one_router_reaches_every_router_and_their_edges(config: Path) -> None:
+    """Set on the first router, the policy reaches the second and an edge whose client watches the
+    topic there; a router started later has it too; the last one set, on any router, wins."""
+    with cluster_router(config) as first, cluster_router(config) as second:
+        _, view = await settled(first, second)
+        second_id = view["router_id"]
+        topic = next(f"/policy/t{n}" for n in range(10_000) if owners(view)[policy_shard(n)] == second_id)
+        edge = TestEdge(second.endpoints)
+        updates: list[PolicyUpdate] = []
+        async with edge:
+            edge.link.on_message = lambda message: (
+                updates.append(message) if isinstance(message, PolicyUpdate) else None
+            )
+            await edge.register("c1")
+            assert isinstance(await edge.subscribe("c1", topic), SubscribeOk)
+            latest = {"kind": "latest", "max_rate": 5.0}
+            await call(admin(first), "PUT", policy_path(topic), latest)
+            await eventually(lambda: policy_of(second, topic, latest), timeout=5)
+            await eventually(lambda: bool(updates), timeout=5)
+            assert (updates[-1].topic, updates[-1].policy.kind, updates[-1].policy.max_rate) == (
+                topic,
+                "latest",
+                5.0,
+            )
+
+            with cluster_router(config) as third:
+                await eventually(lambda: policy_of(third, topic, latest), timeout=10)
+                capped = {"kind": "best_effort", "max_rate": 2.0}
+                await call(admin(third), "PUT", policy_path(topic), capped)
+                for router in (first, second):
+                    await eventually(lambda router=router: policy_of(router, topic, capped), timeout=5)
+
+
+def policy_shard(n: int) -> int:
+    return shard_of(f"/policy/t{n}".encode(), SHARDS)
+
+
+async def policy_of(router: RouterProcess, topic: str, expected: dict[str, object]) -> bool:
+    """Whether ``router`` applies a runtime policy with the ``expected`` fields to ``topic``."""
+    reply = await call(admin(router), "GET", policy_path(topic))
+    return bool(reply["overridden"]) and all(reply["policy"][key] == value for key, value in expected.items())

@@ -261,6 +261,19 @@ async def test_the_first_epoch_stays(open_store: OpenStore) -> None:
 # Routers
 
 
+async def test_policies_set_by_any_router_are_read_by_all_with_a_growing_version(
+    open_store: OpenStore,
+) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    assert await b.policies_version() == 0
+    assert await b.policies() == (0, {})
+    assert await a.set_policy("/p/one", b'{"kind":"latest"}') == 1
+    assert await b.set_policy("/p/two", b'{"max_rate":2.0}') == 2
+    assert await a.set_policy("/p/one", b'{"kind":"reliable"}') == 3
+    assert await a.policies_version() == 3
+    assert await b.policies() == (3, {"/p/one": b'{"kind":"reliable"}', "/p/two": b'{"max_rate":2.0}'})
+
+
 async def test_routers_forgets_an_expired_announcement(open_store: OpenStore, raw: Redis) -> None:
     a, b = await open_store("a"), await open_store("b")
     a_info = {"control": "tcp://10.0.0.1:7753", "admin": "http://10.0.0.1:7780"}
