@@ -9,7 +9,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,29 @@ def topic_in_shard_of(router_id: str, shard_map: ShardMap, prefix: str = "/clust
         if shard_map.owners[shard_of(topic.encode(), shard_map.shards)][0] == router_id:
             return topic
     raise AssertionError(f"no topic of {router_id}")
+
+
+@dataclass
+class MeteredPair:
+    """Two routers of one cluster with their metrics listeners, a test edge on each, and the shard
+    map once both serve."""
+
+    first: RouterProcess
+    second: RouterProcess
+    edge: TestEdge
+    other_edge: TestEdge
+    maps: MapWatcher
+    shard_map: ShardMap
+
+
+@contextlib.asynccontextmanager
+async def metered_pair(config: Path) -> AsyncIterator[MeteredPair]:
+    metrics = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    with running(RouterProcess(metrics)) as first, running(RouterProcess(metrics)) as second:
+        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
+        maps = MapWatcher(edge)
+        async with edge, other_edge:
+            yield MeteredPair(first, second, edge, other_edge, maps, await both_serving(maps))
 
 
 async def test_two_routers_split_the_shards_and_a_dead_ones_move_at_once(
@@ -246,44 +270,39 @@ async def test_push_messages_for_a_dead_owners_shard_wait_for_the_next_owner_non
     shard: the other is killed while Redis is frozen, so for a while the shard's owner takes nothing
     and no router can take the shard over. The messages of that window are parked, then written by
     the next owner after those the dead one wrote, every offset in order."""
-    config = cluster_config(tmp_path, redis, park_time=20.0)
-    metrics = ["--config", str(config), "--metrics", "127.0.0.1:0"]
-    with running(RouterProcess(metrics)) as first, running(RouterProcess(metrics)) as second:
-        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
-        maps = MapWatcher(edge)
-        async with edge, other_edge:
-            shard_map = await both_serving(maps)
-            topic = topic_in_shard_of(other_edge.link.router_id, shard_map, "/reliable/parked")
-            key = f"switchboard:history:{topic}"
-            stream = Redis.from_url(redis.url)
-            with push_socket(first.endpoints["pull"]) as push:
-                for n in range(1, 21):
-                    push.send_multipart([topic.encode(), b"m%d" % n])
-                await eventually(lambda: len(stream_entries(stream, key)) == 20, timeout=5)
+    async with metered_pair(cluster_config(tmp_path, redis, park_time=20.0)) as pair:
+        first, second, edge, maps = pair.first, pair.second, pair.edge, pair.maps
+        topic = topic_in_shard_of(pair.other_edge.link.router_id, pair.shard_map, "/reliable/parked")
+        key = f"switchboard:history:{topic}"
+        stream = Redis.from_url(redis.url)
+        with push_socket(first.endpoints["pull"]) as push:
+            for n in range(1, 21):
+                push.send_multipart([topic.encode(), b"m%d" % n])
+            await eventually(lambda: len(stream_entries(stream, key)) == 20, timeout=5)
 
-                redis.freeze()
-                second.kill()
-                await asyncio.sleep(0.3)
-                for n in range(21, 61):
-                    push.send_multipart([topic.encode(), b"m%d" % n])
-                    await asyncio.sleep(0.01)
-                metrics_address = first.endpoints["metrics"].removeprefix("http://")
-                await eventually(
-                    async_scraped_at_least(metrics_address, "switchboard_router_parked_messages", 40),
-                    timeout=5,
-                )
-                redis.thaw()
-                first_id = edge.link.router_id
-                await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME * 2)
-                await eventually(lambda: len(stream_entries(stream, key)) == 60, timeout=5)
-            entries = stream_entries(stream, key)
-            stream.close()
-            assert entries == [(b"%d-0" % n, b"m%d" % n) for n in range(1, 61)]
-            scraped = await scrape(metrics_address)
-            assert scraped.total("switchboard_router_parked_total") >= 40
-            assert scraped("switchboard_router_parked_messages") == 0
-            for reason in ("no_owner", "forward_full", "not_owner"):
-                assert scraped.total("switchboard_router_drops_total", reason=reason) == 0, reason
+            redis.freeze()
+            second.kill()
+            await asyncio.sleep(0.3)
+            for n in range(21, 61):
+                push.send_multipart([topic.encode(), b"m%d" % n])
+                await asyncio.sleep(0.01)
+            metrics_address = first.endpoints["metrics"].removeprefix("http://")
+            await eventually(
+                async_scraped_at_least(metrics_address, "switchboard_router_parked_messages", 40),
+                timeout=5,
+            )
+            redis.thaw()
+            first_id = edge.link.router_id
+            await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME * 2)
+            await eventually(lambda: len(stream_entries(stream, key)) == 60, timeout=5)
+        entries = stream_entries(stream, key)
+        stream.close()
+        assert entries == [(b"%d-0" % n, b"m%d" % n) for n in range(1, 61)]
+        scraped = await scrape(metrics_address)
+        assert scraped.total("switchboard_router_parked_total") >= 40
+        assert scraped("switchboard_router_parked_messages") == 0
+        for reason in ("no_owner", "forward_full", "not_owner"):
+            assert scraped.total("switchboard_router_drops_total", reason=reason) == 0, reason
 
 
 def async_scraped_at_least(address: str, name: str, least: float) -> Callable[[], Awaitable[bool]]:
@@ -432,43 +451,39 @@ async def test_a_pub_producer_connected_to_every_router_reaches_only_the_owner(
 async def test_the_cluster_producer_sends_each_topic_straight_to_its_owner_and_past_a_dead_one(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    config = cluster_config(tmp_path, redis)
-    metrics = ["--config", str(config), "--metrics", "127.0.0.1:0"]
-    with running(RouterProcess(metrics)) as first, running(RouterProcess(metrics)) as second:
-        edge, other_edge = TestEdge(first.endpoints), TestEdge(second.endpoints)
-        maps = MapWatcher(edge)
-        async with edge, other_edge:
-            shard_map = await both_serving(maps)
-            ours = topic_in_shard_of(edge.link.router_id, shard_map, "/direct")
-            theirs = topic_in_shard_of(other_edge.link.router_id, shard_map, "/direct")
-            for link, topic in ((edge, ours), (other_edge, theirs)):
-                await link.register("c")
-                assert isinstance(await link.subscribe("c", topic), SubscribeOk)
-            with ClusterProducer(redis.url) as producer:
-                assert producer.owner_endpoint(ours) == first.endpoints["pull"]
-                assert producer.owner_endpoint(theirs) == second.endpoints["pull"]
+    async with metered_pair(cluster_config(tmp_path, redis)) as pair:
+        first, second, edge, other_edge, maps = pair.first, pair.second, pair.edge, pair.other_edge, pair.maps
+        shard_map = pair.shard_map
+        ours = topic_in_shard_of(edge.link.router_id, shard_map, "/direct")
+        theirs = topic_in_shard_of(other_edge.link.router_id, shard_map, "/direct")
+        for link, topic in ((edge, ours), (other_edge, theirs)):
+            await link.register("c")
+            assert isinstance(await link.subscribe("c", topic), SubscribeOk)
+        with ClusterProducer(redis.url) as producer:
+            assert producer.owner_endpoint(ours) == first.endpoints["pull"]
+            assert producer.owner_endpoint(theirs) == second.endpoints["pull"]
+            for n in range(10):
+                producer.publish(ours, b"%d" % n)
+                producer.publish(theirs, b"%d" % n)
+            sent = [b"%d" % n for n in range(10)]
+            for link in (edge, other_edge):
+                assert [(await link.next_message())[1] for _ in range(10)] == sent
+            for router in (first, second):
+                scraped = await scrape(router.endpoints["metrics"].removeprefix("http://"))
+                assert scraped.total("switchboard_router_forwarded_total") == 0
+
+            second.kill()
+            first_id = edge.link.router_id
+            await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME)
+            assert isinstance(await edge.subscribe("c", theirs), SubscribeOk)
+
+            def publish_all() -> None:
                 for n in range(10):
-                    producer.publish(ours, b"%d" % n)
-                    producer.publish(theirs, b"%d" % n)
-                sent = [b"%d" % n for n in range(10)]
-                for link in (edge, other_edge):
-                    assert [(await link.next_message())[1] for _ in range(10)] == sent
-                for router in (first, second):
-                    scraped = await scrape(router.endpoints["metrics"].removeprefix("http://"))
-                    assert scraped.total("switchboard_router_forwarded_total") == 0
+                    producer.publish(theirs, b"after %d" % n)
 
-                second.kill()
-                first_id = edge.link.router_id
-                await eventually(lambda: maps.owners() == {first_id}, timeout=LEASE_TIME)
-                assert isinstance(await edge.subscribe("c", theirs), SubscribeOk)
-
-                def publish_all() -> None:
-                    for n in range(10):
-                        producer.publish(theirs, b"after %d" % n)
-
-                await asyncio.wait_for(asyncio.to_thread(publish_all), timeout=10)
-                after = [(await edge.next_message())[1] for _ in range(10)]
-            assert after == [b"after %d" % n for n in range(10)], "a dead owner held the producer up"
+            await asyncio.wait_for(asyncio.to_thread(publish_all), timeout=10)
+            after = [(await edge.next_message())[1] for _ in range(10)]
+        assert after == [b"after %d" % n for n in range(10)], "a dead owner held the producer up"
 
 
 def test_a_router_bound_to_a_wildcard_must_say_where_it_is_reached(

@@ -77,16 +77,26 @@ class Writing:
     def dropped(self) -> dict[str, int]:
         return dict(self.manager.get_connection_stats().drops)
 
-    async def stop(self) -> None:
+    async def one_on_its_way_then_handed_over(self, waiting: int) -> None:
+        """A batch of one message on its way to Redis, ``waiting`` more behind it, and the shard
+        handed over (this router serves it no more)."""
+        self.add(1)
+        await asyncio.wait_for(self.store.writing.wait(), 5)
+        self.add(waiting)
+        self.leases.drop_all()
+
+    async def __aenter__(self) -> Writing:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         self.writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.writer
 
 
 async def test_a_shard_taken_while_its_batch_is_written_leaves_the_writer_running() -> None:
-    writing = Writing()
-    store, history = writing.store, writing.history
-    try:
+    async with Writing() as writing:
+        store, history = writing.store, writing.history
         writing.add(1)
         await asyncio.wait_for(store.writing.wait(), 5)
         history.forget_shard(0)
@@ -99,41 +109,26 @@ async def test_a_shard_taken_while_its_batch_is_written_leaves_the_writer_runnin
         await asyncio.wait_for(store.wrote.wait(), 5)
         assert store.written == [[1], [2]]
         assert history.pending_messages == 0
-    finally:
-        await writing.stop()
 
 
 async def test_a_shard_handed_over_writes_what_waits_after_the_batch_on_its_way() -> None:
-    writing = Writing()
-    store, history = writing.store, writing.history
-    try:
-        writing.add(1)
-        await asyncio.wait_for(store.writing.wait(), 5)
-        writing.add(2)
-        writing.leases.drop_all()
-        handing = asyncio.create_task(history.hand_over(0, 7, within=5.0))
+    async with Writing() as writing:
+        store = writing.store
+        await writing.one_on_its_way_then_handed_over(waiting=2)
+        handing = asyncio.create_task(writing.history.hand_over(0, 7, within=5.0))
         await asyncio.sleep(0.05)
         assert not handing.done(), "the hand-over did not wait for the batch on its way"
         store.release.set()
         await asyncio.wait_for(handing, 5)
         assert store.written == [[1], [2, 3]]
         assert store.tokens == [7, 7]
-        assert history.pending_messages == 0
+        assert writing.history.pending_messages == 0
         assert writing.dropped() == {}
-    finally:
-        await writing.stop()
 
 
 async def test_a_hand_over_that_redis_does_not_answer_in_time_gives_up_what_waits() -> None:
-    writing = Writing()
-    store, history = writing.store, writing.history
-    try:
-        writing.add(1)
-        await asyncio.wait_for(store.writing.wait(), 5)
-        writing.add(2)
-        writing.leases.drop_all()
-        await asyncio.wait_for(history.hand_over(0, 7, within=0.1), 5)
+    async with Writing() as writing:
+        await writing.one_on_its_way_then_handed_over(waiting=2)
+        await asyncio.wait_for(writing.history.hand_over(0, 7, within=0.1), 5)
         assert writing.dropped() == {"not_owner": 2}
-        assert history.pending_messages == 1, "only the batch on its way may still be written"
-    finally:
-        await writing.stop()
+        assert writing.history.pending_messages == 1, "only the batch on its way may still be written"
