@@ -46,6 +46,9 @@ class RouterSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_batch: int = 1_000
     metrics: str | None = None
     """``HOST:PORT`` of the Prometheus ``/metrics`` listener; ``None``: no listener."""
+    demand: str | None = None
+    """Where the XPUB socket that tells producers each topic's demand binds (``docs/protocol.md``,
+    1.5); ``None`` or ``""``: no demand socket."""
     metrics_max_connections: int = METRICS_LIMITS.max_connections
     metrics_max_connections_per_address: int = METRICS_LIMITS.max_connections_per_address
     metrics_header_timeout: float = METRICS_LIMITS.header_timeout

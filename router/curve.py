@@ -60,6 +60,7 @@ SOCKET_ROLES: Final[Mapping[str, frozenset[Role]]] = {
     "control": frozenset({Role.EDGE, Role.OBSERVER}),
     "xpub": frozenset({Role.EDGE, Role.OBSERVER}),
     "events": frozenset({Role.OBSERVER}),
+    "demand": frozenset({Role.PRODUCER, Role.OBSERVER}),
 }
 """The roles whose keys each of the router's sockets admits, by socket name."""
 _ROLE_LINE = re.compile(r'^\s+role\s*=\s*"([a-z]+)"\s*$', re.MULTILINE)

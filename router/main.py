@@ -37,6 +37,11 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin", dest="listen", metavar="HOST:PORT", help="the admin API and dashboard ('' for none)"
     )
     parser.add_argument(
+        "--demand",
+        metavar="ENDPOINT",
+        help="tell producers the rate each topic's watchers want, on an XPUB socket here ('' for none)",
+    )
+    parser.add_argument(
         "--events",
         dest="publish",
         metavar="ENDPOINT",
@@ -67,6 +72,7 @@ ROUTER_OVERRIDES = (
     "metrics",
     "listen",
     "publish",
+    "demand",
     "url",
 )
 """The ``switchboard router`` options that override the configuration file, by key."""

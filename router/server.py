@@ -21,13 +21,14 @@ from router.cluster.node import ClusterNode
 from router.cluster.relay import PeerRelay
 from router.config import RouterConfig
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
-from router.core.control import KICKED, ControlPlane, Outbound, ToEdge, ToPeer, Upstream
+from router.core.control import KICKED, ControlPlane, Demand, Outbound, ToEdge, ToPeer, Upstream
 from router.core.events import Event, EventListener, event_frames
 from router.core.external_sessions import ExternalSessions
 from router.core.jwt_sessions import KEYS_PENDING, JwtSessions
 from router.core.manager import Route
 from router.core.session_gate import SessionGate
 from router.core.shards import TAKEN, Change, Gained
+from router.core.token_bucket import TokenBucket
 from router.core.views import ClusterView
 from router.curve import CURVE_REFUSED, HANDSHAKE_FAILURES, CurveClient, handshake_failure
 from router.jwks import JwksFetcher
@@ -41,6 +42,7 @@ from router.wire import (
     WireError,
     check_producer_header,
     data_frame_head,
+    demand_frame,
     encode_control,
     split_producer_frames,
 )
@@ -55,6 +57,8 @@ HANDOVER_GRACE = 1.0
 """Seconds a router in cluster mode keeps asking PUB producers for a topic it stopped serving."""
 BACKLOG_READ = 10
 """Batches of control messages read before each heartbeat tick."""
+DEMAND_ANSWERS_PER_SECOND = 100.0
+"""Subscriptions on the demand socket answered with the current demand, per second at most."""
 
 
 class BindError(RuntimeError):
@@ -130,6 +134,8 @@ class RouterServer:
         """Cluster mode: topics whose upstream unsubscription waits out :data:`HANDOVER_GRACE`."""
         self.relay: PeerRelay | None = None
         """Cluster mode: passes producer messages of other routers' shards on to them."""
+        self.demand: zmq.Socket[bytes] | None = None
+        """With ``[router] demand``: tells producers the rate each topic's watchers want."""
         if config.cluster.enabled:
             self.manager.serve_shards(config.cluster.shards)
 
@@ -160,6 +166,8 @@ class RouterServer:
         if self.config.events.publish:
             self.events = self._socket(zmq.PUB, "events", self.config.events.publish)
             self.add_event_listener(self._publish_event)
+        if section.demand:
+            self.demand = self._socket(zmq.XPUB, "demand", section.demand, xpub_verbose=1)
         return dict(self.endpoints)
 
     def _socket(self, kind: int, name: str, endpoint: str, **options: int) -> zmq.Socket[bytes]:
@@ -265,6 +273,8 @@ class RouterServer:
             "heartbeat": self._heartbeat_loop(),
             **{f"handshakes-{name}": self._watch_handshakes(name) for name in self._monitors},
         }
+        if self.demand is not None:
+            roles["demand-subscriptions"] = self._answer_demand_subscriptions(self.demand)
         if self.jwks is not None:
             roles["jwks"] = self.jwks.run(self._keys_fetched)
         if self.cluster is not None:
@@ -516,6 +526,41 @@ class RouterServer:
             while True:
                 self.xpub.recv(NOBLOCK)
 
+    # ------------------------------------------------------------ demand
+
+    async def _answer_demand_subscriptions(self, sock: zmq.Socket[bytes]) -> None:
+        """A producer that subscribes on the demand socket gets the demand of every watched topic
+        its prefix matches at once; later changes come as they happen. Each answer walks every
+        watched topic, so at most :data:`DEMAND_ANSWERS_PER_SECOND` subscriptions are answered;
+        the rest are counted (``demand_unanswered``) and get only the changes."""
+        readable = self._readable[sock]
+        answers = TokenBucket(DEMAND_ANSWERS_PER_SECOND)
+        while True:
+            await readable.wait()
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    self._demand_subscription(sock.recv(NOBLOCK), answers)
+
+    def _demand_subscription(self, message: bytes, answers: TokenBucket) -> None:
+        if message[:1] != b"\x01":
+            return
+        if answers.take(self._clock()):
+            self._tell_demands(message[1:])
+            return
+        self.manager.count_drop("demand_unanswered")
+        now = self._clock()
+        self._drop_log.warning("demand", "too many demand subscriptions: some get only changes", now=now)
+
+    def _tell_demands(self, prefix: bytes) -> None:
+        for topic, rate in self.manager.demands():
+            raw = topic.encode()
+            if raw.startswith(prefix):
+                self._tell_demand(raw, rate)
+
+    def _tell_demand(self, topic: bytes, rate: float) -> None:
+        if self.demand is not None:
+            self.demand.send_multipart([topic, demand_frame(rate)], NOBLOCK)
+
     # ------------------------------------------------------------ Curve
 
     def _service_curve(self) -> CurveClient | None:
@@ -642,6 +687,8 @@ class RouterServer:
                         self._readable[self.router].recheck()
                     case Upstream(topic, watched):
                         self._upstream(topic, watched)
+                    case Demand(topic, rate):
+                        self._tell_demand(topic.encode(), rate)
             except zmq.ZMQError as error:
                 self.manager.count_drop("control_send_failed")
                 what, now = type(item).__name__, self._clock()

@@ -6,6 +6,7 @@ here raises :class:`WireError` with a short reason on bad input, and nothing els
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence, Sized
 from typing import Final, NamedTuple, TypeVar
@@ -117,6 +118,15 @@ FORWARDED: Final = b"\0switchboard:forwarded"
 """The fourth frame of a producer message one router of a cluster passes to the shard's owner:
 ``[topic, header, payload, FORWARDED]``. The owner handles it like any other, but never forwards
 it again."""
+
+
+def demand_frame(rate: float) -> bytes:
+    """The second frame of a demand message (``[topic, rate]``, router -> producers): the most
+    messages per second the topic's watchers want, as ASCII: ``0`` when nobody watches, ``inf``
+    when one of them takes every message, else a decimal number (``5``, ``2.5``)."""
+    if rate == math.inf:
+        return b"inf"
+    return (str(int(rate)) if rate.is_integer() else repr(rate)).encode()
 
 
 def check_producer_header(header: bytes) -> bytes:
@@ -253,13 +263,16 @@ class UnregisterClient(_Control, tag="unregister"):
 
 class Subscribe(_Control, tag="subscribe"):
     """Edge -> router. With ``resume_epoch`` and ``resume_offset`` (the last message the client
-    has), the reply's ``resume`` says whether the messages after it can be recovered."""
+    has), the reply's ``resume`` says whether the messages after it can be recovered. ``max_rate``:
+    the most messages per second the client asked for (``None``: as many as the policy gives);
+    the router tells producers the highest such rate of each topic (its demand)."""
 
     request_id: int
     client_id: str
     topic: str
     resume_epoch: int | None = None
     resume_offset: int | None = None
+    max_rate: float | None = None
 
 
 RESUME_NONE: Final = "none"

@@ -10,6 +10,7 @@ the manager must emit.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from router.core import (
     Action,
     ClientDropped,
     DeliveryPolicy,
+    DemandChanged,
     ErrorCode,
     HistoryEntry,
     HistoryLimits,
@@ -175,6 +177,10 @@ class Model:
     shards: int = 0
     """Cluster mode: the shard count (0: off) and the shards served."""
     served: set[int] = field(default_factory=set)
+    rates: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """topic -> each subscriber's own max_rate (None: none)."""
+    demands: dict[str, float] = field(default_factory=dict)
+    """topic -> the demand last told, when not 0."""
 
     # ------------------------------------------------------------ views
 
@@ -230,11 +236,13 @@ class Model:
         return value % self.shards
 
     def apply_shard_lost(self, shard: int) -> list[Action]:
+        """The shard's topics are forgotten; their demand is the next owner's to tell."""
         self.served.discard(shard)
         actions: list[Action] = []
         for topic in sorted(t for t in self.subscribers if self.shard(t) == shard):
             for client_id in sorted(self.subscribers[topic]):
-                actions += self._remove(client_id, topic)
+                actions += [a for a in self._remove(client_id, topic) if not isinstance(a, DemandChanged)]
+            self.demands.pop(topic, None)
             self.idle.remove(topic)
             del self.subscribers[topic]
             del self.positions[topic]
@@ -347,17 +355,37 @@ class Model:
             return ErrorCode.LIMIT_EXCEEDED
         return None
 
-    def apply_subscribe(self, client_id: str, topic: str) -> list[Action]:
+    def apply_subscribe(self, client_id: str, topic: str, max_rate: float | None = None) -> list[Action]:
         if topic not in self.subscribers:
             self._create(topic)
+        self.rates.setdefault(topic, {})[client_id] = max_rate
         held = self.subscribers[topic]
         if client_id in held:
-            return []
+            return self._demand_change(topic)
         held.add(client_id)
         if len(held) == 1:
             self.idle.remove(topic)
-            return [WatchTopic(topic)]
-        return []
+            return [WatchTopic(topic), *self._demand_change(topic)]
+        return self._demand_change(topic)
+
+    def demand(self, topic: str) -> float:
+        """The highest rate a subscriber wants, under the policy's cap, by brute force."""
+        held = self.subscribers.get(topic)
+        if not held:
+            return 0.0
+        policy = self.policy(topic)
+        if policy.kind == "reliable":
+            return math.inf
+        cap = math.inf if policy.max_rate is None else policy.max_rate
+        wanted = [self.rates[topic][client] for client in held]
+        return max(min(cap, math.inf if rate is None else rate) for rate in wanted)
+
+    def _demand_change(self, topic: str) -> list[Action]:
+        demand = self.demand(topic)
+        if demand == self.demands.get(topic, 0.0):
+            return []
+        self.demands[topic] = demand
+        return [DemandChanged(topic, demand)]
 
     def check_unsubscribe(self, client_id: str, topic: str) -> ErrorCode | None:
         if client_id not in self.clients:
@@ -372,10 +400,12 @@ class Model:
     def _remove(self, client_id: str, topic: str) -> list[Action]:
         held = self.subscribers[topic]
         held.remove(client_id)
+        del self.rates[topic][client_id]
+        demand = self._demand_change(topic)
         if held:
-            return []
+            return demand
         self.idle.append(topic)
-        return [UnwatchTopic(topic)]
+        return [*demand, UnwatchTopic(topic)]
 
     # ------------------------------------------------------------ topics and routing
 
@@ -559,7 +589,8 @@ class Model:
             self._sync_history(topic)
             self._sync_bucket(topic)
         edges = frozenset(self.clients[c] for c in self.subscribers.get(topic, set()))
-        return [PolicyChanged(topic, policy, edges)] if edges else []
+        demand = self._demand_change(topic)
+        return [PolicyChanged(topic, policy, edges), *demand] if edges else demand
 
 
 def _user(client_id: str, token: str | None) -> str:

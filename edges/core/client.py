@@ -11,6 +11,7 @@ from edges.core.client_wire import (
     CloseCode,
     Refresh,
     Refreshed,
+    Resume,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -96,35 +97,32 @@ class EdgeClient:
 
     def subscribe(self, request: Subscribe, most: int) -> Refusal | None:
         """Ask the router for the topic, or refuse (answering ``error``) and say why."""
-        name, client_id, resume = request.topic, self.client_id, request.resume
+        name = request.topic
         refusal = self._subscribe_refusal(name, most)
         if refusal is not None:
             self.session.send_error(request.id, *refusal)
             return refusal
         sub = self.subscriptions[name] = self._fanout.join(
-            self.session, name, request.id, resume, request.window
+            self.session, name, request.id, request.resume, request.window, request.max_rate
         )
         request_id = self._requests.send(
-            RouterRequest(RequestKind.SUBSCRIBE, client_id, name, subscription=sub),
-            lambda request_id: wire.Subscribe(
-                request_id=request_id,
-                client_id=client_id,
-                topic=name,
-                resume_epoch=resume.epoch if resume is not None else None,
-                resume_offset=resume.offset if resume is not None else None,
-            ),
+            RouterRequest(RequestKind.SUBSCRIBE, self.client_id, name, subscription=sub),
+            lambda request_id: _subscribe_message(sub, request_id),
         )
         sub.sent(request_id)
         return None
 
     def _subscribe_refusal(self, name: str, most: int) -> Refusal | None:
+        """Why the edge refuses a subscribe by itself, if it does. A second subscribe to a topic
+        is refused, whatever its fields (another ``max_rate`` too): unsubscribe first."""
         reason = topic_error(name)
         if reason is not None:
             return ErrorCode.BAD_TOPIC, f"{name[:80]!r}: {reason}"
         sub = self.subscriptions.get(name)
+        if sub is not None and sub.confirmed:
+            return ErrorCode.BAD_REQUEST, f"already subscribed on {name!r}: unsubscribe first to change it"
         if sub is not None:
-            state = "already subscribed" if sub.confirmed else "a subscribe is in progress"
-            return ErrorCode.BAD_REQUEST, f"{state} on {name!r}"
+            return ErrorCode.BAD_REQUEST, f"a subscribe is in progress on {name!r}"
         if len(self.subscriptions) >= most:
             return ErrorCode.LIMIT_EXCEEDED, f"at most {most} subscriptions per client"
         return None
@@ -278,7 +276,7 @@ class EdgeClient:
             request_id = requests.add(request)
             if not silent:
                 sub.sent(request_id)
-            messages.append(wire.Subscribe(request_id=request_id, client_id=client_id, topic=name))
+            messages.append(_subscribe_message(sub, request_id))
         return messages
 
     # ------------------------------------------------------------ a cluster of routers
@@ -321,22 +319,34 @@ class EdgeClient:
             request = RouterRequest(
                 RequestKind.SUBSCRIBE, client_id, name, silent=True, subscription=sub, moved=True
             )
-            resume = position
         else:
             request = RouterRequest(RequestKind.SUBSCRIBE, client_id, name, subscription=sub)
-            resume = (sub.resume.epoch, sub.resume.offset) if sub.resume is not None else None
         request_id = self._requests.send(
-            request,
-            lambda request_id: wire.Subscribe(
-                request_id=request_id,
-                client_id=client_id,
-                topic=name,
-                resume_epoch=resume[0] if resume is not None else None,
-                resume_offset=resume[1] if resume is not None else None,
-            ),
+            request, lambda request_id: _subscribe_message(sub, request_id, position)
         )
         if not sub.confirmed:
             sub.sent(request_id)
+
+
+def _subscribe_message(
+    sub: Subscription, request_id: int, position: tuple[int, int] | None = None
+) -> wire.Subscribe:
+    """The router's ``subscribe`` for ``sub``, with the client's own ``max_rate``. While the client
+    waits for its reply it resumes from the client's ``resume``; once confirmed, from ``position``
+    (the last message the edge handed it; ``None``: from wherever the router is)."""
+    resume = position if sub.confirmed else _position(sub.resume)
+    return wire.Subscribe(
+        request_id=request_id,
+        client_id=sub.client_id,
+        topic=sub.topic,
+        resume_epoch=resume[0] if resume is not None else None,
+        resume_offset=resume[1] if resume is not None else None,
+        max_rate=sub.max_rate,
+    )
+
+
+def _position(resume: Resume | None) -> tuple[int, int] | None:
+    return (resume.epoch, resume.offset) if resume is not None else None
 
 
 def _int(value: int | None) -> int:

@@ -74,6 +74,9 @@ Position = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 MAX_WINDOW: Final = 1024
 Window = Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)]
 Channel = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+MaxRate = Annotated[float, msgspec.Meta(gt=0)]
+"""Messages per second: JSON has no NaN or infinity, and a number too large for a float is
+refused as out of range, so a decoded one is finite."""
 
 CLIENT_ERROR_CODES: Final = frozenset(
     code.value
@@ -170,12 +173,15 @@ class Resume(msgspec.Struct, kw_only=True):
 
 class Subscribe(_ClientOp, tag="subscribe"):
     """``window``: at most this many data frames of the topic in flight, each one until the
-    client acknowledges it with :class:`Ack` (``None``: no limit)."""
+    client acknowledges it with :class:`Ack` (``None``: no limit). ``max_rate``: at most this
+    many messages of the topic per second for this client, under the topic's own ``max_rate``
+    (``None``: as many as the policy lets through); ignored on a ``reliable`` topic."""
 
     id: RequestId
     topic: str
     resume: Resume | None = None
     window: Window | None = None
+    max_rate: MaxRate | None = None
 
 
 class Unsubscribe(_ClientOp, tag="unsubscribe"):
@@ -377,7 +383,7 @@ class SkipReason(IntFlag):
     CONFLATED = 0x01
     """A newer message of a ``latest`` topic replaced it."""
     RATE_LIMITED = 0x02
-    """Over the topic's ``max_rate`` for this client."""
+    """Over the topic's ``max_rate``, or the client's own (its ``subscribe``'s), for this client."""
     QUEUE_FULL = 0x04
     """The client's queue had no room (or the message alone is over the queue's byte bound)."""
     BEHIND = 0x08

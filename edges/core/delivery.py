@@ -23,7 +23,10 @@ Policies, per lane:
 - ``reliable``: never dropped to make room. When it does not fit, the lane stops queueing and is
   behind from that offset (:attr:`Lane.behind`) until :meth:`Lane.recover` refills it, or until it
   gives up (:meth:`Lane.give_up`, automatic once drained when the queue is not ``recoverable``).
-  ``max_rate`` does not apply to it.
+  ``max_rate``, the policy's or the client's, does not apply to it.
+- A lane's rate is the lower of the policy's ``max_rate`` and the client's own
+  (:meth:`Lane.cap_rate`), which outlives policy changes. Over it, ``best_effort`` skips the
+  message (``rate limited``) and ``latest`` holds it, as above.
 - When the client's shared bound is the one that is full, frames of ``best_effort`` lanes of a
   lower priority are dropped first, oldest first.
 
@@ -137,6 +140,7 @@ class Lane:
         "bucket",
         "bytes",
         "channel",
+        "client_max_rate",
         "count",
         "deficit",
         "drops",
@@ -180,6 +184,8 @@ class Lane:
         """At most this many frames sent and not acknowledged by the client (``None``: no limit)."""
         self.unacked: deque[int] | None = None
         """Offsets of the frames sent and not acknowledged yet, with a window."""
+        self.client_max_rate: float | None = None
+        """The client's own cap on the topic's messages per second (``None``: none)."""
         self._configure(policy)
 
     def __repr__(self) -> str:
@@ -195,9 +201,9 @@ class Lane:
         most = 1 if policy.kind == "latest" else policy.queue_max_messages
         self.max_messages = min(most, queue.max_messages)
         self.max_bytes = min(policy.queue_max_bytes, queue.max_bytes)
-        self.rate = None if policy.kind == "reliable" else policy.max_rate
+        self.rate = None if policy.kind == "reliable" else _lower(policy.max_rate, self.client_max_rate)
         self.bucket = TokenBucket(self.rate) if self.rate is not None else None
-        """The ``max_rate`` bucket, full at every policy change; ``None`` without a rate."""
+        """The bucket of :attr:`rate`, full at every policy change; ``None`` without a rate."""
         self._refresh()
 
     def _refresh(self) -> None:
@@ -450,6 +456,12 @@ class Lane:
             return -math.inf
         return self.bucket.next_token_at()
 
+    def cap_rate(self, max_rate: float | None) -> bool:
+        """Apply the client's own ``max_rate`` (positive; ``None``: none) from now on, under
+        this and every later policy's. True as :meth:`push` says."""
+        self.client_max_rate = max_rate
+        return self.set_policy(self.policy)
+
     def set_policy(self, policy: DeliveryPolicy) -> bool:
         """Apply a new policy at once. True as :meth:`push` says.
 
@@ -655,6 +667,13 @@ class Lane:
         self.held = None
         self._stop_behind()
         return frames
+
+
+def _lower(cap: float | None, other: float | None) -> float | None:
+    """The lower of two rate caps, ``None`` being no cap."""
+    if cap is None:
+        return other
+    return cap if other is None else min(cap, other)
 
 
 @dataclass(eq=False, slots=True)

@@ -114,10 +114,11 @@ class Fanout:
         client_request: int,
         resume: Resume | None,
         window: int | None,
+        max_rate: float | None,
     ) -> Subscription:
         """A new subscription of the client to ``name``, on the topic's channel (watched now if new)."""
         topic = self.by_name.get(name) or self._add(name)
-        sub = Subscription(session, name, topic.channel, client_request, resume, window)
+        sub = Subscription(session, name, topic.channel, client_request, resume, window, max_rate)
         topic.holders[session.client_id] = sub
         return sub
 

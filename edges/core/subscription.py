@@ -2,10 +2,10 @@
 
 Rules of this module: every change of a subscription's state goes through :data:`TRANSITIONS`, and an
 event the table does not allow raises :class:`InvalidSubscriptionEventError` and changes nothing.
-The subscription owns everything that is its own: the client's request id and window, the router
-request in flight for it, the position its ``subscribed`` announced, and its
-:class:`~edges.core.delivery.Lane`, which it takes from the session once, when the router confirms,
-and gives back when it ends. Nobody else touches the lane.
+The subscription owns everything that is its own: the client's request id, window and own
+``max_rate``, the router request in flight for it, the position its ``subscribed`` announced, and
+its :class:`~edges.core.delivery.Lane`, which it takes from the session once, when the router
+confirms, and gives back when it ends. Nobody else touches the lane.
 
 The states, for a ``reliable`` topic that falls behind and is refilled from the router's history::
 
@@ -140,6 +140,7 @@ class Subscription:
         "client_id",
         "client_request",
         "lane",
+        "max_rate",
         "request_id",
         "resume",
         "session",
@@ -161,6 +162,7 @@ class Subscription:
         client_request: int,
         resume: Resume | None = None,
         window: int | None = None,
+        max_rate: float | None = None,
     ) -> None:
         self.session = session
         self.client_id = session.client_id
@@ -171,6 +173,8 @@ class Subscription:
         """The router request the client waits for, while ``requested`` (see :meth:`sent`)."""
         self.resume = resume
         self.window = window
+        self.max_rate = max_rate
+        """The client's own cap on the topic's messages per second, under the policy's."""
         self.state = SubState.REQUESTED
         self.start_epoch = 0
         self.start_offset = 0
@@ -207,6 +211,7 @@ class Subscription:
         self._advance(SubEvent.CONFIRM)
         self.lane = self.session.open_lane(self.channel, policy)
         self.lane.limit_in_flight(self.window)
+        self.lane.cap_rate(self.max_rate)
         self.start_epoch, self.start_offset = epoch, offset
 
     def reconfirm(self, epoch: int, offset: int) -> None:

@@ -23,6 +23,7 @@ from router.core import (
     ClientInfo,
     ConnectionManager,
     DeliveryPolicy,
+    DemandChanged,
     DropIncrease,
     ErrorCode,
     PolicyChanged,
@@ -102,7 +103,15 @@ class Upstream(NamedTuple):
     watched: bool
 
 
-Outbound = ToEdge | ToPeer | Upstream
+class Demand(NamedTuple):
+    """Tell producers (on the demand socket) the most messages per second ``topic``'s watchers
+    want now (``ConnectionManager.get_demand``)."""
+
+    topic: str
+    rate: float
+
+
+Outbound = ToEdge | ToPeer | Upstream | Demand
 
 KICKED = "kicked by an operator"
 OBSERVER_MESSAGES = (Hello, Heartbeat, StatsRequest)
@@ -286,7 +295,7 @@ class ControlPlane:
             case Subscribe():
                 self._check_owner(edge_id, message.client_id)
                 granted = self.manager.subscribe(
-                    message.client_id, message.topic, _resume_position(message), now
+                    message.client_id, message.topic, _resume_position(message), now, message.max_rate
                 )
                 ok = _subscribe_ok(message, granted)
                 self._subscribed(message.client_id, granted.topic, unix_time)
@@ -423,6 +432,8 @@ class ControlPlane:
                     out.append(Upstream(topic, watched=True))
                 case UnwatchTopic(topic):
                     out.append(Upstream(topic, watched=False))
+                case DemandChanged(topic, rate):
+                    out.append(Demand(topic, rate))
                 case PolicyChanged(topic, policy, edge_ids):
                     out += [ToEdge(e, PolicyUpdate(topic=topic, policy=policy)) for e in sorted(edge_ids)]
                 case ClientDropped(client_id, edge_id, reason) if tell_edges:

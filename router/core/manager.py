@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "ClientDropped",
     "ConnectionManager",
     "ConnectionStats",
+    "DemandChanged",
     "EdgeStatus",
     "HistoryView",
     "Limits",
@@ -134,7 +136,16 @@ class PolicyChanged(NamedTuple):
     edge_ids: frozenset[str]
 
 
-Action = WatchTopic | UnwatchTopic | ClientDropped | PolicyChanged
+class DemandChanged(NamedTuple):
+    """The most messages per second any subscriber of the topic wants changed: tell producers.
+    ``rate`` is 0 when nobody watches the topic, and ``math.inf`` when some subscriber takes
+    every message (:meth:`ConnectionManager.get_demand`)."""
+
+    topic: str
+    rate: float
+
+
+Action = WatchTopic | UnwatchTopic | ClientDropped | PolicyChanged | DemandChanged
 
 
 class Resume(NamedTuple):
@@ -282,6 +293,12 @@ class _Topic:
     """The topic's shard in cluster mode (:meth:`ConnectionManager.serve_shards`), else 0."""
     deferred: int = 0
     """Routed messages whose recording waits (:meth:`ConnectionManager.defer_record`)."""
+    client_rates: dict[str, float] = field(default_factory=dict)
+    """Each subscriber's own ``max_rate`` (``math.inf`` without one)."""
+    wanted: Counter[float] = field(default_factory=Counter)
+    """How many subscribers want each rate: the demand is the highest, under the policy's cap."""
+    demand: float = 0.0
+    """The demand last told to producers."""
 
     @property
     def published(self) -> int:
@@ -525,15 +542,24 @@ class ConnectionManager:
     # ------------------------------------------------------------ subscriptions
 
     def subscribe(
-        self, client_id: str, topic: str, resume: tuple[int, int] | None = None, now: float = 0.0
+        self,
+        client_id: str,
+        topic: str,
+        resume: tuple[int, int] | None = None,
+        now: float = 0.0,
+        max_rate: float | None = None,
     ) -> Subscribed:
-        """Subscribe a client to one exact topic. Subscribing again is harmless.
+        """Subscribe a client to one exact topic. Subscribing again is harmless, and replaces the
+        subscriber's ``max_rate``.
 
         ``resume`` is the ``(epoch, offset)`` of the last message the subscriber has; the answer's
         ``resume`` then says whether the messages after it can be recovered (``now`` ages the
         history first). A resume offset that is negative, or beyond the topic's last offset in
-        the same epoch, is refused as ``bad_request``.
+        the same epoch, is refused as ``bad_request``. ``max_rate``: the most messages per second
+        the subscriber wants (its edge applies it); it counts in the topic's demand.
         """
+        if max_rate is not None and not 0 < max_rate < math.inf:
+            raise RefusedError(ErrorCode.BAD_REQUEST, f"max_rate must be a positive number, not {max_rate}")
         client = self._client(client_id)
         spec = self.registry.resolve(topic)
         shard = self._check_served(topic)
@@ -549,6 +575,8 @@ class ConnectionManager:
             state = state or self._create_topic(topic, spec, shard)
             actions = self._add_subscriber(state, client)
         assert state is not None
+        self._want(state, client_id, math.inf if max_rate is None else max_rate)
+        actions += self._demand_changes(state)
         policy = self.get_delivery_policy(topic)
         return Subscribed(topic, state.epoch, state.published, policy, spec.content_type, actions, resumed)
 
@@ -610,10 +638,49 @@ class ConnectionManager:
             edge.topics[state.name] -= 1
             if not edge.topics[state.name]:
                 del edge.topics[state.name]
+        self._unwant(state, client.info.client_id)
+        demand = self._demand_changes(state)
         if state.subscribers:
-            return []
+            return demand
         self._idle_topics[state.name] = None
-        return [UnwatchTopic(state.name)]
+        return [*demand, UnwatchTopic(state.name)]
+
+    # ------------------------------------------------------------ demand
+
+    def get_demand(self, topic: str) -> float:
+        """The most messages per second any subscriber of ``topic`` wants: the highest of their
+        own ``max_rate``, capped by the policy's ``max_rate``; ``math.inf`` when one of them takes
+        every message (no cap, or a ``reliable`` topic, which has no rate); 0 when nobody
+        watches."""
+        state = self._topics.get(topic)
+        return 0.0 if state is None else state.demand
+
+    def demands(self) -> list[tuple[str, float]]:
+        """Every watched topic's demand."""
+        return [(name, state.demand) for name, state in self._topics.items() if state.subscribers]
+
+    def _want(self, state: _Topic, client_id: str, rate: float) -> None:
+        self._unwant(state, client_id)
+        state.client_rates[client_id] = rate
+        state.wanted[rate] += 1
+
+    def _unwant(self, state: _Topic, client_id: str) -> None:
+        rate = state.client_rates.pop(client_id, None)
+        if rate is not None:
+            state.wanted[rate] -= 1
+            if not state.wanted[rate]:
+                del state.wanted[rate]
+
+    def _demand_changes(self, state: _Topic) -> list[Action]:
+        demand = 0.0
+        if state.wanted:
+            policy = self.get_delivery_policy(state.name)
+            cap = math.inf if policy.kind == "reliable" or policy.max_rate is None else policy.max_rate
+            demand = math.inf if policy.kind == "reliable" else min(max(state.wanted), cap)
+        if demand == state.demand:
+            return []
+        state.demand = demand
+        return [DemandChanged(state.name, demand)]
 
     # ------------------------------------------------------------ topics and routing
 
@@ -866,15 +933,17 @@ class ConnectionManager:
     def shards_lost(self, shards: Collection[int]) -> list[Action]:
         """This router serves ``shards`` no more: their topics' subscriptions end without a word
         to the edges, which move them to the new owner, and their state is forgotten, since the
-        next owner continues (reliable topics) or starts (the others) their sequences. One pass
-        over the topics, however many shards went."""
+        next owner continues (reliable topics) or starts (the others) their sequences; so does
+        their demand, which the next owner tells. One pass over the topics, however many shards
+        went."""
         served = self._cluster()
         for shard in shards:
             served[shard] = 0
         actions: list[Action] = []
         for state in [state for state in self._topics.values() if not served[state.shard]]:
             for client_id in sorted(state.subscribers):
-                actions += self._remove_subscriber(state, self._clients[client_id])
+                removed = self._remove_subscriber(state, self._clients[client_id])
+                actions += [action for action in removed if not isinstance(action, DemandChanged)]
             self._forget_topic(state)
         return actions
 
@@ -948,7 +1017,8 @@ class ConnectionManager:
             self._sync_rate(state)
         subscribers = state.subscribers if state is not None else set()
         edges = frozenset(self._clients[c].info.edge_id for c in subscribers)
-        return [PolicyChanged(topic, policy, edges)] if edges else []
+        demand = self._demand_changes(state) if state is not None else []
+        return [PolicyChanged(topic, policy, edges), *demand] if edges else demand
 
     def _sync_rate(self, state: _Topic) -> None:
         rate = self.get_delivery_policy(state.name).ingest_max_rate

@@ -255,9 +255,11 @@ class TestEdge:
             self.clients[client_id] = set()
         return reply
 
-    async def subscribe(self, client_id: str, topic: str) -> RouterMessage:
+    async def subscribe(self, client_id: str, topic: str, max_rate: float | None = None) -> RouterMessage:
         self.link.watch(topic)
-        request = Subscribe(request_id=self.link.next_request_id(), client_id=client_id, topic=topic)
+        request = Subscribe(
+            request_id=self.link.next_request_id(), client_id=client_id, topic=topic, max_rate=max_rate
+        )
         reply = await self.request(request)
         if isinstance(reply, SubscribeOk):
             self.clients[client_id].add(topic)

@@ -20,7 +20,7 @@ from tests.io.harness import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
-OFFSETS = (0, 1, 2, 3, 4, 10, 11, 20, 30, 40, 100, 101, 102, 103, 110, 111)
+OFFSETS = (0, 1, 2, 3, 4, 5, 10, 11, 20, 30, 40, 100, 101, 102, 103, 105, 110, 111)
 """The ports scripts/run binds, from SWITCHBOARD_PORT_BASE (with --cluster, 20 and from 100 on)."""
 
 

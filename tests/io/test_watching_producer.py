@@ -1,4 +1,5 @@
-"""The example producer that encodes only while someone watches, against the real router."""
+"""The example producer that encodes only while someone watches, and no faster than its viewers
+want, against the real router."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from router.wire import Registered, SubscribeOk
-from tests.io.harness import ROOT, RouterProcess, TestEdge
+from tests.io.harness import ROOT, RouterProcess, TestEdge, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,3 +51,41 @@ async def test_producer_encodes_only_while_watched(router: RouterProcess) -> Non
     finally:
         producer.terminate()
         producer.wait(timeout=10)
+
+
+async def until_event(producer: subprocess.Popen[bytes], name: str) -> dict[str, Any]:
+    """The producer's next event called ``name``, past any other."""
+    while (event := await next_event(producer))["event"] != name:
+        pass
+    return event
+
+
+async def test_producer_encodes_no_faster_than_the_fastest_viewer_wants() -> None:
+    with running(RouterProcess(["--demand", "tcp://127.0.0.1:0"])) as router:
+        command = [sys.executable, "examples/watching_producer.py", "--xsub", router.endpoints["xsub"]]
+        command += ["--fps", "50", "--demand", router.endpoints["demand"]]
+        producer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
+        try:
+            assert (await next_event(producer))["event"] == "started"
+            async with TestEdge(router.endpoints) as edge:
+                for viewer in ("slow", "fast"):
+                    assert isinstance(await edge.register(viewer), Registered)
+                assert isinstance(await edge.subscribe("slow", "/demo/camera", max_rate=5), SubscribeOk)
+                assert (await until_event(producer, "demand"))["fps"] == 5
+                edge.drain()
+                await asyncio.sleep(2)
+                frames = len(edge.drain())
+                assert 2 <= frames <= 14, f"{frames} frames in 2 s at a demand of 5/s"
+                assert isinstance(await edge.subscribe("fast", "/demo/camera", max_rate=20), SubscribeOk)
+                assert (await until_event(producer, "demand"))["fps"] == 20
+                await edge.request_unsubscribe("fast", "/demo/camera")
+                assert (await until_event(producer, "demand"))["fps"] == 5
+                assert isinstance(await edge.subscribe("fast", "/demo/camera"), SubscribeOk)
+                assert (await until_event(producer, "demand"))["fps"] == 50, "a viewer without a cap"
+                for viewer in ("slow", "fast"):
+                    await edge.request_unsubscribe(viewer, "/demo/camera")
+                stopped = await until_event(producer, "demand")
+                assert (stopped["rate"], stopped["fps"]) == (0, 0)
+        finally:
+            producer.terminate()
+            producer.wait(timeout=10)

@@ -13,7 +13,7 @@ import gc
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
@@ -388,6 +388,93 @@ def test_reliable_ignores_max_rate() -> None:
     assert lane.count == 5
 
 
+# ---------------------------------------------------------------- the client's own max_rate
+
+
+def capped_lane(policy: DeliveryPolicy, client_max_rate: float | None) -> Lane:
+    lane = one_lane(policy, max_messages=1000)
+    lane.cap_rate(client_max_rate)
+    return lane
+
+
+def told_offsets(seen: list[tuple[object, ...]]) -> list[int]:
+    """Every offset that a data frame or a skipped frame told the client of, in that order."""
+    told: list[int] = []
+    for item in seen:
+        if item[0] == "data":
+            told.append(cast(int, item[2]))
+            continue
+        first, last, count = cast(tuple[int, int, int], item[3:])
+        assert count == last - first + 1
+        told += range(first, last + 1)
+    return told
+
+
+def test_the_clients_cap_limits_a_topic_without_one() -> None:
+    """100 msg/s for 3 s to a client that wants 5/s: the bucket starts full (5), then 5 a second;
+    every other message is told as rate limited."""
+    lane = capped_lane(DeliveryPolicy(), 5.0)
+    seen: list[tuple[object, ...]] = []
+    for offset in range(1, 301):
+        lane.push(frame(1, offset), now=(offset - 1) / 100)
+        seen += drained(lane.queue)
+    delivered = [cast(int, item[2]) for item in seen if item[0] == "data"]
+    assert 5 * 3 <= len(delivered) <= 5 * 3 + 5
+    assert delivered[:5] == [1, 2, 3, 4, 5], "the burst"
+    assert {item[1] for item in seen if item[0] == "skip"} == {RATE_LIMITED}
+    assert lane.queue.dropped == {"rate_limited": 300 - len(delivered)}
+    assert told_offsets(seen) == list(range(1, delivered[-1] + 1)), "every gap up to the last frame told"
+
+
+@pytest.mark.parametrize(("policy_rate", "client_rate"), [(3.0, 8.0), (8.0, 3.0), (None, 3.0), (3.0, None)])
+def test_the_lower_of_the_policys_and_the_clients_cap_applies(
+    policy_rate: float | None, client_rate: float | None
+) -> None:
+    lane = capped_lane(DeliveryPolicy(max_rate=policy_rate), client_rate)
+    push_all(lane, range(1, 21), now=0.0)
+    assert lane.rate == 3.0
+    assert drained(lane.queue) == [("data", 1, 1), ("data", 1, 2), ("data", 1, 3)]
+    lane.push(frame(1, 21), now=1 / 3)
+    assert drained(lane.queue) == [("skip", RATE_LIMITED, 1, 4, 20, 17), ("data", 1, 21)]
+
+
+def test_the_clients_cap_holds_a_latest_frame_until_its_token_comes() -> None:
+    lane = capped_lane(DeliveryPolicy(kind="latest"), 2.0)
+    out: list[tuple[object, ...]] = []
+    for offset in range(1, 5):
+        lane.push(frame(1, offset), 0.0)
+        out += drained(lane.queue)
+    assert out == [("data", 1, 1), ("data", 1, 2)], "the burst of 2, then 4 waits in 3's place"
+    assert lane.held is not None
+    assert lane.next_release() == 0.5
+    lane.release(0.5)
+    assert drained(lane.queue) == [("skip", CONFLATED, 1, 3, 3, 1), ("data", 1, 4)]
+
+
+def test_a_reliable_topic_ignores_the_clients_cap() -> None:
+    lane = capped_lane(DeliveryPolicy(kind="reliable"), 1.0)
+    push_all(lane, range(1, 11), now=0.0)
+    assert lane.rate is None
+    assert lane.count == 10
+
+
+def test_the_clients_cap_outlives_policy_changes() -> None:
+    lane = capped_lane(DeliveryPolicy(max_rate=10.0), 2.0)
+    for policy, rate in [
+        (DeliveryPolicy(), 2.0),
+        (DeliveryPolicy(max_rate=1.0), 1.0),
+        (DeliveryPolicy(kind="reliable", max_rate=1.0), None),
+        (DeliveryPolicy(kind="latest", max_rate=50.0), 2.0),
+        (DeliveryPolicy(), 2.0),
+    ]:
+        lane.set_policy(policy)
+        assert (policy, lane.rate) == (policy, rate)
+    push_all(lane, range(1, 11), now=0.0)
+    assert lane.count == 2
+    lane.cap_rate(None)
+    assert lane.rate is None
+
+
 # ---------------------------------------------------------------- drain order
 
 
@@ -608,6 +695,8 @@ class Channel:
     """Frames read since then, less those queued before."""
     grace: int = 0
     """A reliable lane's count when its bound shrank: it may stay over the new bound until drained."""
+    client_max_rate: float | None = None
+    """The cap the client asked for."""
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -785,6 +874,17 @@ class QueueMachine(RuleBasedStateMachine):
         self.channels[channel].delivered_since = -lane.count
         self.closes_if_too_slow()
 
+    @rule(channel=st.sampled_from(CHANNELS), max_rate=st.sampled_from([None, 0.5, 2.0]))
+    def cap_rate(self, channel: int, max_rate: float | None) -> None:
+        lane = self.lane(channel)
+        note(f"client's cap of {channel}: {max_rate}")
+        lane.cap_rate(max_rate)
+        model = self.channels[channel]
+        model.client_max_rate = max_rate
+        model.paid_since = self.now
+        model.delivered_since = -lane.count
+        self.closes_if_too_slow()
+
     def waiting_for_refill(self) -> list[int]:
         """Lanes behind with nothing queued: those a hub would send a recover for."""
         return [
@@ -855,6 +955,15 @@ class QueueMachine(RuleBasedStateMachine):
         )
         read_skips = sum(count for model in self.channels.values() for *_, count in model.skips)
         assert self.queue.dropped.total() == read_skips + in_queue
+
+    @invariant()
+    def the_lower_cap_applies(self) -> None:
+        """A lane's rate is the lower of its policy's and the client's, none on a reliable lane."""
+        for channel, model in self.channels.items():
+            lane = self.lane(channel)
+            caps = [cap for cap in (lane.policy.max_rate, model.client_max_rate) if cap is not None]
+            expected = min(caps) if caps and lane.kind != "reliable" else None
+            assert lane.rate == expected
 
     @invariant()
     def rate_limits_hold(self) -> None:

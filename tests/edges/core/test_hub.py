@@ -23,6 +23,7 @@ from edges.core.client_wire import (
     FRAME_SKIPPED,
     CloseCode,
     Connect,
+    SkippedFrame,
     SkipReason,
     encode_data_frame,
     frame_type,
@@ -801,6 +802,131 @@ def test_stats_keep_closed_clients() -> None:
     stats = hub.stats()
     assert stats.dropped == {"queue_full": 1, "closed": 1}
     assert (stats.delivered, stats.bad_client_messages, stats.clients, stats.topics) == (2, 1, 0, 0)
+
+
+# ---------------------------------------------------------------- a client's own max_rate
+
+
+def capped_subscribe(hub: EdgeHub, client_id: str, max_rate: float | None) -> wire.Subscribe:
+    """Send a subscribe to /a with ``max_rate``; returns the router's subscribe."""
+    request: dict[str, Any] = {"op": "subscribe", "id": 1, "topic": "/a"}
+    if max_rate is not None:
+        request["max_rate"] = max_rate
+    hub.client_text(client_id, json.dumps(request))
+    message = only_request(hub)
+    assert isinstance(message, wire.Subscribe)
+    return message
+
+
+def delivered_offsets(session: ClientSession) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """The data frames' offsets, and the (first, last, count) of the skipped frames, all rate limited."""
+    offsets: list[int] = []
+    skips: list[tuple[int, int, int]] = []
+    for item in parsed(session):
+        if isinstance(item, SkippedFrame):
+            assert item.reasons == SkipReason.RATE_LIMITED
+            skips.append((item.first, item.last, item.skipped))
+        elif isinstance(item, tuple):
+            offsets.append(item[1])
+    return offsets, skips
+
+
+def cap_and_resume(message: wire.EdgeMessage) -> tuple[object, ...]:
+    """A router subscribe's topic, ``max_rate`` and resume position."""
+    assert isinstance(message, wire.Subscribe)
+    return message.topic, message.max_rate, message.resume_epoch, message.resume_offset
+
+
+def test_a_clients_max_rate_goes_to_the_router_and_caps_only_its_own_lane() -> None:
+    hub = EdgeHub()
+    capped, free = connect(hub, "c1"), connect(hub, "c2")
+    request = capped_subscribe(hub, "c1", 2.5)
+    assert cap_and_resume(request) == ("/a", 2.5, None, None)
+    hub.router_message(ok_for(request, policy=BEST_EFFORT))
+    other = capped_subscribe(hub, "c2", None)
+    assert other.max_rate is None
+    hub.router_message(ok_for(other, policy=BEST_EFFORT))
+    capped.data_to_send()
+    free.data_to_send()
+    for offset in range(11, 31):
+        hub.deliver(b"/a", 5, offset, b"x", now=0.0)
+    hub.deliver(b"/a", 5, 31, b"x", now=1.0)
+    assert delivered_offsets(capped) == ([11, 12, 31], [(13, 30, 18)]), "a burst of 2, then 2.5 a second"
+    assert delivered_offsets(free) == (list(range(11, 32)), [])
+    assert hub.stats().dropped == {"rate_limited": 18}
+
+
+def test_a_policy_change_keeps_the_clients_max_rate() -> None:
+    hub = EdgeHub()
+    session = connect(hub, "c1")
+    hub.router_message(ok_for(capped_subscribe(hub, "c1", 2.0), policy=DeliveryPolicy(max_rate=1.0)))
+    lane = session.lane(0)
+    assert lane is not None
+    assert lane.rate == 1.0
+    for policy, rate in [
+        (DeliveryPolicy(kind="latest", max_rate=9.0), 2.0),
+        (RELIABLE, None),
+        (BEST_EFFORT, 2.0),
+    ]:
+        hub.router_message(wire.PolicyUpdate(topic="/a", policy=policy))
+        assert lane.rate == rate
+    parsed(session)
+    for offset in range(11, 16):
+        hub.deliver(b"/a", 5, offset, b"x", now=0.0)
+    hub.deliver(b"/a", 5, 16, b"x", now=0.5)
+    assert delivered_offsets(session) == ([11, 12, 16], [(13, 15, 3)])
+
+
+@pytest.mark.parametrize(
+    "max_rate", ["0", "-1", "-0.5", "NaN", "Infinity", "1e400", '"5"', "true", "{}", "1e-400"]
+)
+def test_a_bad_max_rate_is_a_bad_request(max_rate: str) -> None:
+    hub = EdgeHub()
+    session = connect(hub, "c1")
+    hub.client_text("c1", '{"op":"subscribe","id":4,"topic":"/a","max_rate":' + max_rate + "}")
+    assert hub.drain_actions() == []
+    [reply] = parsed(session)
+    assert (reply["op"], reply["code"]) == ("error", "bad_request")
+    if max_rate not in ("NaN", "Infinity"):
+        assert reply["id"] == 4
+        assert "max_rate" in reply["message"]
+    assert hub.stats().topics == 0
+
+
+def test_subscribing_again_with_another_max_rate_is_refused_and_keeps_the_first() -> None:
+    hub = EdgeHub()
+    session = connect(hub, "c1")
+    hub.router_message(ok_for(capped_subscribe(hub, "c1", 2.0), policy=BEST_EFFORT))
+    hub.client_text("c1", '{"op":"subscribe","id":2,"topic":"/a","max_rate":50}')
+    assert hub.drain_actions() == []
+    [_, refused] = parsed(session)
+    assert (refused["id"], refused["code"]) == (2, "bad_request")
+    assert "unsubscribe first" in refused["message"]
+    lane = session.lane(0)
+    assert lane is not None
+    assert lane.rate == 2.0
+
+
+def test_resync_subscribes_again_with_each_clients_max_rate() -> None:
+    """After a router restart the edge subscribes each client again with its own cap: a confirmed
+    subscription from the new router's position, one still waiting from the client's resume."""
+    hub = EdgeHub()
+    session = connect(hub, "c1")
+    hub.router_message(ok_for(capped_subscribe(hub, "c1", 2.0), policy=BEST_EFFORT))
+    resume = {"epoch": 5, "offset": 3}
+    hub.client_text(
+        "c1", json.dumps({"op": "subscribe", "id": 2, "topic": "/b", "max_rate": 7, "resume": resume})
+    )
+    assert cap_and_resume(only_request(hub)) == ("/b", 7.0, 5, 3)
+    session.data_to_send()
+    _, again_a, again_b = hub.resync()
+    assert cap_and_resume(again_a) == ("/a", 2.0, None, None)
+    assert cap_and_resume(again_b) == ("/b", 7.0, 5, 3)
+    assert isinstance(again_a, wire.Subscribe)
+    hub.router_message(ok_for(again_a, epoch=77, offset=5, policy=BEST_EFFORT))
+    lane = session.lane(0)
+    assert lane is not None
+    assert lane.rate == 2.0, "the cap outlives the router"
 
 
 # ---------------------------------------------------------------- the state machine

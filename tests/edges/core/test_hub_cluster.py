@@ -269,6 +269,35 @@ def test_a_shard_that_changes_owner_moves_its_subscriptions_with_their_position(
     assert ("c1", A0) in cluster.routers["rb"].subs
 
 
+def test_a_subscription_moves_and_comes_back_with_the_clients_max_rate() -> None:
+    hub, cluster, sessions = started("c1")
+    client_op(hub, cluster, "c1", op="subscribe", id=1, topic=A0, max_rate=3)
+    client_op(hub, cluster, "c1", op="subscribe", id=2, topic=B2, max_rate=0.5)
+    [first] = cluster.routers["ra"].inbox
+    assert isinstance(first, wire.Subscribe)
+    assert first.max_rate == 3.0
+    cluster.answer_all()
+    replies(sessions["c1"])
+    for _ in range(3):
+        cluster.publish(A0)
+
+    cluster.give(0, "rb")
+    cluster.send_map("rb")
+    [moved] = [m for m in cluster.routers["rb"].inbox if isinstance(m, wire.Subscribe)]
+    assert (moved.topic, moved.max_rate, moved.resume_epoch, moved.resume_offset) == (A0, 3.0, 7, 3)
+    cluster.answer_all()
+
+    again = [m for m in cluster.welcome("rb") if isinstance(m, wire.Subscribe)]
+    assert sorted((m.topic, m.max_rate) for m in again) == sorted([(A0, 3.0), (B2, 0.5)])
+    cluster.answer_all()
+    assert replies(sessions["c1"]) == []
+    lane = sessions["c1"].lane(0)
+    assert lane is not None
+    assert lane.rate is None, "a reliable topic has no rate, the client's neither"
+    hub.router_message(wire.PolicyUpdate(topic=A0, policy=DeliveryPolicy()), "rb")
+    assert lane.rate == 3.0
+
+
 def test_data_from_the_old_owner_is_fenced_off() -> None:
     hub, cluster, sessions = started("c1")
     subscribed(hub, cluster, "c1", A0)

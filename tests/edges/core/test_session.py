@@ -91,6 +91,11 @@ def snapshot(session: ClientSession) -> tuple[object, ...]:
             '{"op":"subscribe","id":2,"topic":"/a","resume":{"epoch":9,"offset":41}}',
             Subscribe(id=2, topic="/a", resume=Resume(epoch=9, offset=41)),
         ),
+        ('{"op":"subscribe","id":4,"topic":"/a","max_rate":2}', Subscribe(id=4, topic="/a", max_rate=2.0)),
+        (
+            '{"op":"subscribe","id":5,"topic":"/a","max_rate":0.25}',
+            Subscribe(id=5, topic="/a", max_rate=0.25),
+        ),
         ('{"op":"unsubscribe","id":3,"topic":"/a"}', Unsubscribe(id=3, topic="/a")),
         ('{"op":"ping","id":0}', Ping(id=0)),
         ('{"op":"ping","id":9007199254740991,"later":"field"}', Ping(id=2**53 - 1)),

@@ -115,6 +115,18 @@ def test_a_window_limits_frames_in_flight() -> None:
     assert offsets(sub) == [12]
 
 
+def test_the_clients_max_rate_caps_the_lane_under_the_policys() -> None:
+    session = ClientSession("c1")
+    sub = Subscription(session, "/t", 3, client_request=1, max_rate=2.0)
+    sub.sent(7)
+    sub.confirm(DeliveryPolicy(max_rate=10.0), 5, 10)
+    assert sub.lane.rate == 2.0
+    sub.set_policy(DeliveryPolicy(max_rate=1.0))
+    assert sub.lane.rate == 1.0
+    sub.set_policy(DeliveryPolicy())
+    assert sub.lane.rate == 2.0
+
+
 def test_leaving_purges_the_lane_and_returns_its_drops() -> None:
     sub = confirmed(DeliveryPolicy(), queue_max_messages=1)
     for offset in (11, 12, 13):

@@ -23,7 +23,7 @@ from router.core import (
     TopicRegistry,
     TopicSpec,
 )
-from router.core.control import DRAINED, KICKED, ControlPlane, Outbound, ToEdge
+from router.core.control import DRAINED, KICKED, ControlPlane, Demand, Outbound, ToEdge
 from router.core.shards import Holder
 from router.core.views import ClusterView, ShardView
 from router.http_messages import HttpRequest, HttpResponse
@@ -298,7 +298,10 @@ def test_a_policy_change_is_sent_to_the_edges_at_once(router: Router, clock: Clo
     assert status == HTTPStatus.OK
     assert (body["policy"]["max_rate"], body["overridden"], body["edges_told"]) == (5.0, True, ["ws-1"])
     policy = DeliveryPolicy(kind="latest", max_rate=5.0)
-    assert router.sent == [ToEdge("ws-1", PolicyUpdate(topic="/video/main", policy=policy))]
+    assert router.sent == [
+        ToEdge("ws-1", PolicyUpdate(topic="/video/main", policy=policy)),
+        Demand("/video/main", 5.0),
+    ]
     assert call(api, "GET", "/api/topics/video/main/policy")[1]["policy"]["max_rate"] == 5.0
     assert call(api, "GET", "/api/topics/video/other/policy")[1]["overridden"] is False
 

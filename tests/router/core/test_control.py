@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.core import ClientInfo, ConnectionManager, DeliveryPolicy, Limits, TopicRegistry, TopicSpec
-from router.core.control import ControlPlane, Outbound, ToEdge, ToPeer, Upstream
+from router.core.control import ControlPlane, Demand, Outbound, ToEdge, ToPeer, Upstream
 from router.wire import (
     CONTROL_VERSION,
     MAX_CONTROL_BYTES,
@@ -226,7 +227,7 @@ def test_a_second_hello_drops_what_the_edge_had() -> None:
     register(plane, "e1", "c1")
     subscribe(plane, "e1", "c1", "/video/a")
     out = send(plane, "e1", Hello(edge_id="e1", protocol="websocket"), now=1.0)
-    assert out == [Upstream("/video/a", watched=False), ToEdge("e1", welcome(plane))]
+    assert out == [Demand("/video/a", 0.0), Upstream("/video/a", watched=False), ToEdge("e1", welcome(plane))]
     assert plane.manager.get_active_clients() == []
 
 
@@ -269,7 +270,11 @@ def test_subscribe_and_unsubscribe_replies_and_upstream_changes() -> None:
         policy=DeliveryPolicy(kind="latest"),
     )
     assert offset == 1
-    assert subscribe(plane, "e1", "c1", "/video/a") == [Upstream("/video/a", watched=True), ToEdge("e1", ok)]
+    assert subscribe(plane, "e1", "c1", "/video/a") == [
+        Upstream("/video/a", watched=True),
+        Demand("/video/a", math.inf),
+        ToEdge("e1", ok),
+    ]
     second = msgspec.structs.replace(ok, client_id="c2")
     assert subscribe(plane, "e1", "c2", "/video/a") == [ToEdge("e1", second)]
     assert subscribe(plane, "e1", "c2", "/video/a") == [ToEdge("e1", second)]
@@ -280,7 +285,11 @@ def test_subscribe_and_unsubscribe_replies_and_upstream_changes() -> None:
     done = Unsubscribed(request_id=3, client_id="c1", topic="/video/a")
     assert unsubscribe("c1") == [ToEdge("e1", done)]
     done2 = Unsubscribed(request_id=3, client_id="c2", topic="/video/a")
-    assert unsubscribe("c2") == [Upstream("/video/a", watched=False), ToEdge("e1", done2)]
+    assert unsubscribe("c2") == [
+        Demand("/video/a", 0.0),
+        Upstream("/video/a", watched=False),
+        ToEdge("e1", done2),
+    ]
     error = error_reply(unsubscribe("c2"))
     assert (error.code, error.request_id, error.client_id) == ("not_subscribed", 3, "c2")
 
@@ -325,7 +334,10 @@ def test_unregister_has_no_reply_and_unwatches_the_clients_topics() -> None:
     subscribe(plane, "e1", "c1", "/video/a")
     subscribe(plane, "e1", "c1", "/video/b")
     subscribe(plane, "e1", "c2", "/video/b")
-    assert send(plane, "e1", UnregisterClient(client_id="c1")) == [Upstream("/video/a", watched=False)]
+    assert send(plane, "e1", UnregisterClient(client_id="c1")) == [
+        Demand("/video/a", 0.0),
+        Upstream("/video/a", watched=False),
+    ]
     assert sorted(plane.manager.client_ids()) == ["c2"]
 
 

@@ -118,6 +118,8 @@ HEADERS = st.sampled_from([b"", b"", b"\x81\xa1k\xa1v"])
 BUDGETS = st.sampled_from([1, 40, 100, 10**6])
 RELIABLE_TOPICS = ["/events/a", "/events/b", "/alerts"]
 RATES = st.none() | st.sampled_from([0.5, 1.0, 2.0, 3.0]) | st.floats(min_value=0.1, max_value=20.0)
+CLIENT_RATES = st.none() | st.sampled_from([1.0, 2.0, 5.0, 30.0])
+"""A subscriber's own max_rate: none, or rates that tie, undercut and exceed the policies' caps."""
 GAPS = st.sampled_from([0.0, 0.0, 0.1, 0.25, 0.5, 1.0]) | st.floats(min_value=0.0, max_value=1.5)
 """Time between two messages of a burst: often none, often a fraction of a token."""
 RATE_SLACK = 1e-6
@@ -341,9 +343,17 @@ class ManagerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ subscriptions
 
-    @rule(data=st.data(), topic=SOME_TOPIC)
-    def subscribe(self, data: st.DataObject, topic: str) -> None:
-        self._subscribe(self._pick(data, self.model.clients, CLIENT_POOL, "client"), topic)
+    @rule(data=st.data(), topic=SOME_TOPIC, max_rate=CLIENT_RATES)
+    def subscribe(self, data: st.DataObject, topic: str, max_rate: float | None) -> None:
+        self._subscribe(self._pick(data, self.model.clients, CLIENT_POOL, "client"), topic, max_rate=max_rate)
+
+    @rule(data=st.data(), max_rate=CLIENT_RATES)
+    def subscribe_again_at_another_rate(self, data: st.DataObject, max_rate: float | None) -> None:
+        """A subscriber asks again with another ``max_rate``: the topic's demand follows."""
+        held = sorted((t, c) for t, clients in self.model.subscribers.items() for c in clients)
+        if held:
+            topic, client = data.draw(st.sampled_from(held), label="subscription")
+            self._subscribe(client, topic, max_rate=max_rate)
 
     @precondition(lambda self: bool(self.model.watched()))
     @rule(data=st.data())
@@ -359,18 +369,24 @@ class ManagerMachine(RuleBasedStateMachine):
         client = self._pick(data, self.model.clients, CLIENT_POOL, "client")
         self._subscribe(client, topic, self._draw_position(data, topic))
 
-    def _subscribe(self, client: str, topic: str, resume: tuple[int, int] | None = None) -> None:
-        note(f"client {client} subscribes to {topic!r}" + (f", resuming after {resume}" if resume else ""))
+    def _subscribe(
+        self, client: str, topic: str, resume: tuple[int, int] | None = None, max_rate: float | None = None
+    ) -> None:
+        note(
+            f"client {client} subscribes to {topic!r}"
+            + (f", resuming after {resume}" if resume else "")
+            + (f", at most {max_rate}/s" if max_rate else "")
+        )
         code = self.model.check_subscribe(client, topic)
         if code is None and resume is not None:
             code = self.model.check_resume(topic, *resume)
         if code is not None:
-            self._refused(code, lambda: self.manager.subscribe(client, topic, resume, self.now))
+            self._refused(code, lambda: self.manager.subscribe(client, topic, resume, self.now, max_rate))
             return
         self._note_eviction(topic)
         expected_resume = None if resume is None else self.model.resume(topic, *resume, self.now)
-        granted = self.manager.subscribe(client, topic, resume, self.now)
-        actions = self.model.apply_subscribe(client, topic)
+        granted = self.manager.subscribe(client, topic, resume, self.now, max_rate)
+        actions = self.model.apply_subscribe(client, topic, max_rate)
         self._check_actions(granted.actions, actions)
         self.model.observe_epoch(topic, granted.epoch)
         assert (granted.topic, granted.epoch, granted.offset) == (topic, *self.model.positions[topic])
@@ -589,6 +605,13 @@ class ManagerMachine(RuleBasedStateMachine):
             note(f"  -> edges told: {sorted(actions[0].edge_ids)}")
 
     # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def demands_match(self) -> None:
+        for topic in TOPICS:
+            assert self.manager.get_demand(topic) == self.model.demand(topic), f"demand of {topic!r}"
+        watched = {topic: self.model.demand(topic) for topic in self.model.watched()}
+        assert dict(self.manager.demands()) == watched
 
     @invariant()
     def edges_match(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.core import ClientFigures, DeliveryPolicy, EdgeTotals, ErrorCode, RefusedError
-from router.core.control import DRAINED, KICKED, ControlPlane, ToEdge, Upstream
+from router.core.control import DRAINED, KICKED, ControlPlane, Demand, ToEdge, Upstream
 from router.wire import (
     CLOSE_DROPPED,
     CLOSE_GOING_AWAY,
@@ -38,7 +38,8 @@ def plane() -> ControlPlane:
 def test_a_policy_change_goes_to_every_edge_holding_the_topic(plane: ControlPlane) -> None:
     policy = DeliveryPolicy(kind="latest", max_rate=5.0)
     out = plane.set_delivery_policy("/t", policy)
-    assert out == [ToEdge(e, PolicyUpdate(topic="/t", policy=policy)) for e in ("e1", "e2")]
+    told = [ToEdge(e, PolicyUpdate(topic="/t", policy=policy)) for e in ("e1", "e2")]
+    assert out == [*told, Demand("/t", 5.0)], "the policy's cap lowers the demand producers are told"
     assert plane.manager.get_delivery_policy("/t") == policy
 
 
@@ -57,6 +58,7 @@ def test_the_last_subscriber_kicked_unwatches_the_topic(plane: ControlPlane) -> 
     plane.kick("a", unix_time=T)
     plane.kick("c", unix_time=T)
     assert plane.kick("b", unix_time=T) == [
+        Demand("/t", 0.0),
         Upstream("/t", watched=False),
         ToEdge("e1", DropClient(client_id="b", reason=KICKED)),
     ]
