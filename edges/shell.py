@@ -424,6 +424,12 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.request_timeout,
         help="seconds a client's connect or subscribe waits for a router's answer",
     )
+    add(
+        "--batch-max-bytes",
+        type=int,
+        default=defaults.batch_max_bytes,
+        help="bytes of frames in one batch, for clients that ask for batches (WebSocket edge)",
+    )
 
 
 def add_front_arguments(parser: argparse.ArgumentParser) -> None:
@@ -461,4 +467,5 @@ def limits_from_args(args: argparse.Namespace) -> EdgeLimits:
         max_requests_per_second=args.max_requests_per_second or None,
         request_burst=args.request_burst,
         request_timeout=args.request_timeout,
+        batch_max_bytes=args.batch_max_bytes,
     )

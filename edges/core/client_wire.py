@@ -159,9 +159,11 @@ class _ClientOp(msgspec.Struct, kw_only=True, tag_field="op"):
 
 
 class Connect(_ClientOp, tag="connect"):
-    """Must be the first message. ``token`` is checked by the router's session manager."""
+    """Must be the first message. ``token`` is checked by the router's session manager; ``batch``
+    asks for binary messages that each carry several frames (``docs/protocol.md``, 4.4.5)."""
 
     token: str | None = None
+    batch: bool = False
 
 
 class Resume(msgspec.Struct, kw_only=True):
@@ -259,9 +261,13 @@ class _ServerOp(msgspec.Struct, kw_only=True, tag_field="op"):
     pass
 
 
-class Connected(_ServerOp, tag="connected"):
+class Connected(_ServerOp, tag="connected", omit_defaults=True):
+    """``batch``: binary messages are batches of frames from now on (the client asked, and the
+    transport batches); left out when they are not."""
+
     client_id: str
     user: str
+    batch: bool = False
 
 
 class Subscribed(_ServerOp, tag="subscribed"):

@@ -50,7 +50,7 @@ from typing import Final
 
 from edges.core.client_wire import SkipReason, encode_restarted_frame, encode_skipped_frame
 from edges.core.drops import DropReason
-from edges.core.output import ClientOutput, Data, Framing, Skipped
+from edges.core.output import ClientOutput, Data, Framing, Skipped, record
 from router.core.policy import DEFAULT_POLICY, DeliveryPolicy
 from router.core.token_bucket import TokenBucket
 
@@ -909,6 +909,5 @@ class DeliveryQueue:
             out.append(self._framed(channel, frame))
 
     def _framed(self, channel: int, frame: bytes) -> Skipped:
-        if self._framing is not None:
-            frame = self._framing(len(frame)) + frame
-        return Skipped(channel, frame)
+        framed = frame if self._framing is None else self._framing(len(frame)) + frame
+        return Skipped(channel, framed, record(frame))

@@ -82,18 +82,21 @@ class EdgeHub:
         framing: Framing | None = None,
         recovery: bool = True,
         keep_routers_for: float = KEEP_FOR,
+        batching: bool = False,
     ) -> None:
         """``framing`` heads each data frame for the transport, once per message (the WebSocket
         edge frames it as a WebSocket binary message), and each skipped frame; by default frames go
         as they are. Without ``recovery`` the hub never asks the router's history: a
         ``reliable`` client that fell behind skips what it missed once its queue is drained.
-        ``keep_routers_for``: see :attr:`ShardView.keep_for`."""
+        ``keep_routers_for``: see :attr:`ShardView.keep_for`. With ``batching``, a client that
+        asks for batches in ``connect`` gets them (the shell writes them)."""
         self.limits = limits or EdgeLimits()
         self.protocol = protocol
         self.recovery = recovery
         self.keep_routers_for = keep_routers_for
         self._routes: Routes | None = None
         self._framing = framing
+        self._batching = batching
         self._clients: dict[str, EdgeClient] = {}
         self._actions: list[EdgeAction] = []
         self._with_output: dict[str, ClientSession] = {}
@@ -139,7 +142,12 @@ class EdgeHub:
         if client_id in self._clients:
             raise ValueError(f"client {client_id!r} is already open")
         session = ClientSession(
-            client_id, remote, self.limits, framing=self._framing, recoverable=self.recovery
+            client_id,
+            remote,
+            self.limits,
+            framing=self._framing,
+            recoverable=self.recovery,
+            batching=self._batching,
         )
         self._clients[client_id] = EdgeClient(session, self._requests, self._fanout)
         if now is not None:

@@ -16,6 +16,7 @@ than two parts per client.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
@@ -32,6 +33,7 @@ __all__ = [
     "SubscriptionClosed",
     "SubscriptionOpened",
     "data_frame",
+    "record",
     "reply",
     "wire_form",
 ]
@@ -47,6 +49,7 @@ Framing = Callable[[int], bytes]
 
 _pack_header = DATA_HEADER.pack
 _HEADER_SIZE = DATA_HEADER.size
+_pack_length = struct.Struct("!I").pack
 
 
 class Reply(NamedTuple):
@@ -67,14 +70,17 @@ class Data:
     :attr:`size` (also ``len()``) is its size there, which is what the client queues' bounds count.
     """
 
-    __slots__ = ("channel", "head", "offset", "payload", "size")
+    __slots__ = ("_record_head", "channel", "framed_by", "head", "offset", "payload", "size")
 
-    def __init__(self, channel: int, offset: int, head: bytes, payload: Payload) -> None:
+    def __init__(self, channel: int, offset: int, head: bytes, payload: Payload, framed_by: int = 0) -> None:
         self.channel = channel
         self.offset = offset
         self.head = head
         self.payload = payload
         self.size = len(head) + len(payload)
+        self.framed_by = framed_by
+        """The size of the transport's framing at the start of :attr:`head`."""
+        self._record_head: bytes | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -86,23 +92,42 @@ class Data:
         """The frame as one bytes object (this copies a payload not joined yet)."""
         return self.head + self.payload if self.payload else self.head
 
+    def record_head(self) -> bytes:
+        """The start of the frame's record in a batch (``docs/protocol.md``, 4.4.5): its length
+        and the frame without the transport's framing, :attr:`payload` to follow. Built once, for
+        every client that batches."""
+        head = self._record_head
+        if head is None:
+            unframed = self.head[self.framed_by :]
+            head = self._record_head = _pack_length(len(unframed) + len(self.payload)) + unframed
+        return head
+
 
 def data_frame(channel: int, offset: int, payload: Payload, framing: Framing | None = None) -> Data:
     """The data frame of one message (``docs/protocol.md``, 4.5), with the transport's framing."""
     head = _pack_header(FRAME_DATA, 0, channel, offset)
+    framed_by = 0
     if framing is not None:
-        head = framing(_HEADER_SIZE + len(payload)) + head
+        framed = framing(_HEADER_SIZE + len(payload))
+        head, framed_by = framed + head, len(framed)
     if len(payload) < JOIN_BELOW:
-        return Data(channel, offset, head + payload, b"")
-    return Data(channel, offset, head, payload)
+        return Data(channel, offset, head + payload, b"", framed_by)
+    return Data(channel, offset, head, payload, framed_by)
+
+
+def record(frame: bytes) -> bytes:
+    """``frame`` (without the transport's framing) as a record of a batch: its length, then it."""
+    return _pack_length(len(frame)) + frame
 
 
 class Skipped(NamedTuple):
-    """A skipped frame (``docs/protocol.md``, 4.6): it goes on ``channel`` just before the data
-    frame that follows a gap. ``frame`` includes the transport's framing."""
+    """A skipped or restarted frame (``docs/protocol.md``, 4.4.3 and 4.4.4): it goes on ``channel``
+    just before the data frame that follows a gap. ``frame`` includes the transport's framing;
+    ``record`` is the frame as a record of a batch, for a client that batches."""
 
     channel: int
     frame: bytes
+    record: bytes = b""
 
 
 class SubscriptionOpened(NamedTuple):

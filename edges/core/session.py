@@ -87,6 +87,9 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """Seconds a client's ``connect`` or ``subscribe`` waits for a router's answer (none may be
     up, or a cluster's shard may have no owner); then a subscribe ends with ``unavailable`` and a
     connect closes the client with :attr:`CloseCode.UNANSWERED`."""
+    batch_max_bytes: int = 64 * 1024
+    """Bytes of frames one batch carries at most, for a client that asked for batches (a larger
+    frame goes alone)."""
 
     def __post_init__(self) -> None:
         fields = (
@@ -96,6 +99,7 @@ class EdgeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
             self.queue_max_bytes,
             self.max_pending_replies,
             self.request_burst,
+            self.batch_max_bytes,
         )
         if min(fields) < 1:
             raise ValueError("edge limits must be at least 1")
@@ -226,6 +230,8 @@ class ClientSession:
         "_recoverable",
         "_replies",
         "bad_messages",
+        "batches",
+        "batching",
         "client_id",
         "close_request",
         "dropped",
@@ -246,10 +252,15 @@ class ClientSession:
         *,
         framing: Framing | None = None,
         recoverable: bool = False,
+        batching: bool = False,
     ) -> None:
         """``framing`` and ``recoverable`` go to the data queue (see
-        :class:`~edges.core.delivery.DeliveryQueue`)."""
+        :class:`~edges.core.delivery.DeliveryQueue`); ``batching``: the transport can write
+        batches of frames, if the client asks in ``connect``."""
         self.client_id = client_id
+        self.batching = batching
+        self.batches = False
+        """Whether the client's binary messages are batches (``docs/protocol.md``, 4.4.5)."""
         self.remote = remote
         self.limits = limits or EdgeLimits()
         self.state = State.AWAITING_CONNECT
@@ -328,6 +339,7 @@ class ClientSession:
             return None
         if isinstance(message, Connect):
             self.token = message.token
+            self.batches = self.batching and message.batch
         return message
 
     def receive_binary(self, data: bytes, now: float | None = None) -> None:
@@ -358,7 +370,7 @@ class ClientSession:
         """The router accepted the client: it is ready, and told so with ``connected``."""
         self._advance(Event.REGISTERED)
         self.user = user
-        self.send(Connected(client_id=self.client_id, user=user))
+        self.send(Connected(client_id=self.client_id, user=user, batch=self.batches))
 
     def send(self, message: ServerMessage) -> None:
         """Queue a control message, ahead of all data. Too many unread ones close the client.

@@ -44,6 +44,7 @@ function allowedParam(name, fallback) {
 const state = {
   transport: null,             // {send(message), close()} of the current connection
   reconnecting: false,
+  batches: false,              // binary messages are batches of frames (docs/protocol.md 4.4.5)
   nextId: 1,
   pending: new Map(),          // request id -> {op, topic}
   channels: new Map(),         // channel id -> subscription
@@ -95,9 +96,10 @@ function connectWebSocket() {
     send: (message) => { if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message)); },
     close: () => socket.close(),
   };
-  socket.onopen = () => send(token === undefined ? { op: "connect" } : { op: "connect", token });
+  socket.onopen = () => send({ op: "connect", batch: true, ...(token === undefined ? {} : { token }) });
   socket.onmessage = (event) => {
     if (typeof event.data === "string") onControl(JSON.parse(event.data));
+    else if (state.batches) onBatch(event.data);
     else onData(event.data);
   };
   socket.onclose = (event) => reconnect(`closed (${event.code})`);
@@ -128,6 +130,7 @@ function setStatus(text, ok) {
 function onControl(message) {
   switch (message.op) {
     case "connected": {
+      state.batches = message.batch === true;
       $("client-id").textContent = message.client_id;
       setStatus("connected", true);
       const topics = new Set([cameraTopic, telemetryTopic, ...state.byTopic.keys()]);
@@ -166,6 +169,16 @@ function onControl(message) {
     case "closing":
       log(`edge closing: ${message.reason}`);
       break;
+  }
+}
+
+// A batch: records of a 4-byte big-endian length and one frame, to the end of the message.
+function onBatch(buffer) {
+  const view = new DataView(buffer);
+  for (let at = 0; at + 4 <= buffer.byteLength; ) {
+    const length = view.getUint32(at);
+    onData(buffer.slice(at + 4, at + 4 + length));
+    at += 4 + length;
   }
 }
 

@@ -32,8 +32,10 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Origin, Subprotocol
 
-from edges.core.output import Data, Payload, Reply, Skipped
+from edges.core.batches import batched
+from edges.core.output import ClientOutput, Data, Payload, Reply, Skipped
 from edges.core.session import ClientSession
+from edges.websocket.framing import binary_frame_header
 from router.forwarding import ClientAddress, TrustedProxies
 from router.http_messages import same_origin
 from router.proxy_protocol import ProxyProtocolError, looks_like_header, read_header
@@ -368,23 +370,11 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if protocol.state is not OPEN:
             return
-        chunks: list[Payload] = []
-        size = 0
-        for item in session.data_to_send():
-            if type(item) is Data:
-                if item.payload:
-                    chunks += (item.head, item.payload)
-                else:
-                    chunks.append(item.head)
-                size += item.size
-            elif type(item) is Reply:
-                protocol.send_text(item.text.encode())
-                for data in protocol.data_to_send():
-                    chunks.append(data)
-                    size += len(data)
-            elif type(item) is Skipped:
-                chunks.append(item.frame)
-                size += len(item.frame)
+        items = session.data_to_send()
+        if session.batches:
+            chunks, size = self._batches(items, session.limits.batch_max_bytes)
+        else:
+            chunks, size = self._frames(items)
         if not chunks:
             return
         self.bytes_written += size
@@ -392,6 +382,47 @@ class WebSocketConnection(asyncio.Protocol):
             transport.write(b"".join(chunks))
         else:
             transport.writelines(chunks)
+
+    def _frames(self, items: list[ClientOutput]) -> tuple[list[Payload], int]:
+        """Each frame as one binary message (they carry their WebSocket framing already)."""
+        chunks: list[Payload] = []
+        size = 0
+        for item in items:
+            if type(item) is Data:
+                if item.payload:
+                    chunks += (item.head, item.payload)
+                else:
+                    chunks.append(item.head)
+                size += item.size
+            elif type(item) is Reply:
+                size += self._text(item, chunks)
+            elif type(item) is Skipped:
+                chunks.append(item.frame)
+                size += len(item.frame)
+        return chunks, size
+
+    def _batches(self, items: list[ClientOutput], most: int) -> tuple[list[Payload], int]:
+        """The frames in batches (``docs/protocol.md``, 4.4.5), each one binary message."""
+        chunks: list[Payload] = []
+        size = 0
+        for item in batched(items, most):
+            if isinstance(item, Reply):
+                size += self._text(item, chunks)
+                continue
+            header = binary_frame_header(item.size)
+            chunks.append(header)
+            chunks += item.parts
+            size += len(header) + item.size
+        return chunks, size
+
+    def _text(self, reply: Reply, chunks: list[Payload]) -> int:
+        """Append ``reply`` as a text message to ``chunks``; its size."""
+        self._protocol.send_text(reply.text.encode())
+        size = 0
+        for data in self._protocol.data_to_send():
+            chunks.append(data)
+            size += len(data)
+        return size
 
     def close(self, code: int, reason: str) -> None:
         """Write what the session has pending, then start the closing handshake."""

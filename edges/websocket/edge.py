@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import itertools
 import logging
-import struct
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -46,6 +45,7 @@ from edges.shell import (
 )
 from edges.viewer_page import ViewerPage
 from edges.websocket.connection import CLOSE_TIMEOUT, Keepalive, WebSocketConnection, WebSocketProtocol
+from edges.websocket.framing import binary_frame_header
 from router.config import DEFAULT_CONTROL, DEFAULT_XPUB
 from router.curve import CurveClient, add_client_arguments, client_from_args
 from router.forwarding import ProxyHeaders, TrustedProxies, resolve
@@ -124,21 +124,6 @@ class WebSocketEdgeConfig(msgspec.Struct, frozen=True, kw_only=True):
         return TrustedProxies(self.trusted_proxies, self.proxy_headers)
 
 
-_SHORT_HEADERS: Final = tuple(bytes((0x82, size)) for size in range(126))
-_pack_medium = struct.Struct("!BBH").pack
-_pack_long = struct.Struct("!BBQ").pack
-
-
-def binary_frame_header(size: int) -> bytes:
-    """The header of one unmasked, final WebSocket binary frame of ``size`` bytes (RFC 6455,
-    section 5.2); the data follows it."""
-    if size < 126:
-        return _SHORT_HEADERS[size]
-    if size < 1 << 16:
-        return _pack_medium(0x82, 126, size)
-    return _pack_long(0x82, 127, size)
-
-
 class WebSocketEdge(EdgeShell[WebSocketConnection]):
     """One edge process: a WebSocket server, a router link, and the hub between them.
 
@@ -147,7 +132,7 @@ class WebSocketEdge(EdgeShell[WebSocketConnection]):
 
     def __init__(self, config: WebSocketEdgeConfig) -> None:
         super().__init__(
-            EdgeHub(config.limits, protocol="websocket", framing=binary_frame_header),
+            EdgeHub(config.limits, protocol="websocket", framing=binary_frame_header, batching=True),
             control=config.control,
             xpub=config.xpub,
             heartbeat_interval=config.heartbeat_interval,

@@ -359,6 +359,20 @@ def test_registered_says_connected() -> None:
     assert replies(session) == [{"op": "connected", "client_id": "c7", "user": "alice"}]
 
 
+@pytest.mark.parametrize(
+    ("batching", "asked", "batches"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_batches_when_the_client_asks_and_the_transport_batches(
+    batching: bool, asked: bool, batches: bool
+) -> None:
+    session = ClientSession("c7", batching=batching)
+    session.receive_text(json.dumps({"op": "connect", "batch": asked}))
+    session.registered("alice")
+    assert session.batches is batches
+    expected = {"op": "connected", "client_id": "c7", "user": "alice"}
+    assert replies(session) == [{**expected, "batch": True} if batches else expected]
+
+
 def test_ping_is_answered_by_the_session() -> None:
     session = ready_session()
     assert session.receive_text('{"op":"ping","id":12}') is None

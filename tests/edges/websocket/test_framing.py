@@ -7,7 +7,7 @@ from websockets.frames import BINARY, Frame
 
 from edges.core.client_wire import parse_data_frame
 from edges.core.output import JOIN_BELOW, data_frame
-from edges.websocket.edge import binary_frame_header
+from edges.websocket.framing import binary_frame_header
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
