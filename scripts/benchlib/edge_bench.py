@@ -186,6 +186,7 @@ def run_group(clients: int, plan: Plan) -> tuple[list[Trial], list[Memory]]:
     with Children() as children:
         stacks = {
             "edge": start_edge(children, plan.placement),
+            "batched": start_edge(children, plan.placement, kind="batched"),
             "relay": start_relay(children, plan.placement),
         }
         idle_rss = {kind: rss_bytes(stack.server.pid) for kind, stack in stacks.items()}
@@ -236,14 +237,15 @@ ONE_HOST_EDGE_ARGS = ("--max-connections-per-ip", "100000")
 """Every load client connects from 127.0.0.1, so the edge's per-address limit must not apply."""
 
 
-def start_edge(children: Children, place: Placement) -> Stack:
-    router = children.start("router", server_command("router"), cpus=place.others)
+def start_edge(children: Children, place: Placement, kind: str = "edge") -> Stack:
+    """A router and a WebSocket edge; ``kind`` ``batched``: its clients ask for batches."""
+    router = children.start(f"{kind} router", server_command("router"), cpus=place.others)
     endpoints = router.expect("ready", START_TIMEOUT)
     args = ["--announce", "--port", "0", "--log-level", "warning", *ONE_HOST_EDGE_ARGS]
     args += ["--control", endpoints["control"], "--xpub", endpoints["xpub"]]
-    edge = children.start("edge", python_module("edges.websocket", *args), cpus=place.server)
+    edge = children.start(kind, python_module("edges.websocket", *args), cpus=place.server)
     port = edge.expect("ready", START_TIMEOUT)["port"]
-    return Stack("edge", endpoints["pull"], port, edge, [router], place)
+    return Stack(kind, endpoints["pull"], port, edge, [router], place)
 
 
 def start_relay(children: Children, place: Placement) -> Stack:

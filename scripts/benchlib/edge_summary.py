@@ -15,7 +15,9 @@ from benchlib.report import Figure, Report
 if TYPE_CHECKING:
     from benchlib.edge_bench import Plan
 
-KINDS = ("edge", "relay")
+KINDS = ("edge", "batched", "relay")
+"""The servers each case runs on: router+edge, the same with clients that ask for batches
+(``docs/protocol.md`` 4.4.5), and the websockets.broadcast relay."""
 SIZES = {"100B": 100, "64KiB": 64 * 1024}
 TARGET_RATIOS = {("100B", 100): 5.0, ("100B", 1000): 5.0, ("64KiB", 1): 1.0}
 """The edge's deliveries/s over the relay's that each burst case aims at."""
@@ -174,15 +176,18 @@ def summarize(
 ) -> Report:
     title = (
         f"scripts/bench edge: {plan.trials} trial(s) per case, alternating router+edge (value) with a "
-        "websockets.broadcast relay (baseline); 1 producer -> server -> N WebSocket clients on 127.0.0.1; "
-        "medians"
+        "websockets.broadcast relay (baseline), and router+edge with clients that ask for batches (value, "
+        "edge.batched.*) with the same without (baseline); 1 producer -> server -> N WebSocket clients on "
+        "127.0.0.1; medians"
     )
     report = Report(title)
     for case in sorted({trial.case for trial in trials}, key=lambda case: (case[2], case[0], case[1])):
-        edge = [t for t in trials if t.case == case and t.kind == "edge"]
-        relay = [t for t in trials if t.case == case and t.kind == "relay"]
+        edge, batched, relay = ([t for t in trials if t.case == case and t.kind == kind] for kind in KINDS)
         report.figures += figures(case, edge, relay)
-        report.notes += [f"{case_text(case)} {runs[0].kind}: {bottleneck(runs)}" for runs in (edge, relay)]
+        if batched:
+            report.figures += batched_figures(case, batched, edge)
+        runs_of_each = [runs for runs in (edge, batched, relay) if runs]
+        report.notes += [f"{case_text(case)} {runs[0].kind}: {bottleneck(runs)}" for runs in runs_of_each]
     report.figures += memory_figures(memory)
     report.notes = [*targets(trials, memory), load_check(trials), BURST_LATENCY, *report.notes]
     report.notes.append(context_note(plan, trials, context))
@@ -215,6 +220,26 @@ def figures(case: tuple[str, int, float], edge: list[Trial], relay: list[Trial])
         target = TARGET_RATIOS.get(case[:2])
         found.insert(1, Figure(f"{name}.vs_relay", found[0].ratio or 0.0, "x relay rate", target))
     return found
+
+
+_BATCHED: list[Metric] = [
+    ("deliveries_per_s", "deliveries/s", lambda t: t.rate),
+    ("latency_p50", "ms", lambda t: t.latency_ms(0.5)),
+    ("latency_p99", "ms", lambda t: t.latency_ms(0.99)),
+    ("delivered", "fraction", lambda t: t.delivered),
+    ("cpu_per_delivery", "us CPU/delivery", lambda t: t.cpu_us_per_delivery),
+    ("server_cpu_per_delivery", "us CPU/delivery", lambda t: t.server_us_per_delivery),
+    ("load_cpu_per_frame", "us CPU/frame", lambda t: t.load_us_per_frame),
+]
+
+
+def batched_figures(case: tuple[str, int, float], batched: list[Trial], edge: list[Trial]) -> list[Figure]:
+    """Clients that ask for batches (value) beside clients that do not (baseline), same edge code."""
+    name = case_name(case).replace("edge.", "edge.batched.", 1)
+    return [
+        Figure(f"{name}.{metric}", median(batched, get), unit, median(edge, get))
+        for metric, unit, get in _BATCHED
+    ]
 
 
 def memory_figures(memory: list[Memory]) -> list[Figure]:

@@ -5,6 +5,8 @@ parser reads only each frame's header and, in binary frames, the 8-byte send sta
 :mod:`benchlib.stamped_producer` (after the 14-byte data header with ``--mode edge``). Bodies are
 skipped, not buffered. Pings are answered. With ``--mode edge`` each client speaks switchboard.v1
 first (``connect``, then ``subscribe`` to ``--topic``); with ``--mode relay`` it only connects.
+With ``--mode batched`` it is an edge client that asks for batches (``docs/protocol.md`` 4.4.5):
+each binary message is then read whole and its records counted as frames.
 Prints ``{"event": "ready", "connections": n}`` once every client is ready.
 
 Then it obeys one JSON command per stdin line, and ends at EOF. ``{"cmd": "trial", "expected": M,
@@ -107,7 +109,9 @@ class Load:
         self.port = port
         self.mode = mode
         self.topic = topic
-        self.stamp_offset = DATA_HEADER.size if mode == "edge" else 0
+        self.speaks_switchboard = mode in ("edge", "batched")
+        self.batches = mode == "batched"
+        self.stamp_offset = DATA_HEADER.size if self.speaks_switchboard else 0
         self.clients: list[Client] = []
         self.closed = 0
         self.trial = Trial(size=-1, stamp_offset=0, expected=1, clients=1)
@@ -154,7 +158,7 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         key = base64.b64encode(os.urandom(16)).decode()
-        protocol = f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n" if self.load.mode == "edge" else ""
+        protocol = f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n" if self.load.speaks_switchboard else ""
         self.transport.write(
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.load.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
@@ -178,8 +182,54 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._response is not None:
             data = self._upgrade(data)
-        if data:
+        if data and self.load.batches:
+            self._batches(data)
+        elif data:
             self._frames(data)
+
+    def _batches(self, data: bytes) -> None:
+        """Parse whole messages, each binary one a batch of records; count those of the trial's
+        frames as :meth:`_frames` counts frames."""
+        now = time.time_ns()
+        trial = self.load.trial
+        trial.reads += 1
+        data, pos, self._carry = self._carry + data, 0, b""
+        end = len(data)
+        matched = other = 0
+        while end - pos >= 2:
+            length = data[pos + 1] & 0x7F
+            body = pos + 2
+            if length >= 126:
+                body += 2 if length == 126 else 8
+                if body > end:
+                    break
+                length = int.from_bytes(data[pos + 2 : body], "big")
+            frame_end = body + length
+            if frame_end > end:
+                break
+            if data[pos] & 0x0F == OP_BINARY:
+                found, missed = self._records(data, body, frame_end, trial, now)
+                matched, other = matched + found, other + missed
+            else:
+                self._control(data[pos] & 0x0F, data[body:frame_end])
+            pos = frame_end
+        self._carry = data[pos:]
+        if matched or other:
+            self._tally(trial, matched, other, now)
+
+    def _records(self, data: bytes, pos: int, end: int, trial: Trial, now: int) -> tuple[int, int]:
+        matched = other = 0
+        stamp_offset = self.load.stamp_offset
+        while end - pos >= 4:
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            stamp = pos + 4 + stamp_offset
+            if length == trial.body:
+                matched += 1
+                trial.latencies_ns.append(now - int.from_bytes(data[stamp : stamp + STAMP_BYTES], "big"))
+            else:
+                other += 1
+            pos += 4 + length
+        return matched, other
 
     def _upgrade(self, data: bytes) -> bytes:
         """Collect the HTTP response; returns what follows it (already WebSocket frames)."""
@@ -192,8 +242,8 @@ class Client(asyncio.Protocol):
         self._response = None
         if not head.startswith(b"HTTP/1.1 101"):
             self._fail(f"upgrade refused: {head[:200]!r}")
-        elif self.load.mode == "edge":
-            self._send_json({"op": "connect"})
+        elif self.load.speaks_switchboard:
+            self._send_json({"op": "connect", "batch": self.load.batches})
         else:
             self.ready.set_result(None)
         return rest
@@ -315,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True, help="the WebSocket server's port on 127.0.0.1")
-    parser.add_argument("--mode", choices=["edge", "relay"], required=True)
+    parser.add_argument("--mode", choices=["edge", "batched", "relay"], required=True)
     parser.add_argument("--connections", type=int, required=True)
     parser.add_argument("--topic", default="/bench/data", help="what edge clients subscribe to")
     return parser

@@ -27,6 +27,7 @@ EDGE_FIGURES = (
     "load_busy_max",
 )
 RSS_FIGURE = "edge.idle.N10.memory_per_conn"
+BATCHED_FIGURES = ("deliveries_per_s", "latency_p99", "delivered", "cpu_per_delivery", "load_cpu_per_frame")
 """RSS grows by pages and arenas: over 10 clients it may not grow at all, so only its type is checked."""
 WAIT_FIGURES = ("server_cpu_wait", "load_cpu_wait_max")
 """Time spent waiting for a CPU, which is zero on an idle machine."""
@@ -81,6 +82,7 @@ def test_edge_bench_prints_json_figures() -> None:
     names = {figure["name"] for figure in figures}
     expected = {f"edge.{size}.N10.{name}" for size in ("100B", "64KiB") for name in EDGE_FIGURES}
     expected |= {f"edge.fixed1000.100B.N10.{name}" for name in ("latency_p50", "latency_p99", "delivered")}
+    expected |= {f"edge.batched.{size}.N10.{name}" for size in ("100B", "64KiB") for name in BATCHED_FIGURES}
     assert expected | {RSS_FIGURE} <= names
     for figure in figures:
         assert_well_formed(figure, expected_values(figure["name"]))
