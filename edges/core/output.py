@@ -70,7 +70,7 @@ class Data:
     :attr:`size` (also ``len()``) is its size there, which is what the client queues' bounds count.
     """
 
-    __slots__ = ("_record_head", "channel", "framed_by", "head", "offset", "payload", "size")
+    __slots__ = ("_alone_head", "_record_head", "channel", "framed_by", "head", "offset", "payload", "size")
 
     def __init__(self, channel: int, offset: int, head: bytes, payload: Payload, framed_by: int = 0) -> None:
         self.channel = channel
@@ -81,6 +81,7 @@ class Data:
         self.framed_by = framed_by
         """The size of the transport's framing at the start of :attr:`head`."""
         self._record_head: bytes | None = None
+        self._alone_head: bytes | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -100,6 +101,15 @@ class Data:
         if head is None:
             unframed = self.head[self.framed_by :]
             head = self._record_head = _pack_length(len(unframed) + len(self.payload)) + unframed
+        return head
+
+    def alone_head(self, framing: Framing) -> bytes:
+        """The start of a batch of this one frame: the transport's ``framing`` and the record's
+        head, :attr:`payload` to follow. Built once, for every client that batches."""
+        head = self._alone_head
+        if head is None:
+            record_head = self.record_head()
+            head = self._alone_head = framing(len(record_head) + len(self.payload)) + record_head
         return head
 
 

@@ -405,14 +405,13 @@ class WebSocketConnection(asyncio.Protocol):
         """The frames in batches (``docs/protocol.md``, 4.4.5), each one binary message."""
         chunks: list[Payload] = []
         size = 0
-        for item in batched(items, most):
+        for item in batched(items, most, binary_frame_header):
             if isinstance(item, Reply):
                 size += self._text(item, chunks)
-                continue
-            header = binary_frame_header(item.size)
-            chunks.append(header)
-            chunks += item.parts
-            size += len(header) + item.size
+            else:
+                parts, batch_size = item
+                chunks += parts
+                size += batch_size
         return chunks, size
 
     def _text(self, reply: Reply, chunks: list[Payload]) -> int:

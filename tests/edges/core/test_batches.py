@@ -60,10 +60,23 @@ def outputs(draw: st.DrawFn) -> list[ClientOutput]:
     return items
 
 
+def websocket_body(message: bytes) -> bytes:
+    """The data of one unmasked WebSocket binary frame, checked against its header."""
+    assert message[0] == 0x82
+    length, start = message[1] & 0x7F, 2
+    if length >= 126:
+        start += 2 if length == 126 else 8
+        length = int.from_bytes(message[2:start], "big")
+    assert len(message) - start == length, "the framing does not say the message's size"
+    return message[start:]
+
+
 def records(batch: Batch) -> list[bytes]:
-    """A batch's frames, read back record by record."""
-    body = b"".join(bytes(part) for part in batch.parts)
-    assert len(body) == batch.size
+    """A batch's frames, read back record by record after its WebSocket framing."""
+    parts, size = batch
+    message = b"".join(bytes(part) for part in parts)
+    assert len(message) == size
+    body = websocket_body(message)
     frames = []
     while body:
         (length,) = struct.unpack_from("!I", body)
@@ -85,24 +98,26 @@ def test_batches_carry_every_frame_once_in_order_with_replies_between(
         elif isinstance(item, Reply):
             expected.append(item)
     got: list[bytes | Reply] = []
-    previous: Batch | None = None
-    for out in batched(items, most):
+    previous: int | None = None
+    for out in batched(items, most, binary_frame_header):
         if isinstance(out, Reply):
             got.append(out)
             previous = None
             continue
         frames = records(out)
         assert frames, "an empty batch"
-        assert out.size <= most or len(frames) == 1, f"{out.size} bytes in {len(frames)} records"
+        size = sum(4 + len(frame) for frame in frames)
+        assert size <= most or len(frames) == 1, f"{size} bytes in {len(frames)} records"
         if previous is not None:
-            assert previous.size + 4 + len(frames[0]) > most, "a batch split that was not needed"
+            assert previous + 4 + len(frames[0]) > most, "a batch split that was not needed"
         got += frames
-        previous = out
+        previous = size
     assert got == expected
 
 
 def test_a_data_frames_record_is_built_once_and_shared() -> None:
     frame = data_frame(1, 7, b"x" * (JOIN_BELOW + 1), binary_frame_header)
     assert frame.record_head() is frame.record_head()
+    assert frame.alone_head(binary_frame_header) is frame.alone_head(binary_frame_header)
     assert frame.record_head() == struct.pack("!I", 14 + JOIN_BELOW + 1) + frame.head[frame.framed_by :]
     assert frame.record_head()[4:] == frame.frame()[frame.framed_by : frame.framed_by + 14]
