@@ -399,3 +399,23 @@ async def payloads_on(edge: TestEdge, topic: str, count: int) -> AsyncIterator[b
         if meta.topic == topic.encode():
             count -= 1
             yield payload
+
+
+async def test_the_demand_socket_tells_producer_keys_and_refuses_others(tmp_path: Path, keys: Keys) -> None:
+    config = ["--config", str(tmp_path / "router.toml"), "--demand", "tcp://127.0.0.1:0"]
+    with running_router(config) as router:
+        async with TestEdge(router.endpoints, curve=keys.client("edge")) as edge:
+            assert isinstance(await edge.register("watcher"), Registered)
+            assert isinstance(await edge.subscribe("watcher", TOPIC, max_rate=3), SubscribeOk)
+            for name, expected in (
+                ("producer", "ok"),
+                ("edge", "curve_refused"),
+                ("intruder", "curve_refused"),
+            ):
+                with raw_socket(zmq.SUB, router.endpoints["demand"], keys.client(name)) as (sock, monitor):
+                    sock.subscribe(b"")
+                    assert await handshake_end(monitor) == expected, name
+                    told = await asyncio.to_thread(sock.poll, 2000 if expected == "ok" else 500)
+                    assert bool(told) is (expected == "ok"), name
+                    if told:
+                        assert sock.recv_multipart() == [TOPIC.encode(), b"3"]
