@@ -26,6 +26,7 @@ __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_WINDOW",
+    "RECORD_LENGTH",
     "SKIPPED_FRAME",
     "SUBPROTOCOL",
     "Ack",
@@ -61,6 +62,7 @@ __all__ = [
     "parse_data_frame",
     "parse_restarted_frame",
     "parse_skipped_frame",
+    "split_batch",
 ]
 
 SUBPROTOCOL: Final = "switchboard.v1"
@@ -441,6 +443,27 @@ def parse_skipped_frame(frame: bytes) -> SkippedFrame:
         raise ValueError(f"a skipped frame is {SKIPPED_FRAME.size} bytes of type {FRAME_SKIPPED}")
     kind, reasons, channel, first, last, skipped = SKIPPED_FRAME.unpack(frame)
     return SkippedFrame(kind, SkipReason(reasons), channel, first, last, skipped)
+
+
+RECORD_LENGTH: Final = struct.Struct("!I")
+"""The length before each frame of a batch (``docs/protocol.md``, 4.4.5)."""
+
+
+def split_batch(message: bytes) -> list[bytes]:
+    """The frames of a batch, in order (for clients and tests). Raises ``ValueError`` for a
+    record that runs past the message."""
+    frames: list[bytes] = []
+    at = 0
+    while at < len(message):
+        if len(message) - at < RECORD_LENGTH.size:
+            raise ValueError(f"{len(message) - at} bytes left at {at}: not a record")
+        (length,) = RECORD_LENGTH.unpack_from(message, at)
+        at += RECORD_LENGTH.size
+        if at + length > len(message):
+            raise ValueError(f"a record of {length} bytes at {at} runs past the message")
+        frames.append(message[at : at + length])
+        at += length
+    return frames
 
 
 def frame_type(frame: bytes) -> int:

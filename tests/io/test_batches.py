@@ -12,6 +12,7 @@ import pytest
 import zmq
 from websockets.asyncio.client import connect
 
+from edges.core.client_wire import split_batch
 from tests.io.harness import RouterProcess, WebSocketEdgeProcess
 from tests.io.test_websocket_edge import Client, flowing
 
@@ -19,7 +20,6 @@ pytestmark = pytest.mark.timeout(90)
 
 TOPIC = "/ws/batched"
 DATA = struct.Struct("!BBIQ")
-LENGTH = struct.Struct("!I")
 BURST = 2000
 MOST = 4096
 """The edge's --batch-max-bytes."""
@@ -42,16 +42,6 @@ async def batching_client(edge: WebSocketEdgeProcess, batch: bool) -> tuple[Clie
     return client, connected
 
 
-def records(message: bytes) -> list[bytes]:
-    frames = []
-    while message:
-        (length,) = LENGTH.unpack_from(message)
-        frames.append(message[LENGTH.size : LENGTH.size + length])
-        assert len(frames[-1]) == length, "a record runs past its message"
-        message = message[LENGTH.size + length :]
-    return frames
-
-
 async def read_burst(client: Client, last: bytes) -> tuple[list[bytes], int]:
     """The payloads of the data frames up to the one carrying ``last``, and the binary messages
     they came in."""
@@ -64,7 +54,7 @@ async def read_burst(client: Client, last: bytes) -> tuple[list[bytes], int]:
                 continue
             messages += 1
             assert isinstance(message, bytes)
-            frames = records(message)
+            frames = split_batch(message)
             assert len(message) <= MOST or len(frames) == 1, f"a batch of {len(message)} bytes"
             for frame in frames:
                 if frame[0] == 0x01:

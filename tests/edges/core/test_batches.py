@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edges.core.batches import Batch, batched
-from edges.core.client_wire import Pong
+from edges.core.client_wire import Pong, split_batch
 from edges.core.output import (
     JOIN_BELOW,
     ClientOutput,
@@ -76,14 +77,7 @@ def records(batch: Batch) -> list[bytes]:
     parts, size = batch
     message = b"".join(bytes(part) for part in parts)
     assert len(message) == size
-    body = websocket_body(message)
-    frames = []
-    while body:
-        (length,) = struct.unpack_from("!I", body)
-        frames.append(body[4 : 4 + length])
-        assert len(frames[-1]) == length, "a record runs past its batch"
-        body = body[4 + length :]
-    return frames
+    return split_batch(websocket_body(message))
 
 
 @settings(max_examples=scaled_examples(300))
@@ -121,3 +115,9 @@ def test_a_data_frames_record_is_built_once_and_shared() -> None:
     assert frame.alone_head(binary_frame_header) is frame.alone_head(binary_frame_header)
     assert frame.record_head() == struct.pack("!I", 14 + JOIN_BELOW + 1) + frame.head[frame.framed_by :]
     assert frame.record_head()[4:] == frame.frame()[frame.framed_by : frame.framed_by + 14]
+
+
+@pytest.mark.parametrize("message", [b"\0\0", b"\0\0\0\x05abc", b"\0\0\0\x01a\0"])
+def test_a_batch_whose_records_do_not_fit_is_refused(message: bytes) -> None:
+    with pytest.raises(ValueError, match="record"):
+        split_batch(message)
