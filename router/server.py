@@ -18,7 +18,7 @@ import zmq
 
 from router.cluster.history import ClusterHistory, Pending
 from router.cluster.node import ClusterNode
-from router.cluster.relay import PeerRelay
+from router.cluster.relay import Message, PeerRelay
 from router.config import RouterConfig
 from router.core import ConnectionManager, DeliveryPolicy, ErrorCode, RefusedError
 from router.core.control import KICKED, ControlPlane, Demand, Outbound, ToEdge, ToPeer, Upstream
@@ -415,6 +415,7 @@ class RouterServer:
         readable = self._readable[sock]
         passes_on = sock is self.pull
         receive = sock.recv
+        send = self.xpub.send
         route = self.manager.route_wire
         emit = self._emit
         batch = self.config.router.max_batch
@@ -446,15 +447,19 @@ class RouterServer:
                 except WireError as error:
                     self._count_bad_input(error)
                     continue
-                if where.keeps_history or where.clients:
+                if where.keeps_history:
                     emit(where, topic, header, payload, now)
+                elif where.clients:
+                    send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
+                    send(payload, NOBLOCK, copy=False)
             else:
                 await asyncio.sleep(0)
 
     def _emit(
         self, where: Route, topic: bytes, header: bytes, payload: zmq.Frame | bytes, now: float
     ) -> None:
-        """Publish a routed message, after its history keeps it (in cluster mode, once Redis has)."""
+        """Publish a routed message, after its history keeps it (in cluster mode, once Redis has).
+        The ingest loop sends a message that keeps no history itself, without this call."""
         if where.keeps_history:
             body = payload if isinstance(payload, bytes) else payload.bytes
             if self.history is not None:
@@ -465,7 +470,7 @@ class RouterServer:
             self.xpub.send(data_frame_head(topic, where.epoch, where.offset, header), SNDMORE_NOBLOCK)
             self.xpub.send(payload, NOBLOCK, copy=False)
 
-    def _route_parked(self, message: list[zmq.Frame | bytes]) -> None:
+    def _route_parked(self, message: Message) -> None:
         """A message parked for a shard this router has taken since: routed here, in its turn."""
         topic_frame, header_frame, payload = message[:3]
         topic = topic_frame if isinstance(topic_frame, bytes) else topic_frame.bytes

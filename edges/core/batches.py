@@ -35,8 +35,7 @@ def batched(items: Sequence[ClientOutput], most: int, framing: Framing) -> list[
     out: list[Batch | Reply] = []
     parts: list[Payload] = [b""]
     size = 0
-    alone: Data | None = None
-    """The batch's one data frame, while it has one record and that is a data frame."""
+    alone: Data | None = None  # the batch's record while it has one, and that is a data frame
     for item in items:
         if type(item) is Data:
             head, payload = item.record_head(), item.payload

@@ -137,7 +137,7 @@ class Skipped(NamedTuple):
 
     channel: int
     frame: bytes
-    record: bytes = b""
+    record: bytes
 
 
 class SubscriptionOpened(NamedTuple):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import NamedTuple
 
 import zmq
 
@@ -33,12 +34,20 @@ MAX_CACHED_SHARDS = 100_000
 
 
 Message = list[zmq.Frame | bytes]
-"""A message as passed on: topic, header (maybe empty), payload, :data:`FORWARDED`; without the
-mark, one to be routed here only (:meth:`PeerRelay.keep`)."""
+"""A message as passed on: topic, header (maybe empty), payload, :data:`FORWARDED`."""
 
 
-def _parts(frames: Sequence[zmq.Frame]) -> Message:
-    return [frames[0], frames[1] if len(frames) == 3 else b"", frames[-1]]
+class Relayed(NamedTuple):
+    """A message on its way to its shard's owner. ``here_only``: another router passed it on
+    already, so only this router may route it (:meth:`PeerRelay.keep`)."""
+
+    message: Message
+    here_only: bool
+
+
+def _relayed(frames: Sequence[zmq.Frame], here_only: bool) -> Relayed:
+    header = frames[1] if len(frames) == 3 else b""
+    return Relayed([frames[0], header, frames[-1], FORWARDED], here_only)
 
 
 class PeerRelay:
@@ -60,7 +69,7 @@ class PeerRelay:
         """Messages passed on, by the router that got them."""
         self.parked = 0
         """Messages parked since the start (most are passed on later)."""
-        self.parking = Parking[Message](
+        self.parking = Parking[Relayed](
             section.max_parked_messages, section.max_parked_bytes, section.park_time
         )
         self._clock = clock
@@ -94,7 +103,7 @@ class PeerRelay:
         """Pass a message on to its shard's owner, or park it; ``None`` when done, else the drop
         reason (the parking is full: ``no_owner`` when nobody serves the shard, ``forward_full``
         when its owner's queue takes nothing)."""
-        return self._deliver(topic, [*_parts(frames), FORWARDED])
+        return self._deliver(topic, _relayed(frames, here_only=False))
 
     def keep(self, topic: bytes, frames: Sequence[zmq.Frame]) -> str | None:
         """Park a message another router passed on here for a shard this router does not serve
@@ -102,29 +111,30 @@ class PeerRelay:
         topics. It is routed here once the shard is served, never passed on again (two routers
         whose views differ would pass it back and forth); ``None`` when parked, else
         ``not_owner``."""
-        return self._deliver(topic, _parts(frames))
+        return self._deliver(topic, _relayed(frames, here_only=True))
 
     def tick(self) -> Counter[str]:
         """Pass on what waits for an owner that can take it now, and drop what waited too long;
         returns the drops by reason."""
         parking, dropped = self.parking, Counter[str]()
-        for shard, message in parking.expire(self._clock()):
-            dropped[self._why_not(shard, message)] += 1
+        for shard, relayed in parking.expire(self._clock()):
+            dropped[self._why_not(shard, relayed)] += 1
         for shard in parking.shards():
             parking.pass_on(shard, partial(self._send, shard))
         return dropped
 
-    def _deliver(self, topic: bytes, message: Message) -> str | None:
+    def _deliver(self, topic: bytes, relayed: Relayed) -> str | None:
         shard = self._shard(topic)
         parking = self.parking
         if parking.holds(shard):
             parking.pass_on(shard, partial(self._send, shard))
-        if not parking.holds(shard) and self._send(shard, message):
+        if not parking.holds(shard) and self._send(shard, relayed):
             return None
-        if parking.park(shard, message, len(message[0]) + len(message[2]), self._clock()):
+        message = relayed.message
+        if parking.park(shard, relayed, len(message[0]) + len(message[2]), self._clock()):
             self.parked += 1
             return None
-        return self._why_not(shard, message)
+        return self._why_not(shard, relayed)
 
     def _shard(self, topic: bytes) -> int:
         shard = self._shard_of.get(topic)
@@ -134,25 +144,25 @@ class PeerRelay:
             shard = self._shard_of[topic] = shard_of(topic, self.leases.shards)
         return shard
 
-    def _send(self, shard: int, message: Message) -> bool:
+    def _send(self, shard: int, relayed: Relayed) -> bool:
         owner = self.leases.holder(shard)
         if owner is not None and owner.router_id == self.router_id:
             if self.leases.token(shard, self._clock()) is None:
                 return False
-            self._route_here(message)
+            self._route_here(relayed.message)
             return True
         peer = self._peers.get(owner.router_id) if owner is not None else None
-        if peer is None or owner is None or len(message) < 4:
+        if peer is None or owner is None or relayed.here_only:
             return False
         try:
-            peer[1].send_multipart(message, NOBLOCK, copy=False)
+            peer[1].send_multipart(relayed.message, NOBLOCK, copy=False)
         except zmq.Again:
             return False
         self.forwarded[owner.router_id] += 1
         return True
 
-    def _why_not(self, shard: int, message: Message) -> str:
-        if len(message) < 4:
+    def _why_not(self, shard: int, relayed: Relayed) -> str:
+        if relayed.here_only:
             return "not_owner"
         owner = self.leases.holder(shard)
         return "forward_full" if owner is not None and owner.router_id in self._peers else "no_owner"

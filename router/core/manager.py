@@ -675,8 +675,11 @@ class ConnectionManager:
         demand = 0.0
         if state.wanted:
             policy = self.get_delivery_policy(state.name)
-            cap = math.inf if policy.kind == "reliable" or policy.max_rate is None else policy.max_rate
-            demand = math.inf if policy.kind == "reliable" else min(max(state.wanted), cap)
+            demand = max(state.wanted)
+            if policy.kind == "reliable":
+                demand = math.inf
+            elif policy.max_rate is not None:
+                demand = min(demand, policy.max_rate)
         if demand == state.demand:
             return []
         state.demand = demand

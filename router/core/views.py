@@ -97,6 +97,7 @@ class ClusterView(NamedTuple):
     parked: int = 0
     """Of those, messages held at some time while their shard had no owner that could take them."""
     parked_now: int = 0
+    """Those held now."""
     history_pending: int = 0
     """Reliable messages waiting to be written to Redis."""
     history_written: int = 0

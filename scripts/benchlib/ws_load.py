@@ -95,6 +95,19 @@ def histogram(latencies_ns: array[int]) -> list[list[int]]:
     return [[value, count] for value, count in sorted(counts.items())]
 
 
+def frame_header(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """Where the body of the server frame at ``pos`` starts and how long it is; ``None`` when its
+    header is not all in ``data[:end]`` yet."""
+    length = data[pos + 1] & 0x7F
+    body = pos + 2
+    if length >= 126:
+        body += 2 if length == 126 else 8
+        if body > end:
+            return None
+        length = int.from_bytes(data[pos + 2 : body], "big")
+    return body, length
+
+
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """A final, masked client frame (RFC 6455 5.3 allows any key; zero leaves the payload as is)."""
     if len(payload) >= 126:
@@ -197,13 +210,10 @@ class Client(asyncio.Protocol):
         end = len(data)
         matched = other = 0
         while end - pos >= 2:
-            length = data[pos + 1] & 0x7F
-            body = pos + 2
-            if length >= 126:
-                body += 2 if length == 126 else 8
-                if body > end:
-                    break
-                length = int.from_bytes(data[pos + 2 : body], "big")
+            header = frame_header(data, pos, end)
+            if header is None:
+                break
+            body, length = header
             frame_end = body + length
             if frame_end > end:
                 break
@@ -267,13 +277,10 @@ class Client(asyncio.Protocol):
         body_length, latencies = trial.body, trial.latencies_ns
         matched = other = 0
         while end - pos >= 2:
-            length = data[pos + 1] & 0x7F
-            body = pos + 2
-            if length >= 126:
-                body += 2 if length == 126 else 8
-                if body > end:
-                    break
-                length = int.from_bytes(data[pos + 2 : body], "big")
+            header = frame_header(data, pos, end)
+            if header is None:
+                break
+            body, length = header
             frame_end = body + length
             if data[pos] & 0x0F == OP_BINARY and length >= stamp_offset + STAMP_BYTES:
                 stamp = body + stamp_offset

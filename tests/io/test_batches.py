@@ -10,11 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
-from websockets.asyncio.client import connect
 
 from edges.core.client_wire import split_batch
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess
-from tests.io.test_websocket_edge import Client, flowing
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, running
+from tests.io.test_websocket_edge import Client, flowing, open_client
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,19 +26,8 @@ MOST = 4096
 
 @pytest.fixture
 def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
-    process = WebSocketEdgeProcess(router, ["--batch-max-bytes", str(MOST)])
-    process.start()
-    yield process
-    process.stop()
-
-
-async def batching_client(edge: WebSocketEdgeProcess, batch: bool) -> tuple[Client, dict[str, object]]:
-    connection = await connect(edge.url, subprotocols=["switchboard.v1"], proxy=None)  # type: ignore[list-item]
-    client = Client(connection)
-    await client.send({"op": "connect", "batch": batch})
-    connected = await client.control()
-    assert connected["op"] == "connected", connected
-    return client, connected
+    with running(WebSocketEdgeProcess(router, ["--batch-max-bytes", str(MOST)])) as process:
+        yield process
 
 
 async def read_burst(client: Client, last: bytes) -> tuple[list[bytes], int]:
@@ -65,10 +53,10 @@ async def read_burst(client: Client, last: bytes) -> tuple[list[bytes], int]:
 async def test_a_batching_client_gets_every_frame_of_a_burst_in_fewer_messages(
     edge: WebSocketEdgeProcess, push: zmq.Socket[bytes]
 ) -> None:
-    client, connected = await batching_client(edge, batch=True)
-    assert connected["batch"] is True
-    plain, plain_connected = await batching_client(edge, batch=False)
-    assert "batch" not in plain_connected
+    client = await open_client(edge, {"batch": True})
+    assert client.connected["batch"] is True
+    plain = await open_client(edge, {"batch": False})
+    assert "batch" not in plain.connected
     for each in (client, plain):
         assert (await each.request("subscribe", topic=TOPIC))["op"] == "subscribed"
     await flowing(plain, push, TOPIC)

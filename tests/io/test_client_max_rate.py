@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tests.io.harness import RouterProcess, WebSocketEdgeProcess
+from tests.io.harness import RouterProcess, WebSocketEdgeProcess, running
 from tests.io.test_websocket_edge import Client, flowing, open_client
 
 pytestmark = pytest.mark.timeout(90)
@@ -26,10 +26,8 @@ SENT = 40
 
 @pytest.fixture
 def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
-    process = WebSocketEdgeProcess(router)
-    process.start()
-    yield process
-    process.stop()
+    with running(WebSocketEdgeProcess(router)) as process:
+        yield process
 
 
 async def frames_until(

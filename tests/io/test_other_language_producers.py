@@ -24,17 +24,20 @@ PRODUCERS = ROOT / "examples" / "producers"
 
 @pytest.fixture
 def edge(router: RouterProcess) -> Iterator[WebSocketEdgeProcess]:
-    process = WebSocketEdgeProcess(router)
-    process.start()
-    yield process
-    process.stop()
+    with running(WebSocketEdgeProcess(router)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def c_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("c") / "telemetry"
+    return compiled("telemetry", tmp_path_factory)
+
+
+def compiled(example: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``examples/producers/EXAMPLE.c`` built with libzmq."""
+    binary = tmp_path_factory.mktemp("c") / example
     compiler = shutil.which("cc") or "gcc"
-    subprocess.run([compiler, str(PRODUCERS / "telemetry.c"), "-lzmq", "-o", str(binary)], check=True)
+    subprocess.run([compiler, str(PRODUCERS / f"{example}.c"), "-lzmq", "-o", str(binary)], check=True)
     return binary
 
 
@@ -78,10 +81,7 @@ async def test_node_producer(edge: WebSocketEdgeProcess, router: RouterProcess) 
 
 @pytest.fixture(scope="module")
 def c_on_demand(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("c") / "on_demand"
-    compiler = shutil.which("cc") or "gcc"
-    subprocess.run([compiler, str(PRODUCERS / "on_demand.c"), "-lzmq", "-o", str(binary)], check=True)
-    return binary
+    return compiled("on_demand", tmp_path_factory)
 
 
 async def next_line(process: subprocess.Popen[str]) -> str:

@@ -39,6 +39,8 @@ class Client:
         self.next_id = 1
         self.client_id = ""
         """Its id, once ``connected``."""
+        self.connected: dict[str, Any] = {}
+        """The edge's ``connected`` reply."""
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -71,13 +73,17 @@ class Client:
                     return channel, offset, message[DATA_HEADER.size :]
 
 
-async def open_client(edge: WebSocketEdgeProcess, **options: Any) -> Client:
+async def open_client(
+    edge: WebSocketEdgeProcess, connect_fields: dict[str, Any] | None = None, **options: Any
+) -> Client:
+    """A client that sent ``connect`` (with ``connect_fields``) and got ``connected``; ``options``
+    go to the WebSocket connection."""
     connection = await connect(edge.url, subprotocols=["switchboard.v1"], proxy=None, **options)  # type: ignore[list-item]
     client = Client(connection)
-    await client.send({"op": "connect"})
+    await client.send({"op": "connect", **(connect_fields or {})})
     connected = await client.control()
     assert connected["op"] == "connected", connected
-    client.client_id = connected["client_id"]
+    client.client_id, client.connected = connected["client_id"], connected
     return client
 
 
